@@ -1,0 +1,296 @@
+#!/usr/bin/env python3
+"""Local ClickHouse for development and tests.
+
+Serves the ClickHouse HTTP interface on loopback in front of the embedded
+ClickHouse engine shipped by PyPI's ``chdb-core``.  Production runs a real
+ClickHouse server; this front exists because these machines have no Docker
+engine.  It implements what the ``clickhouse`` crate and our migrations use:
+
+* ``GET /ping`` and ``GET /`` -> ``Ok.``
+* the ``query`` URL parameter and/or the request body (concatenated as the
+  real server does, so ``INSERT ... FORMAT RowBinary`` with a binary body
+  works), ``Content-Length`` or chunked bodies;
+* ``decompress=1`` bodies made of ClickHouse-compressed LZ4 blocks and
+  ``Content-Encoding: gzip`` bodies;
+* ``database`` and ``default_format`` parameters, any other parameter applied
+  as a setting for that one query;
+* errors as HTTP 500 with the ``X-ClickHouse-Exception-Code`` header.
+
+chdb serves one query at a time, so queries are serialized behind a lock while
+HTTP connections are handled concurrently.
+"""
+
+import argparse
+import gzip
+import http.server
+import re
+import signal
+import socketserver
+import struct
+import sys
+import threading
+import urllib.parse
+
+try:
+    from chdb import _chdb
+except ImportError:  # pragma: no cover - reported to the operator
+    sys.stderr.write("chserver: the chdb-core package is missing; run `make provision`\n")
+    sys.exit(3)
+
+try:
+    import lz4.block
+except ImportError:  # pragma: no cover
+    lz4 = None
+
+MAX_BODY = 512 * 1024 * 1024
+# Parameters that are part of the HTTP protocol rather than query settings.
+PROTOCOL_PARAMS = {
+    "query", "database", "default_format", "decompress", "compress", "user", "password",
+    "query_id", "session_id", "session_timeout", "session_check", "wait_end_of_query",
+    "enable_http_compression", "buffer_size", "quota_key", "http_response_buffer_size",
+    "max_result_bytes", "default_session_timeout",
+}
+SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+CODE_RE = re.compile(r"Code: (\d+)")
+KAFKA_CREATE = re.compile(
+    r"^\s*CREATE\s+TABLE\s+(IF\s+NOT\s+EXISTS\s+)?(?P<name>[`\w.]+).*ENGINE\s*=\s*Kafka",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+class ClickHouseError(Exception):
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+
+
+class Engine:
+    """One chdb connection; every query goes through ``run`` under a lock."""
+
+    def __init__(self, path):
+        self.conn = _chdb.connect(path)
+        self.lock = threading.Lock()
+
+    def _exec(self, sql, fmt="TabSeparated"):
+        try:
+            res = self.conn.query(sql, fmt)
+        except Exception as exc:  # chdb raises RuntimeError with the server text
+            text = str(exc)
+            m = CODE_RE.search(text)
+            raise ClickHouseError(int(m.group(1)) if m else 1002, text) from None
+        if hasattr(res, "has_error") and res.has_error():
+            text = res.error_message()
+            m = CODE_RE.search(text)
+            raise ClickHouseError(int(m.group(1)) if m else 1002, text)
+        return res.bytes() if res is not None else b""
+
+    def run(self, sql, database, fmt, settings):
+        with self.lock:
+            applied = []
+            try:
+                if database:
+                    self._exec(b"USE " + quote_ident(database))
+                for name, value in settings:
+                    self._exec(b"SET " + name.encode() + b" = " + quote_literal(value))
+                    applied.append(name)
+                try:
+                    return self._exec(sql, fmt)
+                except ClickHouseError as err:
+                    if err.code == 49 and "Shutdown was called" in str(err):
+                        # chdb answers a spurious LOGICAL_ERROR when it creates a Kafka
+                        # engine table although the table is created and works.
+                        m = KAFKA_CREATE.match(sql.decode("utf-8", "replace"))
+                        if m and self._table_exists(m.group("name")):
+                            return b""
+                    raise
+            finally:
+                for name in applied:
+                    try:
+                        self._exec(b"SET " + name.encode() + b" = DEFAULT")
+                    except ClickHouseError:
+                        pass
+                if database:
+                    try:
+                        self._exec(b"USE default")
+                    except ClickHouseError:
+                        pass
+
+    def _table_exists(self, name):
+        return self._exec(b"EXISTS TABLE " + name.encode()).strip() == b"1"
+
+    def close(self):
+        with self.lock:
+            self.conn.close()
+
+
+def quote_ident(name):
+    return b"`" + name.replace("\\", "\\\\").replace("`", "\\`").encode() + b"`"
+
+
+def quote_literal(value):
+    return b"'" + value.replace("\\", "\\\\").replace("'", "\\'").encode() + b"'"
+
+
+def decompress_blocks(data):
+    """Decodes a stream of ClickHouse-compressed blocks (checksum, method, sizes, payload)."""
+    out = []
+    pos = 0
+    while pos < len(data):
+        if len(data) - pos < 25:
+            raise ClickHouseError(271, "truncated compressed block header")
+        method = data[pos + 16]
+        compressed, raw = struct.unpack_from("<II", data, pos + 17)
+        if compressed < 9 or pos + 16 + compressed > len(data):
+            raise ClickHouseError(271, "compressed block size out of range")
+        payload = data[pos + 25: pos + 16 + compressed]
+        if method == 0x82:
+            if lz4 is None:
+                raise ClickHouseError(271, "the lz4 package is missing")
+            out.append(lz4.block.decompress(payload, uncompressed_size=raw))
+        elif method == 0x02:
+            out.append(payload)
+        else:
+            raise ClickHouseError(271, "unsupported compression method 0x%02x" % method)
+        pos += 16 + compressed
+    return b"".join(out)
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "overwatch-chserver"
+
+    def log_message(self, fmt, *args):  # quiet by default
+        if self.server.verbose:
+            super().log_message(fmt, *args)
+
+    def _reply(self, status, body, headers=()):
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _error(self, err):
+        body = (str(err).rstrip() + "\n").encode()
+        self._reply(500, body, [
+            ("X-ClickHouse-Exception-Code", str(err.code)),
+            ("Content-Type", "text/plain; charset=UTF-8"),
+        ])
+
+    def _read_body(self):
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            parts, total = [], 0
+            while True:
+                line = self.rfile.readline(1024)
+                size = int(line.split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                total += size
+                if total > MAX_BODY:
+                    raise ClickHouseError(241, "request body exceeds %d bytes" % MAX_BODY)
+                parts.append(self.rfile.read(size))
+                self.rfile.readline(16)
+            body = b"".join(parts)
+        else:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_BODY:
+                raise ClickHouseError(241, "request body exceeds %d bytes" % MAX_BODY)
+            body = self.rfile.read(length) if length else b""
+        if self.headers.get("Content-Encoding", "").lower() == "gzip":
+            body = gzip.decompress(body)
+        return body
+
+    def do_GET(self):
+        url = urllib.parse.urlsplit(self.path)
+        params = urllib.parse.parse_qs(url.query, keep_blank_values=True)
+        if url.path in ("/ping", "/") and "query" not in params:
+            self._reply(200, b"Ok.\n")
+            return
+        self._handle(url, params, b"")
+
+    def do_POST(self):
+        url = urllib.parse.urlsplit(self.path)
+        params = urllib.parse.parse_qs(url.query, keep_blank_values=True)
+        try:
+            body = self._read_body()
+            if params.get("decompress", ["0"])[0] == "1":
+                body = decompress_blocks(body)
+        except ClickHouseError as err:
+            self.close_connection = True
+            self._error(err)
+            return
+        except (ValueError, OSError) as err:
+            self.close_connection = True
+            self._error(ClickHouseError(1002, "bad request body: %s" % err))
+            return
+        self._handle(url, params, body)
+
+    def _handle(self, url, params, body):
+        first = {k: v[0] for k, v in params.items()}
+        query = first.get("query", "").encode()
+        if query and body:
+            sql = query + b"\n" + body
+        else:
+            sql = query or body
+        if not sql.strip():
+            self._error(ClickHouseError(62, "Empty query"))
+            return
+        database = first.get("database") or self.headers.get("X-ClickHouse-Database")
+        fmt = first.get("default_format") or self.headers.get("X-ClickHouse-Format") or "TabSeparated"
+        settings = []
+        for name, value in first.items():
+            if name in PROTOCOL_PARAMS or name.startswith("param_"):
+                continue
+            if not SETTING_NAME.match(name):
+                self._error(ClickHouseError(115, "Unknown setting %s" % name))
+                return
+            settings.append((name, value))
+        try:
+            out = self.server.engine.run(sql, database, fmt, settings)
+        except ClickHouseError as err:
+            self._error(err)
+            return
+        self._reply(200, out, [
+            ("Content-Type", "application/octet-stream"),
+            ("X-ClickHouse-Format", fmt),
+        ])
+
+
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8123)
+    ap.add_argument("--path", required=True, help="data directory of the embedded engine")
+    ap.add_argument("--verbose", action="store_true")
+    args = ap.parse_args()
+
+    engine = Engine(args.path)
+    server = Server((args.host, args.port), Handler)
+    server.engine = engine
+    server.verbose = args.verbose
+
+    def stop(_signo, _frame):
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    host, port = server.server_address[:2]
+    print("chserver: listening on http://%s:%d (data %s)" % (host, port, args.path), flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+        engine.close()
+    print("chserver: stopped", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,279 @@
+//! Checks a parsed batch and turns each event into the [`EventRow`] the broker gets.
+//!
+//! Every problem of every event is collected, so a 422 lists them all at once.
+//! An event naming another tenant makes the whole request 403.
+
+use shared::event::{EventRow, EventType};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::model::{Batch, EventIn};
+use crate::error::{ApiError, FieldError};
+
+/// One event ready for the broker.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub kind: EventType,
+    /// Partition key: the session id, so a session's events stay in order.
+    pub key: Uuid,
+    pub payload: Vec<u8>,
+}
+
+struct Problems {
+    list: Vec<FieldError>,
+}
+
+impl Problems {
+    fn add(&mut self, index: usize, field: &str, reason: impl Into<String>) {
+        self.list.push(FieldError {
+            index: Some(index),
+            field: field.to_string(),
+            reason: reason.into(),
+        });
+    }
+}
+
+fn required_uuid(p: &mut Problems, i: usize, field: &str, v: Option<&str>) -> Option<Uuid> {
+    match v {
+        None => {
+            p.add(i, field, "is required");
+            None
+        }
+        Some(s) => optional_uuid(p, i, field, Some(s)),
+    }
+}
+
+fn optional_uuid(p: &mut Problems, i: usize, field: &str, v: Option<&str>) -> Option<Uuid> {
+    let s = v?;
+    match Uuid::try_parse(s) {
+        Ok(u) => Some(u),
+        Err(_) => {
+            p.add(i, field, "must be a UUID");
+            None
+        }
+    }
+}
+
+fn time_ms(p: &mut Problems, i: usize, field: &str, v: Option<&str>) -> Option<i64> {
+    let s = v?;
+    match OffsetDateTime::parse(s, &Rfc3339) {
+        Ok(t) => Some((t.unix_timestamp_nanos() / 1_000_000) as i64),
+        Err(_) => {
+            p.add(i, field, "must be an RFC 3339 timestamp, e.g. 2024-01-01T00:00:00Z");
+            None
+        }
+    }
+}
+
+/// Validates `batch` for `tenant` and serializes each event.
+pub fn prepare(
+    batch: &Batch<'_>,
+    tenant: Uuid,
+    received_at_ms: i64,
+    max_events: usize,
+) -> Result<Vec<Outgoing>, ApiError> {
+    let n = batch.events.len();
+    if n == 0 || n > max_events {
+        return Err(ApiError::Invalid(vec![FieldError {
+            index: None,
+            field: "events".into(),
+            reason: format!("must contain between 1 and {max_events} events, got {n}"),
+        }]));
+    }
+    // Tenant isolation first: a foreign tenant is a 403 whatever else is wrong.
+    for (index, e) in batch.events.iter().enumerate() {
+        if let Some(named) = e.tenant_id.as_deref() {
+            if let Ok(u) = Uuid::try_parse(named) {
+                if u != tenant {
+                    return Err(ApiError::ForeignTenant {
+                        index,
+                        named: named.to_string(),
+                    });
+                }
+            }
+        }
+    }
+    let mut p = Problems { list: Vec::new() };
+    let mut out = Vec::with_capacity(n);
+    for (i, e) in batch.events.iter().enumerate() {
+        if let Some(o) = prepare_one(&mut p, i, e, tenant, received_at_ms) {
+            out.push(o);
+        }
+    }
+    if p.list.is_empty() {
+        Ok(out)
+    } else {
+        Err(ApiError::Invalid(p.list))
+    }
+}
+
+fn prepare_one(
+    p: &mut Problems,
+    i: usize,
+    e: &EventIn<'_>,
+    tenant: Uuid,
+    received_at_ms: i64,
+) -> Option<Outgoing> {
+    let before = p.list.len();
+    let id = required_uuid(p, i, "id", e.id.as_deref());
+    optional_uuid(p, i, "tenant_id", e.tenant_id.as_deref());
+    let session = required_uuid(p, i, "session_id", e.session_id.as_deref());
+    if e.timestamp.is_none() {
+        p.add(i, "timestamp", "is required");
+    }
+    let ts = time_ms(p, i, "timestamp", e.timestamp.as_deref());
+    let sent_at = time_ms(p, i, "sent_at", e.sent_at.as_deref());
+    let kind = match e.kind.as_deref() {
+        None => {
+            p.add(i, "type", "is required");
+            None
+        }
+        Some(k) => EventType::parse(k).or_else(|| {
+            p.add(
+                i,
+                "type",
+                "must be one of pageview, click, scroll, performance, custom",
+            );
+            None
+        }),
+    };
+    if kind == Some(EventType::Custom) && e.name.is_none() {
+        p.add(i, "name", "is required for custom events");
+    }
+    let properties = match &e.properties {
+        None => "{}".to_string(),
+        Some(v @ simd_json::OwnedValue::Object(_)) => simd_json::to_string(v).unwrap_or_default(),
+        Some(_) => {
+            p.add(i, "properties", "must be a JSON object");
+            String::new()
+        }
+    };
+    if p.list.len() != before {
+        return None;
+    }
+    let (id, session, ts, kind) = (id?, session?, ts?, kind?);
+    let row = EventRow {
+        id,
+        tenant_id: tenant,
+        session_id: session,
+        kind: kind.as_str(),
+        timestamp_ms: ts,
+        received_at_ms,
+        sent_at_ms: sent_at,
+        user_agent: e.user_agent.as_deref(),
+        ip: e.ip.as_deref(),
+        screen_width: e.screen.map(|d| d.width),
+        screen_height: e.screen.map(|d| d.height),
+        viewport_width: e.viewport.map(|d| d.width),
+        viewport_height: e.viewport.map(|d| d.height),
+        timezone: e.timezone.as_deref(),
+        language: e.language.as_deref(),
+        title: e.title.as_deref(),
+        path: e.path.as_deref(),
+        url: e.url.as_deref(),
+        referrer: e.referrer.as_deref(),
+        element: e.element.as_deref(),
+        selector: e.selector.as_deref(),
+        text: e.text.as_deref(),
+        x: e.x,
+        y: e.y,
+        depth: e.depth,
+        lcp: e.lcp,
+        fcp: e.fcp,
+        fid: e.fid,
+        inp: e.inp,
+        cls: e.cls,
+        ttfb: e.ttfb,
+        dom_content_loaded: e.dom_content_loaded,
+        load_time: e.load_time,
+        name: e.name.as_deref(),
+        properties,
+    };
+    let payload = serde_json::to_vec(&row).ok()?;
+    Some(Outgoing {
+        kind,
+        key: session,
+        payload,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::model::parse;
+
+    const T: &str = "00000000-0000-0000-0000-000000000000";
+
+    fn run(body: &str) -> Result<Vec<Outgoing>, ApiError> {
+        let mut buf = body.as_bytes().to_vec();
+        let batch = parse(&mut buf).expect("parses");
+        prepare(&batch, Uuid::nil(), 1_700_000_000_000, 1000)
+    }
+
+    #[test]
+    fn valid_pageview_becomes_a_row() {
+        let out = run(r#"{"events":[{"id":"550e8400-e29b-41d4-a716-446655440000","session_id":"11111111-1111-1111-1111-111111111111","timestamp":"2024-01-01T00:00:00.250Z","type":"pageview","title":"Ho\"me","path":"/"}]}"#).expect("valid");
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].kind, EventType::Pageview);
+        let v: serde_json::Value = serde_json::from_slice(&out[0].payload).expect("json");
+        assert_eq!(v["tenant_id"], T, "tenant filled from the key");
+        assert_eq!(v["timestamp_ms"], 1_704_067_200_250i64);
+        assert_eq!(v["title"], "Ho\"me");
+        assert_eq!(v["properties"], "{}");
+        assert!(v.get("lcp").is_none());
+    }
+
+    #[test]
+    fn every_problem_is_listed_with_index_and_field() {
+        let err = run(r#"{"events":[{"type":"pageview"},{"id":"x","session_id":"11111111-1111-1111-1111-111111111111","timestamp":"yesterday","type":"bogus"}]}"#).unwrap_err();
+        let ApiError::Invalid(list) = err else {
+            panic!("expected 422, got {err:?}")
+        };
+        let got: Vec<(Option<usize>, &str)> = list.iter().map(|f| (f.index, f.field.as_str())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (Some(0), "id"),
+                (Some(0), "session_id"),
+                (Some(0), "timestamp"),
+                (Some(1), "id"),
+                (Some(1), "timestamp"),
+                (Some(1), "type"),
+            ]
+        );
+    }
+
+    #[test]
+    fn foreign_tenant_is_forbidden() {
+        let err = run(r#"{"events":[{"id":"550e8400-e29b-41d4-a716-446655440000","tenant_id":"22222222-2222-2222-2222-222222222222","session_id":"11111111-1111-1111-1111-111111111111","timestamp":"2024-01-01T00:00:00Z","type":"click"}]}"#).unwrap_err();
+        assert!(matches!(err, ApiError::ForeignTenant { index: 0, .. }), "{err:?}");
+    }
+
+    #[test]
+    fn empty_and_oversized_batches_are_rejected() {
+        assert!(matches!(run(r#"{"events":[]}"#), Err(ApiError::Invalid(_))));
+        let one = r#"{"id":"550e8400-e29b-41d4-a716-446655440000","session_id":"11111111-1111-1111-1111-111111111111","timestamp":"2024-01-01T00:00:00Z","type":"scroll","depth":50}"#;
+        let body = format!("{{\"events\":[{}]}}", vec![one; 3].join(","));
+        let mut buf = body.into_bytes();
+        let batch = parse(&mut buf).expect("parses");
+        assert!(matches!(prepare(&batch, Uuid::nil(), 0, 2), Err(ApiError::Invalid(_))));
+        assert_eq!(prepare(&batch, Uuid::nil(), 0, 3).expect("fits").len(), 3);
+    }
+
+    #[test]
+    fn custom_properties_pass_through_as_json_text() {
+        let out = run(r#"{"events":[{"id":"550e8400-e29b-41d4-a716-446655440000","session_id":"11111111-1111-1111-1111-111111111111","timestamp":"2024-01-01T00:00:00Z","type":"custom","name":"signup","properties":{"plan":"pro","n":3,"nested":{"a":[1,2]}}}]}"#).expect("valid");
+        let v: serde_json::Value = serde_json::from_slice(&out[0].payload).expect("json");
+        let props: serde_json::Value = serde_json::from_str(v["properties"].as_str().expect("string")).expect("props json");
+        assert_eq!(props, serde_json::json!({"plan":"pro","n":3,"nested":{"a":[1,2]}}));
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_json_are_parse_errors() {
+        let mut buf = br#"{"events":[{"idd":"x"}]}"#.to_vec();
+        assert!(parse(&mut buf).unwrap_err().contains("idd"));
+        let mut buf = br#"{"events":[{"#.to_vec();
+        assert!(parse(&mut buf).is_err());
+    }
+}

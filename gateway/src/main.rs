@@ -1,0 +1,54 @@
+//! `gateway [--config FILE]`: config → telemetry → bind → serve until SIGTERM/Ctrl-C.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use shared::config::{Config, EXIT_CONFIG};
+
+#[derive(Parser)]
+#[command(version, about = "Overwatch ingestion gateway")]
+struct Args {
+    /// Configuration file layered over the built-in defaults.
+    #[arg(long, env = "OVERWATCH_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match Config::load(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gateway: {e}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    shared::telemetry::init(&config.log);
+    let listener = match tokio::net::TcpListener::bind(config.gateway.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(listen = %config.gateway.listen, error = %e, "cannot bind gateway.listen");
+            return ExitCode::from(1);
+        }
+    };
+    let app = match gateway::App::new(config) {
+        Ok(a) => Arc::new(a),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot create the Kafka producer");
+            return ExitCode::from(1);
+        }
+    };
+    match listener.local_addr() {
+        Ok(addr) => tracing::info!(%addr, brokers = %app.config.kafka.brokers, "gateway listening"),
+        Err(e) => tracing::warn!(error = %e, "gateway listening (address unknown)"),
+    }
+    match gateway::serve(listener, app, gateway::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "server failed");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! HTTP server: routing, request ids, health endpoints and ordered shutdown.
+//!
+//! Shutdown order: readiness turns 503 → the listener closes → in-flight requests
+//! finish (bounded by `gateway.shutdown_timeout_ms`) → the producer is flushed.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use serde_json::json;
+use shared::config::Config;
+use tokio::net::TcpListener;
+use tracing::Instrument;
+
+use crate::auth::KeyStore;
+use crate::error::ApiError;
+use crate::sink::Sink;
+
+/// Everything a request needs.
+pub struct App {
+    pub config: Config,
+    pub keys: KeyStore,
+    pub sink: Arc<Sink>,
+    shutting_down: AtomicBool,
+    started: Instant,
+}
+
+impl App {
+    pub fn new(config: Config) -> Result<App, rdkafka::error::KafkaError> {
+        let sink = Arc::new(Sink::new(&config)?);
+        Ok(App {
+            keys: KeyStore::from_config(&config.auth.keys),
+            sink,
+            config,
+            shutting_down: AtomicBool::new(false),
+            started: Instant::now(),
+        })
+    }
+
+    pub fn ready(&self) -> bool {
+        !self.shutting_down.load(Ordering::Relaxed) && self.sink.broker_up()
+    }
+}
+
+const X_REQUEST_ID: &str = "x-request-id";
+
+fn request_id(req: &Request<Incoming>) -> String {
+    req.headers()
+        .get(X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+async fn route(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response<Full<Bytes>>, ApiError> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let allowed: &[Method] = match path.as_str() {
+        "/ingest" => &[Method::POST],
+        "/health" | "/health/live" | "/health/ready" => &[Method::GET, Method::HEAD],
+        _ => return Err(ApiError::NotFound(path)),
+    };
+    if !allowed.contains(&method) {
+        return Err(ApiError::MethodNotAllowed(method.to_string()));
+    }
+    match path.as_str() {
+        "/ingest" => {
+            if app.shutting_down.load(Ordering::Relaxed) {
+                return Err(ApiError::ShuttingDown);
+            }
+            crate::ingest::handle(app, req, rid).await
+        }
+        "/health/live" => Ok(json_response(StatusCode::OK, json!({"status": "ok"}))),
+        "/health/ready" => Ok(if app.ready() {
+            json_response(StatusCode::OK, json!({"status": "ready"}))
+        } else {
+            json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "not_ready"}))
+        }),
+        _ => {
+            let broker = app.sink.broker_up();
+            let status = if app.ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            Ok(json_response(
+                status,
+                json!({
+                    "status": if app.ready() { "ok" } else { "degraded" },
+                    "uptime_seconds": app.started.elapsed().as_secs(),
+                    "shutting_down": app.shutting_down.load(Ordering::Relaxed),
+                    "components": {
+                        "broker": {
+                            "status": if broker { "up" } else { "down" },
+                            "brokers": app.config.kafka.brokers,
+                            "in_flight": app.sink.in_flight(),
+                        },
+                        "keys": {"status": "up", "source": "config", "keys": app.config.auth.keys.len()},
+                    }
+                }),
+            ))
+        }
+    }
+}
+
+async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let rid = request_id(&req);
+    let span = tracing::info_span!("request", request_id = %rid, method = %req.method(), path = %req.uri().path());
+    async {
+        let started = Instant::now();
+        let mut resp = match route(&app, req, &rid).await {
+            Ok(r) => r,
+            Err(e) => {
+                let status = e.status();
+                if status.is_server_error() {
+                    tracing::warn!(code = e.code(), error = %e, "request failed");
+                } else {
+                    tracing::debug!(code = e.code(), error = %e, "request rejected");
+                }
+                e.into_response(&rid, app.config.gateway.retry_after_secs)
+            }
+        };
+        if let Ok(v) = HeaderValue::from_str(&rid) {
+            resp.headers_mut().insert(X_REQUEST_ID, v);
+        }
+        tracing::debug!(status = resp.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "done");
+        Ok(resp)
+    }
+    .instrument(span)
+    .await
+}
+
+/// Serves `listener` until `shutdown` resolves, then shuts down in order.
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let probe = app
+        .sink
+        .spawn_broker_probe(Duration::from_millis(app.config.gateway.broker_check_interval_ms));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // Per-connection errors (e.g. EMFILE) must not stop the server.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let app = Arc::clone(&app);
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service_fn(move |req| handle(Arc::clone(&app), req)));
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, error = %e, "connection closed with error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    app.shutting_down.store(true, Ordering::Relaxed);
+    drop(listener);
+    let timeout = Duration::from_millis(app.config.gateway.shutdown_timeout_ms);
+    tracing::info!(?timeout, "shutting down: draining in-flight requests");
+    if tokio::time::timeout(timeout, graceful.shutdown()).await.is_err() {
+        tracing::warn!("in-flight requests did not finish within the shutdown timeout");
+    }
+    probe.abort();
+    let sink = Arc::clone(&app.sink);
+    let flushed = tokio::task::spawn_blocking(move || sink.flush(timeout)).await;
+    match flushed {
+        Ok(Ok(())) => tracing::info!("producer flushed"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "producer flush incomplete"),
+        Err(e) => tracing::warn!(error = %e, "producer flush task failed"),
+    }
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! The broker sink: produces a request's events and waits for every delivery report.
+//!
+//! A request is acknowledged only when the broker acknowledged all of its events
+//! (`acks=all`, idempotent producer). If any delivery fails, or the reports do not
+//! all arrive within `gateway.delivery_timeout_ms`, the request fails with 503 and
+//! the client retries; duplicates from such retries collapse in ClickHouse.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use shared::config::Config;
+use shared::event::EventType;
+
+use crate::ingest::validate::Outgoing;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("the producer queue is full or rejected the message: {0}")]
+    Enqueue(KafkaError),
+    #[error("delivery failed: {0}")]
+    Delivery(KafkaError),
+    #[error("no delivery report within {0:?}")]
+    Timeout(Duration),
+    #[error("the producer dropped a delivery report")]
+    Canceled,
+}
+
+pub struct Sink {
+    producer: FutureProducer,
+    topics: Vec<String>,
+    delivery_timeout: Duration,
+    broker_up: Arc<AtomicBool>,
+}
+
+impl Sink {
+    pub fn new(cfg: &Config) -> Result<Sink, KafkaError> {
+        let producer: FutureProducer =
+            shared::kafka::producer_config(&cfg.kafka, cfg.gateway.delivery_timeout_ms).create()?;
+        Ok(Sink {
+            producer,
+            topics: cfg.topics(),
+            delivery_timeout: Duration::from_millis(cfg.gateway.delivery_timeout_ms),
+            broker_up: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    pub fn topic(&self, kind: EventType) -> &str {
+        &self.topics[kind.index()]
+    }
+
+    /// Produces every event and returns once all are acknowledged.
+    pub async fn send(&self, events: &[Outgoing]) -> Result<(), SinkError> {
+        let mut pending = Vec::with_capacity(events.len());
+        for e in events {
+            let key = e.key.as_bytes();
+            let record = FutureRecord::to(self.topic(e.kind))
+                .key(&key[..])
+                .payload(&e.payload[..]);
+            match self.producer.send_result(record) {
+                Ok(f) => pending.push(f),
+                Err((err, _)) => return Err(SinkError::Enqueue(err)),
+            }
+        }
+        let wait = async {
+            for f in pending {
+                match f.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((err, _))) => return Err(SinkError::Delivery(err)),
+                    Err(_) => return Err(SinkError::Canceled),
+                }
+            }
+            Ok(())
+        };
+        // librdkafka's message.timeout.ms equals delivery_timeout; the extra margin
+        // lets its own (more precise) error arrive first.
+        let bound = self.delivery_timeout + Duration::from_millis(250);
+        match tokio::time::timeout(bound, wait).await {
+            Ok(r) => r,
+            Err(_) => Err(SinkError::Timeout(bound)),
+        }
+    }
+
+    /// Whether the last metadata probe reached a broker.
+    pub fn broker_up(&self) -> bool {
+        self.broker_up.load(Ordering::Relaxed)
+    }
+
+    /// Probes the brokers every `interval` until the returned task is aborted.
+    pub fn spawn_broker_probe(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let sink = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                let probe = Arc::clone(&sink);
+                let up = tokio::task::spawn_blocking(move || {
+                    probe
+                        .producer
+                        .client()
+                        .fetch_metadata(None, Timeout::After(Duration::from_secs(2)))
+                        .map(|m| !m.brokers().is_empty())
+                        .unwrap_or(false)
+                })
+                .await
+                .unwrap_or(false);
+                let was = sink.broker_up.swap(up, Ordering::Relaxed);
+                if was != up {
+                    if up {
+                        tracing::info!("broker reachable");
+                    } else {
+                        tracing::warn!("broker unreachable; readiness reports 503");
+                    }
+                }
+                tokio::time::sleep(interval).await;
+            }
+        })
+    }
+
+    /// Waits up to `timeout` for queued messages to be delivered (shutdown).
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(Timeout::After(timeout))
+    }
+
+    pub fn in_flight(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+}

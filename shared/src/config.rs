@@ -1,0 +1,503 @@
+//! Layered, strict configuration shared by the gateway and workerd.
+//!
+//! Layers, later wins: `config/default.toml` (compiled in) → the file passed with
+//! `--config` → environment variables `OVERWATCH__SECTION__KEY`. Unknown keys are
+//! rejected, every value is checked by [`Config::validate`], and each error names
+//! the offending key so `main` can print it and exit with [`EXIT_CONFIG`].
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// Exit status for configuration errors (EX_USAGE from sysexits.h).
+pub const EXIT_CONFIG: i32 = 64;
+/// Prefix of environment overrides; sections and keys are separated by `__`.
+pub const ENV_PREFIX: &str = "OVERWATCH__";
+
+const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub gateway: GatewayConfig,
+    pub kafka: KafkaConfig,
+    pub clickhouse: ClickHouseConfig,
+    pub workerd: WorkerdConfig,
+    pub auth: AuthConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: u64,
+    pub max_events_per_batch: usize,
+    pub delivery_timeout_ms: u64,
+    pub retry_after_secs: u64,
+    pub shutdown_timeout_ms: u64,
+    pub broker_check_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub topic_prefix: String,
+    pub client_id: String,
+    pub compression: Compression,
+    pub linger_ms: u64,
+    pub queue_max_messages: u64,
+    pub partitions: i32,
+    pub replication_factor: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    /// The value of librdkafka's `compression.type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClickHouseConfig {
+    pub url: String,
+    pub database: String,
+    pub user: String,
+    pub password: String,
+    pub kafka_brokers: String,
+    pub kafka_group: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerdConfig {
+    pub listen: SocketAddr,
+    pub migrate_on_start: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub keys: Vec<StaticKey>,
+}
+
+/// An API key from configuration. Only the SHA-256 of the secret is stored.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticKey {
+    pub tenant_id: uuid::Uuid,
+    pub secret_sha256: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A configuration error; `key` is the dotted path of the offending setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("configuration error at `{key}`: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if any), then `OVERWATCH__*` variables of the
+    /// process environment, and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment given explicitly (for tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut root: toml::Table = DEFAULT_TOML
+            .parse()
+            .map_err(|e| ConfigError::new("<defaults>", format!("{e}")))?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new("--config", format!("cannot read {}: {e}", path.display()))
+            })?;
+            let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+                let key = toml_error_key(&text, &e);
+                ConfigError::new(key, format!("{} is not valid TOML: {}", path.display(), e.message()))
+            })?;
+            merge(&mut root, table);
+        }
+        let mut env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        env.sort();
+        for (name, value) in env {
+            apply_env(&mut root, &name, &value)?;
+        }
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(root))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner().to_string();
+                let key = unknown_field_key(&path, &inner).unwrap_or(path);
+                ConfigError::new(key, inner)
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let g = &self.gateway;
+        positive("gateway.max_body_bytes", g.max_body_bytes)?;
+        positive("gateway.delivery_timeout_ms", g.delivery_timeout_ms)?;
+        positive("gateway.shutdown_timeout_ms", g.shutdown_timeout_ms)?;
+        positive("gateway.broker_check_interval_ms", g.broker_check_interval_ms)?;
+        positive("gateway.retry_after_secs", g.retry_after_secs)?;
+        if g.max_events_per_batch == 0 || g.max_events_per_batch > 10_000 {
+            return Err(ConfigError::new(
+                "gateway.max_events_per_batch",
+                "must be between 1 and 10000",
+            ));
+        }
+        let k = &self.kafka;
+        not_blank("kafka.brokers", &k.brokers)?;
+        not_blank("kafka.client_id", &k.client_id)?;
+        if !k
+            .topic_prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(ConfigError::new(
+                "kafka.topic_prefix",
+                "may only contain ASCII letters, digits, '.', '_' and '-'",
+            ));
+        }
+        positive("kafka.queue_max_messages", k.queue_max_messages)?;
+        if k.partitions < 1 {
+            return Err(ConfigError::new("kafka.partitions", "must be at least 1"));
+        }
+        if k.replication_factor < 1 {
+            return Err(ConfigError::new("kafka.replication_factor", "must be at least 1"));
+        }
+        let c = &self.clickhouse;
+        if !(c.url.starts_with("http://") || c.url.starts_with("https://")) {
+            return Err(ConfigError::new(
+                "clickhouse.url",
+                "must be an http:// or https:// URL",
+            ));
+        }
+        identifier("clickhouse.database", &c.database)?;
+        not_blank("clickhouse.user", &c.user)?;
+        not_blank("clickhouse.kafka_brokers", &c.kafka_brokers)?;
+        not_blank("clickhouse.kafka_group", &c.kafka_group)?;
+        for (i, key) in self.auth.keys.iter().enumerate() {
+            let s = &key.secret_sha256;
+            if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ConfigError::new(
+                    format!("auth.keys[{i}].secret_sha256"),
+                    "must be 64 hexadecimal characters (the SHA-256 of the secret)",
+                ));
+            }
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(ConfigError::new(
+                "log.level",
+                format!("`{}` is not a valid log filter", self.log.level),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Names of the per-type event topics, in [`crate::event::EventType::ALL`] order.
+    pub fn topics(&self) -> Vec<String> {
+        crate::event::EventType::ALL
+            .iter()
+            .map(|t| t.topic(&self.kafka.topic_prefix))
+            .collect()
+    }
+}
+
+fn positive(key: &str, v: u64) -> Result<(), ConfigError> {
+    if v == 0 {
+        return Err(ConfigError::new(key, "must be greater than 0"));
+    }
+    Ok(())
+}
+
+fn not_blank(key: &str, v: &str) -> Result<(), ConfigError> {
+    if v.trim().is_empty() {
+        return Err(ConfigError::new(key, "must not be empty"));
+    }
+    Ok(())
+}
+
+fn identifier(key: &str, v: &str) -> Result<(), ConfigError> {
+    let ok = !v.is_empty()
+        && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !v.starts_with(|c: char| c.is_ascii_digit());
+    if !ok {
+        return Err(ConfigError::new(
+            key,
+            "must be an identifier (ASCII letters, digits and '_', not starting with a digit)",
+        ));
+    }
+    Ok(())
+}
+
+/// serde reports an unknown field at its parent's path; name the field itself.
+fn unknown_field_key(path: &str, message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let field = &rest[..rest.find('`')?];
+    Some(if path == "." || path.is_empty() {
+        field.to_string()
+    } else {
+        format!("{path}.{field}")
+    })
+}
+
+/// Best effort: the key on the line a TOML syntax error points at.
+fn toml_error_key(text: &str, err: &toml::de::Error) -> String {
+    err.span()
+        .and_then(|span| {
+            let start = text[..span.start.min(text.len())]
+                .rfind('\n')
+                .map_or(0, |i| i + 1);
+            let line = text[start..].lines().next()?;
+            let key = line.split('=').next()?.trim();
+            (!key.is_empty()).then(|| key.to_string())
+        })
+        .unwrap_or_else(|| "--config".to_string())
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+fn apply_env(root: &mut toml::Table, name: &str, raw: &str) -> Result<(), ConfigError> {
+    let parts: Vec<String> = name[ENV_PREFIX.len()..]
+        .split("__")
+        .map(|s| s.to_ascii_lowercase())
+        .collect();
+    let key = parts.join(".");
+    if parts.len() < 2 || parts.iter().any(|p| p.is_empty()) {
+        return Err(ConfigError::new(
+            key,
+            format!("environment variable {name} must look like OVERWATCH__SECTION__KEY"),
+        ));
+    }
+    let (last, sections) = parts.split_last().expect("at least two parts");
+    let mut table = root;
+    for s in sections {
+        let entry = table
+            .entry(s.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = match entry {
+            toml::Value::Table(t) => t,
+            _ => {
+                return Err(ConfigError::new(
+                    key,
+                    format!("{name}: `{s}` is not a section"),
+                ))
+            }
+        };
+    }
+    let bad = |what: &str| ConfigError::new(key.clone(), format!("{name}={raw:?} is not {what}"));
+    let value = match table.get(last) {
+        Some(toml::Value::String(_)) => toml::Value::String(raw.to_string()),
+        Some(toml::Value::Integer(_)) => {
+            toml::Value::Integer(raw.trim().parse().map_err(|_| bad("an integer"))?)
+        }
+        Some(toml::Value::Float(_)) => {
+            toml::Value::Float(raw.trim().parse().map_err(|_| bad("a number"))?)
+        }
+        Some(toml::Value::Boolean(_)) => {
+            toml::Value::Boolean(raw.trim().parse().map_err(|_| bad("true or false"))?)
+        }
+        Some(toml::Value::Array(_)) | Some(toml::Value::Table(_)) | None => {
+            parse_fragment(raw).unwrap_or_else(|| toml::Value::String(raw.to_string()))
+        }
+        Some(toml::Value::Datetime(_)) => parse_fragment(raw).ok_or_else(|| bad("a datetime"))?,
+    };
+    table.insert(last.clone(), value);
+    Ok(())
+}
+
+fn parse_fragment(raw: &str) -> Option<toml::Value> {
+    let mut t: toml::Table = format!("v = {raw}").parse().ok()?;
+    t.remove("v")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn file(text: &str) -> tempfile_like::TempFile {
+        tempfile_like::TempFile::with(text)
+    }
+
+    mod tempfile_like {
+        use super::*;
+        pub struct TempFile(pub std::path::PathBuf);
+        impl TempFile {
+            pub fn with(text: &str) -> Self {
+                let p = std::env::temp_dir().join(format!(
+                    "ow-config-{}-{}.toml",
+                    std::process::id(),
+                    uuid::Uuid::new_v4()
+                ));
+                let mut f = std::fs::File::create(&p).expect("create temp config");
+                f.write_all(text.as_bytes()).expect("write temp config");
+                TempFile(p)
+            }
+        }
+        impl Drop for TempFile {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let c = Config::load_from(None, env(&[])).expect("defaults are valid");
+        assert_eq!(c.gateway.listen.port(), 8080);
+        assert_eq!(c.kafka.compression, Compression::Lz4);
+        assert_eq!(c.topics()[0], "events_pageview");
+    }
+
+    #[test]
+    fn file_then_env_override_in_order() {
+        let f = file("[gateway]\nlisten = \"127.0.0.1:1234\"\ndelivery_timeout_ms = 77\n");
+        let c = Config::load_from(
+            Some(&f.0),
+            env(&[
+                ("OVERWATCH__GATEWAY__DELIVERY_TIMEOUT_MS", "99"),
+                ("OVERWATCH__KAFKA__TOPIC_PREFIX", "t1_"),
+                ("OTHER", "ignored"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(c.gateway.listen.port(), 1234);
+        assert_eq!(c.gateway.delivery_timeout_ms, 99);
+        assert_eq!(c.topics()[1], "t1_events_click");
+    }
+
+    #[test]
+    fn unknown_key_in_file_is_named() {
+        let f = file("[gateway]\nlisten_port = 1\n");
+        let e = Config::load_from(Some(&f.0), env(&[])).unwrap_err();
+        assert_eq!(e.key, "gateway.listen_port");
+    }
+
+    #[test]
+    fn unknown_section_is_named() {
+        let f = file("[gatway]\nlisten = \"x\"\n");
+        let e = Config::load_from(Some(&f.0), env(&[])).unwrap_err();
+        assert_eq!(e.key, "gatway");
+    }
+
+    #[test]
+    fn unknown_env_key_is_named() {
+        let e = Config::load_from(None, env(&[("OVERWATCH__GATEWAY__NOPE", "1")])).unwrap_err();
+        assert_eq!(e.key, "gateway.nope");
+    }
+
+    #[test]
+    fn bad_env_type_is_named() {
+        let e = Config::load_from(None, env(&[("OVERWATCH__GATEWAY__MAX_BODY_BYTES", "lots")]))
+            .unwrap_err();
+        assert_eq!(e.key, "gateway.max_body_bytes");
+        assert!(e.message.contains("integer"), "{}", e.message);
+    }
+
+    #[test]
+    fn invalid_value_is_named() {
+        let e = Config::load_from(None, env(&[("OVERWATCH__GATEWAY__LISTEN", "not-an-addr")]))
+            .unwrap_err();
+        assert_eq!(e.key, "gateway.listen");
+        let e = Config::load_from(None, env(&[("OVERWATCH__KAFKA__COMPRESSION", "brotli")]))
+            .unwrap_err();
+        assert_eq!(e.key, "kafka.compression");
+        let e = Config::load_from(None, env(&[("OVERWATCH__GATEWAY__DELIVERY_TIMEOUT_MS", "0")]))
+            .unwrap_err();
+        assert_eq!(e.key, "gateway.delivery_timeout_ms");
+        let e = Config::load_from(None, env(&[("OVERWATCH__CLICKHOUSE__DATABASE", "a-b")]))
+            .unwrap_err();
+        assert_eq!(e.key, "clickhouse.database");
+    }
+
+    #[test]
+    fn malformed_file_names_line_key() {
+        let f = file("[gateway]\nlisten = \n");
+        let e = Config::load_from(Some(&f.0), env(&[])).unwrap_err();
+        assert_eq!(e.key, "listen");
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let e = Config::load_from(Some(Path::new("/nonexistent/ow.toml")), env(&[])).unwrap_err();
+        assert_eq!(e.key, "--config");
+    }
+
+    #[test]
+    fn static_keys_are_checked() {
+        let f = file(
+            "[[auth.keys]]\ntenant_id = \"00000000-0000-0000-0000-000000000000\"\nsecret_sha256 = \"abc\"\n",
+        );
+        let e = Config::load_from(Some(&f.0), env(&[])).unwrap_err();
+        assert_eq!(e.key, "auth.keys[0].secret_sha256");
+    }
+}

@@ -1,0 +1,136 @@
+//! The event contract between the gateway, the broker and ClickHouse.
+//!
+//! The gateway produces one [`EventRow`] per event as a JSON object to the topic of
+//! its [`EventType`]; ClickHouse's Kafka engine reads those objects with
+//! `JSONEachRow`, so field names here are the column names of `events_queue`
+//! (see [`crate::schema`]). Timestamps travel as Unix milliseconds.
+
+use serde::Serialize;
+
+/// The five event types; each has its own topic `<prefix>events_<type>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    Pageview,
+    Click,
+    Scroll,
+    Performance,
+    Custom,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 5] = [
+        EventType::Pageview,
+        EventType::Click,
+        EventType::Scroll,
+        EventType::Performance,
+        EventType::Custom,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Pageview => "pageview",
+            EventType::Click => "click",
+            EventType::Scroll => "scroll",
+            EventType::Performance => "performance",
+            EventType::Custom => "custom",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// Index in [`EventType::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn topic(self, prefix: &str) -> String {
+        format!("{prefix}events_{}", self.as_str())
+    }
+}
+
+/// One event as produced to the broker (and as the columns of `events_queue`).
+///
+/// Optional fields are omitted when absent so ClickHouse stores its column default
+/// (NULL for the `Nullable` columns).
+#[derive(Debug, Clone, Serialize)]
+pub struct EventRow<'a> {
+    pub id: uuid::Uuid,
+    pub tenant_id: uuid::Uuid,
+    pub session_id: uuid::Uuid,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The client's timestamp, never corrected: part of the deduplication key.
+    pub timestamp_ms: i64,
+    pub received_at_ms: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sent_at_ms: Option<i64>,
+
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub screen_width: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub screen_height: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub viewport_width: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub viewport_height: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub language: Option<&'a str>,
+
+    // pageview
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub title: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub referrer: Option<&'a str>,
+
+    // click
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub element: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selector: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub x: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub y: Option<f64>,
+
+    // scroll
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub depth: Option<f64>,
+
+    // performance (milliseconds, except cls which is unitless)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lcp: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fcp: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fid: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inp: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cls: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttfb: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dom_content_loaded: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_time: Option<f64>,
+
+    // custom
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<&'a str>,
+    /// Custom properties as JSON text (`{}` when none were sent).
+    pub properties: String,
+}

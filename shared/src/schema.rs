@@ -1,0 +1,293 @@
+//! ClickHouse schema: versioned, idempotent migrations.
+//!
+//! Each [`Migration`] has a number and a list of statements rendered from the
+//! configuration (database, broker list, topics, consumer group). Applied versions
+//! are recorded in `<db>.schema_migrations`; running [`migrate`] again applies
+//! only what is missing, and every statement is itself `IF NOT EXISTS`, so a run
+//! interrupted between a statement and its record is safe to repeat.
+//!
+//! Data path: the Kafka engine table `events_queue` reads every `events_*` topic
+//! (JSONEachRow, one [`crate::event::EventRow`] per message) and the materialized
+//! view `events_mv` writes each block into `events`, a ReplacingMergeTree ordered
+//! by `(tenant_id, type, timestamp, id)`: a client retry carries the same id and the
+//! same client timestamp and collapses into one row (query with `FINAL` for exact
+//! counts before background merges run).
+
+use std::collections::BTreeSet;
+
+use crate::ch::{ident, literal};
+use crate::config::Config;
+
+/// Values the migration statements are rendered with.
+#[derive(Debug, Clone)]
+pub struct SchemaContext {
+    pub database: String,
+    pub kafka_brokers: String,
+    pub kafka_group: String,
+    pub topics: Vec<String>,
+}
+
+impl SchemaContext {
+    pub fn from_config(cfg: &Config) -> Self {
+        SchemaContext {
+            database: cfg.clickhouse.database.clone(),
+            kafka_brokers: cfg.clickhouse.kafka_brokers.clone(),
+            kafka_group: cfg.clickhouse.kafka_group.clone(),
+            topics: cfg.topics(),
+        }
+    }
+
+    fn table(&self, name: &str) -> String {
+        format!("{}.{}", ident(&self.database), ident(name))
+    }
+}
+
+pub struct Migration {
+    pub version: u32,
+    pub name: &'static str,
+    pub statements: fn(&SchemaContext) -> Vec<String>,
+}
+
+/// Columns shared verbatim by `events_queue` and `events` (after the ids and times).
+const EVENT_COLUMNS: &[(&str, &str)] = &[
+    ("user_agent", "String"),
+    ("ip", "String"),
+    ("screen_width", "Nullable(UInt32)"),
+    ("screen_height", "Nullable(UInt32)"),
+    ("viewport_width", "Nullable(UInt32)"),
+    ("viewport_height", "Nullable(UInt32)"),
+    ("timezone", "LowCardinality(String)"),
+    ("language", "LowCardinality(String)"),
+    ("title", "String"),
+    ("path", "String"),
+    ("url", "String"),
+    ("referrer", "String"),
+    ("element", "String"),
+    ("selector", "String"),
+    ("text", "String"),
+    ("x", "Nullable(Float64)"),
+    ("y", "Nullable(Float64)"),
+    ("depth", "Nullable(Float64)"),
+    ("lcp", "Nullable(Float64)"),
+    ("fcp", "Nullable(Float64)"),
+    ("fid", "Nullable(Float64)"),
+    ("inp", "Nullable(Float64)"),
+    ("cls", "Nullable(Float64)"),
+    ("ttfb", "Nullable(Float64)"),
+    ("dom_content_loaded", "Nullable(Float64)"),
+    ("load_time", "Nullable(Float64)"),
+    ("name", "String"),
+    ("properties", "String"),
+];
+
+fn column_defs() -> String {
+    EVENT_COLUMNS
+        .iter()
+        .map(|(n, t)| format!("    {} {t}", ident(n)))
+        .collect::<Vec<_>>()
+        .join(",\n")
+}
+
+fn column_names() -> String {
+    EVENT_COLUMNS
+        .iter()
+        .map(|(n, _)| ident(n))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Every migration, in order. Never edit an applied one: add a new version.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "events table",
+        statements: |c| {
+            vec![format!(
+                "CREATE TABLE IF NOT EXISTS {events} (\n    \
+                 `id` UUID,\n    `tenant_id` UUID,\n    `session_id` UUID,\n    \
+                 `type` LowCardinality(String),\n    \
+                 `timestamp` DateTime64(3, 'UTC'),\n    \
+                 `received_at` DateTime64(3, 'UTC'),\n    \
+                 `sent_at` Nullable(DateTime64(3, 'UTC')),\n{cols}\n) \
+                 ENGINE = ReplacingMergeTree(received_at)\n\
+                 PARTITION BY toYYYYMM(timestamp)\n\
+                 ORDER BY (tenant_id, type, timestamp, id)",
+                events = c.table("events"),
+                cols = column_defs(),
+            )]
+        },
+    },
+    Migration {
+        version: 2,
+        name: "kafka ingestion of events_* topics",
+        statements: |c| {
+            vec![
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {queue} (\n    \
+                     `id` UUID,\n    `tenant_id` UUID,\n    `session_id` UUID,\n    \
+                     `type` String,\n    `timestamp_ms` Int64,\n    `received_at_ms` Int64,\n    \
+                     `sent_at_ms` Nullable(Int64),\n{cols}\n) ENGINE = Kafka\n\
+                     SETTINGS kafka_broker_list = {brokers}, kafka_topic_list = {topics}, \
+                     kafka_group_name = {group}, kafka_format = 'JSONEachRow', \
+                     kafka_num_consumers = 1, kafka_flush_interval_ms = 500, \
+                     kafka_max_block_size = 65536",
+                    queue = c.table("events_queue"),
+                    cols = column_defs(),
+                    brokers = literal(&c.kafka_brokers),
+                    topics = literal(&c.topics.join(",")),
+                    group = literal(&c.kafka_group),
+                ),
+                format!(
+                    "CREATE MATERIALIZED VIEW IF NOT EXISTS {mv} TO {events} AS\n\
+                     SELECT id, tenant_id, session_id, type, \
+                     fromUnixTimestamp64Milli(timestamp_ms, 'UTC') AS timestamp, \
+                     fromUnixTimestamp64Milli(received_at_ms, 'UTC') AS received_at, \
+                     if(sent_at_ms IS NULL, NULL, \
+                     fromUnixTimestamp64Milli(assumeNotNull(sent_at_ms), 'UTC')) AS sent_at, \
+                     {cols}\nFROM {queue}",
+                    mv = c.table("events_mv"),
+                    events = c.table("events"),
+                    queue = c.table("events_queue"),
+                    cols = column_names(),
+                ),
+            ]
+        },
+    },
+];
+
+/// What a [`migrate`] run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MigrationReport {
+    pub applied: Vec<u32>,
+    pub already: Vec<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("migration {version} ({name}) failed: {source}")]
+pub struct MigrationError {
+    pub version: u32,
+    pub name: &'static str,
+    #[source]
+    pub source: clickhouse::error::Error,
+}
+
+/// Applies every migration not yet recorded in `<db>.schema_migrations`.
+pub async fn migrate(
+    client: &clickhouse::Client,
+    ctx: &SchemaContext,
+) -> Result<MigrationReport, MigrationError> {
+    let boot = |source| MigrationError {
+        version: 0,
+        name: "bootstrap",
+        source,
+    };
+    client
+        .query(&format!("CREATE DATABASE IF NOT EXISTS {}", ident(&ctx.database)))
+        .execute()
+        .await
+        .map_err(boot)?;
+    let log = ctx.table("schema_migrations");
+    client
+        .query(&format!(
+            "CREATE TABLE IF NOT EXISTS {log} (version UInt32, name String, \
+             applied_at DateTime64(3, 'UTC')) ENGINE = ReplacingMergeTree ORDER BY version"
+        ))
+        .execute()
+        .await
+        .map_err(boot)?;
+    let done: BTreeSet<u32> = client
+        .query(&format!("SELECT version FROM {log} FINAL"))
+        .fetch_all::<u32>()
+        .await
+        .map_err(boot)?
+        .into_iter()
+        .collect();
+
+    let mut report = MigrationReport::default();
+    for m in MIGRATIONS {
+        if done.contains(&m.version) {
+            report.already.push(m.version);
+            continue;
+        }
+        let fail = |source| MigrationError {
+            version: m.version,
+            name: m.name,
+            source,
+        };
+        for sql in (m.statements)(ctx) {
+            client.query(&sql).execute().await.map_err(fail)?;
+        }
+        client
+            .query(&format!(
+                "INSERT INTO {log} (version, name, applied_at) VALUES (?, ?, now64(3))"
+            ))
+            .bind(m.version)
+            .bind(m.name)
+            .execute()
+            .await
+            .map_err(fail)?;
+        tracing::info!(version = m.version, name = m.name, "migration applied");
+        report.applied.push(m.version);
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_strictly_increasing() {
+        let v: Vec<u32> = MIGRATIONS.iter().map(|m| m.version).collect();
+        assert!(v.windows(2).all(|w| w[0] < w[1]), "{v:?}");
+    }
+
+    #[test]
+    fn queue_columns_match_event_row() {
+        // Every column the Kafka table declares must be a field the gateway produces.
+        let row = crate::event::EventRow {
+            id: uuid::Uuid::nil(),
+            tenant_id: uuid::Uuid::nil(),
+            session_id: uuid::Uuid::nil(),
+            kind: "custom",
+            timestamp_ms: 0,
+            received_at_ms: 0,
+            sent_at_ms: Some(0),
+            user_agent: Some(""),
+            ip: Some(""),
+            screen_width: Some(0),
+            screen_height: Some(0),
+            viewport_width: Some(0),
+            viewport_height: Some(0),
+            timezone: Some(""),
+            language: Some(""),
+            title: Some(""),
+            path: Some(""),
+            url: Some(""),
+            referrer: Some(""),
+            element: Some(""),
+            selector: Some(""),
+            text: Some(""),
+            x: Some(0.0),
+            y: Some(0.0),
+            depth: Some(0.0),
+            lcp: Some(0.0),
+            fcp: Some(0.0),
+            fid: Some(0.0),
+            inp: Some(0.0),
+            cls: Some(0.0),
+            ttfb: Some(0.0),
+            dom_content_loaded: Some(0.0),
+            load_time: Some(0.0),
+            name: Some(""),
+            properties: String::new(),
+        };
+        let v = serde_json::to_value(&row).expect("serializes");
+        let mut fields: BTreeSet<String> = v.as_object().expect("object").keys().cloned().collect();
+        for fixed in ["id", "tenant_id", "session_id", "type", "timestamp_ms", "received_at_ms", "sent_at_ms"] {
+            assert!(fields.remove(fixed), "{fixed}");
+        }
+        let cols: BTreeSet<String> = EVENT_COLUMNS.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(fields, cols);
+    }
+}

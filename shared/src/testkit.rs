@@ -1,0 +1,232 @@
+//! Integration-test helpers for the real local stack (feature `testkit`).
+//!
+//! `make test` starts a tansu broker and the local ClickHouse front and exports
+//! their addresses; tests read them with [`services`] and fail with a clear
+//! message when they are missing (a test that needs a service never skips).
+//! [`TestSchema`] gives each test its own database, topics and consumer group, and
+//! removes them on `Drop`. [`Broker`] runs a private broker a test may kill and
+//! restart.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::schema::{migrate, SchemaContext};
+
+/// Addresses of the shared services started by `make test`.
+#[derive(Debug, Clone)]
+pub struct Services {
+    pub kafka: String,
+    pub clickhouse: String,
+    pub tansu_bin: PathBuf,
+}
+
+fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: integration tests need the local broker and ClickHouse. \
+             Run them with `make test` (which provisions and starts both), or start the \
+             stack with `python3 deploy/local/stack.py run -- cargo test`"
+        )
+    })
+}
+
+/// The running services; panics (failing the test) when `make test` did not start them.
+pub fn services() -> Services {
+    Services {
+        kafka: required_env("OVERWATCH_TEST_KAFKA"),
+        clickhouse: required_env("OVERWATCH_TEST_CLICKHOUSE"),
+        tansu_bin: PathBuf::from(required_env("OVERWATCH_TANSU_BIN")),
+    }
+}
+
+/// Polls `f` until it returns `Some`, or panics naming `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
+/// A free TCP port on loopback (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Configuration pointing at the shared services, with a private database, topic
+/// prefix and consumer group.
+pub fn config(svc: &Services) -> Config {
+    let id = unique("");
+    let short = &id[..12];
+    let mut cfg = Config::load_from(None, Vec::new()).expect("default config is valid");
+    cfg.kafka.brokers = svc.kafka.clone();
+    cfg.kafka.topic_prefix = format!("t{short}_");
+    cfg.kafka.partitions = 2;
+    cfg.clickhouse.url = svc.clickhouse.clone();
+    cfg.clickhouse.database = format!("ow_t{short}");
+    cfg.clickhouse.kafka_brokers = svc.kafka.clone();
+    cfg.clickhouse.kafka_group = format!("ow-ch-{short}");
+    cfg
+}
+
+/// A migrated, private database and topic set; dropped with the value.
+pub struct TestSchema {
+    pub config: Config,
+    pub client: clickhouse::Client,
+}
+
+impl TestSchema {
+    /// Creates the topics and runs every migration for a fresh [`config`].
+    pub async fn create(svc: &Services) -> TestSchema {
+        let config = config(svc);
+        crate::kafka::ensure_topics(
+            &config.kafka.brokers,
+            &config.topics(),
+            config.kafka.partitions,
+            1,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("create test topics");
+        let client = crate::ch::client(&config.clickhouse);
+        migrate(&client, &SchemaContext::from_config(&config))
+            .await
+            .expect("migrate test database");
+        TestSchema { config, client }
+    }
+
+    pub fn database(&self) -> &str {
+        &self.config.clickhouse.database
+    }
+}
+
+impl Drop for TestSchema {
+    fn drop(&mut self) {
+        let config = self.config.clone();
+        // Drop runs inside the test's runtime; clean up on a thread with its own.
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            rt.block_on(async {
+                let client = crate::ch::client(&config.clickhouse);
+                let db = crate::ch::ident(&config.clickhouse.database);
+                if let Err(e) = client.query(&format!("DROP DATABASE IF EXISTS {db} SYNC")).execute().await {
+                    eprintln!("testkit: dropping {db} failed: {e}");
+                }
+                if let Err(e) = crate::kafka::delete_topics(
+                    &config.kafka.brokers,
+                    &config.topics(),
+                    Duration::from_secs(10),
+                )
+                .await
+                {
+                    eprintln!("testkit: deleting test topics failed: {e}");
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// A private tansu broker on a free port, with durable (SQLite) storage in a
+/// temporary directory so that it can be stopped and restarted without losing data.
+pub struct Broker {
+    bin: PathBuf,
+    dir: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Broker {
+    pub fn start(svc: &Services) -> Broker {
+        let dir = std::env::temp_dir().join(unique("ow-broker-"));
+        std::fs::create_dir_all(&dir).expect("broker data dir");
+        let mut b = Broker {
+            bin: svc.tansu_bin.clone(),
+            dir,
+            port: free_port(),
+            child: None,
+        };
+        b.restart();
+        b
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts the process and waits until it accepts connections.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "broker already running");
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::File::create(self.dir.join("broker.log")).expect("broker log");
+        let child = Command::new(&self.bin)
+            .arg("broker")
+            .arg("--listener-url")
+            .arg(&url)
+            .arg("--advertised-listener-url")
+            .arg(&url)
+            .arg("--storage-engine")
+            .arg("sqlite://tansu.db")
+            .current_dir(&self.dir)
+            .env_remove("LISTENER_URL")
+            .env_remove("ADVERTISED_LISTENER_URL")
+            .env_remove("STORAGE_ENGINE")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("broker log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", self.bin.display()));
+        self.child = Some(child);
+        wait_port(self.port, Duration::from_secs(30), &self.dir.join("broker.log"));
+    }
+
+    /// Kills the process (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn wait_port(port: u16, timeout: Duration, log: &Path) {
+    let deadline = Instant::now() + timeout;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("broker did not listen on {port} within {timeout:?}; log:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
