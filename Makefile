@@ -1,0 +1,41 @@
+# Overwatch — developer entry points. `make dev` and `make test` provision
+# everything they need (cached in $(OVERWATCH_CACHE), outside the repository).
+
+OVERWATCH_CACHE ?= $(HOME)/.cache/overwatch
+export OVERWATCH_CACHE
+PYTHON ?= python3
+STACK := $(PYTHON) deploy/local/stack.py
+
+.PHONY: help provision build dev test test-unit lint fmt ch-query clean-data
+
+help:
+	@echo "make dev         run the whole local stack in the foreground (Ctrl-C stops it)"
+	@echo "make test        provision, lint and run every test against real services"
+	@echo "make ch-query Q='SELECT ...'   query the dev ClickHouse"
+	@echo "make clean-data  wipe the dev stack's data (.data/)"
+
+provision:
+	@deploy/local/provision.sh
+
+build:
+	cargo build --workspace --bins
+
+dev: provision build
+	@$(STACK) dev
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+test: provision lint
+	cargo build --workspace --bins --tests
+	$(STACK) run -- cargo test --workspace --no-fail-fast
+
+fmt:
+	cargo fmt --all
+
+ch-query:
+	@$(STACK) query "$(Q)"
+
+clean-data:
+	rm -rf .data

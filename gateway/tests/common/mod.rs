@@ -1,0 +1,111 @@
+//! Starts the gateway in-process on port 0 against the real local services.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use shared::config::{Config, StaticKey};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+pub const SECRET: &str = "test-secret-0123456789";
+
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub tenant: Uuid,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestGateway {
+    /// Starts a gateway with `config`, adding an API key for a fresh tenant.
+    pub async fn start(mut config: Config) -> TestGateway {
+        let tenant = Uuid::new_v4();
+        config.auth.keys.push(StaticKey {
+            tenant_id: tenant,
+            secret_sha256: gateway::auth::hash_secret(SECRET),
+        });
+        config.gateway.listen = "127.0.0.1:0".parse().expect("addr");
+        config.gateway.broker_check_interval_ms = 200;
+        let listener = tokio::net::TcpListener::bind(config.gateway.listen)
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = Arc::new(gateway::App::new(config).expect("app"));
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(gateway::serve(listener, app, async move {
+            let _ = rx.await;
+        }));
+        TestGateway {
+            addr,
+            tenant,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.tenant, SECRET)
+    }
+
+    /// POSTs `body` to /ingest with this gateway's key.
+    pub async fn ingest(&self, body: &serde_json::Value) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(self.url("/ingest"))
+            .bearer_auth(self.key())
+            .json(body)
+            .send()
+            .await
+            .expect("request reaches the gateway")
+    }
+
+    /// Stops the server in order (drain, flush) and waits for it.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.expect("server task").expect("server result");
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A valid event of `kind` for `session`, with distinctive per-type fields.
+pub fn event(kind: &str, n: usize, session: Uuid) -> serde_json::Value {
+    let mut e = serde_json::json!({
+        "id": Uuid::new_v4().to_string(),
+        "session_id": session.to_string(),
+        "timestamp": format!("2024-01-01T00:{:02}:{:02}.{:03}Z", (n / 60) % 60, n % 60, n % 1000),
+        "type": kind,
+        "user_agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0",
+        "screen": {"width": 1920, "height": 1080},
+        "viewport": {"width": 1280, "height": 720 + (n % 100) as u32},
+        "timezone": "Europe/Paris",
+        "language": "fr-FR",
+    });
+    let extra = match kind {
+        "pageview" => serde_json::json!({"title": format!("Page {n} ✓"), "path": format!("/p/{n}"), "url": format!("https://example.com/p/{n}"), "referrer": "https://search.example/"}),
+        "click" => serde_json::json!({"element": "button", "selector": format!("#b{n}"), "text": "Buy \"now\"", "x": n as f64, "y": 2.5}),
+        "scroll" => serde_json::json!({"depth": (n % 101) as f64}),
+        "performance" => serde_json::json!({"lcp": 1200.5 + n as f64, "fcp": 800.0, "cls": 0.05, "ttfb": 120.0, "inp": 40.0, "fid": 8.0, "dom_content_loaded": 900.0, "load_time": 1500.0}),
+        _ => serde_json::json!({"name": format!("signup_{n}"), "properties": {"plan": "pro", "seats": n, "tags": ["a", "b"]}}),
+    };
+    if let (Some(e), Some(x)) = (e.as_object_mut(), extra.as_object()) {
+        for (k, v) in x {
+            e.insert(k.clone(), v.clone());
+        }
+    }
+    e
+}

@@ -1,0 +1,84 @@
+//! workerd's HTTP endpoint: `/health/live`, `/health/ready` (ClickHouse answers)
+//! and `/health` (component report).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+pub struct Health {
+    pub client: clickhouse::Client,
+}
+
+impl Health {
+    async fn clickhouse_up(&self) -> Result<(), String> {
+        let q = self.client.query("SELECT 1").fetch_one::<u8>();
+        match tokio::time::timeout(Duration::from_secs(2), q).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out after 2s".into()),
+        }
+    }
+}
+
+fn reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+async fn handle(h: Arc<Health>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    Ok(match req.uri().path() {
+        "/health/live" => reply(StatusCode::OK, json!({"status": "ok"})),
+        "/health/ready" | "/health" => {
+            let ch = h.clickhouse_up().await;
+            let status = if ch.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            reply(
+                status,
+                json!({
+                    "status": if ch.is_ok() { "ok" } else { "degraded" },
+                    "components": {"clickhouse": match &ch {
+                        Ok(()) => json!({"status": "up"}),
+                        Err(e) => json!({"status": "down", "detail": e}),
+                    }},
+                }),
+            )
+        }
+        other => reply(
+            StatusCode::NOT_FOUND,
+            json!({"error": {"code": "not_found", "message": format!("no route for {other}")}}),
+        ),
+    })
+}
+
+/// Serves the health endpoints until `shutdown` resolves.
+pub async fn serve(listener: TcpListener, health: Arc<Health>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let h = Arc::clone(&health);
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| handle(Arc::clone(&h), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+}
