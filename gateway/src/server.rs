@@ -71,7 +71,11 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Full<B
     resp
 }
 
-async fn route(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response<Full<Bytes>>, ApiError> {
+async fn route(
+    app: &App,
+    req: Request<Incoming>,
+    rid: &str,
+) -> Result<Response<Full<Bytes>>, ApiError> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let allowed: &[Method] = match path.as_str() {
@@ -93,11 +97,18 @@ async fn route(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response<
         "/health/ready" => Ok(if app.ready() {
             json_response(StatusCode::OK, json!({"status": "ready"}))
         } else {
-            json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "not_ready"}))
+            json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"status": "not_ready"}),
+            )
         }),
         _ => {
             let broker = app.sink.broker_up();
-            let status = if app.ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            let status = if app.ready() {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
             Ok(json_response(
                 status,
                 json!({
@@ -118,7 +129,10 @@ async fn route(app: &App, req: Request<Incoming>, rid: &str) -> Result<Response<
     }
 }
 
-async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    app: Arc<App>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let rid = request_id(&req);
     let span = tracing::info_span!("request", request_id = %rid, method = %req.method(), path = %req.uri().path());
     async {
@@ -138,7 +152,11 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Full<B
         if let Ok(v) = HeaderValue::from_str(&rid) {
             resp.headers_mut().insert(X_REQUEST_ID, v);
         }
-        tracing::debug!(status = resp.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "done");
+        tracing::debug!(
+            status = resp.status().as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "done"
+        );
         Ok(resp)
     }
     .instrument(span)
@@ -151,9 +169,9 @@ pub async fn serve(
     app: Arc<App>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let probe = app
-        .sink
-        .spawn_broker_probe(Duration::from_millis(app.config.gateway.broker_check_interval_ms));
+    let probe = app.sink.spawn_broker_probe(Duration::from_millis(
+        app.config.gateway.broker_check_interval_ms,
+    ));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -186,7 +204,10 @@ pub async fn serve(
     drop(listener);
     let timeout = Duration::from_millis(app.config.gateway.shutdown_timeout_ms);
     tracing::info!(?timeout, "shutting down: draining in-flight requests");
-    if tokio::time::timeout(timeout, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("in-flight requests did not finish within the shutdown timeout");
     }
     probe.abort();

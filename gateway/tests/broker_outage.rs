@@ -18,9 +18,15 @@ async fn outage_gives_503_then_recovers() {
     cfg.kafka.brokers = broker.address();
     cfg.gateway.delivery_timeout_ms = 1500;
     cfg.gateway.retry_after_secs = 7;
-    shared::kafka::ensure_topics(&cfg.kafka.brokers, &cfg.topics(), 1, 1, Duration::from_secs(10))
-        .await
-        .expect("topics on the private broker");
+    shared::kafka::ensure_topics(
+        &cfg.kafka.brokers,
+        &cfg.topics(),
+        1,
+        1,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("topics on the private broker");
     let gw = TestGateway::start(cfg).await;
     let session = Uuid::new_v4();
     let batch = |n| serde_json::json!({"events": [event("pageview", n, session)]});
@@ -41,20 +47,28 @@ async fn outage_gives_503_then_recovers() {
         "503 took {took:?}, bound is 1.5 s"
     );
     let client = reqwest::Client::new();
-    eventually("readiness to report 503", Duration::from_secs(20), || async {
-        let r = client.get(gw.url("/health/ready")).send().await.ok()?;
-        (r.status() == 503).then_some(())
-    })
+    eventually(
+        "readiness to report 503",
+        Duration::from_secs(20),
+        || async {
+            let r = client.get(gw.url("/health/ready")).send().await.ok()?;
+            (r.status() == 503).then_some(())
+        },
+    )
     .await;
 
     broker.restart();
     let mut n = 3;
-    eventually("ingest to succeed after the broker restart", Duration::from_secs(60), || {
-        n += 1;
-        let body = batch(n);
-        let gw = &gw;
-        async move { (gw.ingest(&body).await.status() == 200).then_some(()) }
-    })
+    eventually(
+        "ingest to succeed after the broker restart",
+        Duration::from_secs(60),
+        || {
+            n += 1;
+            let body = batch(n);
+            let gw = &gw;
+            async move { (gw.ingest(&body).await.status() == 200).then_some(()) }
+        },
+    )
     .await;
     eventually("readiness to recover", Duration::from_secs(20), || async {
         let r = client.get(gw.url("/health/ready")).send().await.ok()?;

@@ -9,7 +9,10 @@ fn run(bin: &str, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) 
         .env_remove("OVERWATCH_CONFIG")
         .output()
         .expect("spawn binary");
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn temp_file(text: &str) -> std::path::PathBuf {
@@ -18,26 +21,60 @@ fn temp_file(text: &str) -> std::path::PathBuf {
     p
 }
 
+/// (command-line arguments, environment, the key the error must name)
+type Case<'a> = (Vec<String>, Vec<(&'a str, &'a str)>, &'a str);
+
 #[test]
 fn gateway_names_the_offending_key() {
     let bin = env!("CARGO_BIN_EXE_gateway");
     let unknown = temp_file("[gateway]\nlisten_addr = \"127.0.0.1:1\"\n");
     let malformed = temp_file("[kafka]\nbrokers = \n");
-    let cases: Vec<(Vec<String>, Vec<(&str, &str)>, &str)> = vec![
-        (vec!["--config".into(), unknown.display().to_string()], vec![], "gateway.listen_addr"),
-        (vec!["--config".into(), malformed.display().to_string()], vec![], "brokers"),
-        (vec!["--config".into(), "/nonexistent/overwatch.toml".into()], vec![], "--config"),
-        (vec![], vec![("OVERWATCH__GATEWAY__LISTEN", "nowhere")], "gateway.listen"),
-        (vec![], vec![("OVERWATCH__GATEWAY__DELIVERY_TIMEOUT_MS", "soon")], "gateway.delivery_timeout_ms"),
-        (vec![], vec![("OVERWATCH__KAFKA__COMPRESSION", "brotli")], "kafka.compression"),
-        (vec![], vec![("OVERWATCH__KAFKA__TOPIC_PREFIX", "bad prefix!")], "kafka.topic_prefix"),
+    let cases: Vec<Case> = vec![
+        (
+            vec!["--config".into(), unknown.display().to_string()],
+            vec![],
+            "gateway.listen_addr",
+        ),
+        (
+            vec!["--config".into(), malformed.display().to_string()],
+            vec![],
+            "brokers",
+        ),
+        (
+            vec!["--config".into(), "/nonexistent/overwatch.toml".into()],
+            vec![],
+            "--config",
+        ),
+        (
+            vec![],
+            vec![("OVERWATCH__GATEWAY__LISTEN", "nowhere")],
+            "gateway.listen",
+        ),
+        (
+            vec![],
+            vec![("OVERWATCH__GATEWAY__DELIVERY_TIMEOUT_MS", "soon")],
+            "gateway.delivery_timeout_ms",
+        ),
+        (
+            vec![],
+            vec![("OVERWATCH__KAFKA__COMPRESSION", "brotli")],
+            "kafka.compression",
+        ),
+        (
+            vec![],
+            vec![("OVERWATCH__KAFKA__TOPIC_PREFIX", "bad prefix!")],
+            "kafka.topic_prefix",
+        ),
         (vec![], vec![("OVERWATCH__NOPE__KEY", "1")], "nope"),
     ];
     for (args, env, key) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (code, stderr) = run(bin, &args, &env);
         assert_eq!(code, Some(64), "{args:?} {env:?}: {stderr}");
-        assert!(stderr.contains(&format!("`{key}`")), "{key} not named in: {stderr}");
+        assert!(
+            stderr.contains(&format!("`{key}`")),
+            "{key} not named in: {stderr}"
+        );
     }
     let _ = std::fs::remove_file(unknown);
     let _ = std::fs::remove_file(malformed);

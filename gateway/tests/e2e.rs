@@ -91,20 +91,28 @@ async fn thousand_events_round_trip_and_deduplicate() {
     }
 
     let tenant = gw.tenant;
-    eventually("1000 events in ClickHouse", Duration::from_secs(90), || async {
-        (count(&schema, tenant, "").await == 1000).then_some(())
-    })
+    eventually(
+        "1000 events in ClickHouse",
+        Duration::from_secs(90),
+        || async { (count(&schema, tenant, "").await == 1000).then_some(()) },
+    )
     .await;
 
     let stored = rows(&schema, tenant).await;
     assert_eq!(stored.len(), 1000, "exactly the posted ids");
     for e in &events {
         let id = e["id"].as_str().expect("id");
-        let r = stored.get(id).unwrap_or_else(|| panic!("event {id} missing"));
+        let r = stored
+            .get(id)
+            .unwrap_or_else(|| panic!("event {id} missing"));
         assert_eq!(r["tenant_id"], tenant.to_string());
         assert_eq!(r["session_id"], e["session_id"]);
         assert_eq!(r["type"], e["type"]);
-        assert_eq!(r["ts"].as_i64(), Some(ms(e["timestamp"].as_str().expect("ts"))), "{id}");
+        assert_eq!(
+            r["ts"].as_i64(),
+            Some(ms(e["timestamp"].as_str().expect("ts"))),
+            "{id}"
+        );
         assert_eq!(r["user_agent"], e["user_agent"]);
         assert_eq!(r["screen_width"], 1920);
         assert_eq!(r["viewport_height"], e["viewport"]["height"]);
@@ -124,14 +132,24 @@ async fn thousand_events_round_trip_and_deduplicate() {
             }
             "scroll" => assert!(same(&r["depth"], &e["depth"]), "{id}"),
             "performance" => {
-                for f in ["lcp", "fcp", "cls", "ttfb", "inp", "fid", "dom_content_loaded", "load_time"] {
+                for f in [
+                    "lcp",
+                    "fcp",
+                    "cls",
+                    "ttfb",
+                    "inp",
+                    "fid",
+                    "dom_content_loaded",
+                    "load_time",
+                ] {
                     assert!(same(&r[f], &e[f]), "{id} {f}: {} != {}", r[f], e[f]);
                 }
             }
             _ => {
                 assert_eq!(r["name"], e["name"]);
                 let props: serde_json::Value =
-                    serde_json::from_str(r["properties"].as_str().expect("properties")).expect("json");
+                    serde_json::from_str(r["properties"].as_str().expect("properties"))
+                        .expect("json");
                 assert_eq!(props, e["properties"]);
             }
         }
@@ -148,9 +166,11 @@ async fn thousand_events_round_trip_and_deduplicate() {
     }
     // The newest copy wins in FINAL, so once all 1000 show the new receipt time the
     // retries have all arrived.
-    eventually("the resent events in ClickHouse", Duration::from_secs(90), || async {
-        (count(&schema, tenant, &since).await == 1000).then_some(())
-    })
+    eventually(
+        "the resent events in ClickHouse",
+        Duration::from_secs(90),
+        || async { (count(&schema, tenant, &since).await == 1000).then_some(()) },
+    )
     .await;
     assert_eq!(count(&schema, tenant, "").await, 1000);
     let distinct: u64 = schema

@@ -33,7 +33,9 @@ async fn error_code(resp: reqwest::Response) -> (u16, serde_json::Value) {
         rid.as_deref(),
         "request id echoed in header and body"
     );
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(body["error"]["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
     (status, body)
 }
 
@@ -55,17 +57,34 @@ async fn status_table() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-request-id"], "req-123");
     let body: serde_json::Value = r.json().await.expect("json");
-    assert_eq!(body, serde_json::json!({"accepted": 1, "request_id": "req-123"}));
+    assert_eq!(
+        body,
+        serde_json::json!({"accepted": 1, "request_id": "req-123"})
+    );
 
     // 401: missing, wrong secret, unknown tenant.
-    let r = http.post(gw.url("/ingest")).json(&ok).send().await.expect("send");
+    let r = http
+        .post(gw.url("/ingest"))
+        .json(&ok)
+        .send()
+        .await
+        .expect("send");
     let (s, b) = error_code(r).await;
-    assert_eq!((s, b["error"]["code"].as_str()), (401, Some("unauthorized")));
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
     for key in [
         format!("{}:wrong", gw.tenant),
         format!("{}:{SECRET}", Uuid::new_v4()),
     ] {
-        let r = http.post(gw.url("/ingest")).bearer_auth(key).json(&ok).send().await.expect("send");
+        let r = http
+            .post(gw.url("/ingest"))
+            .bearer_auth(key)
+            .json(&ok)
+            .send()
+            .await
+            .expect("send");
         assert_eq!(r.status(), 401);
     }
 
@@ -80,7 +99,11 @@ async fn status_table() {
             .await
             .expect("send");
         let (s, b) = error_code(r).await;
-        assert_eq!((s, b["error"]["code"].as_str()), (400, Some("malformed_body")), "{body}");
+        assert_eq!(
+            (s, b["error"]["code"].as_str()),
+            (400, Some("malformed_body")),
+            "{body}"
+        );
     }
 
     // 422 lists each failing event with index and field.
@@ -102,13 +125,19 @@ async fn status_table() {
     foreign["tenant_id"] = Uuid::new_v4().to_string().into();
     let r = gw.ingest(&serde_json::json!({"events": [foreign]})).await;
     let (s, b) = error_code(r).await;
-    assert_eq!((s, b["error"]["code"].as_str()), (403, Some("tenant_mismatch")));
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (403, Some("tenant_mismatch"))
+    );
 
     // 413: body over gateway.max_body_bytes (1 MiB by default).
     let big = serde_json::json!({"events": [{"title": "x".repeat(1_100_000)}]});
     let r = gw.ingest(&big).await;
     let (s, b) = error_code(r).await;
-    assert_eq!((s, b["error"]["code"].as_str()), (413, Some("payload_too_large")));
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (413, Some("payload_too_large"))
+    );
 
     // 415: wrong content type or encoding.
     for (h, v) in [("content-type", "text/csv"), ("content-encoding", "br")] {
@@ -125,10 +154,31 @@ async fn status_table() {
     }
 
     // 404 and 405.
-    assert_eq!(http.get(gw.url("/nope")).send().await.expect("send").status(), 404);
-    assert_eq!(http.get(gw.url("/ingest")).send().await.expect("send").status(), 405);
+    assert_eq!(
+        http.get(gw.url("/nope"))
+            .send()
+            .await
+            .expect("send")
+            .status(),
+        404
+    );
+    assert_eq!(
+        http.get(gw.url("/ingest"))
+            .send()
+            .await
+            .expect("send")
+            .status(),
+        405
+    );
 
     // Health.
-    assert_eq!(http.get(gw.url("/health/live")).send().await.expect("send").status(), 200);
+    assert_eq!(
+        http.get(gw.url("/health/live"))
+            .send()
+            .await
+            .expect("send")
+            .status(),
+        200
+    );
     gw.shutdown().await;
 }

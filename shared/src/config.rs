@@ -160,7 +160,10 @@ impl Config {
             })?;
             let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
                 let key = toml_error_key(&text, &e);
-                ConfigError::new(key, format!("{} is not valid TOML: {}", path.display(), e.message()))
+                ConfigError::new(
+                    key,
+                    format!("{} is not valid TOML: {}", path.display(), e.message()),
+                )
             })?;
             merge(&mut root, table);
         }
@@ -172,10 +175,12 @@ impl Config {
         for (name, value) in env {
             apply_env(&mut root, &name, &value)?;
         }
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(root))
-            .map_err(|e| {
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(root)).map_err(|e| {
                 let path = e.path().to_string();
                 let inner = e.into_inner().to_string();
+                // toml appends "in `section`" on a second line; the key says it already.
+                let inner = inner.lines().next().unwrap_or_default().to_string();
                 let key = unknown_field_key(&path, &inner).unwrap_or(path);
                 ConfigError::new(key, inner)
             })?;
@@ -189,7 +194,10 @@ impl Config {
         positive("gateway.max_body_bytes", g.max_body_bytes)?;
         positive("gateway.delivery_timeout_ms", g.delivery_timeout_ms)?;
         positive("gateway.shutdown_timeout_ms", g.shutdown_timeout_ms)?;
-        positive("gateway.broker_check_interval_ms", g.broker_check_interval_ms)?;
+        positive(
+            "gateway.broker_check_interval_ms",
+            g.broker_check_interval_ms,
+        )?;
         positive("gateway.retry_after_secs", g.retry_after_secs)?;
         if g.max_events_per_batch == 0 || g.max_events_per_batch > 10_000 {
             return Err(ConfigError::new(
@@ -215,7 +223,10 @@ impl Config {
             return Err(ConfigError::new("kafka.partitions", "must be at least 1"));
         }
         if k.replication_factor < 1 {
-            return Err(ConfigError::new("kafka.replication_factor", "must be at least 1"));
+            return Err(ConfigError::new(
+                "kafka.replication_factor",
+                "must be at least 1",
+            ));
         }
         let c = &self.clickhouse;
         if !(c.url.starts_with("http://") || c.url.starts_with("https://")) {
@@ -288,6 +299,8 @@ fn unknown_field_key(path: &str, message: &str) -> Option<String> {
     let field = &rest[..rest.find('`')?];
     Some(if path == "." || path.is_empty() {
         field.to_string()
+    } else if path == field || path.ends_with(&format!(".{field}")) {
+        path.to_string()
     } else {
         format!("{path}.{field}")
     })
@@ -471,8 +484,11 @@ mod tests {
         let e = Config::load_from(None, env(&[("OVERWATCH__KAFKA__COMPRESSION", "brotli")]))
             .unwrap_err();
         assert_eq!(e.key, "kafka.compression");
-        let e = Config::load_from(None, env(&[("OVERWATCH__GATEWAY__DELIVERY_TIMEOUT_MS", "0")]))
-            .unwrap_err();
+        let e = Config::load_from(
+            None,
+            env(&[("OVERWATCH__GATEWAY__DELIVERY_TIMEOUT_MS", "0")]),
+        )
+        .unwrap_err();
         assert_eq!(e.key, "gateway.delivery_timeout_ms");
         let e = Config::load_from(None, env(&[("OVERWATCH__CLICKHOUSE__DATABASE", "a-b")]))
             .unwrap_err();

@@ -182,7 +182,10 @@ pub async fn migrate(
         source,
     };
     client
-        .query(&format!("CREATE DATABASE IF NOT EXISTS {}", ident(&ctx.database)))
+        .query(&format!(
+            "CREATE DATABASE IF NOT EXISTS {}",
+            ident(&ctx.database)
+        ))
         .execute()
         .await
         .map_err(boot)?;
@@ -284,7 +287,15 @@ mod tests {
         };
         let v = serde_json::to_value(&row).expect("serializes");
         let mut fields: BTreeSet<String> = v.as_object().expect("object").keys().cloned().collect();
-        for fixed in ["id", "tenant_id", "session_id", "type", "timestamp_ms", "received_at_ms", "sent_at_ms"] {
+        for fixed in [
+            "id",
+            "tenant_id",
+            "session_id",
+            "type",
+            "timestamp_ms",
+            "received_at_ms",
+            "sent_at_ms",
+        ] {
             assert!(fields.remove(fixed), "{fixed}");
         }
         let cols: BTreeSet<String> = EVENT_COLUMNS.iter().map(|(n, _)| n.to_string()).collect();

@@ -97,6 +97,14 @@ pub struct TestSchema {
 }
 
 impl TestSchema {
+    /// A fresh [`config`] whose database and topics will be removed on drop,
+    /// with nothing created yet (for tests of the migrations themselves).
+    pub fn empty(svc: &Services) -> TestSchema {
+        let config = config(svc);
+        let client = crate::ch::client(&config.clickhouse);
+        TestSchema { config, client }
+    }
+
     /// Creates the topics and runs every migration for a fresh [`config`].
     pub async fn create(svc: &Services) -> TestSchema {
         let config = config(svc);
@@ -133,7 +141,11 @@ impl Drop for TestSchema {
             rt.block_on(async {
                 let client = crate::ch::client(&config.clickhouse);
                 let db = crate::ch::ident(&config.clickhouse.database);
-                if let Err(e) = client.query(&format!("DROP DATABASE IF EXISTS {db} SYNC")).execute().await {
+                if let Err(e) = client
+                    .query(&format!("DROP DATABASE IF EXISTS {db} SYNC"))
+                    .execute()
+                    .await
+                {
                     eprintln!("testkit: dropping {db} failed: {e}");
                 }
                 if let Err(e) = crate::kafka::delete_topics(
@@ -201,7 +213,11 @@ impl Broker {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", self.bin.display()));
         self.child = Some(child);
-        wait_port(self.port, Duration::from_secs(30), &self.dir.join("broker.log"));
+        wait_port(
+            self.port,
+            Duration::from_secs(30),
+            &self.dir.join("broker.log"),
+        );
     }
 
     /// Kills the process (SIGKILL) and reaps it.
@@ -216,7 +232,14 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::thread::panicking() {
+            eprintln!(
+                "testkit: broker data and log kept in {}",
+                self.dir.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

@@ -39,12 +39,19 @@ fn reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
     r
 }
 
-async fn handle(h: Arc<Health>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    h: Arc<Health>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(match req.uri().path() {
         "/health/live" => reply(StatusCode::OK, json!({"status": "ok"})),
         "/health/ready" | "/health" => {
             let ch = h.clickhouse_up().await;
-            let status = if ch.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            let status = if ch.is_ok() {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
             reply(
                 status,
                 json!({

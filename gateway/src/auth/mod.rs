@@ -37,13 +37,17 @@ impl KeyStore {
         let raw = key_from_headers(headers).ok_or(ApiError::Unauthorized(
             "missing API key: send `Authorization: Bearer <tenant_id>:<secret>` or `X-API-Key`",
         ))?;
-        let (tenant, secret) = raw
-            .split_once(':')
-            .ok_or(ApiError::Unauthorized("malformed API key: expected <tenant_id>:<secret>"))?;
+        let (tenant, secret) = raw.split_once(':').ok_or(ApiError::Unauthorized(
+            "malformed API key: expected <tenant_id>:<secret>",
+        ))?;
         let tenant = Uuid::try_parse(tenant.trim())
             .map_err(|_| ApiError::Unauthorized("malformed API key: tenant id is not a UUID"))?;
         let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
-        let known = self.by_tenant.get(&tenant).map(Vec::as_slice).unwrap_or(&[]);
+        let known = self
+            .by_tenant
+            .get(&tenant)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
         // Check every candidate so timing does not tell which one matched.
         let matched = known.iter().fold(false, |acc, k| acc | ct_eq(k, &digest));
         if matched {
@@ -101,8 +105,15 @@ mod tests {
     fn bearer_and_x_api_key_are_accepted() {
         let s = store();
         let key = "00000000-0000-0000-0000-000000000000:secret";
-        assert_eq!(s.authenticate(&headers("authorization", &format!("Bearer {key}"))).ok(), Some(Uuid::nil()));
-        assert_eq!(s.authenticate(&headers("x-api-key", key)).ok(), Some(Uuid::nil()));
+        assert_eq!(
+            s.authenticate(&headers("authorization", &format!("Bearer {key}")))
+                .ok(),
+            Some(Uuid::nil())
+        );
+        assert_eq!(
+            s.authenticate(&headers("x-api-key", key)).ok(),
+            Some(Uuid::nil())
+        );
     }
 
     #[test]
@@ -110,12 +121,21 @@ mod tests {
         let s = store();
         for h in [
             HeaderMap::new(),
-            headers("authorization", "Bearer 00000000-0000-0000-0000-000000000000:wrong"),
-            headers("authorization", "Bearer 11111111-1111-1111-1111-111111111111:secret"),
+            headers(
+                "authorization",
+                "Bearer 00000000-0000-0000-0000-000000000000:wrong",
+            ),
+            headers(
+                "authorization",
+                "Bearer 11111111-1111-1111-1111-111111111111:secret",
+            ),
             headers("authorization", "Bearer nocolon"),
             headers("authorization", "Basic abc"),
         ] {
-            assert!(matches!(s.authenticate(&h), Err(ApiError::Unauthorized(_))), "{h:?}");
+            assert!(
+                matches!(s.authenticate(&h), Err(ApiError::Unauthorized(_))),
+                "{h:?}"
+            );
         }
     }
 }

@@ -38,20 +38,24 @@ pub async fn handle(
             return Err(ApiError::PayloadTooLarge { limit });
         }
     }
-    let body = Limited::new(req.into_body(), usize::try_from(limit).unwrap_or(usize::MAX))
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                ApiError::PayloadTooLarge { limit }
-            } else {
-                ApiError::BodyRead(e.to_string())
-            }
-        })?
-        .to_bytes();
+    let body = Limited::new(
+        req.into_body(),
+        usize::try_from(limit).unwrap_or(usize::MAX),
+    )
+    .collect()
+    .await
+    .map_err(|e| {
+        if e.is::<http_body_util::LengthLimitError>() {
+            ApiError::PayloadTooLarge { limit }
+        } else {
+            ApiError::BodyRead(e.to_string())
+        }
+    })?
+    .to_bytes();
     let mut buf = Vec::from(body);
     let batch = model::parse(&mut buf).map_err(ApiError::MalformedBody)?;
-    let received_at_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+    let received_at_ms =
+        (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
     let events = validate::prepare(
         &batch,
         tenant,
@@ -78,7 +82,12 @@ pub async fn handle(
 fn check_content_type(req: &Request<Incoming>) -> Result<(), ApiError> {
     if let Some(ct) = req.headers().get(CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("");
-        let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let mime = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         if mime != "application/json" && !mime.ends_with("+json") {
             return Err(ApiError::UnsupportedMediaType(format!(
                 "content type `{ct}` is not supported; send application/json"

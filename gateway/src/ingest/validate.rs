@@ -60,7 +60,11 @@ fn time_ms(p: &mut Problems, i: usize, field: &str, v: Option<&str>) -> Option<i
     match OffsetDateTime::parse(s, &Rfc3339) {
         Ok(t) => Some((t.unix_timestamp_nanos() / 1_000_000) as i64),
         Err(_) => {
-            p.add(i, field, "must be an RFC 3339 timestamp, e.g. 2024-01-01T00:00:00Z");
+            p.add(
+                i,
+                field,
+                "must be an RFC 3339 timestamp, e.g. 2024-01-01T00:00:00Z",
+            );
             None
         }
     }
@@ -230,7 +234,8 @@ mod tests {
         let ApiError::Invalid(list) = err else {
             panic!("expected 422, got {err:?}")
         };
-        let got: Vec<(Option<usize>, &str)> = list.iter().map(|f| (f.index, f.field.as_str())).collect();
+        let got: Vec<(Option<usize>, &str)> =
+            list.iter().map(|f| (f.index, f.field.as_str())).collect();
         assert_eq!(
             got,
             vec![
@@ -247,17 +252,23 @@ mod tests {
     #[test]
     fn foreign_tenant_is_forbidden() {
         let err = run(r#"{"events":[{"id":"550e8400-e29b-41d4-a716-446655440000","tenant_id":"22222222-2222-2222-2222-222222222222","session_id":"11111111-1111-1111-1111-111111111111","timestamp":"2024-01-01T00:00:00Z","type":"click"}]}"#).unwrap_err();
-        assert!(matches!(err, ApiError::ForeignTenant { index: 0, .. }), "{err:?}");
+        assert!(
+            matches!(err, ApiError::ForeignTenant { index: 0, .. }),
+            "{err:?}"
+        );
     }
 
     #[test]
     fn empty_and_oversized_batches_are_rejected() {
         assert!(matches!(run(r#"{"events":[]}"#), Err(ApiError::Invalid(_))));
         let one = r#"{"id":"550e8400-e29b-41d4-a716-446655440000","session_id":"11111111-1111-1111-1111-111111111111","timestamp":"2024-01-01T00:00:00Z","type":"scroll","depth":50}"#;
-        let body = format!("{{\"events\":[{}]}}", vec![one; 3].join(","));
+        let body = format!("{{\"events\":[{}]}}", [one; 3].join(","));
         let mut buf = body.into_bytes();
         let batch = parse(&mut buf).expect("parses");
-        assert!(matches!(prepare(&batch, Uuid::nil(), 0, 2), Err(ApiError::Invalid(_))));
+        assert!(matches!(
+            prepare(&batch, Uuid::nil(), 0, 2),
+            Err(ApiError::Invalid(_))
+        ));
         assert_eq!(prepare(&batch, Uuid::nil(), 0, 3).expect("fits").len(), 3);
     }
 
@@ -265,8 +276,12 @@ mod tests {
     fn custom_properties_pass_through_as_json_text() {
         let out = run(r#"{"events":[{"id":"550e8400-e29b-41d4-a716-446655440000","session_id":"11111111-1111-1111-1111-111111111111","timestamp":"2024-01-01T00:00:00Z","type":"custom","name":"signup","properties":{"plan":"pro","n":3,"nested":{"a":[1,2]}}}]}"#).expect("valid");
         let v: serde_json::Value = serde_json::from_slice(&out[0].payload).expect("json");
-        let props: serde_json::Value = serde_json::from_str(v["properties"].as_str().expect("string")).expect("props json");
-        assert_eq!(props, serde_json::json!({"plan":"pro","n":3,"nested":{"a":[1,2]}}));
+        let props: serde_json::Value =
+            serde_json::from_str(v["properties"].as_str().expect("string")).expect("props json");
+        assert_eq!(
+            props,
+            serde_json::json!({"plan":"pro","n":3,"nested":{"a":[1,2]}})
+        );
     }
 
     #[test]

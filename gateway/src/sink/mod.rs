@@ -4,13 +4,21 @@
 //! (`acks=all`, idempotent producer). If any delivery fails, or the reports do not
 //! all arrive within `gateway.delivery_timeout_ms`, the request fails with 503 and
 //! the client retries; duplicates from such retries collapse in ClickHouse.
+//!
+//! After a failed delivery the producer is replaced by a fresh one (new producer
+//! id) and the old one's queue is purged. An idempotent producer that lived
+//! through an outage otherwise resumes with its old producer id and a bumped
+//! epoch, which a broker that lost that state (a restarted single node, the local
+//! tansu broker) cannot follow; a fresh producer id is valid everywhere. The
+//! purged messages belong to requests that already failed with 503.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::util::Timeout;
 use shared::config::Config;
 use shared::event::EventType;
@@ -29,8 +37,14 @@ pub enum SinkError {
     Canceled,
 }
 
+struct Current {
+    generation: u64,
+    producer: Arc<FutureProducer>,
+}
+
 pub struct Sink {
-    producer: FutureProducer,
+    client_config: ClientConfig,
+    current: RwLock<Current>,
     topics: Vec<String>,
     delivery_timeout: Duration,
     broker_up: Arc<AtomicBool>,
@@ -38,10 +52,15 @@ pub struct Sink {
 
 impl Sink {
     pub fn new(cfg: &Config) -> Result<Sink, KafkaError> {
-        let producer: FutureProducer =
-            shared::kafka::producer_config(&cfg.kafka, cfg.gateway.delivery_timeout_ms).create()?;
+        let client_config =
+            shared::kafka::producer_config(&cfg.kafka, cfg.gateway.delivery_timeout_ms);
+        let producer: FutureProducer = client_config.create()?;
         Ok(Sink {
-            producer,
+            client_config,
+            current: RwLock::new(Current {
+                generation: 0,
+                producer: Arc::new(producer),
+            }),
             topics: cfg.topics(),
             delivery_timeout: Duration::from_millis(cfg.gateway.delivery_timeout_ms),
             broker_up: Arc::new(AtomicBool::new(false)),
@@ -52,15 +71,60 @@ impl Sink {
         &self.topics[kind.index()]
     }
 
+    fn producer(&self) -> (u64, Arc<FutureProducer>) {
+        let c = self.current.read().unwrap_or_else(|e| e.into_inner());
+        (c.generation, Arc::clone(&c.producer))
+    }
+
+    /// Replaces the producer of `generation` (once, however many requests failed on it).
+    fn replace(&self, generation: u64) {
+        let mut c = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if c.generation != generation {
+            return;
+        }
+        let fresh: FutureProducer = match self.client_config.create() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create a replacement producer");
+                return;
+            }
+        };
+        let old = std::mem::replace(&mut c.producer, Arc::new(fresh));
+        c.generation += 1;
+        let generation = c.generation;
+        drop(c);
+        old.purge(PurgeConfig::default().queue().inflight());
+        // Dropping a producer may block briefly while librdkafka shuts it down.
+        tokio::task::spawn_blocking(move || drop(old));
+        tracing::warn!(generation, "producer replaced after a failed delivery");
+    }
+
     /// Produces every event and returns once all are acknowledged.
     pub async fn send(&self, events: &[Outgoing]) -> Result<(), SinkError> {
+        let (generation, producer) = self.producer();
+        let result = self.send_with(&producer, events).await;
+        drop(producer);
+        match &result {
+            Err(SinkError::Delivery(_) | SinkError::Timeout(_) | SinkError::Canceled) => {
+                self.replace(generation)
+            }
+            Err(SinkError::Enqueue(_)) | Ok(()) => {}
+        }
+        result
+    }
+
+    async fn send_with(
+        &self,
+        producer: &FutureProducer,
+        events: &[Outgoing],
+    ) -> Result<(), SinkError> {
         let mut pending = Vec::with_capacity(events.len());
         for e in events {
             let key = e.key.as_bytes();
             let record = FutureRecord::to(self.topic(e.kind))
                 .key(&key[..])
                 .payload(&e.payload[..]);
-            match self.producer.send_result(record) {
+            match producer.send_result(record) {
                 Ok(f) => pending.push(f),
                 Err((err, _)) => return Err(SinkError::Enqueue(err)),
             }
@@ -94,10 +158,9 @@ impl Sink {
         let sink = Arc::clone(self);
         tokio::spawn(async move {
             loop {
-                let probe = Arc::clone(&sink);
+                let (_, probe) = sink.producer();
                 let up = tokio::task::spawn_blocking(move || {
                     probe
-                        .producer
                         .client()
                         .fetch_metadata(None, Timeout::After(Duration::from_secs(2)))
                         .map(|m| !m.brokers().is_empty())
@@ -120,10 +183,10 @@ impl Sink {
 
     /// Waits up to `timeout` for queued messages to be delivered (shutdown).
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.producer.flush(Timeout::After(timeout))
+        self.producer().1.flush(Timeout::After(timeout))
     }
 
     pub fn in_flight(&self) -> i32 {
-        self.producer.in_flight_count()
+        self.producer().1.in_flight_count()
     }
 }

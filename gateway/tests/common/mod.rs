@@ -96,11 +96,19 @@ pub fn event(kind: &str, n: usize, session: Uuid) -> serde_json::Value {
         "language": "fr-FR",
     });
     let extra = match kind {
-        "pageview" => serde_json::json!({"title": format!("Page {n} ✓"), "path": format!("/p/{n}"), "url": format!("https://example.com/p/{n}"), "referrer": "https://search.example/"}),
-        "click" => serde_json::json!({"element": "button", "selector": format!("#b{n}"), "text": "Buy \"now\"", "x": n as f64, "y": 2.5}),
+        "pageview" => {
+            serde_json::json!({"title": format!("Page {n} ✓"), "path": format!("/p/{n}"), "url": format!("https://example.com/p/{n}"), "referrer": "https://search.example/"})
+        }
+        "click" => {
+            serde_json::json!({"element": "button", "selector": format!("#b{n}"), "text": "Buy \"now\"", "x": n as f64, "y": 2.5})
+        }
         "scroll" => serde_json::json!({"depth": (n % 101) as f64}),
-        "performance" => serde_json::json!({"lcp": 1200.5 + n as f64, "fcp": 800.0, "cls": 0.05, "ttfb": 120.0, "inp": 40.0, "fid": 8.0, "dom_content_loaded": 900.0, "load_time": 1500.0}),
-        _ => serde_json::json!({"name": format!("signup_{n}"), "properties": {"plan": "pro", "seats": n, "tags": ["a", "b"]}}),
+        "performance" => {
+            serde_json::json!({"lcp": 1200.5 + n as f64, "fcp": 800.0, "cls": 0.05, "ttfb": 120.0, "inp": 40.0, "fid": 8.0, "dom_content_loaded": 900.0, "load_time": 1500.0})
+        }
+        _ => {
+            serde_json::json!({"name": format!("signup_{n}"), "properties": {"plan": "pro", "seats": n, "tags": ["a", "b"]}})
+        }
     };
     if let (Some(e), Some(x)) = (e.as_object_mut(), extra.as_object()) {
         for (k, v) in x {

@@ -1,0 +1,119 @@
+//! `workerd migrate` against the real local broker and ClickHouse.
+
+use std::process::Command;
+
+use shared::testkit::{services, TestSchema};
+
+async fn tables(schema: &TestSchema) -> Vec<String> {
+    schema
+        .client
+        .query("SELECT name FROM system.tables WHERE database = ? ORDER BY name")
+        .bind(schema.database())
+        .fetch_all::<String>()
+        .await
+        .expect("list tables")
+}
+
+async fn recorded(schema: &TestSchema) -> Vec<u32> {
+    schema
+        .client
+        .query(&format!(
+            "SELECT version FROM `{}`.schema_migrations ORDER BY version",
+            schema.database()
+        ))
+        .fetch_all::<u32>()
+        .await
+        .expect("schema_migrations")
+}
+
+#[tokio::test]
+async fn migrate_is_versioned_and_idempotent() {
+    let svc = services();
+    let schema = TestSchema::empty(&svc);
+    let all: Vec<u32> = shared::schema::MIGRATIONS
+        .iter()
+        .map(|m| m.version)
+        .collect();
+
+    let first = workerd::migrate::run(&schema.config)
+        .await
+        .expect("first run");
+    assert_eq!(first.applied, all);
+    assert!(first.already.is_empty());
+    let expected = vec!["events", "events_mv", "events_queue", "schema_migrations"];
+    assert_eq!(tables(&schema).await, expected);
+    assert_eq!(recorded(&schema).await, all);
+
+    let second = workerd::migrate::run(&schema.config)
+        .await
+        .expect("second run");
+    assert!(second.applied.is_empty(), "{second:?}");
+    assert_eq!(second.already, all);
+    assert_eq!(tables(&schema).await, expected);
+    assert_eq!(recorded(&schema).await, all, "no duplicate records");
+}
+
+#[tokio::test]
+async fn the_binary_migrates_with_env_overrides() {
+    let svc = services();
+    let schema = TestSchema::empty(&svc);
+    let c = &schema.config;
+    let out = Command::new(env!("CARGO_BIN_EXE_workerd"))
+        .arg("migrate")
+        .env_remove("OVERWATCH_CONFIG")
+        .env("OVERWATCH__KAFKA__BROKERS", &c.kafka.brokers)
+        .env("OVERWATCH__KAFKA__TOPIC_PREFIX", &c.kafka.topic_prefix)
+        .env("OVERWATCH__CLICKHOUSE__URL", &c.clickhouse.url)
+        .env("OVERWATCH__CLICKHOUSE__DATABASE", &c.clickhouse.database)
+        .env(
+            "OVERWATCH__CLICKHOUSE__KAFKA_BROKERS",
+            &c.clickhouse.kafka_brokers,
+        )
+        .env(
+            "OVERWATCH__CLICKHOUSE__KAFKA_GROUP",
+            &c.clickhouse.kafka_group,
+        )
+        .output()
+        .expect("run workerd");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(tables(&schema).await.len(), 4);
+    // The topics exist: metadata lists all five.
+    let topics = c.topics();
+    let brokers = c.kafka.brokers.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .expect("consumer");
+        let md = consumer
+            .fetch_metadata(None, std::time::Duration::from_secs(10))
+            .expect("metadata");
+        md.topics()
+            .iter()
+            .map(|t| t.name().to_string())
+            .collect::<Vec<_>>()
+    })
+    .await
+    .expect("metadata task");
+    for t in topics {
+        assert!(found.contains(&t), "{t} missing from {found:?}");
+    }
+}
+
+#[test]
+fn config_errors_exit_64_naming_the_key() {
+    let out = Command::new(env!("CARGO_BIN_EXE_workerd"))
+        .arg("migrate")
+        .env_remove("OVERWATCH_CONFIG")
+        .env("OVERWATCH__WORKERD__MIGRATE_ON_START", "maybe")
+        .output()
+        .expect("run workerd");
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("`workerd.migrate_on_start`"), "{stderr}");
+}
