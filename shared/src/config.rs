@@ -337,13 +337,18 @@ fn apply_env(root: &mut toml::Table, name: &str, raw: &str) -> Result<(), Config
         .map(|s| s.to_ascii_lowercase())
         .collect();
     let key = parts.join(".");
-    if parts.len() < 2 || parts.iter().any(|p| p.is_empty()) {
-        return Err(ConfigError::new(
-            key,
+    let malformed = || {
+        ConfigError::new(
+            key.clone(),
             format!("environment variable {name} must look like OVERWATCH__SECTION__KEY"),
-        ));
+        )
+    };
+    if parts.len() < 2 || parts.iter().any(|p| p.is_empty()) {
+        return Err(malformed());
     }
-    let (last, sections) = parts.split_last().expect("at least two parts");
+    let Some((last, sections)) = parts.split_last() else {
+        return Err(malformed());
+    };
     let mut table = root;
     for s in sections {
         let entry = table

@@ -147,7 +147,13 @@ fn prepare_one(
     }
     let properties = match &e.properties {
         None => "{}".to_string(),
-        Some(v @ simd_json::OwnedValue::Object(_)) => simd_json::to_string(v).unwrap_or_default(),
+        Some(v @ simd_json::OwnedValue::Object(_)) => match simd_json::to_string(v) {
+            Ok(s) => s,
+            Err(e) => {
+                p.add(i, "properties", format!("cannot be encoded: {e}"));
+                String::new()
+            }
+        },
         Some(_) => {
             p.add(i, "properties", "must be a JSON object");
             String::new()
@@ -194,7 +200,14 @@ fn prepare_one(
         name: e.name.as_deref(),
         properties,
     };
-    let payload = serde_json::to_vec(&row).ok()?;
+    let payload = match serde_json::to_vec(&row) {
+        Ok(p) => p,
+        Err(e) => {
+            // Never drop an event silently: report it like any other invalid field.
+            p.add(i, "event", format!("cannot be encoded: {e}"));
+            return None;
+        }
+    };
     Some(Outgoing {
         kind,
         key: session,
