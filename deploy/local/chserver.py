@@ -23,11 +23,13 @@ HTTP connections are handled concurrently.
 import argparse
 import gzip
 import http.server
+import os
 import re
 import signal
 import socketserver
 import struct
 import sys
+import tempfile
 import threading
 import urllib.parse
 
@@ -64,12 +66,76 @@ class ClickHouseError(Exception):
         self.code = code
 
 
+# `INSERT INTO <table>[(<columns>)] FORMAT <name>` with the data elsewhere.
+INSERT_FORMAT = re.compile(
+    rb"^\s*(?P<head>INSERT\s+INTO\s+.+?)\s+FORMAT\s+(?P<fmt>\w+)\s*$", re.IGNORECASE | re.DOTALL)
+# The same statement followed by its data in one body (the data starts after the newline).
+INSERT_FORMAT_INLINE = re.compile(
+    rb"^(\s*INSERT\s+INTO\s+[^\n]+?\s+FORMAT\s+\w+)[ \t]*\r?\n", re.IGNORECASE)
+KAFKA_ENGINE = re.compile(r"\bENGINE\s*=\s*Kafka\b", re.IGNORECASE)
+PARKED_DIR = "overwatch-parked"
+
+
+def park_kafka_tables(path):
+    """Moves the metadata of Kafka engine tables out of chdb's sight before it starts.
+
+    chdb fails to start at all when a Kafka engine table is attached at startup
+    (the same spurious 'Shutdown was called' it answers on CREATE). Parked tables
+    are attached again once the engine is up (``Engine.reattach``); a start that
+    was interrupted leaves them in ``<path>/overwatch-parked`` and the next start
+    picks them up from there.
+    """
+    parked_root = os.path.join(path, PARKED_DIR)
+    meta = os.path.join(path, "metadata")
+    if os.path.isdir(meta):
+        for db in sorted(os.listdir(meta)):
+            dbdir = os.path.join(meta, db)
+            if not os.path.isdir(dbdir):
+                continue
+            for name in sorted(os.listdir(dbdir)):
+                full = os.path.join(dbdir, name)
+                if not name.endswith(".sql"):
+                    continue
+                with open(full, encoding="utf-8") as f:
+                    text = f.read()
+                if KAFKA_ENGINE.search(text):
+                    os.makedirs(os.path.join(parked_root, db), exist_ok=True)
+                    os.replace(full, os.path.join(parked_root, db, name))
+    parked = []
+    if os.path.isdir(parked_root):
+        for db in sorted(os.listdir(parked_root)):
+            for name in sorted(os.listdir(os.path.join(parked_root, db))):
+                full = os.path.join(parked_root, db, name)
+                with open(full, encoding="utf-8") as f:
+                    text = f.read()
+                table = urllib.parse.unquote(name[: -len(".sql")])
+                parked.append((urllib.parse.unquote(db), table, text, full))
+    return parked
+
+
 class Engine:
     """One chdb connection; every query goes through ``run`` under a lock."""
 
     def __init__(self, path):
+        self.tmp = os.path.join(path, "overwatch-tmp")
+        os.makedirs(self.tmp, exist_ok=True)
+        parked = park_kafka_tables(path)
         self.conn = _chdb.connect(path)
         self.lock = threading.Lock()
+        self.reattach(parked)
+
+    def reattach(self, parked):
+        for db, table, text, parked_path in parked:
+            name = quote_ident(db) + b"." + quote_ident(table)
+            sql = re.sub(r"^\s*ATTACH\s+TABLE\s+_\b", "ATTACH TABLE " + name.decode(), text, count=1)
+            try:
+                self._exec(sql.encode())
+            except ClickHouseError as err:
+                if not (err.code == 49 and self._table_exists(name.decode())):
+                    sys.stderr.write("chserver: could not re-attach Kafka table %s: %s (metadata kept in %s)\n"
+                                     % (name.decode(), err, parked_path))
+                    continue
+            os.remove(parked_path)
 
     def _exec(self, sql, fmt="TabSeparated"):
         try:
@@ -84,7 +150,27 @@ class Engine:
             raise ClickHouseError(int(m.group(1)) if m else 1002, text)
         return res.bytes() if res is not None else b""
 
-    def run(self, sql, database, fmt, settings):
+    def run(self, sql, database, fmt, settings, insert_data=None):
+        """Runs one query; ``insert_data`` is the data of an ``INSERT ... FORMAT``.
+
+        chdb splits its input into statements with its SQL lexer, so data appended
+        to the query text can be cut wherever the bytes happen to look like the
+        end of a statement (seen with RowBinary). Insert data therefore goes
+        through a temporary file and ``FROM INFILE``.
+        """
+        if insert_data is not None:
+            fd, path = tempfile.mkstemp(suffix=".rows", dir=self.tmp)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(insert_data)
+                m = INSERT_FORMAT.match(sql)
+                sql = m.group("head") + b" FROM INFILE " + quote_literal(path) + b" FORMAT " + m.group("fmt")
+                return self._run(sql, database, fmt, settings)
+            finally:
+                os.unlink(path)
+        return self._run(sql, database, fmt, settings)
+
+    def _run(self, sql, database, fmt, settings):
         with self.lock:
             applied = []
             try:
@@ -231,10 +317,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def _handle(self, url, params, body):
         first = {k: v[0] for k, v in params.items()}
         query = first.get("query", "").encode()
-        if query and body:
-            sql = query + b"\n" + body
-        else:
-            sql = query or body
+        insert_data = None
+        m = INSERT_FORMAT.match(query) if query and body else None
+        if m:
+            sql, insert_data = m.group(0), body
+        elif not query:
+            m = INSERT_FORMAT_INLINE.match(body)
+            if m:
+                sql, insert_data = m.group(1), body[m.end():]
+        if insert_data is None:
+            sql = query + b"\n" + body if query and body else query or body
         if not sql.strip():
             self._error(ClickHouseError(62, "Empty query"))
             return
@@ -249,7 +341,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return
             settings.append((name, value))
         try:
-            out = self.server.engine.run(sql, database, fmt, settings)
+            out = self.server.engine.run(sql, database, fmt, settings, insert_data)
         except ClickHouseError as err:
             self._error(err)
             return

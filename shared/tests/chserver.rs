@@ -33,24 +33,34 @@ async fn binary_insert_round_trips_rows() {
         .await
         .expect("create table");
 
-    let mut rows: Vec<Item> = (0..1000u64)
+    // Binary data that looks like SQL to a lexer (quotes, semicolons, NUL bytes)
+    // must arrive intact: chdb's statement splitter once cut such inserts short.
+    let tricky = [
+        "it's; DROP TABLE x; --",
+        "\"quoted\" `tick` \\ back",
+        "nul\0byte;",
+        "élément ✓",
+    ];
+    let mut rows: Vec<Item> = (0..3000u64)
         .map(|n| Item {
             id: uuid::Uuid::new_v4(),
-            name: format!("élément №{n} ✓ \"quoted\" \\ back"),
+            name: format!("{} №{n}", tricky[n as usize % tricky.len()]),
             n,
         })
         .collect();
-    // The `database` parameter selects the database for the unqualified name.
-    let mut insert = client
-        .clone()
-        .with_database(db.clone())
-        .insert::<Item>("items")
-        .await
-        .expect("insert");
-    for r in &rows {
-        insert.write(r).await.expect("write row");
+    for chunk in rows.chunks(1000) {
+        // The `database` parameter selects the database for the unqualified name.
+        let mut insert = client
+            .clone()
+            .with_database(db.clone())
+            .insert::<Item>("items")
+            .await
+            .expect("insert");
+        for r in chunk {
+            insert.write(r).await.expect("write row");
+        }
+        insert.end().await.expect("end insert");
     }
-    insert.end().await.expect("end insert");
 
     let mut got = client
         .query(&format!("SELECT ?fields FROM `{db}`.items"))
@@ -66,12 +76,12 @@ async fn binary_insert_round_trips_rows() {
         .query(&format!(
             "SELECT count(), sum(n) FROM `{db}`.items WHERE n >= ?"
         ))
-        .bind(500u64)
+        .bind(1500u64)
         .with_setting("max_threads", "1")
         .fetch_one()
         .await
         .expect("aggregate");
-    assert_eq!((count, total), (500, (500..1000).sum::<u64>()));
+    assert_eq!((count, total), (1500, (1500..3000).sum::<u64>()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
