@@ -6,8 +6,8 @@
                   `workerd run`; Ctrl-C stops everything in order.
   stack.py run -- CMD ...
                   starts broker + ClickHouse on free ports with throw-away data,
-                  exports OVERWATCH_TEST_KAFKA, OVERWATCH_TEST_CLICKHOUSE and
-                  OVERWATCH_TANSU_BIN, runs CMD, stops everything, exits with
+                  exports OVERWATCH_TEST_KAFKA, OVERWATCH_TEST_CLICKHOUSE,
+                  OVERWATCH_TANSU_BIN and OVERWATCH_CH_PYTHON, runs CMD, stops everything, exits with
                   CMD's status (what `make test` uses).
   stack.py query SQL
                   sends SQL to the dev ClickHouse and prints the answer.
@@ -222,6 +222,7 @@ def cmd_run(args):
             "OVERWATCH_TEST_KAFKA": stack.kafka,
             "OVERWATCH_TEST_CLICKHOUSE": stack.clickhouse,
             "OVERWATCH_TANSU_BIN": TANSU_BIN,
+            "OVERWATCH_CH_PYTHON": VENV_PY,
         })
         print("stack: broker %s, ClickHouse %s, logs %s" % (stack.kafka, stack.clickhouse, stack.logs), flush=True)
         child = subprocess.Popen(cmd, env=env)

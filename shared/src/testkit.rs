@@ -21,6 +21,8 @@ pub struct Services {
     pub kafka: String,
     pub clickhouse: String,
     pub tansu_bin: PathBuf,
+    /// The venv Python that can run `deploy/local/chserver.py`.
+    pub ch_python: PathBuf,
 }
 
 fn required_env(name: &str) -> String {
@@ -39,6 +41,7 @@ pub fn services() -> Services {
         kafka: required_env("OVERWATCH_TEST_KAFKA"),
         clickhouse: required_env("OVERWATCH_TEST_CLICKHOUSE"),
         tansu_bin: PathBuf::from(required_env("OVERWATCH_TANSU_BIN")),
+        ch_python: PathBuf::from(required_env("OVERWATCH_CH_PYTHON")),
     }
 }
 
@@ -212,11 +215,12 @@ impl Broker {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", self.bin.display()));
-        self.child = Some(child);
+        let child = self.child.insert(child);
         wait_port(
             self.port,
             Duration::from_secs(30),
             &self.dir.join("broker.log"),
+            child,
         );
     }
 
@@ -243,12 +247,99 @@ impl Drop for Broker {
     }
 }
 
-fn wait_port(port: u16, timeout: Duration, log: &Path) {
+/// A private local ClickHouse (chserver.py over chdb) on a free port, whose data
+/// directory outlives restarts of the process.
+pub struct ClickHouse {
+    python: PathBuf,
+    dir: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl ClickHouse {
+    pub fn start(svc: &Services) -> ClickHouse {
+        let dir = std::env::temp_dir().join(unique("ow-clickhouse-"));
+        std::fs::create_dir_all(&dir).expect("clickhouse data dir");
+        let mut c = ClickHouse {
+            python: svc.ch_python.clone(),
+            dir,
+            port: free_port(),
+            child: None,
+        };
+        c.restart();
+        c
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts the process and waits until it accepts connections.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "clickhouse already running");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/chserver.py");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("chserver.log"))
+            .expect("chserver log");
+        let child = Command::new(&self.python)
+            .arg(script)
+            .arg("--port")
+            .arg(self.port.to_string())
+            .arg("--path")
+            .arg(self.dir.join("data"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("chserver log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting chserver with {}: {e}", self.python.display()));
+        let child = self.child.insert(child);
+        wait_port(
+            self.port,
+            Duration::from_secs(60),
+            &self.dir.join("chserver.log"),
+            child,
+        );
+    }
+
+    /// Stops the process with SIGTERM (a clean shutdown) and reaps it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for ClickHouse {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "testkit: clickhouse data and log kept in {}",
+                self.dir.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn wait_port(port: u16, timeout: Duration, log: &Path, child: &mut Child) {
     let deadline = Instant::now() + timeout;
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
+        let exited = child.try_wait().ok().flatten();
+        if exited.is_some() || Instant::now() > deadline {
             let text = std::fs::read_to_string(log).unwrap_or_default();
-            panic!("broker did not listen on {port} within {timeout:?}; log:\n{text}");
+            let why = match exited {
+                Some(status) => format!("exited ({status})"),
+                None => format!("did not listen within {timeout:?}"),
+            };
+            panic!("process for port {port} {why}; log:\n{text}");
         }
         std::thread::sleep(Duration::from_millis(25));
     }

@@ -136,3 +136,46 @@ async fn errors_are_http_500_with_the_exception_code() {
         .expect_err("unknown table");
     assert!(err.to_string().contains("no_such_table"), "{err}");
 }
+
+/// chdb cannot start while a Kafka engine table is attached; the front parks such
+/// tables and re-attaches them, so a restart keeps the table and its pipeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_kafka_tables_working() {
+    let svc = services();
+    let mut ch = shared::testkit::ClickHouse::start(&svc);
+    let mut cfg = shared::testkit::config(&svc);
+    cfg.clickhouse.url = ch.url();
+    shared::kafka::ensure_topics(
+        &cfg.kafka.brokers,
+        &cfg.topics(),
+        1,
+        1,
+        std::time::Duration::from_secs(10),
+    )
+    .await
+    .expect("topics");
+    let client = shared::ch::client(&cfg.clickhouse);
+    let ctx = shared::schema::SchemaContext::from_config(&cfg);
+    shared::schema::migrate(&client, &ctx)
+        .await
+        .expect("migrate");
+
+    ch.stop();
+    ch.restart();
+
+    let db = cfg.clickhouse.database.clone();
+    let engines: Vec<(String, String)> = client
+        .query("SELECT name, engine FROM system.tables WHERE database = ? ORDER BY name")
+        .bind(&db)
+        .fetch_all()
+        .await
+        .expect("tables after restart");
+    assert!(
+        engines.contains(&("events_queue".to_string(), "Kafka".to_string())),
+        "{engines:?}"
+    );
+    let report = shared::schema::migrate(&client, &ctx)
+        .await
+        .expect("migrate again");
+    assert!(report.applied.is_empty(), "{report:?}");
+}
