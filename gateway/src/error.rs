@@ -31,6 +31,8 @@ pub enum ApiError {
     ForeignTenant { index: usize, named: String },
     #[error("request body exceeds {limit} bytes")]
     PayloadTooLarge { limit: u64 },
+    #[error("decompressed request body exceeds {limit} bytes")]
+    DecompressedTooLarge { limit: u64 },
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("malformed request body: {0}")]
@@ -53,6 +55,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::ForeignTenant { .. } => StatusCode::FORBIDDEN,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::DecompressedTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::MalformedBody(_) => StatusCode::BAD_REQUEST,
             ApiError::BodyRead(_) => StatusCode::BAD_REQUEST,
@@ -70,6 +73,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::ForeignTenant { .. } => "tenant_mismatch",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::DecompressedTooLarge { .. } => "decompressed_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::MalformedBody(_) => "malformed_body",
             ApiError::BodyRead(_) => "body_read_failed",
@@ -87,6 +91,7 @@ impl ApiError {
             | ApiError::Unauthorized(_)
             | ApiError::ForeignTenant { .. }
             | ApiError::PayloadTooLarge { .. }
+            | ApiError::DecompressedTooLarge { .. }
             | ApiError::UnsupportedMediaType(_)
             | ApiError::MalformedBody(_)
             | ApiError::BodyRead(_)

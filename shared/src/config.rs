@@ -21,6 +21,7 @@ const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub gateway: GatewayConfig,
+    pub limits: LimitsConfig,
     pub kafka: KafkaConfig,
     pub clickhouse: ClickHouseConfig,
     pub workerd: WorkerdConfig,
@@ -38,6 +39,16 @@ pub struct GatewayConfig {
     pub retry_after_secs: u64,
     pub shutdown_timeout_ms: u64,
     pub broker_check_interval_ms: u64,
+}
+
+/// Per-request and per-event limits enforced by the gateway.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_decompressed_bytes: u64,
+    pub max_properties: usize,
+    pub max_properties_depth: usize,
+    pub max_properties_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -205,6 +216,16 @@ impl Config {
                 "must be between 1 and 10000",
             ));
         }
+        let l = &self.limits;
+        positive("limits.max_decompressed_bytes", l.max_decompressed_bytes)?;
+        if l.max_decompressed_bytes < g.max_body_bytes {
+            return Err(ConfigError::new(
+                "limits.max_decompressed_bytes",
+                "must be at least gateway.max_body_bytes",
+            ));
+        }
+        positive("limits.max_properties_depth", l.max_properties_depth as u64)?;
+        positive("limits.max_properties_bytes", l.max_properties_bytes as u64)?;
         let k = &self.kafka;
         not_blank("kafka.brokers", &k.brokers)?;
         not_blank("kafka.client_id", &k.client_id)?;

@@ -3,10 +3,14 @@
 //! Every field is optional here so that a missing one is reported by validation
 //! (422, with the event's index and the field) rather than as a parse error.
 //! Unknown fields are rejected (400) so that data is never silently dropped.
+//! Lengths (in characters), numeric ranges and the shape of `properties` are
+//! declared here with garde; the limits are documented in `docs/api.md`.
 
 use std::borrow::Cow;
 
+use garde::Validate;
 use serde::Deserialize;
+use shared::config::LimitsConfig;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -15,17 +19,31 @@ pub struct Batch<'a> {
     pub events: Vec<EventIn<'a>>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Validate)]
 #[serde(deny_unknown_fields)]
+#[garde(context(LimitsConfig))]
 pub struct Dimensions {
+    #[garde(range(max = 100_000))]
     pub width: u32,
+    #[garde(range(max = 100_000))]
     pub height: u32,
 }
 
+/// Longest URL, path or referrer accepted, in characters.
+pub const MAX_URL_CHARS: usize = 2048;
+/// Longest free text (title, user agent, click text, selector), in characters.
+pub const MAX_TEXT_CHARS: usize = 1024;
+/// Longest short identifier (element, event name), in characters.
+pub const MAX_NAME_CHARS: usize = 256;
+/// Largest timing value accepted, in milliseconds (one hour).
+pub const MAX_TIMING_MS: f64 = 3_600_000.0;
+
 type Text<'a> = Option<Cow<'a, str>>;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Validate)]
 #[serde(deny_unknown_fields)]
+#[garde(allow_unvalidated)]
+#[garde(context(LimitsConfig))]
 pub struct EventIn<'a> {
     #[serde(borrow)]
     pub id: Text<'a>,
@@ -43,53 +61,121 @@ pub struct EventIn<'a> {
 
     // metadata
     #[serde(borrow)]
+    #[garde(length(chars, max = MAX_TEXT_CHARS))]
     pub user_agent: Text<'a>,
     #[serde(borrow)]
+    #[garde(length(chars, max = 45))]
     pub ip: Text<'a>,
+    #[garde(dive)]
     pub screen: Option<Dimensions>,
+    #[garde(dive)]
     pub viewport: Option<Dimensions>,
     #[serde(borrow)]
+    #[garde(length(chars, max = 64))]
     pub timezone: Text<'a>,
     #[serde(borrow)]
+    #[garde(length(chars, max = 35))]
     pub language: Text<'a>,
 
     // pageview
     #[serde(borrow)]
+    #[garde(length(chars, max = MAX_TEXT_CHARS))]
     pub title: Text<'a>,
     #[serde(borrow)]
+    #[garde(length(chars, max = MAX_URL_CHARS))]
     pub path: Text<'a>,
     #[serde(borrow)]
+    #[garde(length(chars, max = MAX_URL_CHARS))]
     pub url: Text<'a>,
     #[serde(borrow)]
+    #[garde(length(chars, max = MAX_URL_CHARS))]
     pub referrer: Text<'a>,
 
     // click
     #[serde(borrow)]
+    #[garde(length(chars, max = MAX_NAME_CHARS))]
     pub element: Text<'a>,
     #[serde(borrow)]
+    #[garde(length(chars, max = MAX_TEXT_CHARS))]
     pub selector: Text<'a>,
     #[serde(borrow)]
+    #[garde(length(chars, max = MAX_TEXT_CHARS))]
     pub text: Text<'a>,
+    #[garde(range(min = 0.0, max = 1_000_000.0))]
     pub x: Option<f64>,
+    #[garde(range(min = 0.0, max = 1_000_000.0))]
     pub y: Option<f64>,
 
     // scroll
+    #[garde(range(min = 0.0, max = 100.0))]
     pub depth: Option<f64>,
 
     // performance
+    #[garde(range(min = 0.0, max = MAX_TIMING_MS))]
     pub lcp: Option<f64>,
+    #[garde(range(min = 0.0, max = MAX_TIMING_MS))]
     pub fcp: Option<f64>,
+    #[garde(range(min = 0.0, max = MAX_TIMING_MS))]
     pub fid: Option<f64>,
+    #[garde(range(min = 0.0, max = MAX_TIMING_MS))]
     pub inp: Option<f64>,
+    #[garde(range(min = 0.0, max = 100.0))]
     pub cls: Option<f64>,
+    #[garde(range(min = 0.0, max = MAX_TIMING_MS))]
     pub ttfb: Option<f64>,
+    #[garde(range(min = 0.0, max = MAX_TIMING_MS))]
     pub dom_content_loaded: Option<f64>,
+    #[garde(range(min = 0.0, max = MAX_TIMING_MS))]
     pub load_time: Option<f64>,
 
     // custom
     #[serde(borrow)]
+    #[garde(length(chars, min = 1, max = MAX_NAME_CHARS))]
     pub name: Text<'a>,
+    #[garde(custom(properties_shape))]
     pub properties: Option<simd_json::OwnedValue>,
+}
+
+/// Checks that `properties` is an object within the configured key count and depth.
+fn properties_shape(v: &Option<simd_json::OwnedValue>, limits: &LimitsConfig) -> garde::Result {
+    use simd_json::OwnedValue;
+    fn walk(v: &OwnedValue, depth: usize, keys: &mut usize, deepest: &mut usize) {
+        match v {
+            OwnedValue::Object(map) => {
+                *deepest = (*deepest).max(depth);
+                for (_, child) in map.iter() {
+                    *keys += 1;
+                    walk(child, depth + 1, keys, deepest);
+                }
+            }
+            OwnedValue::Array(items) => {
+                *deepest = (*deepest).max(depth);
+                for child in items.iter() {
+                    walk(child, depth + 1, keys, deepest);
+                }
+            }
+            OwnedValue::Static(_) | OwnedValue::String(_) => {}
+        }
+    }
+    let Some(v) = v else { return Ok(()) };
+    if !matches!(v, OwnedValue::Object(_)) {
+        return Err(garde::Error::new("must be a JSON object"));
+    }
+    let (mut keys, mut deepest) = (0, 0);
+    walk(v, 1, &mut keys, &mut deepest);
+    if keys > limits.max_properties {
+        return Err(garde::Error::new(format!(
+            "has {keys} keys, more than {}",
+            limits.max_properties
+        )));
+    }
+    if deepest > limits.max_properties_depth {
+        return Err(garde::Error::new(format!(
+            "nests {deepest} levels deep, more than {}",
+            limits.max_properties_depth
+        )));
+    }
+    Ok(())
 }
 
 /// Parses a JSON body in place (simd-json rewrites `buf`).

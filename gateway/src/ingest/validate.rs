@@ -3,6 +3,8 @@
 //! Every problem of every event is collected, so a 422 lists them all at once.
 //! An event naming another tenant makes the whole request 403.
 
+use garde::Validate;
+use shared::config::LimitsConfig;
 use shared::event::{EventRow, EventType};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -76,6 +78,7 @@ pub fn prepare(
     tenant: Uuid,
     received_at_ms: i64,
     max_events: usize,
+    limits: &LimitsConfig,
 ) -> Result<Vec<Outgoing>, ApiError> {
     let n = batch.events.len();
     if n == 0 || n > max_events {
@@ -101,7 +104,7 @@ pub fn prepare(
     let mut p = Problems { list: Vec::new() };
     let mut out = Vec::with_capacity(n);
     for (i, e) in batch.events.iter().enumerate() {
-        if let Some(o) = prepare_one(&mut p, i, e, tenant, received_at_ms) {
+        if let Some(o) = prepare_one(&mut p, i, e, tenant, received_at_ms, limits) {
             out.push(o);
         }
     }
@@ -118,8 +121,14 @@ fn prepare_one(
     e: &EventIn<'_>,
     tenant: Uuid,
     received_at_ms: i64,
+    limits: &LimitsConfig,
 ) -> Option<Outgoing> {
     let before = p.list.len();
+    if let Err(report) = e.validate_with(limits) {
+        for (path, err) in report.iter() {
+            p.add(i, &path.to_string(), err.message());
+        }
+    }
     let id = required_uuid(p, i, "id", e.id.as_deref());
     optional_uuid(p, i, "tenant_id", e.tenant_id.as_deref());
     let session = required_uuid(p, i, "session_id", e.session_id.as_deref());
@@ -147,17 +156,25 @@ fn prepare_one(
     }
     let properties = match &e.properties {
         None => "{}".to_string(),
-        Some(v @ simd_json::OwnedValue::Object(_)) => match simd_json::to_string(v) {
-            Ok(s) => s,
-            Err(e) => {
-                p.add(i, "properties", format!("cannot be encoded: {e}"));
+        Some(v) => match simd_json::to_string(v) {
+            Ok(s) if s.len() <= limits.max_properties_bytes => s,
+            Ok(s) => {
+                p.add(
+                    i,
+                    "properties",
+                    format!(
+                        "is {} bytes as JSON, more than {}",
+                        s.len(),
+                        limits.max_properties_bytes
+                    ),
+                );
+                String::new()
+            }
+            Err(err) => {
+                p.add(i, "properties", format!("cannot be encoded: {err}"));
                 String::new()
             }
         },
-        Some(_) => {
-            p.add(i, "properties", "must be a JSON object");
-            String::new()
-        }
     };
     if p.list.len() != before {
         return None;
@@ -222,10 +239,88 @@ mod tests {
 
     const T: &str = "00000000-0000-0000-0000-000000000000";
 
+    fn limits() -> LimitsConfig {
+        shared::Config::load_from(None, Vec::new())
+            .expect("defaults")
+            .limits
+    }
+
+    fn fields(err: ApiError) -> Vec<(usize, String)> {
+        let ApiError::Invalid(list) = err else {
+            panic!("expected 422, got {err:?}")
+        };
+        list.into_iter()
+            .map(|f| (f.index.unwrap_or(usize::MAX), f.field))
+            .collect()
+    }
+
+    const BASE: &str = r#""id":"550e8400-e29b-41d4-a716-446655440000","session_id":"11111111-1111-1111-1111-111111111111","timestamp":"2024-01-01T00:00:00Z""#;
+
+    #[test]
+    fn lengths_ranges_and_nested_fields_are_checked() {
+        let long = "x".repeat(2049);
+        let body = format!(
+            r#"{{"events":[{{{BASE},"type":"pageview","url":"{long}"}},{{{BASE},"type":"scroll","depth":101}},{{{BASE},"type":"performance","lcp":-1,"screen":{{"width":100001,"height":1}}}}]}}"#
+        );
+        assert_eq!(
+            fields(run(&body).unwrap_err()),
+            vec![
+                (0, "url".into()),
+                (1, "depth".into()),
+                (2, "lcp".into()),
+                (2, "screen.width".into())
+            ]
+        );
+        // Multi-byte characters count as characters, not bytes.
+        let title = "é".repeat(1024);
+        let ok = format!(r#"{{"events":[{{{BASE},"type":"pageview","title":"{title}"}}]}}"#);
+        assert!(run(&ok).is_ok());
+    }
+
+    #[test]
+    fn properties_count_depth_and_size_are_limited() {
+        let l = limits();
+        let many: Vec<String> = (0..=l.max_properties)
+            .map(|k| format!(r#""k{k}":1"#))
+            .collect();
+        let deep = format!(
+            "{}1{}",
+            r#"{"a":"#.repeat(l.max_properties_depth + 1),
+            "}".repeat(l.max_properties_depth + 1)
+        );
+        let big = format!(r#"{{"blob":"{}"}}"#, "x".repeat(l.max_properties_bytes));
+        for (props, why) in [
+            (format!("{{{}}}", many.join(",")), "keys"),
+            (deep, "levels"),
+            (big, "bytes"),
+            ("[1,2]".to_string(), "object"),
+        ] {
+            let body = format!(
+                r#"{{"events":[{{{BASE},"type":"custom","name":"n","properties":{props}}}]}}"#
+            );
+            let ApiError::Invalid(list) = run(&body).unwrap_err() else {
+                panic!("expected 422 for {why}")
+            };
+            assert_eq!(list.len(), 1, "{list:?}");
+            assert_eq!(list[0].field, "properties");
+            assert!(list[0].reason.contains(why), "{why}: {}", list[0].reason);
+        }
+        // At the limits exactly: accepted.
+        let deep_ok = format!(
+            "{}1{}",
+            r#"{"a":"#.repeat(l.max_properties_depth),
+            "}".repeat(l.max_properties_depth)
+        );
+        let body = format!(
+            r#"{{"events":[{{{BASE},"type":"custom","name":"n","properties":{deep_ok}}}]}}"#
+        );
+        assert!(run(&body).is_ok(), "depth at the limit is fine");
+    }
+
     fn run(body: &str) -> Result<Vec<Outgoing>, ApiError> {
         let mut buf = body.as_bytes().to_vec();
         let batch = parse(&mut buf).expect("parses");
-        prepare(&batch, Uuid::nil(), 1_700_000_000_000, 1000)
+        prepare(&batch, Uuid::nil(), 1_700_000_000_000, 1000, &limits())
     }
 
     #[test]
@@ -279,10 +374,15 @@ mod tests {
         let mut buf = body.into_bytes();
         let batch = parse(&mut buf).expect("parses");
         assert!(matches!(
-            prepare(&batch, Uuid::nil(), 0, 2),
+            prepare(&batch, Uuid::nil(), 0, 2, &limits()),
             Err(ApiError::Invalid(_))
         ));
-        assert_eq!(prepare(&batch, Uuid::nil(), 0, 3).expect("fits").len(), 3);
+        assert_eq!(
+            prepare(&batch, Uuid::nil(), 0, 3, &limits())
+                .expect("fits")
+                .len(),
+            3
+        );
     }
 
     #[test]
@@ -303,5 +403,11 @@ mod tests {
         assert!(parse(&mut buf).unwrap_err().contains("idd"));
         let mut buf = br#"{"events":[{"#.to_vec();
         assert!(parse(&mut buf).is_err());
+        let mut buf = br#"{"events":[{"id": nope}]}"#.to_vec();
+        let msg = parse(&mut buf).unwrap_err();
+        assert!(
+            msg.contains("at character 18"),
+            "the position is reported: {msg}"
+        );
     }
 }

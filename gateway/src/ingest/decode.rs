@@ -1,0 +1,132 @@
+//! Request body intake: content type and encoding checks, the compressed-size cap
+//! while reading, and gzip decoding under the decompressed-size cap (a gzip bomb
+//! stops at the cap, so memory stays bounded).
+
+use std::io::Read;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+
+use crate::error::ApiError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Identity,
+    Gzip,
+}
+
+/// Accepts JSON (`application/json`, `*+json`, or no content type) and the
+/// identity or gzip encodings.
+pub fn check_headers(headers: &HeaderMap) -> Result<Encoding, ApiError> {
+    if let Some(ct) = headers.get(CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("");
+        let mime = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if mime != "application/json" && !mime.ends_with("+json") {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "content type `{ct}` is not supported; send application/json"
+            )));
+        }
+    }
+    match headers.get(CONTENT_ENCODING) {
+        None => Ok(Encoding::Identity),
+        Some(v) => {
+            let enc = v.to_str().unwrap_or("").trim().to_ascii_lowercase();
+            match enc.as_str() {
+                "" | "identity" => Ok(Encoding::Identity),
+                "gzip" | "x-gzip" => Ok(Encoding::Gzip),
+                _ => Err(ApiError::UnsupportedMediaType(format!(
+                    "content encoding `{enc}` is not supported; send identity or gzip"
+                ))),
+            }
+        }
+    }
+}
+
+/// Reads the body (at most `max_body` bytes on the wire) and decodes it (at most
+/// `max_decoded` bytes after decompression).
+pub async fn read(
+    body: Incoming,
+    headers: &HeaderMap,
+    encoding: Encoding,
+    max_body: u64,
+    max_decoded: u64,
+) -> Result<Vec<u8>, ApiError> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max_body) {
+        return Err(ApiError::PayloadTooLarge { limit: max_body });
+    }
+    let raw: Bytes = Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX))
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiError::PayloadTooLarge { limit: max_body }
+            } else {
+                ApiError::BodyRead(e.to_string())
+            }
+        })?
+        .to_bytes();
+    match encoding {
+        Encoding::Identity => Ok(Vec::from(raw)),
+        Encoding::Gzip => gunzip(&raw, max_decoded),
+    }
+}
+
+/// Inflates `data`, refusing to produce more than `max` bytes.
+pub fn gunzip(data: &[u8], max: u64) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::with_capacity((data.len() * 4).min(max as usize));
+    let mut reader = flate2::read::MultiGzDecoder::new(data).take(max + 1);
+    reader
+        .read_to_end(&mut out)
+        .map_err(|e| ApiError::MalformedBody(format!("invalid gzip data: {e}")))?;
+    if out.len() as u64 > max {
+        return Err(ApiError::DecompressedTooLarge { limit: max });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gz(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(data).expect("compress");
+        e.finish().expect("finish")
+    }
+
+    #[test]
+    fn gzip_round_trips_under_the_cap() {
+        let body = br#"{"events":[]}"#;
+        assert_eq!(gunzip(&gz(body), 100).expect("fits"), body);
+    }
+
+    #[test]
+    fn gzip_bomb_stops_at_the_cap() {
+        let bomb = gz(&vec![b' '; 5_000_000]);
+        assert!(bomb.len() < 20_000, "a real bomb: {} bytes", bomb.len());
+        assert!(matches!(
+            gunzip(&bomb, 1_000_000),
+            Err(ApiError::DecompressedTooLarge { limit: 1_000_000 })
+        ));
+    }
+
+    #[test]
+    fn corrupt_gzip_is_malformed() {
+        assert!(matches!(
+            gunzip(b"not gzip", 100),
+            Err(ApiError::MalformedBody(_))
+        ));
+    }
+}
