@@ -39,6 +39,8 @@ pub enum ApiError {
     MalformedBody(String),
     #[error("{} event(s) failed validation", .0.len())]
     Invalid(Vec<FieldError>),
+    #[error("rate limit exceeded{}: retry in {} s", if .0.global { " (gateway-wide)" } else { "" }, .0.retry_after_secs)]
+    RateLimited(crate::ratelimit::Refusal),
     #[error("the event broker did not acknowledge the events: {0}")]
     BrokerUnavailable(String),
     #[error("the gateway is shutting down")]
@@ -60,6 +62,7 @@ impl ApiError {
             ApiError::MalformedBody(_) => StatusCode::BAD_REQUEST,
             ApiError::BodyRead(_) => StatusCode::BAD_REQUEST,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BrokerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -78,6 +81,7 @@ impl ApiError {
             ApiError::MalformedBody(_) => "malformed_body",
             ApiError::BodyRead(_) => "body_read_failed",
             ApiError::Invalid(_) => "validation_failed",
+            ApiError::RateLimited(_) => "rate_limited",
             ApiError::BrokerUnavailable(_) => "broker_unavailable",
             ApiError::ShuttingDown => "shutting_down",
         }
@@ -95,6 +99,7 @@ impl ApiError {
             | ApiError::UnsupportedMediaType(_)
             | ApiError::MalformedBody(_)
             | ApiError::BodyRead(_)
+            | ApiError::RateLimited(_)
             | ApiError::BrokerUnavailable(_)
             | ApiError::ShuttingDown => &[],
         }
@@ -131,6 +136,11 @@ impl ApiError {
             resp.headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
         }
+        if let ApiError::RateLimited(r) = &self {
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(r.retry_after_secs));
+            rate_limit_headers(resp.headers_mut(), &r.quota);
+        }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 hyper::header::WWW_AUTHENTICATE,
@@ -139,4 +149,19 @@ impl ApiError {
         }
         resp
     }
+}
+
+/// `X-RateLimit-Limit` (events per second), `-Remaining` (events left in the
+/// bucket) and `-Reset` (seconds until the bucket is full).
+pub fn rate_limit_headers(h: &mut hyper::HeaderMap, q: &crate::ratelimit::Quota) {
+    let limit = if q.limit.fract() == 0.0 {
+        format!("{}", q.limit as u64)
+    } else {
+        format!("{:.3}", q.limit)
+    };
+    if let Ok(v) = HeaderValue::from_str(&limit) {
+        h.insert("x-ratelimit-limit", v);
+    }
+    h.insert("x-ratelimit-remaining", HeaderValue::from(q.remaining));
+    h.insert("x-ratelimit-reset", HeaderValue::from(q.reset_secs));
 }

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod error;
 pub mod ingest;
+pub mod ratelimit;
 pub mod server;
 pub mod sink;
 

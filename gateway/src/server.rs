@@ -24,12 +24,14 @@ use tracing::Instrument;
 
 use crate::auth::KeyStore;
 use crate::error::ApiError;
+use crate::ratelimit::RateLimiter;
 use crate::sink::Sink;
 
 /// Everything a request needs.
 pub struct App {
     pub config: Config,
     pub keys: KeyStore,
+    pub limiter: RateLimiter,
     pub sink: Arc<Sink>,
     shutting_down: AtomicBool,
     started: Instant,
@@ -40,6 +42,7 @@ impl App {
         let sink = Arc::new(Sink::new(&config)?);
         Ok(App {
             keys: KeyStore::from_config(&config.auth.keys),
+            limiter: RateLimiter::new(&config),
             sink,
             config,
             shutting_down: AtomicBool::new(false),

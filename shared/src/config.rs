@@ -22,6 +22,8 @@ const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 pub struct Config {
     pub gateway: GatewayConfig,
     pub limits: LimitsConfig,
+    pub tiers: TiersConfig,
+    pub rate_limits: RateLimitsConfig,
     pub kafka: KafkaConfig,
     pub clickhouse: ClickHouseConfig,
     pub workerd: WorkerdConfig,
@@ -49,6 +51,74 @@ pub struct LimitsConfig {
     pub max_properties: usize,
     pub max_properties_depth: usize,
     pub max_properties_bytes: usize,
+}
+
+/// A tenant's service tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    #[default]
+    Free,
+    Paid,
+    Enterprise,
+}
+
+impl Tier {
+    pub const ALL: [Tier; 3] = [Tier::Free, Tier::Paid, Tier::Enterprise];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Free => "free",
+            Tier::Paid => "paid",
+            Tier::Enterprise => "enterprise",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Tier> {
+        Tier::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TiersConfig {
+    pub free: TierConfig,
+    pub paid: TierConfig,
+    pub enterprise: TierConfig,
+}
+
+impl TiersConfig {
+    pub fn get(&self, tier: Tier) -> &TierConfig {
+        match tier {
+            Tier::Free => &self.free,
+            Tier::Paid => &self.paid,
+            Tier::Enterprise => &self.enterprise,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    pub events_per_second: f64,
+    pub burst: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    pub global_events_per_second: f64,
+    pub global_burst: u64,
+    pub max_tenants: usize,
+    pub overrides: Vec<RateOverride>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateOverride {
+    pub tenant_id: uuid::Uuid,
+    pub events_per_second: f64,
+    pub burst: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -117,6 +187,8 @@ pub struct AuthConfig {
 pub struct StaticKey {
     pub tenant_id: uuid::Uuid,
     pub secret_sha256: String,
+    #[serde(default)]
+    pub tier: Tier,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -226,6 +298,32 @@ impl Config {
         }
         positive("limits.max_properties_depth", l.max_properties_depth as u64)?;
         positive("limits.max_properties_bytes", l.max_properties_bytes as u64)?;
+        let batch = g.max_events_per_batch as u64;
+        for tier in Tier::ALL {
+            let t = self.tiers.get(tier);
+            let name = tier.as_str();
+            rate(
+                &format!("tiers.{name}.events_per_second"),
+                t.events_per_second,
+            )?;
+            burst(&format!("tiers.{name}.burst"), t.burst, batch)?;
+        }
+        let r = &self.rate_limits;
+        if r.global_events_per_second != 0.0 || r.global_burst != 0 {
+            rate(
+                "rate_limits.global_events_per_second",
+                r.global_events_per_second,
+            )?;
+            burst("rate_limits.global_burst", r.global_burst, batch)?;
+        }
+        positive("rate_limits.max_tenants", r.max_tenants as u64)?;
+        for (i, o) in r.overrides.iter().enumerate() {
+            rate(
+                &format!("rate_limits.overrides[{i}].events_per_second"),
+                o.events_per_second,
+            )?;
+            burst(&format!("rate_limits.overrides[{i}].burst"), o.burst, batch)?;
+        }
         let k = &self.kafka;
         not_blank("kafka.brokers", &k.brokers)?;
         not_blank("kafka.client_id", &k.client_id)?;
@@ -290,6 +388,23 @@ impl Config {
 fn positive(key: &str, v: u64) -> Result<(), ConfigError> {
     if v == 0 {
         return Err(ConfigError::new(key, "must be greater than 0"));
+    }
+    Ok(())
+}
+
+fn rate(key: &str, v: f64) -> Result<(), ConfigError> {
+    if !(v.is_finite() && v > 0.0) {
+        return Err(ConfigError::new(key, "must be a positive number"));
+    }
+    Ok(())
+}
+
+fn burst(key: &str, v: u64, batch: u64) -> Result<(), ConfigError> {
+    if v < batch {
+        return Err(ConfigError::new(
+            key,
+            format!("must be at least gateway.max_events_per_batch ({batch}), or a full batch could never pass"),
+        ));
     }
     Ok(())
 }

@@ -8,18 +8,26 @@ use std::collections::HashMap;
 
 use hyper::header::{HeaderMap, AUTHORIZATION};
 use sha2::{Digest, Sha256};
+use shared::config::Tier;
 use uuid::Uuid;
 
 use crate::error::ApiError;
 
+/// Who a request's key belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Principal {
+    pub tenant: Uuid,
+    pub tier: Tier,
+}
+
 #[derive(Debug, Default)]
 pub struct KeyStore {
-    by_tenant: HashMap<Uuid, Vec<[u8; 32]>>,
+    by_tenant: HashMap<Uuid, (Tier, Vec<[u8; 32]>)>,
 }
 
 impl KeyStore {
     pub fn from_config(keys: &[shared::config::StaticKey]) -> KeyStore {
-        let mut by_tenant: HashMap<Uuid, Vec<[u8; 32]>> = HashMap::new();
+        let mut by_tenant: HashMap<Uuid, (Tier, Vec<[u8; 32]>)> = HashMap::new();
         for k in keys {
             let mut digest = [0u8; 32];
             // Config validation guarantees 64 hex characters.
@@ -27,13 +35,15 @@ impl KeyStore {
                 let hex = std::str::from_utf8(chunk).unwrap_or("00");
                 digest[i] = u8::from_str_radix(hex, 16).unwrap_or(0);
             }
-            by_tenant.entry(k.tenant_id).or_default().push(digest);
+            let entry = by_tenant.entry(k.tenant_id).or_insert((k.tier, Vec::new()));
+            entry.0 = k.tier;
+            entry.1.push(digest);
         }
         KeyStore { by_tenant }
     }
 
     /// The tenant the request's key belongs to.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Uuid, ApiError> {
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
         let raw = key_from_headers(headers).ok_or(ApiError::Unauthorized(
             "missing API key: send `Authorization: Bearer <tenant_id>:<secret>` or `X-API-Key`",
         ))?;
@@ -43,15 +53,16 @@ impl KeyStore {
         let tenant = Uuid::try_parse(tenant.trim())
             .map_err(|_| ApiError::Unauthorized("malformed API key: tenant id is not a UUID"))?;
         let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
-        let known = self
-            .by_tenant
-            .get(&tenant)
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
+        let Some((tier, known)) = self.by_tenant.get(&tenant) else {
+            return Err(ApiError::Unauthorized("unknown API key"));
+        };
         // Check every candidate so timing does not tell which one matched.
         let matched = known.iter().fold(false, |acc, k| acc | ct_eq(k, &digest));
         if matched {
-            Ok(tenant)
+            Ok(Principal {
+                tenant,
+                tier: *tier,
+            })
         } else {
             Err(ApiError::Unauthorized("unknown API key"))
         }
@@ -92,6 +103,7 @@ mod tests {
         KeyStore::from_config(&[shared::config::StaticKey {
             tenant_id: Uuid::nil(),
             secret_sha256: hash_secret("secret"),
+            tier: Tier::Paid,
         }])
     }
 
@@ -105,15 +117,16 @@ mod tests {
     fn bearer_and_x_api_key_are_accepted() {
         let s = store();
         let key = "00000000-0000-0000-0000-000000000000:secret";
+        let who = Some(Principal {
+            tenant: Uuid::nil(),
+            tier: Tier::Paid,
+        });
         assert_eq!(
             s.authenticate(&headers("authorization", &format!("Bearer {key}")))
                 .ok(),
-            Some(Uuid::nil())
+            who
         );
-        assert_eq!(
-            s.authenticate(&headers("x-api-key", key)).ok(),
-            Some(Uuid::nil())
-        );
+        assert_eq!(s.authenticate(&headers("x-api-key", key)).ok(), who);
     }
 
     #[test]

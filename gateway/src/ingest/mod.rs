@@ -26,7 +26,8 @@ pub async fn handle(
     req: Request<Incoming>,
     request_id: &str,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let tenant = app.keys.authenticate(req.headers())?;
+    let who = app.keys.authenticate(req.headers())?;
+    let tenant = who.tenant;
     let encoding = decode::check_headers(req.headers())?;
     let (parts, body) = req.into_parts();
     let mut buf = decode::read(
@@ -47,6 +48,10 @@ pub async fn handle(
         app.config.gateway.max_events_per_batch,
         &app.config.limits,
     )?;
+    let quota = app
+        .limiter
+        .check(tenant, who.tier, events.len())
+        .map_err(ApiError::RateLimited)?;
     app.sink.send(&events).await.map_err(|e| {
         tracing::warn!(%tenant, events = events.len(), error = %e, "events not acknowledged by the broker");
         ApiError::BrokerUnavailable(e.to_string())
@@ -61,5 +66,6 @@ pub async fn handle(
     *resp.status_mut() = StatusCode::OK;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    crate::error::rate_limit_headers(resp.headers_mut(), &quota);
     Ok(resp)
 }

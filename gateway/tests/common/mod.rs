@@ -24,6 +24,7 @@ impl TestGateway {
         config.auth.keys.push(StaticKey {
             tenant_id: tenant,
             secret_sha256: gateway::auth::hash_secret(SECRET),
+            tier: Default::default(),
         });
         config.gateway.listen = "127.0.0.1:0".parse().expect("addr");
         config.gateway.broker_check_interval_ms = 200;

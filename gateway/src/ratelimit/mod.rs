@@ -1,0 +1,281 @@
+//! Per-tenant and global rate limits: token buckets counted in events.
+//!
+//! Each tenant has a bucket of `burst` tokens refilled at `events_per_second`
+//! (from its tier, or a per-tenant override); a request of N events takes N tokens
+//! from its tenant's bucket and from the global bucket, or none at all. Buckets
+//! live in a sharded map bounded by `rate_limits.max_tenants`; idle buckets are
+//! full, equivalent to new ones, and are dropped first.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use shared::config::{Config, Tier};
+use uuid::Uuid;
+
+const SHARDS: usize = 16;
+
+/// What a client is told in `X-RateLimit-*` headers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quota {
+    /// Sustained events per second.
+    pub limit: f64,
+    /// Whole events left in the bucket after this request.
+    pub remaining: u64,
+    /// Seconds until the bucket is full again.
+    pub reset_secs: u64,
+}
+
+/// A refused request: when it could pass, and the quota it hit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Refusal {
+    pub retry_after_secs: u64,
+    pub quota: Quota,
+    pub global: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Rate {
+    per_second: f64,
+    burst: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+    rate: Rate,
+}
+
+impl Bucket {
+    fn full(rate: Rate, now: Instant) -> Bucket {
+        Bucket {
+            tokens: rate.burst,
+            updated: now,
+            rate,
+        }
+    }
+
+    fn refill(&mut self, rate: Rate, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate.per_second).min(rate.burst);
+        self.updated = now;
+    }
+
+    fn quota(&self, rate: Rate) -> Quota {
+        Quota {
+            limit: rate.per_second,
+            remaining: self.tokens.max(0.0).floor() as u64,
+            reset_secs: ((rate.burst - self.tokens).max(0.0) / rate.per_second).ceil() as u64,
+        }
+    }
+
+    /// Takes `n` tokens, or says how long until they are there.
+    fn take(&mut self, n: f64, rate: Rate, now: Instant) -> Result<Quota, Refusal> {
+        self.refill(rate, now);
+        if self.tokens >= n {
+            self.tokens -= n;
+            Ok(self.quota(rate))
+        } else {
+            let wait = (n - self.tokens) / rate.per_second;
+            Err(Refusal {
+                retry_after_secs: wait.ceil().max(1.0) as u64,
+                quota: self.quota(rate),
+                global: false,
+            })
+        }
+    }
+}
+
+pub struct RateLimiter {
+    tiers: [Rate; 3],
+    overrides: HashMap<Uuid, Rate>,
+    global: Option<(Rate, Mutex<Bucket>)>,
+    shards: Vec<Mutex<HashMap<Uuid, Bucket>>>,
+    per_shard: usize,
+}
+
+fn tier_index(t: Tier) -> usize {
+    match t {
+        Tier::Free => 0,
+        Tier::Paid => 1,
+        Tier::Enterprise => 2,
+    }
+}
+
+impl RateLimiter {
+    pub fn new(cfg: &Config) -> RateLimiter {
+        let rate = |per_second: f64, burst: u64| Rate {
+            per_second,
+            burst: burst as f64,
+        };
+        let tiers = Tier::ALL.map(|t| {
+            let c = cfg.tiers.get(t);
+            rate(c.events_per_second, c.burst)
+        });
+        let r = &cfg.rate_limits;
+        let global = (r.global_events_per_second > 0.0).then(|| {
+            let g = rate(r.global_events_per_second, r.global_burst);
+            (g, Mutex::new(Bucket::full(g, Instant::now())))
+        });
+        RateLimiter {
+            tiers,
+            overrides: r
+                .overrides
+                .iter()
+                .map(|o| (o.tenant_id, rate(o.events_per_second, o.burst)))
+                .collect(),
+            global,
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            per_shard: r.max_tenants.div_ceil(SHARDS).max(1),
+        }
+    }
+
+    fn rate_for(&self, tenant: Uuid, tier: Tier) -> Rate {
+        self.overrides
+            .get(&tenant)
+            .copied()
+            .unwrap_or(self.tiers[tier_index(tier)])
+    }
+
+    /// Takes `events` tokens for `tenant`, or refuses without taking any.
+    pub fn check(&self, tenant: Uuid, tier: Tier, events: usize) -> Result<Quota, Refusal> {
+        self.check_at(tenant, tier, events, Instant::now())
+    }
+
+    fn check_at(
+        &self,
+        tenant: Uuid,
+        tier: Tier,
+        events: usize,
+        now: Instant,
+    ) -> Result<Quota, Refusal> {
+        let rate = self.rate_for(tenant, tier);
+        let n = events as f64;
+        let shard = &self.shards[(tenant.as_u128() as usize) % SHARDS];
+        let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
+        if !map.contains_key(&tenant) && map.len() >= self.per_shard {
+            evict(&mut map, now);
+        }
+        let bucket = map.entry(tenant).or_insert_with(|| Bucket::full(rate, now));
+        // A tier change or a new override applies from the next request on.
+        bucket.rate = rate;
+        let quota = bucket.take(n, rate, now)?;
+        if let Some((g, global)) = &self.global {
+            let mut gb = global.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(mut refusal) = gb.take(n, *g, now) {
+                bucket.tokens += n; // give the tenant its tokens back
+                refusal.global = true;
+                return Err(refusal);
+            }
+        }
+        Ok(quota)
+    }
+}
+
+/// Makes room for one bucket: drops full (idle) buckets, or else the stalest one.
+fn evict(map: &mut HashMap<Uuid, Bucket>, now: Instant) {
+    let before = map.len();
+    map.retain(|_, b| {
+        let mut b = *b;
+        b.refill(b.rate, now);
+        b.tokens < b.rate.burst
+    });
+    if map.len() == before {
+        if let Some(oldest) = map.iter().min_by_key(|(_, b)| b.updated).map(|(id, _)| *id) {
+            map.remove(&oldest);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn limiter(edit: impl FnOnce(&mut Config)) -> RateLimiter {
+        let mut cfg = Config::load_from(None, Vec::new()).expect("defaults");
+        cfg.gateway.max_events_per_batch = 10;
+        cfg.tiers.free.events_per_second = 10.0;
+        cfg.tiers.free.burst = 20;
+        edit(&mut cfg);
+        RateLimiter::new(&cfg)
+    }
+
+    #[test]
+    fn burst_then_refill() {
+        let rl = limiter(|_| {});
+        let t = Uuid::new_v4();
+        let now = Instant::now();
+        let q = rl.check_at(t, Tier::Free, 15, now).expect("within burst");
+        assert_eq!((q.remaining, q.reset_secs), (5, 2));
+        let r = rl.check_at(t, Tier::Free, 10, now).unwrap_err();
+        assert_eq!(r.retry_after_secs, 1, "5 tokens missing at 10/s");
+        assert_eq!(r.quota.remaining, 5);
+        // Refused requests take nothing; after 0.5 s there are 10.
+        let later = now + Duration::from_millis(500);
+        assert_eq!(
+            rl.check_at(t, Tier::Free, 10, later)
+                .expect("refilled")
+                .remaining,
+            0
+        );
+    }
+
+    #[test]
+    fn tiers_and_overrides_apply() {
+        let vip = Uuid::new_v4();
+        let rl = limiter(|c| {
+            c.tiers.paid.events_per_second = 100.0;
+            c.tiers.paid.burst = 100;
+            c.rate_limits.overrides.push(shared::config::RateOverride {
+                tenant_id: vip,
+                events_per_second: 1000.0,
+                burst: 500,
+            });
+        });
+        let now = Instant::now();
+        assert!(rl.check_at(Uuid::new_v4(), Tier::Free, 21, now).is_err());
+        assert!(rl.check_at(Uuid::new_v4(), Tier::Paid, 100, now).is_ok());
+        assert_eq!(
+            rl.check_at(vip, Tier::Free, 500, now)
+                .expect("override")
+                .limit,
+            1000.0
+        );
+    }
+
+    #[test]
+    fn global_limit_refunds_the_tenant() {
+        let rl = limiter(|c| {
+            c.rate_limits.global_events_per_second = 10.0;
+            c.rate_limits.global_burst = 25;
+        });
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let now = Instant::now();
+        rl.check_at(a, Tier::Free, 20, now).expect("a fits");
+        let r = rl.check_at(b, Tier::Free, 10, now).unwrap_err();
+        assert!(r.global);
+        // b's own bucket was not charged: it is still full.
+        let q = rl
+            .check_at(b, Tier::Free, 5, now)
+            .expect("global has 5 left");
+        assert_eq!(q.remaining, 15);
+    }
+
+    #[test]
+    fn memory_is_bounded_by_max_tenants() {
+        let rl = limiter(|c| c.rate_limits.max_tenants = 32);
+        let now = Instant::now();
+        for _ in 0..1000 {
+            rl.check_at(Uuid::new_v4(), Tier::Free, 1, now)
+                .expect("fresh tenant");
+        }
+        let total: usize = rl
+            .shards
+            .iter()
+            .map(|s| s.lock().expect("lock").len())
+            .sum();
+        assert!(total <= 32, "{total} buckets kept");
+    }
+}
