@@ -36,7 +36,8 @@ async fn main() -> ExitCode {
     let app = match gateway::App::new(config) {
         Ok(a) => Arc::new(a),
         Err(e) => {
-            tracing::error!(error = %e, "cannot create the Kafka producer");
+            tracing::error!(error = %e, "cannot start the gateway");
+            eprintln!("gateway: {e}");
             return ExitCode::from(1);
         }
     };

@@ -5,6 +5,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +24,7 @@ use tokio::net::TcpListener;
 use tracing::Instrument;
 
 use crate::auth::KeyStore;
+use crate::enrich::Enricher;
 use crate::error::ApiError;
 use crate::ratelimit::RateLimiter;
 use crate::sink::Sink;
@@ -32,15 +34,26 @@ pub struct App {
     pub config: Config,
     pub keys: KeyStore,
     pub limiter: RateLimiter,
+    pub enricher: Enricher,
     pub sink: Arc<Sink>,
     shutting_down: AtomicBool,
     started: Instant,
 }
 
+/// Why the gateway could not be assembled from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create the Kafka producer: {0}")]
+    Producer(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Enrichment(#[from] crate::enrich::EnrichError),
+}
+
 impl App {
-    pub fn new(config: Config) -> Result<App, rdkafka::error::KafkaError> {
+    pub fn new(config: Config) -> Result<App, StartError> {
         let sink = Arc::new(Sink::new(&config)?);
         Ok(App {
+            enricher: Enricher::new(&config)?,
             keys: KeyStore::from_config(&config.auth.keys),
             limiter: RateLimiter::new(&config),
             sink,
@@ -78,6 +91,7 @@ async fn route(
     app: &App,
     req: Request<Incoming>,
     rid: &str,
+    peer: SocketAddr,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
@@ -94,7 +108,7 @@ async fn route(
             if app.shutting_down.load(Ordering::Relaxed) {
                 return Err(ApiError::ShuttingDown);
             }
-            crate::ingest::handle(app, req, rid).await
+            crate::ingest::handle(app, req, rid, peer).await
         }
         "/health/live" => Ok(json_response(StatusCode::OK, json!({"status": "ok"}))),
         "/health/ready" => Ok(if app.ready() {
@@ -135,12 +149,13 @@ async fn route(
 async fn handle(
     app: Arc<App>,
     req: Request<Incoming>,
+    peer: SocketAddr,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let rid = request_id(&req);
     let span = tracing::info_span!("request", request_id = %rid, method = %req.method(), path = %req.uri().path());
     async {
         let started = Instant::now();
-        let mut resp = match route(&app, req, &rid).await {
+        let mut resp = match route(&app, req, &rid, peer).await {
             Ok(r) => r,
             Err(e) => {
                 let status = e.status();
@@ -192,7 +207,7 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 let app = Arc::clone(&app);
                 let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service_fn(move |req| handle(Arc::clone(&app), req)));
+                    .serve_connection(TokioIo::new(stream), service_fn(move |req| handle(Arc::clone(&app), req, peer)));
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {

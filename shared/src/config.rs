@@ -24,6 +24,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub tiers: TiersConfig,
     pub rate_limits: RateLimitsConfig,
+    pub enrichment: EnrichmentConfig,
     pub kafka: KafkaConfig,
     pub clickhouse: ClickHouseConfig,
     pub workerd: WorkerdConfig,
@@ -41,6 +42,7 @@ pub struct GatewayConfig {
     pub retry_after_secs: u64,
     pub shutdown_timeout_ms: u64,
     pub broker_check_interval_ms: u64,
+    pub trusted_proxies: Vec<String>,
 }
 
 /// Per-request and per-event limits enforced by the gateway.
@@ -51,6 +53,14 @@ pub struct LimitsConfig {
     pub max_properties: usize,
     pub max_properties_depth: usize,
     pub max_properties_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrichmentConfig {
+    pub geoip_db: String,
+    pub ua_cache_size: usize,
+    pub bot_patterns: Vec<String>,
 }
 
 /// A tenant's service tier.
@@ -189,6 +199,8 @@ pub struct StaticKey {
     pub secret_sha256: String,
     #[serde(default)]
     pub tier: Tier,
+    #[serde(default)]
+    pub anonymize_ip: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -286,6 +298,30 @@ impl Config {
             return Err(ConfigError::new(
                 "gateway.max_events_per_batch",
                 "must be between 1 and 10000",
+            ));
+        }
+        for (i, cidr) in g.trusted_proxies.iter().enumerate() {
+            if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {
+                return Err(ConfigError::new(
+                    format!("gateway.trusted_proxies[{i}]"),
+                    format!("`{cidr}` is not an IP address or CIDR"),
+                ));
+            }
+        }
+        let e = &self.enrichment;
+        positive("enrichment.ua_cache_size", e.ua_cache_size as u64)?;
+        for (i, pattern) in e.bot_patterns.iter().enumerate() {
+            if let Err(err) = regex::Regex::new(pattern) {
+                return Err(ConfigError::new(
+                    format!("enrichment.bot_patterns[{i}]"),
+                    format!("not a valid regular expression: {err}"),
+                ));
+            }
+        }
+        if !e.geoip_db.is_empty() && !Path::new(&e.geoip_db).is_file() {
+            return Err(ConfigError::new(
+                "enrichment.geoip_db",
+                format!("{} is not a readable file", e.geoip_db),
             ));
         }
         let l = &self.limits;

@@ -66,6 +66,9 @@ pub struct EventRow<'a> {
     pub received_at_ms: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sent_at_ms: Option<i64>,
+    /// The client's timestamp shifted by the SDK clock's skew
+    /// (`received_at - sent_at`); equal to `timestamp_ms` without `sent_at`.
+    pub corrected_timestamp_ms: i64,
 
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<&'a str>,
@@ -133,4 +136,18 @@ pub struct EventRow<'a> {
     pub name: Option<&'a str>,
     /// Custom properties as JSON text (`{}` when none were sent).
     pub properties: String,
+
+    // server-side enrichment
+    /// The connection's address, or the X-Forwarded-For client behind a trusted proxy.
+    pub client_ip: &'a str,
+    pub browser: &'a str,
+    pub browser_version: &'a str,
+    pub os: &'a str,
+    pub os_version: &'a str,
+    pub device: &'a str,
+    /// ISO 3166-1 country code, subdivision name and city from the GeoIP database.
+    pub country: &'a str,
+    pub region: &'a str,
+    pub city: &'a str,
+    pub is_bot: bool,
 }

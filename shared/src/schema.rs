@@ -48,7 +48,8 @@ pub struct Migration {
     pub statements: fn(&SchemaContext) -> Vec<String>,
 }
 
-/// Columns shared verbatim by `events_queue` and `events` (after the ids and times).
+/// Columns shared verbatim by `events_queue` and `events` (after the ids and times),
+/// as created by migrations 1 and 2. Never edit: later columns go in a new list.
 const EVENT_COLUMNS: &[(&str, &str)] = &[
     ("user_agent", "String"),
     ("ip", "String"),
@@ -80,20 +81,72 @@ const EVENT_COLUMNS: &[(&str, &str)] = &[
     ("properties", "String"),
 ];
 
-fn column_defs() -> String {
-    EVENT_COLUMNS
+/// Server-side enrichment columns (migration 3), also shared verbatim.
+const ENRICHMENT_COLUMNS: &[(&str, &str)] = &[
+    ("client_ip", "String"),
+    ("browser", "LowCardinality(String)"),
+    ("browser_version", "LowCardinality(String)"),
+    ("os", "LowCardinality(String)"),
+    ("os_version", "LowCardinality(String)"),
+    ("device", "LowCardinality(String)"),
+    ("country", "LowCardinality(String)"),
+    ("region", "LowCardinality(String)"),
+    ("city", "LowCardinality(String)"),
+    ("is_bot", "Bool"),
+];
+
+fn column_defs(lists: &[&[(&str, &str)]]) -> String {
+    lists
         .iter()
+        .flat_map(|l| l.iter())
         .map(|(n, t)| format!("    {} {t}", ident(n)))
         .collect::<Vec<_>>()
         .join(",\n")
 }
 
-fn column_names() -> String {
-    EVENT_COLUMNS
+fn column_names(lists: &[&[(&str, &str)]]) -> String {
+    lists
         .iter()
+        .flat_map(|l| l.iter())
         .map(|(n, _)| ident(n))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The Kafka engine table reading every `events_*` topic.
+fn queue_ddl(c: &SchemaContext, extra_times: &str, lists: &[&[(&str, &str)]]) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {queue} (\n    \
+         `id` UUID,\n    `tenant_id` UUID,\n    `session_id` UUID,\n    \
+         `type` String,\n    `timestamp_ms` Int64,\n    `received_at_ms` Int64,\n    \
+         `sent_at_ms` Nullable(Int64),\n{extra_times}{cols}\n) ENGINE = Kafka\n\
+         SETTINGS kafka_broker_list = {brokers}, kafka_topic_list = {topics}, \
+         kafka_group_name = {group}, kafka_format = 'JSONEachRow', \
+         kafka_num_consumers = 1, kafka_flush_interval_ms = 500, \
+         kafka_max_block_size = 65536",
+        queue = c.table("events_queue"),
+        cols = column_defs(lists),
+        brokers = literal(&c.kafka_brokers),
+        topics = literal(&c.topics.join(",")),
+        group = literal(&c.kafka_group),
+    )
+}
+
+/// The materialized view moving each consumed block into `events`.
+fn view_ddl(c: &SchemaContext, extra_times: &str, lists: &[&[(&str, &str)]]) -> String {
+    format!(
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS {mv} TO {events} AS\n\
+         SELECT id, tenant_id, session_id, type, \
+         fromUnixTimestamp64Milli(timestamp_ms, 'UTC') AS timestamp, \
+         fromUnixTimestamp64Milli(received_at_ms, 'UTC') AS received_at, \
+         if(sent_at_ms IS NULL, NULL, \
+         fromUnixTimestamp64Milli(assumeNotNull(sent_at_ms), 'UTC')) AS sent_at, \
+         {extra_times}{cols}\nFROM {queue}",
+        mv = c.table("events_mv"),
+        events = c.table("events"),
+        queue = c.table("events_queue"),
+        cols = column_names(lists),
+    )
 }
 
 /// Every migration, in order. Never edit an applied one: add a new version.
@@ -113,7 +166,7 @@ pub const MIGRATIONS: &[Migration] = &[
                  PARTITION BY toYYYYMM(timestamp)\n\
                  ORDER BY (tenant_id, type, timestamp, id)",
                 events = c.table("events"),
-                cols = column_defs(),
+                cols = column_defs(&[EVENT_COLUMNS]),
             )]
         },
     },
@@ -122,35 +175,38 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "kafka ingestion of events_* topics",
         statements: |c| {
             vec![
-                format!(
-                    "CREATE TABLE IF NOT EXISTS {queue} (\n    \
-                     `id` UUID,\n    `tenant_id` UUID,\n    `session_id` UUID,\n    \
-                     `type` String,\n    `timestamp_ms` Int64,\n    `received_at_ms` Int64,\n    \
-                     `sent_at_ms` Nullable(Int64),\n{cols}\n) ENGINE = Kafka\n\
-                     SETTINGS kafka_broker_list = {brokers}, kafka_topic_list = {topics}, \
-                     kafka_group_name = {group}, kafka_format = 'JSONEachRow', \
-                     kafka_num_consumers = 1, kafka_flush_interval_ms = 500, \
-                     kafka_max_block_size = 65536",
-                    queue = c.table("events_queue"),
-                    cols = column_defs(),
-                    brokers = literal(&c.kafka_brokers),
-                    topics = literal(&c.topics.join(",")),
-                    group = literal(&c.kafka_group),
-                ),
-                format!(
-                    "CREATE MATERIALIZED VIEW IF NOT EXISTS {mv} TO {events} AS\n\
-                     SELECT id, tenant_id, session_id, type, \
-                     fromUnixTimestamp64Milli(timestamp_ms, 'UTC') AS timestamp, \
-                     fromUnixTimestamp64Milli(received_at_ms, 'UTC') AS received_at, \
-                     if(sent_at_ms IS NULL, NULL, \
-                     fromUnixTimestamp64Milli(assumeNotNull(sent_at_ms), 'UTC')) AS sent_at, \
-                     {cols}\nFROM {queue}",
-                    mv = c.table("events_mv"),
-                    events = c.table("events"),
-                    queue = c.table("events_queue"),
-                    cols = column_names(),
-                ),
+                queue_ddl(c, "", &[EVENT_COLUMNS]),
+                view_ddl(c, "", &[EVENT_COLUMNS]),
             ]
+        },
+    },
+    Migration {
+        version: 3,
+        name: "server-side enrichment columns",
+        statements: |c| {
+            let events = c.table("events");
+            let mut v = vec![format!(
+                "ALTER TABLE {events} ADD COLUMN IF NOT EXISTS `corrected_timestamp` \
+                 DateTime64(3, 'UTC') DEFAULT timestamp AFTER `sent_at`"
+            )];
+            for (name, ty) in ENRICHMENT_COLUMNS {
+                v.push(format!(
+                    "ALTER TABLE {events} ADD COLUMN IF NOT EXISTS {} {ty}",
+                    ident(name)
+                ));
+            }
+            // A Kafka engine table cannot be altered: replace it and its view. The
+            // consumer group (and so its committed offsets) stays the same.
+            v.push(format!("DROP VIEW IF EXISTS {}", c.table("events_mv")));
+            v.push(format!("DROP TABLE IF EXISTS {}", c.table("events_queue")));
+            let both: &[&[(&str, &str)]] = &[EVENT_COLUMNS, ENRICHMENT_COLUMNS];
+            v.push(queue_ddl(c, "    `corrected_timestamp_ms` Int64,\n", both));
+            v.push(view_ddl(
+                c,
+                "fromUnixTimestamp64Milli(corrected_timestamp_ms, 'UTC') AS corrected_timestamp, ",
+                both,
+            ));
+            v
         },
     },
 ];
@@ -256,6 +312,7 @@ mod tests {
             timestamp_ms: 0,
             received_at_ms: 0,
             sent_at_ms: Some(0),
+            corrected_timestamp_ms: 0,
             user_agent: Some(""),
             ip: Some(""),
             screen_width: Some(0),
@@ -284,6 +341,16 @@ mod tests {
             load_time: Some(0.0),
             name: Some(""),
             properties: String::new(),
+            client_ip: "",
+            browser: "",
+            browser_version: "",
+            os: "",
+            os_version: "",
+            device: "",
+            country: "",
+            region: "",
+            city: "",
+            is_bot: false,
         };
         let v = serde_json::to_value(&row).expect("serializes");
         let mut fields: BTreeSet<String> = v.as_object().expect("object").keys().cloned().collect();
@@ -295,10 +362,15 @@ mod tests {
             "timestamp_ms",
             "received_at_ms",
             "sent_at_ms",
+            "corrected_timestamp_ms",
         ] {
             assert!(fields.remove(fixed), "{fixed}");
         }
-        let cols: BTreeSet<String> = EVENT_COLUMNS.iter().map(|(n, _)| n.to_string()).collect();
+        let cols: BTreeSet<String> = EVENT_COLUMNS
+            .iter()
+            .chain(ENRICHMENT_COLUMNS)
+            .map(|(n, _)| n.to_string())
+            .collect();
         assert_eq!(fields, cols);
     }
 }

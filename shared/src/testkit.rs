@@ -90,6 +90,15 @@ pub fn config(svc: &Services) -> Config {
     cfg.clickhouse.database = format!("ow_t{short}");
     cfg.clickhouse.kafka_brokers = svc.kafka.clone();
     cfg.clickhouse.kafka_group = format!("ow-ch-{short}");
+    // Tests that are not about rate limits must not hit them.
+    for tier in [
+        &mut cfg.tiers.free,
+        &mut cfg.tiers.paid,
+        &mut cfg.tiers.enterprise,
+    ] {
+        tier.events_per_second = 1_000_000.0;
+        tier.burst = 1_000_000;
+    }
     cfg
 }
 

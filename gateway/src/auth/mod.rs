@@ -18,16 +18,24 @@ use crate::error::ApiError;
 pub struct Principal {
     pub tenant: Uuid,
     pub tier: Tier,
+    pub anonymize_ip: bool,
 }
 
 #[derive(Debug, Default)]
 pub struct KeyStore {
-    by_tenant: HashMap<Uuid, (Tier, Vec<[u8; 32]>)>,
+    by_tenant: HashMap<Uuid, Tenant>,
+}
+
+#[derive(Debug)]
+struct Tenant {
+    tier: Tier,
+    anonymize_ip: bool,
+    digests: Vec<[u8; 32]>,
 }
 
 impl KeyStore {
     pub fn from_config(keys: &[shared::config::StaticKey]) -> KeyStore {
-        let mut by_tenant: HashMap<Uuid, (Tier, Vec<[u8; 32]>)> = HashMap::new();
+        let mut by_tenant: HashMap<Uuid, Tenant> = HashMap::new();
         for k in keys {
             let mut digest = [0u8; 32];
             // Config validation guarantees 64 hex characters.
@@ -35,9 +43,14 @@ impl KeyStore {
                 let hex = std::str::from_utf8(chunk).unwrap_or("00");
                 digest[i] = u8::from_str_radix(hex, 16).unwrap_or(0);
             }
-            let entry = by_tenant.entry(k.tenant_id).or_insert((k.tier, Vec::new()));
-            entry.0 = k.tier;
-            entry.1.push(digest);
+            let t = by_tenant.entry(k.tenant_id).or_insert(Tenant {
+                tier: k.tier,
+                anonymize_ip: k.anonymize_ip,
+                digests: Vec::new(),
+            });
+            t.tier = k.tier;
+            t.anonymize_ip |= k.anonymize_ip;
+            t.digests.push(digest);
         }
         KeyStore { by_tenant }
     }
@@ -53,15 +66,19 @@ impl KeyStore {
         let tenant = Uuid::try_parse(tenant.trim())
             .map_err(|_| ApiError::Unauthorized("malformed API key: tenant id is not a UUID"))?;
         let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
-        let Some((tier, known)) = self.by_tenant.get(&tenant) else {
+        let Some(t) = self.by_tenant.get(&tenant) else {
             return Err(ApiError::Unauthorized("unknown API key"));
         };
         // Check every candidate so timing does not tell which one matched.
-        let matched = known.iter().fold(false, |acc, k| acc | ct_eq(k, &digest));
+        let matched = t
+            .digests
+            .iter()
+            .fold(false, |acc, k| acc | ct_eq(k, &digest));
         if matched {
             Ok(Principal {
                 tenant,
-                tier: *tier,
+                tier: t.tier,
+                anonymize_ip: t.anonymize_ip,
             })
         } else {
             Err(ApiError::Unauthorized("unknown API key"))
@@ -104,6 +121,7 @@ mod tests {
             tenant_id: Uuid::nil(),
             secret_sha256: hash_secret("secret"),
             tier: Tier::Paid,
+            anonymize_ip: false,
         }])
     }
 
@@ -120,6 +138,7 @@ mod tests {
         let who = Some(Principal {
             tenant: Uuid::nil(),
             tier: Tier::Paid,
+            anonymize_ip: false,
         });
         assert_eq!(
             s.authenticate(&headers("authorization", &format!("Bearer {key}")))

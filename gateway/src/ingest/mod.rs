@@ -8,7 +8,9 @@ pub mod validate;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use std::net::SocketAddr;
+
+use hyper::header::{HeaderValue, CONTENT_TYPE, USER_AGENT};
 use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
 
@@ -25,6 +27,7 @@ pub async fn handle(
     app: &App,
     req: Request<Incoming>,
     request_id: &str,
+    peer: SocketAddr,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let who = app.keys.authenticate(req.headers())?;
     let tenant = who.tenant;
@@ -41,13 +44,17 @@ pub async fn handle(
     let batch = model::parse(&mut buf).map_err(ApiError::MalformedBody)?;
     let received_at_ms =
         (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
-    let events = validate::prepare(
-        &batch,
+    let ctx = validate::Context {
         tenant,
         received_at_ms,
-        app.config.gateway.max_events_per_batch,
-        &app.config.limits,
-    )?;
+        max_events: app.config.gateway.max_events_per_batch,
+        limits: &app.config.limits,
+        enricher: &app.enricher,
+        client_ip: app.enricher.client_ip(peer, &parts.headers),
+        header_ua: parts.headers.get(USER_AGENT).and_then(|v| v.to_str().ok()),
+        anonymize_ip: who.anonymize_ip,
+    };
+    let events = validate::prepare(&batch, &ctx)?;
     let quota = app
         .limiter
         .check(tenant, who.tier, events.len())

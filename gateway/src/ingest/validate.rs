@@ -3,6 +3,9 @@
 //! Every problem of every event is collected, so a 422 lists them all at once.
 //! An event naming another tenant makes the whole request 403.
 
+use std::net::IpAddr;
+use std::sync::Arc;
+
 use garde::Validate;
 use shared::config::LimitsConfig;
 use shared::event::{EventRow, EventType};
@@ -11,6 +14,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::model::{Batch, EventIn};
+use crate::enrich::{anonymize, Enricher, GeoInfo, UaInfo};
 use crate::error::{ApiError, FieldError};
 
 /// One event ready for the broker.
@@ -72,14 +76,53 @@ fn time_ms(p: &mut Problems, i: usize, field: &str, v: Option<&str>) -> Option<i
     }
 }
 
-/// Validates `batch` for `tenant` and serializes each event.
-pub fn prepare(
-    batch: &Batch<'_>,
-    tenant: Uuid,
-    received_at_ms: i64,
-    max_events: usize,
-    limits: &LimitsConfig,
-) -> Result<Vec<Outgoing>, ApiError> {
+/// Everything about the request that shapes its events.
+pub struct Context<'r> {
+    pub tenant: Uuid,
+    pub received_at_ms: i64,
+    pub max_events: usize,
+    pub limits: &'r LimitsConfig,
+    pub enricher: &'r Enricher,
+    pub client_ip: IpAddr,
+    /// The request's `User-Agent`, for events that carry none.
+    pub header_ua: Option<&'r str>,
+    pub anonymize_ip: bool,
+}
+
+/// Per-request memo: a batch usually repeats one user agent and one IP.
+#[derive(Default)]
+struct Memo {
+    ua: Option<(String, Arc<UaInfo>)>,
+    geo: Option<(IpAddr, Arc<GeoInfo>)>,
+}
+
+impl Memo {
+    fn ua(&mut self, e: &Enricher, ua: &str) -> Arc<UaInfo> {
+        match &self.ua {
+            Some((k, v)) if k == ua => Arc::clone(v),
+            _ => {
+                let v = e.user_agent(ua);
+                self.ua = Some((ua.to_string(), Arc::clone(&v)));
+                v
+            }
+        }
+    }
+
+    fn geo(&mut self, e: &Enricher, ip: IpAddr) -> Arc<GeoInfo> {
+        match &self.geo {
+            Some((k, v)) if *k == ip => Arc::clone(v),
+            _ => {
+                let v = Arc::new(e.geo(ip));
+                self.geo = Some((ip, Arc::clone(&v)));
+                v
+            }
+        }
+    }
+}
+
+/// Validates `batch` for the request's tenant, enriches and serializes each event.
+pub fn prepare(batch: &Batch<'_>, ctx: &Context<'_>) -> Result<Vec<Outgoing>, ApiError> {
+    let (tenant, max_events) = (ctx.tenant, ctx.max_events);
     let n = batch.events.len();
     if n == 0 || n > max_events {
         return Err(ApiError::Invalid(vec![FieldError {
@@ -103,8 +146,9 @@ pub fn prepare(
     }
     let mut p = Problems { list: Vec::new() };
     let mut out = Vec::with_capacity(n);
+    let mut memo = Memo::default();
     for (i, e) in batch.events.iter().enumerate() {
-        if let Some(o) = prepare_one(&mut p, i, e, tenant, received_at_ms, limits) {
+        if let Some(o) = prepare_one(&mut p, i, e, ctx, &mut memo) {
             out.push(o);
         }
     }
@@ -119,10 +163,10 @@ fn prepare_one(
     p: &mut Problems,
     i: usize,
     e: &EventIn<'_>,
-    tenant: Uuid,
-    received_at_ms: i64,
-    limits: &LimitsConfig,
+    ctx: &Context<'_>,
+    memo: &mut Memo,
 ) -> Option<Outgoing> {
+    let (tenant, received_at_ms, limits) = (ctx.tenant, ctx.received_at_ms, ctx.limits);
     let before = p.list.len();
     if let Err(report) = e.validate_with(limits) {
         for (path, err) in report.iter() {
@@ -176,10 +220,38 @@ fn prepare_one(
             }
         },
     };
+    let event_ip = match e.ip.as_deref().map(str::parse::<IpAddr>) {
+        None => None,
+        Some(Ok(ip)) => Some(ip.to_canonical()),
+        Some(Err(_)) => {
+            p.add(i, "ip", "must be an IPv4 or IPv6 address");
+            None
+        }
+    };
     if p.list.len() != before {
         return None;
     }
     let (id, session, ts, kind) = (id?, session?, ts?, kind?);
+    // Enrichment: the SDK's own IP and user agent win (server SDKs forward their
+    // users'); otherwise the request's. Geo is looked up before anonymisation.
+    let ua = memo.ua(
+        ctx.enricher,
+        e.user_agent.as_deref().or(ctx.header_ua).unwrap_or(""),
+    );
+    let geo = memo.geo(ctx.enricher, event_ip.unwrap_or(ctx.client_ip));
+    let shown = |ip: IpAddr| {
+        if ctx.anonymize_ip {
+            anonymize(ip).to_string()
+        } else {
+            ip.to_string()
+        }
+    };
+    let client_ip = shown(ctx.client_ip);
+    let ip = event_ip.map(shown);
+    let corrected = match sent_at {
+        Some(sent) => ts + (received_at_ms - sent),
+        None => ts,
+    };
     let row = EventRow {
         id,
         tenant_id: tenant,
@@ -188,8 +260,9 @@ fn prepare_one(
         timestamp_ms: ts,
         received_at_ms,
         sent_at_ms: sent_at,
+        corrected_timestamp_ms: corrected,
         user_agent: e.user_agent.as_deref(),
-        ip: e.ip.as_deref(),
+        ip: ip.as_deref(),
         screen_width: e.screen.map(|d| d.width),
         screen_height: e.screen.map(|d| d.height),
         viewport_width: e.viewport.map(|d| d.width),
@@ -216,6 +289,16 @@ fn prepare_one(
         load_time: e.load_time,
         name: e.name.as_deref(),
         properties,
+        client_ip: &client_ip,
+        browser: &ua.browser,
+        browser_version: &ua.browser_version,
+        os: &ua.os,
+        os_version: &ua.os_version,
+        device: &ua.device,
+        country: &geo.country,
+        region: &geo.region,
+        city: &geo.city,
+        is_bot: ua.is_bot,
     };
     let payload = match serde_json::to_vec(&row) {
         Ok(p) => p,
@@ -317,10 +400,36 @@ mod tests {
         assert!(run(&body).is_ok(), "depth at the limit is fine");
     }
 
-    fn run(body: &str) -> Result<Vec<Outgoing>, ApiError> {
+    fn enricher() -> &'static Enricher {
+        static E: std::sync::OnceLock<Enricher> = std::sync::OnceLock::new();
+        E.get_or_init(|| {
+            let cfg = shared::Config::load_from(None, Vec::new()).expect("defaults");
+            Enricher::new(&cfg).expect("enricher")
+        })
+    }
+
+    fn with(
+        max_events: usize,
+        limits: &LimitsConfig,
+        body: &str,
+    ) -> Result<Vec<Outgoing>, ApiError> {
         let mut buf = body.as_bytes().to_vec();
         let batch = parse(&mut buf).expect("parses");
-        prepare(&batch, Uuid::nil(), 1_700_000_000_000, 1000, &limits())
+        let ctx = Context {
+            tenant: Uuid::nil(),
+            received_at_ms: 1_700_000_000_000,
+            max_events,
+            limits,
+            enricher: enricher(),
+            client_ip: "192.0.2.10".parse().expect("ip"),
+            header_ua: Some("curl/8.0.1"),
+            anonymize_ip: false,
+        };
+        prepare(&batch, &ctx)
+    }
+
+    fn run(body: &str) -> Result<Vec<Outgoing>, ApiError> {
+        with(1000, &limits(), body)
     }
 
     #[test]
@@ -371,18 +480,41 @@ mod tests {
         assert!(matches!(run(r#"{"events":[]}"#), Err(ApiError::Invalid(_))));
         let one = r#"{"id":"550e8400-e29b-41d4-a716-446655440000","session_id":"11111111-1111-1111-1111-111111111111","timestamp":"2024-01-01T00:00:00Z","type":"scroll","depth":50}"#;
         let body = format!("{{\"events\":[{}]}}", [one; 3].join(","));
-        let mut buf = body.into_bytes();
-        let batch = parse(&mut buf).expect("parses");
         assert!(matches!(
-            prepare(&batch, Uuid::nil(), 0, 2, &limits()),
+            with(2, &limits(), &body),
             Err(ApiError::Invalid(_))
         ));
-        assert_eq!(
-            prepare(&batch, Uuid::nil(), 0, 3, &limits())
-                .expect("fits")
-                .len(),
-            3
+        assert_eq!(with(3, &limits(), &body).expect("fits").len(), 3);
+    }
+
+    #[test]
+    fn enrichment_fields_are_filled() {
+        let body = format!(
+            r#"{{"events":[{{{BASE},"type":"pageview","sent_at":"2024-01-01T00:00:10Z"}},{{{BASE},"type":"click","ip":"198.51.100.23","user_agent":"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"}},{{{BASE},"type":"click","ip":"nope"}}]}}"#
         );
+        assert_eq!(fields(run(&body).unwrap_err()), vec![(2, "ip".to_string())]);
+        let body = body.replace(r#","ip":"nope""#, "");
+        let out = run(&body).expect("valid");
+        let v: Vec<serde_json::Value> = out
+            .iter()
+            .map(|o| serde_json::from_slice(&o.payload).expect("json"))
+            .collect();
+        // received 1_700_000_000_000, sent 10 s after the event: shifted by the skew.
+        let ts = 1_704_067_200_000i64;
+        assert_eq!(v[0]["timestamp_ms"], ts, "the client's timestamp is kept");
+        assert_eq!(
+            v[0]["corrected_timestamp_ms"],
+            ts + (1_700_000_000_000 - (ts + 10_000))
+        );
+        assert_eq!(v[1]["corrected_timestamp_ms"], ts);
+        // The request's user agent (curl) for an event without one: a bot.
+        assert_eq!(v[0]["client_ip"], "192.0.2.10");
+        assert_eq!(v[0]["is_bot"], true);
+        assert_eq!(v[1]["browser"], "Chrome");
+        assert_eq!(v[1]["browser_version"], "120.0.0");
+        assert_eq!(v[1]["os"], "Windows");
+        assert_eq!(v[1]["is_bot"], false);
+        assert_eq!(v[1]["ip"], "198.51.100.23");
     }
 
     #[test]

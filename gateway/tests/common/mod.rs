@@ -19,12 +19,18 @@ pub struct TestGateway {
 
 impl TestGateway {
     /// Starts a gateway with `config`, adding an API key for a fresh tenant.
-    pub async fn start(mut config: Config) -> TestGateway {
+    pub async fn start(config: Config) -> TestGateway {
+        Self::start_with(config, false).await
+    }
+
+    /// As [`TestGateway::start`]; the tenant's IPs are anonymised when `anonymize_ip`.
+    pub async fn start_with(mut config: Config, anonymize_ip: bool) -> TestGateway {
         let tenant = Uuid::new_v4();
         config.auth.keys.push(StaticKey {
             tenant_id: tenant,
             secret_sha256: gateway::auth::hash_secret(SECRET),
             tier: Default::default(),
+            anonymize_ip,
         });
         config.gateway.listen = "127.0.0.1:0".parse().expect("addr");
         config.gateway.broker_check_interval_ms = 200;
