@@ -27,6 +27,10 @@ pub enum ApiError {
     MethodNotAllowed(String),
     #[error("{0}")]
     Unauthorized(&'static str),
+    #[error("this API key may not be used from {0}")]
+    IpNotAllowed(String),
+    #[error("this API key may not be used from origin {0}")]
+    OriginNotAllowed(String),
     #[error("event {index} names tenant {named}, but the API key belongs to another tenant")]
     ForeignTenant { index: usize, named: String },
     #[error("request body exceeds {limit} bytes")]
@@ -56,6 +60,8 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::ForeignTenant { .. } => StatusCode::FORBIDDEN,
+            ApiError::IpNotAllowed(_) => StatusCode::FORBIDDEN,
+            ApiError::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::DecompressedTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -75,6 +81,8 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::ForeignTenant { .. } => "tenant_mismatch",
+            ApiError::IpNotAllowed(_) => "ip_not_allowed",
+            ApiError::OriginNotAllowed(_) => "origin_not_allowed",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::DecompressedTooLarge { .. } => "decompressed_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
@@ -94,6 +102,8 @@ impl ApiError {
             | ApiError::MethodNotAllowed(_)
             | ApiError::Unauthorized(_)
             | ApiError::ForeignTenant { .. }
+            | ApiError::IpNotAllowed(_)
+            | ApiError::OriginNotAllowed(_)
             | ApiError::PayloadTooLarge { .. }
             | ApiError::DecompressedTooLarge { .. }
             | ApiError::UnsupportedMediaType(_)

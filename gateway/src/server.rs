@@ -32,7 +32,7 @@ use crate::sink::Sink;
 /// Everything a request needs.
 pub struct App {
     pub config: Config,
-    pub keys: KeyStore,
+    pub keys: Arc<KeyStore>,
     pub limiter: RateLimiter,
     pub enricher: Enricher,
     pub sink: Arc<Sink>,
@@ -54,7 +54,7 @@ impl App {
         let sink = Arc::new(Sink::new(&config)?);
         Ok(App {
             enricher: Enricher::new(&config)?,
-            keys: KeyStore::from_config(&config.auth.keys),
+            keys: Arc::new(KeyStore::new(&config)),
             limiter: RateLimiter::new(&config),
             sink,
             config,
@@ -64,7 +64,7 @@ impl App {
     }
 
     pub fn ready(&self) -> bool {
-        !self.shutting_down.load(Ordering::Relaxed) && self.sink.broker_up()
+        !self.shutting_down.load(Ordering::Relaxed) && self.sink.broker_up() && self.keys.ready()
     }
 }
 
@@ -96,7 +96,7 @@ async fn route(
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let allowed: &[Method] = match path.as_str() {
-        "/ingest" => &[Method::POST],
+        "/ingest" => &[Method::POST, Method::OPTIONS],
         "/health" | "/health/live" | "/health/ready" => &[Method::GET, Method::HEAD],
         _ => return Err(ApiError::NotFound(path)),
     };
@@ -104,6 +104,7 @@ async fn route(
         return Err(ApiError::MethodNotAllowed(method.to_string()));
     }
     match path.as_str() {
+        "/ingest" if method == Method::OPTIONS => preflight(app, &req),
         "/ingest" => {
             if app.shutting_down.load(Ordering::Relaxed) {
                 return Err(ApiError::ShuttingDown);
@@ -138,12 +139,74 @@ async fn route(
                             "brokers": app.config.kafka.brokers,
                             "in_flight": app.sink.in_flight(),
                         },
-                        "keys": {"status": "up", "source": "config", "keys": app.config.auth.keys.len()},
+                        "keys": keys_report(&app.keys),
                     }
                 }),
             ))
         }
     }
+}
+
+fn keys_report(keys: &KeyStore) -> serde_json::Value {
+    let st = keys.status();
+    json!({
+        "status": if keys.ready() { "up" } else { "down" },
+        "source": if st.from_clickhouse { "config+clickhouse" } else { "config" },
+        "keys": st.keys,
+        "snapshot_age_seconds": st.age.map(|a| a.as_secs_f64()),
+        "last_error": st.last_error,
+    })
+}
+
+const CORS_ALLOW_HEADERS: &str =
+    "authorization, content-type, content-encoding, x-api-key, x-request-id";
+const CORS_EXPOSE_HEADERS: &str =
+    "x-request-id, retry-after, x-ratelimit-limit, x-ratelimit-remaining, x-ratelimit-reset";
+
+/// Answers a CORS preflight for `/ingest`: allowed when some browser key allows
+/// the origin (the key itself is checked on the actual request).
+fn preflight(app: &App, req: &Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
+    let origin = req
+        .headers()
+        .get(hyper::header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ApiError::OriginNotAllowed("(none)".into()))?;
+    if !app.keys.origin_known(origin) {
+        return Err(ApiError::OriginNotAllowed(origin.to_string()));
+    }
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    let h = resp.headers_mut();
+    h.insert(
+        "access-control-allow-methods",
+        HeaderValue::from_static("POST, OPTIONS"),
+    );
+    h.insert(
+        "access-control-allow-headers",
+        HeaderValue::from_static(CORS_ALLOW_HEADERS),
+    );
+    h.insert("access-control-max-age", HeaderValue::from_static("600"));
+    Ok(resp)
+}
+
+/// Lets a page read the answer (success or error) when its origin is one some
+/// browser key allows.
+fn add_cors(app: &App, origin: Option<&HeaderValue>, resp: &mut Response<Full<Bytes>>) {
+    let Some(origin) = origin else { return };
+    let known = origin
+        .to_str()
+        .map(|o| app.keys.origin_known(o))
+        .unwrap_or(false);
+    if !known {
+        return;
+    }
+    let h = resp.headers_mut();
+    h.insert("access-control-allow-origin", origin.clone());
+    h.insert(
+        "access-control-expose-headers",
+        HeaderValue::from_static(CORS_EXPOSE_HEADERS),
+    );
+    h.append(hyper::header::VARY, HeaderValue::from_static("origin"));
 }
 
 async fn handle(
@@ -155,6 +218,9 @@ async fn handle(
     let span = tracing::info_span!("request", request_id = %rid, method = %req.method(), path = %req.uri().path());
     async {
         let started = Instant::now();
+        let origin = (req.uri().path() == "/ingest")
+            .then(|| req.headers().get(hyper::header::ORIGIN).cloned())
+            .flatten();
         let mut resp = match route(&app, req, &rid, peer).await {
             Ok(r) => r,
             Err(e) => {
@@ -170,6 +236,7 @@ async fn handle(
         if let Ok(v) = HeaderValue::from_str(&rid) {
             resp.headers_mut().insert(X_REQUEST_ID, v);
         }
+        add_cors(&app, origin.as_ref(), &mut resp);
         tracing::debug!(
             status = resp.status().as_u16(),
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -190,6 +257,9 @@ pub async fn serve(
     let probe = app.sink.spawn_broker_probe(Duration::from_millis(
         app.config.gateway.broker_check_interval_ms,
     ));
+    let key_refresh = app
+        .keys
+        .spawn_refresh(Duration::from_millis(app.config.auth.refresh_interval_ms));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -229,6 +299,7 @@ pub async fn serve(
         tracing::warn!("in-flight requests did not finish within the shutdown timeout");
     }
     probe.abort();
+    key_refresh.abort();
     let sink = Arc::clone(&app.sink);
     let flushed = tokio::task::spawn_blocking(move || sink.flush(timeout)).await;
     match flushed {

@@ -189,6 +189,8 @@ pub struct WorkerdConfig {
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     pub keys: Vec<StaticKey>,
+    pub clickhouse_keys: bool,
+    pub refresh_interval_ms: u64,
 }
 
 /// An API key from configuration. Only the SHA-256 of the secret is stored.
@@ -394,6 +396,7 @@ impl Config {
         not_blank("clickhouse.user", &c.user)?;
         not_blank("clickhouse.kafka_brokers", &c.kafka_brokers)?;
         not_blank("clickhouse.kafka_group", &c.kafka_group)?;
+        positive("auth.refresh_interval_ms", self.auth.refresh_interval_ms)?;
         for (i, key) in self.auth.keys.iter().enumerate() {
             let s = &key.secret_sha256;
             if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {

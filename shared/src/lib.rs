@@ -6,6 +6,7 @@ pub mod ch;
 pub mod config;
 pub mod event;
 pub mod kafka;
+pub mod keys;
 pub mod schema;
 pub mod telemetry;
 #[cfg(feature = "testkit")]

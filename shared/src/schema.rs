@@ -209,6 +209,44 @@ pub const MIGRATIONS: &[Migration] = &[
             v
         },
     },
+    Migration {
+        version: 4,
+        name: "tenants, API keys and the audit log",
+        statements: |c| {
+            vec![
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {} (\n    \
+                     `tenant_id` UUID,\n    `name` String,\n    \
+                     `tier` LowCardinality(String),\n    `anonymize_ip` Bool,\n    \
+                     `created_at` DateTime64(3, 'UTC'),\n    \
+                     `updated_at` DateTime64(3, 'UTC')\n) \
+                     ENGINE = ReplacingMergeTree(updated_at) ORDER BY tenant_id",
+                    c.table("tenants")
+                ),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {} (\n    \
+                     `key_id` UUID,\n    `tenant_id` UUID,\n    \
+                     `secret_sha256` String,\n    `kind` LowCardinality(String),\n    \
+                     `description` String,\n    `allowed_origins` Array(String),\n    \
+                     `ip_allowlist` Array(String),\n    `require_signature` Bool,\n    \
+                     `created_at` DateTime64(3, 'UTC'),\n    \
+                     `expires_at` Nullable(DateTime64(3, 'UTC')),\n    \
+                     `revoked_at` Nullable(DateTime64(3, 'UTC')),\n    \
+                     `updated_at` DateTime64(3, 'UTC')\n) \
+                     ENGINE = ReplacingMergeTree(updated_at) ORDER BY key_id",
+                    c.table("api_keys")
+                ),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {} (\n    \
+                     `at` DateTime64(3, 'UTC'),\n    `actor` String,\n    \
+                     `action` LowCardinality(String),\n    `tenant_id` Nullable(UUID),\n    \
+                     `target` String,\n    `detail` String\n) \
+                     ENGINE = MergeTree ORDER BY at",
+                    c.table("audit_log")
+                ),
+            ]
+        },
+    },
 ];
 
 /// What a [`migrate`] run did.

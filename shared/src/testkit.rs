@@ -90,6 +90,9 @@ pub fn config(svc: &Services) -> Config {
     cfg.clickhouse.database = format!("ow_t{short}");
     cfg.clickhouse.kafka_brokers = svc.kafka.clone();
     cfg.clickhouse.kafka_group = format!("ow-ch-{short}");
+    // Keys come from the test's configuration unless it has a migrated schema.
+    cfg.auth.clickhouse_keys = false;
+    cfg.auth.refresh_interval_ms = 200;
     // Tests that are not about rate limits must not hit them.
     for tier in [
         &mut cfg.tiers.free,
@@ -119,7 +122,8 @@ impl TestSchema {
 
     /// Creates the topics and runs every migration for a fresh [`config`].
     pub async fn create(svc: &Services) -> TestSchema {
-        let config = config(svc);
+        let mut config = config(svc);
+        config.auth.clickhouse_keys = true;
         crate::kafka::ensure_topics(
             &config.kafka.brokers,
             &config.topics(),

@@ -1,5 +1,6 @@
 //! workerd as a library: migrations now; admin commands and scheduled jobs later.
 //! `main.rs` parses the command line and calls into here.
 
+pub mod admin;
 pub mod health;
 pub mod migrate;

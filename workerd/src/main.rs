@@ -4,8 +4,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use clap::{Parser, Subcommand};
-use shared::config::{Config, EXIT_CONFIG};
+use shared::config::{Config, Tier, EXIT_CONFIG};
+use uuid::Uuid;
+use workerd::admin::{self, Admin, KeySpec};
 
 #[derive(Parser)]
 #[command(version, about = "Overwatch worker daemon")]
@@ -23,6 +27,84 @@ enum Command {
     Migrate,
     /// Run the daemon (migrations first when `workerd.migrate_on_start`), serving /health.
     Run,
+    /// Manage tenants.
+    Tenant {
+        #[command(subcommand)]
+        cmd: TenantCmd,
+    },
+    /// Manage API keys (the secret is printed once, at issue or rotation).
+    Key {
+        #[command(subcommand)]
+        cmd: KeyCmd,
+    },
+}
+
+fn parse_tier(s: &str) -> Result<Tier, String> {
+    Tier::parse(s).ok_or_else(|| format!("`{s}` is not a tier: free, paid or enterprise"))
+}
+
+#[derive(Subcommand)]
+enum TenantCmd {
+    /// Create a tenant and print its id.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "free", value_parser = parse_tier)]
+        tier: Tier,
+        /// Use this id instead of a random one.
+        #[arg(long)]
+        id: Option<Uuid>,
+        /// Truncate this tenant's IP addresses at the gateway.
+        #[arg(long)]
+        anonymize_ip: bool,
+    },
+    /// List tenants.
+    List,
+    /// Change a tenant's tier (rate limits follow within one key refresh).
+    SetTier {
+        tenant: Uuid,
+        #[arg(value_parser = parse_tier)]
+        tier: Tier,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// Issue a key and print it once.
+    Issue {
+        #[arg(long)]
+        tenant: Uuid,
+        /// `server` or `browser` (browser keys may use CORS and sendBeacon).
+        #[arg(long, default_value = "server")]
+        kind: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Allowed browser origin, e.g. https://shop.example (repeatable; `*` for any).
+        #[arg(long = "origin")]
+        origins: Vec<String>,
+        /// Client IP or CIDR allowed to use the key (repeatable; none = any).
+        #[arg(long = "allow-ip")]
+        allow_ip: Vec<String>,
+        /// Require X-Overwatch-Timestamp/X-Overwatch-Signature on every request.
+        #[arg(long)]
+        require_signature: bool,
+        /// Expire after this long, e.g. 90d.
+        #[arg(long, value_parser = admin::parse_duration)]
+        expires_in: Option<Duration>,
+    },
+    /// List keys (never their secrets).
+    List {
+        #[arg(long)]
+        tenant: Option<Uuid>,
+    },
+    /// Revoke a key; gateways refuse it within one refresh interval.
+    Revoke { key_id: Uuid },
+    /// Issue a successor; the old key keeps working for the overlap, then expires.
+    Rotate {
+        key_id: Uuid,
+        #[arg(long, default_value = "24h", value_parser = admin::parse_duration)]
+        overlap: Duration,
+    },
 }
 
 #[tokio::main]
@@ -60,7 +142,133 @@ async fn main() -> ExitCode {
             tracing::info!("workerd stopped");
             ExitCode::SUCCESS
         }
+        Command::Tenant { cmd } => report(tenant(&admin_for(&config), cmd).await),
+        Command::Key { cmd } => report(key(&admin_for(&config), cmd).await),
     }
+}
+
+fn admin_for(config: &Config) -> Admin {
+    Admin {
+        client: shared::ch::client(&config.clickhouse),
+        database: config.clickhouse.database.clone(),
+        actor: std::env::var("USER").unwrap_or_else(|_| "workerd-cli".into()),
+    }
+}
+
+fn report(result: Result<(), admin::AdminError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("workerd: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn ms_to_rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
+async fn tenant(admin: &Admin, cmd: TenantCmd) -> Result<(), admin::AdminError> {
+    match cmd {
+        TenantCmd::Create {
+            name,
+            tier,
+            id,
+            anonymize_ip,
+        } => {
+            let id = admin.tenant_create(id, &name, tier, anonymize_ip).await?;
+            println!("tenant_id {id}");
+        }
+        TenantCmd::List => {
+            println!(
+                "{:<36}  {:<10}  {:<9}  {:<24}  name",
+                "tenant_id", "tier", "anon_ip", "created_at"
+            );
+            for t in admin.tenant_list().await? {
+                println!(
+                    "{:<36}  {:<10}  {:<9}  {:<24}  {}",
+                    t.tenant_id,
+                    t.tier,
+                    t.anonymize_ip,
+                    ms_to_rfc3339(t.created_at_ms),
+                    t.name
+                );
+            }
+        }
+        TenantCmd::SetTier { tenant, tier } => {
+            admin.tenant_set_tier(tenant, tier).await?;
+            println!("tenant {tenant} is now {}", tier.as_str());
+        }
+    }
+    Ok(())
+}
+
+async fn key(admin: &Admin, cmd: KeyCmd) -> Result<(), admin::AdminError> {
+    let print_issued = |i: &admin::Issued| {
+        println!("key_id {}", i.key_id);
+        println!("api_key {}", i.api_key());
+        eprintln!("Store the api_key now: its secret is not kept and cannot be shown again.");
+    };
+    match cmd {
+        KeyCmd::Issue {
+            tenant,
+            kind,
+            description,
+            origins,
+            allow_ip,
+            require_signature,
+            expires_in,
+        } => {
+            let spec = KeySpec {
+                kind,
+                description,
+                allowed_origins: origins,
+                ip_allowlist: allow_ip,
+                require_signature,
+                expires_in,
+            };
+            print_issued(&admin.key_issue(tenant, &spec).await?);
+        }
+        KeyCmd::List { tenant } => {
+            println!(
+                "{:<36}  {:<36}  {:<7}  {:<24}  {:<24}  {:<24}  description",
+                "key_id", "tenant_id", "kind", "created_at", "expires_at", "revoked_at"
+            );
+            for k in admin.key_list(tenant).await? {
+                println!(
+                    "{:<36}  {:<36}  {:<7}  {:<24}  {:<24}  {:<24}  {}",
+                    k.key_id,
+                    k.tenant_id,
+                    k.kind,
+                    ms_to_rfc3339(k.created_at_ms),
+                    k.expires_at_ms
+                        .map(ms_to_rfc3339)
+                        .unwrap_or_else(|| "-".into()),
+                    k.revoked_at_ms
+                        .map(ms_to_rfc3339)
+                        .unwrap_or_else(|| "-".into()),
+                    k.description
+                );
+            }
+        }
+        KeyCmd::Revoke { key_id } => {
+            admin.key_revoke(key_id).await?;
+            println!("key {key_id} revoked");
+        }
+        KeyCmd::Rotate { key_id, overlap } => {
+            let issued = admin.key_rotate(key_id, overlap).await?;
+            print_issued(&issued);
+            println!("old_key {key_id} expires in {}s", overlap.as_secs());
+        }
+    }
+    Ok(())
 }
 
 async fn migrate(config: &Config) -> ExitCode {

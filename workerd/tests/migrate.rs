@@ -40,7 +40,15 @@ async fn migrate_is_versioned_and_idempotent() {
         .expect("first run");
     assert_eq!(first.applied, all);
     assert!(first.already.is_empty());
-    let expected = vec!["events", "events_mv", "events_queue", "schema_migrations"];
+    let expected = vec![
+        "api_keys",
+        "audit_log",
+        "events",
+        "events_mv",
+        "events_queue",
+        "schema_migrations",
+        "tenants",
+    ];
     assert_eq!(tables(&schema).await, expected);
     assert_eq!(recorded(&schema).await, all);
 
@@ -80,7 +88,7 @@ async fn the_binary_migrates_with_env_overrides() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(tables(&schema).await.len(), 4);
+    assert_eq!(tables(&schema).await.len(), 7);
     // The topics exist: metadata lists all five.
     let topics = c.topics();
     let brokers = c.kafka.brokers.clone();

@@ -1,102 +1,395 @@
-//! API-key authentication.
+//! API-key authentication against an in-memory snapshot of the keys.
 //!
-//! Keys are `<tenant_id>:<secret>`, sent as `Authorization: Bearer <key>` or
-//! `X-API-Key: <key>`. Only the SHA-256 of each secret is held, and digests are
-//! compared in constant time. Keys come from `auth.keys` in the configuration.
+//! Keys are `<tenant_id>:<secret>`, sent as `Authorization: Bearer <key>`,
+//! `X-API-Key: <key>`, or (browser keys, for `navigator.sendBeacon`) the
+//! `api_key` query parameter. Only the SHA-256 of each secret is held, and digests
+//! are compared in constant time. The snapshot merges `auth.keys` from the
+//! configuration with the `api_keys`/`tenants` tables in ClickHouse, reloaded every
+//! `auth.refresh_interval_ms`; when ClickHouse is unreachable the last good
+//! snapshot keeps serving and `/health` reports its age.
 
-use std::collections::HashMap;
+pub mod sign;
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use hyper::header::{HeaderMap, AUTHORIZATION};
 use sha2::{Digest, Sha256};
-use shared::config::Tier;
+use shared::config::{Config, StaticKey, Tier};
 use uuid::Uuid;
 
 use crate::error::ApiError;
 
-/// Who a request's key belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    Server,
+    Browser,
+}
+
+/// Who a request's key belongs to, and what the key demands.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub tenant: Uuid,
     pub tier: Tier,
     pub anonymize_ip: bool,
+    pub kind: KeyKind,
+    /// Requests must carry a valid HMAC signature (see [`sign`]).
+    pub require_signature: bool,
+    /// The HMAC key: the SHA-256 of the secret.
+    pub signing_key: [u8; 32],
+    /// Origins a browser key may be used from (`*` for any).
+    pub allowed_origins: Vec<String>,
 }
 
-#[derive(Debug, Default)]
-pub struct KeyStore {
-    by_tenant: HashMap<Uuid, Tenant>,
+#[derive(Debug, Clone)]
+struct Key {
+    digest: [u8; 32],
+    kind: KeyKind,
+    allowed_origins: Vec<String>,
+    ip_allowlist: Vec<ipnet::IpNet>,
+    require_signature: bool,
+    expires_at_ms: Option<i64>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Tenant {
     tier: Tier,
     anonymize_ip: bool,
-    digests: Vec<[u8; 32]>,
+    keys: Vec<Key>,
+}
+
+#[derive(Debug, Default)]
+struct Snapshot {
+    by_tenant: HashMap<Uuid, Tenant>,
+    /// Every origin some browser key allows: answers CORS preflights, which
+    /// carry no key.
+    origins: HashSet<String>,
+}
+
+impl Snapshot {
+    fn add(&mut self, tenant: Uuid, tier: Tier, anonymize_ip: bool, key: Key) {
+        for o in &key.allowed_origins {
+            self.origins.insert(o.clone());
+        }
+        let t = self.by_tenant.entry(tenant).or_insert(Tenant {
+            tier,
+            anonymize_ip,
+            keys: Vec::new(),
+        });
+        t.tier = tier;
+        t.anonymize_ip = anonymize_ip;
+        t.keys.push(key);
+    }
+}
+
+fn parse_digest(hex_digest: &str) -> Option<[u8; 32]> {
+    let mut d = [0u8; 32];
+    hex::decode_to_slice(hex_digest.trim(), &mut d).ok()?;
+    Some(d)
+}
+
+fn parse_nets(list: &[String]) -> Vec<ipnet::IpNet> {
+    list.iter()
+        .filter_map(|s| {
+            s.parse::<ipnet::IpNet>()
+                .ok()
+                .or_else(|| s.parse::<IpAddr>().ok().map(ipnet::IpNet::from))
+        })
+        .collect()
+}
+
+/// Where a snapshot stands, for `/health`.
+#[derive(Debug, Clone)]
+pub struct SnapshotStatus {
+    pub keys: usize,
+    pub from_clickhouse: bool,
+    /// Time since the last successful load from ClickHouse.
+    pub age: Option<Duration>,
+    pub last_error: Option<String>,
+}
+
+pub struct KeyStore {
+    static_keys: Vec<StaticKey>,
+    current: RwLock<Arc<Snapshot>>,
+    source: Option<(clickhouse::Client, String)>,
+    loaded_at: Mutex<Option<Instant>>,
+    last_error: Mutex<Option<String>>,
+}
+
+/// The key a request presents, and where it came from.
+struct Presented<'a> {
+    raw: &'a str,
+    from_query: bool,
 }
 
 impl KeyStore {
-    pub fn from_config(keys: &[shared::config::StaticKey]) -> KeyStore {
-        let mut by_tenant: HashMap<Uuid, Tenant> = HashMap::new();
-        for k in keys {
-            let mut digest = [0u8; 32];
-            // Config validation guarantees 64 hex characters.
-            for (i, chunk) in k.secret_sha256.as_bytes().chunks(2).enumerate().take(32) {
-                let hex = std::str::from_utf8(chunk).unwrap_or("00");
-                digest[i] = u8::from_str_radix(hex, 16).unwrap_or(0);
-            }
-            let t = by_tenant.entry(k.tenant_id).or_insert(Tenant {
-                tier: k.tier,
-                anonymize_ip: k.anonymize_ip,
-                digests: Vec::new(),
-            });
-            t.tier = k.tier;
-            t.anonymize_ip |= k.anonymize_ip;
-            t.digests.push(digest);
-        }
-        KeyStore { by_tenant }
+    pub fn new(cfg: &Config) -> KeyStore {
+        let source = cfg.auth.clickhouse_keys.then(|| {
+            (
+                shared::ch::client(&cfg.clickhouse),
+                cfg.clickhouse.database.clone(),
+            )
+        });
+        let store = KeyStore {
+            static_keys: cfg.auth.keys.clone(),
+            current: RwLock::new(Arc::new(Snapshot::default())),
+            source,
+            loaded_at: Mutex::new(None),
+            last_error: Mutex::new(None),
+        };
+        store.install(Vec::new());
+        store
     }
 
-    /// The tenant the request's key belongs to.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
-        let raw = key_from_headers(headers).ok_or(ApiError::Unauthorized(
+    /// Only configured keys (unit tests).
+    pub fn from_config(keys: &[StaticKey]) -> KeyStore {
+        let store = KeyStore {
+            static_keys: keys.to_vec(),
+            current: RwLock::new(Arc::new(Snapshot::default())),
+            source: None,
+            loaded_at: Mutex::new(None),
+            last_error: Mutex::new(None),
+        };
+        store.install(Vec::new());
+        store
+    }
+
+    fn install(&self, records: Vec<shared::keys::KeyRecord>) {
+        let mut snap = Snapshot::default();
+        for k in &self.static_keys {
+            if let Some(digest) = parse_digest(&k.secret_sha256) {
+                snap.add(
+                    k.tenant_id,
+                    k.tier,
+                    k.anonymize_ip,
+                    Key {
+                        digest,
+                        kind: KeyKind::Server,
+                        allowed_origins: Vec::new(),
+                        ip_allowlist: Vec::new(),
+                        require_signature: false,
+                        expires_at_ms: None,
+                    },
+                );
+            }
+        }
+        for r in records {
+            let (Ok(tenant), Some(digest)) = (
+                Uuid::try_parse(&r.tenant_id),
+                parse_digest(&r.secret_sha256),
+            ) else {
+                tracing::warn!(key_id = %r.key_id, "skipping a malformed key row");
+                continue;
+            };
+            snap.add(
+                tenant,
+                Tier::parse(&r.tier).unwrap_or_default(),
+                r.anonymize_ip,
+                Key {
+                    digest,
+                    kind: if r.kind == "browser" {
+                        KeyKind::Browser
+                    } else {
+                        KeyKind::Server
+                    },
+                    allowed_origins: r.allowed_origins,
+                    ip_allowlist: parse_nets(&r.ip_allowlist),
+                    require_signature: r.require_signature,
+                    expires_at_ms: r.expires_at_ms,
+                },
+            );
+        }
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snap);
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Loads the keys from ClickHouse once; on failure the previous snapshot stays.
+    pub async fn refresh(&self) -> Result<(), String> {
+        let Some((client, db)) = &self.source else {
+            return Ok(());
+        };
+        match shared::keys::load(client, db).await {
+            Ok(records) => {
+                let n = records.len();
+                self.install(records);
+                let first = self
+                    .loaded_at
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .replace(Instant::now())
+                    .is_none();
+                if self
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take()
+                    .is_some()
+                    || first
+                {
+                    tracing::info!(keys = n, "API key snapshot loaded");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                tracing::warn!(error = %msg, "reloading API keys failed; serving the last snapshot");
+                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg.clone());
+                Err(msg)
+            }
+        }
+    }
+
+    /// Reloads every `interval` until the task is aborted.
+    pub fn spawn_refresh(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let store = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                let _ = store.refresh().await;
+                tokio::time::sleep(interval).await;
+            }
+        })
+    }
+
+    /// Usable: configured keys only, or at least one ClickHouse load succeeded.
+    pub fn ready(&self) -> bool {
+        self.source.is_none()
+            || self
+                .loaded_at
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some()
+    }
+
+    pub fn status(&self) -> SnapshotStatus {
+        SnapshotStatus {
+            keys: self
+                .snapshot()
+                .by_tenant
+                .values()
+                .map(|t| t.keys.len())
+                .sum(),
+            from_clickhouse: self.source.is_some(),
+            age: self
+                .loaded_at
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .map(|t| t.elapsed()),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+
+    /// Whether some browser key allows `origin` (CORS preflight).
+    pub fn origin_known(&self, origin: &str) -> bool {
+        let snap = self.snapshot();
+        snap.origins.contains(origin) || snap.origins.contains("*")
+    }
+
+    /// Authenticates a request by its headers or `api_key` query parameter.
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        client_ip: IpAddr,
+    ) -> Result<(Principal, bool), ApiError> {
+        let presented = presented_key(headers, query).ok_or(ApiError::Unauthorized(
             "missing API key: send `Authorization: Bearer <tenant_id>:<secret>` or `X-API-Key`",
         ))?;
-        let (tenant, secret) = raw.split_once(':').ok_or(ApiError::Unauthorized(
+        let (tenant, secret) = presented.raw.split_once(':').ok_or(ApiError::Unauthorized(
             "malformed API key: expected <tenant_id>:<secret>",
         ))?;
         let tenant = Uuid::try_parse(tenant.trim())
             .map_err(|_| ApiError::Unauthorized("malformed API key: tenant id is not a UUID"))?;
         let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
-        let Some(t) = self.by_tenant.get(&tenant) else {
+        let snap = self.snapshot();
+        let Some(t) = snap.by_tenant.get(&tenant) else {
             return Err(ApiError::Unauthorized("unknown API key"));
         };
-        // Check every candidate so timing does not tell which one matched.
-        let matched = t
-            .digests
-            .iter()
-            .fold(false, |acc, k| acc | ct_eq(k, &digest));
-        if matched {
-            Ok(Principal {
+        // Compare against every candidate so timing does not tell which matched.
+        let mut found: Option<&Key> = None;
+        for k in &t.keys {
+            if ct_eq(&k.digest, &digest) {
+                found = Some(k);
+            }
+        }
+        let key = found.ok_or(ApiError::Unauthorized("unknown API key"))?;
+        let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+        if key.expires_at_ms.is_some_and(|exp| exp <= now_ms) {
+            return Err(ApiError::Unauthorized("API key expired"));
+        }
+        if presented.from_query && key.kind != KeyKind::Browser {
+            return Err(ApiError::Unauthorized(
+                "the api_key query parameter is accepted for browser keys only",
+            ));
+        }
+        if !key.ip_allowlist.is_empty() && !key.ip_allowlist.iter().any(|n| n.contains(&client_ip))
+        {
+            return Err(ApiError::IpNotAllowed(client_ip.to_string()));
+        }
+        Ok((
+            Principal {
                 tenant,
                 tier: t.tier,
                 anonymize_ip: t.anonymize_ip,
-            })
-        } else {
-            Err(ApiError::Unauthorized("unknown API key"))
+                kind: key.kind,
+                require_signature: key.require_signature,
+                signing_key: key.digest,
+                allowed_origins: key.allowed_origins.clone(),
+            },
+            presented.from_query,
+        ))
+    }
+}
+
+impl Principal {
+    /// A browser key used from a page must come from one of its origins.
+    pub fn check_origin(&self, origin: Option<&str>) -> Result<(), ApiError> {
+        match (self.kind, origin) {
+            (KeyKind::Browser, Some(o)) => {
+                if self.allowed_origins.iter().any(|a| a == "*" || a == o) {
+                    Ok(())
+                } else {
+                    Err(ApiError::OriginNotAllowed(o.to_string()))
+                }
+            }
+            (KeyKind::Browser, None) | (KeyKind::Server, _) => Ok(()),
         }
     }
 }
 
-fn key_from_headers(headers: &HeaderMap) -> Option<&str> {
+fn presented_key<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<Presented<'a>> {
     if let Some(v) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let v = v.trim();
         if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
-            return Some(v[7..].trim());
+            return Some(Presented {
+                raw: v[7..].trim(),
+                from_query: false,
+            });
         }
     }
-    headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
+    if let Some(v) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(Presented {
+            raw: v.trim(),
+            from_query: false,
+        });
+    }
+    let q = query?;
+    q.split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == "api_key")
+        .map(|(_, v)| Presented {
+            // `<uuid>:<hex>` needs no decoding beyond an escaped colon.
+            raw: v,
+            from_query: true,
+        })
 }
 
 fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
@@ -105,10 +398,7 @@ fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 
 /// Hex SHA-256 of a secret, the form `auth.keys[].secret_sha256` takes.
 pub fn hash_secret(secret: &str) -> String {
-    Sha256::digest(secret.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
 #[cfg(test)]
@@ -117,7 +407,7 @@ mod tests {
     use hyper::header::HeaderValue;
 
     fn store() -> KeyStore {
-        KeyStore::from_config(&[shared::config::StaticKey {
+        KeyStore::from_config(&[StaticKey {
             tenant_id: Uuid::nil(),
             secret_sha256: hash_secret("secret"),
             tier: Tier::Paid,
@@ -131,21 +421,24 @@ mod tests {
         h
     }
 
+    fn ip() -> IpAddr {
+        "192.0.2.1".parse().expect("ip")
+    }
+
     #[test]
     fn bearer_and_x_api_key_are_accepted() {
         let s = store();
         let key = "00000000-0000-0000-0000-000000000000:secret";
-        let who = Some(Principal {
-            tenant: Uuid::nil(),
-            tier: Tier::Paid,
-            anonymize_ip: false,
-        });
-        assert_eq!(
-            s.authenticate(&headers("authorization", &format!("Bearer {key}")))
-                .ok(),
-            who
-        );
-        assert_eq!(s.authenticate(&headers("x-api-key", key)).ok(), who);
+        for h in [
+            headers("authorization", &format!("Bearer {key}")),
+            headers("x-api-key", key),
+        ] {
+            let (p, from_query) = s.authenticate(&h, None, ip()).expect("valid");
+            assert_eq!(
+                (p.tenant, p.tier, from_query),
+                (Uuid::nil(), Tier::Paid, false)
+            );
+        }
     }
 
     #[test]
@@ -165,9 +458,18 @@ mod tests {
             headers("authorization", "Basic abc"),
         ] {
             assert!(
-                matches!(s.authenticate(&h), Err(ApiError::Unauthorized(_))),
+                matches!(
+                    s.authenticate(&h, None, ip()),
+                    Err(ApiError::Unauthorized(_))
+                ),
                 "{h:?}"
             );
         }
+        // A server key may not travel in the query string.
+        let q = "api_key=00000000-0000-0000-0000-000000000000:secret";
+        assert!(matches!(
+            s.authenticate(&HeaderMap::new(), Some(q), ip()),
+            Err(ApiError::Unauthorized(_))
+        ));
     }
 }

@@ -17,9 +17,9 @@ pub enum Encoding {
     Gzip,
 }
 
-/// Accepts JSON (`application/json`, `*+json`, or no content type) and the
-/// identity or gzip encodings.
-pub fn check_headers(headers: &HeaderMap) -> Result<Encoding, ApiError> {
+/// Accepts JSON (`application/json`, `*+json`, or no content type; also
+/// `text/plain` for `sendBeacon` requests) and the identity or gzip encodings.
+pub fn check_headers(headers: &HeaderMap, beacon: bool) -> Result<Encoding, ApiError> {
     if let Some(ct) = headers.get(CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("");
         let mime = ct
@@ -28,7 +28,9 @@ pub fn check_headers(headers: &HeaderMap) -> Result<Encoding, ApiError> {
             .unwrap_or("")
             .trim()
             .to_ascii_lowercase();
-        if mime != "application/json" && !mime.ends_with("+json") {
+        let json = mime == "application/json" || mime.ends_with("+json");
+        let beacon_text = beacon && mime == "text/plain";
+        if !(json || beacon_text) {
             return Err(ApiError::UnsupportedMediaType(format!(
                 "content type `{ct}` is not supported; send application/json"
             )));
@@ -49,15 +51,12 @@ pub fn check_headers(headers: &HeaderMap) -> Result<Encoding, ApiError> {
     }
 }
 
-/// Reads the body (at most `max_body` bytes on the wire) and decodes it (at most
-/// `max_decoded` bytes after decompression).
-pub async fn read(
+/// Reads the body as sent (at most `max_body` bytes on the wire).
+pub async fn read_raw(
     body: Incoming,
     headers: &HeaderMap,
-    encoding: Encoding,
     max_body: u64,
-    max_decoded: u64,
-) -> Result<Vec<u8>, ApiError> {
+) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -76,6 +75,11 @@ pub async fn read(
             }
         })?
         .to_bytes();
+    Ok(raw)
+}
+
+/// Decodes a raw body (at most `max_decoded` bytes after decompression).
+pub fn decode(raw: Bytes, encoding: Encoding, max_decoded: u64) -> Result<Vec<u8>, ApiError> {
     match encoding {
         Encoding::Identity => Ok(Vec::from(raw)),
         Encoding::Gzip => gunzip(&raw, max_decoded),

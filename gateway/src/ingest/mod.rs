@@ -10,7 +10,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use std::net::SocketAddr;
 
-use hyper::header::{HeaderValue, CONTENT_TYPE, USER_AGENT};
+use hyper::header::{HeaderValue, CONTENT_TYPE, ORIGIN, USER_AGENT};
 use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
 
@@ -29,18 +29,21 @@ pub async fn handle(
     request_id: &str,
     peer: SocketAddr,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let who = app.keys.authenticate(req.headers())?;
-    let tenant = who.tenant;
-    let encoding = decode::check_headers(req.headers())?;
     let (parts, body) = req.into_parts();
-    let mut buf = decode::read(
-        body,
-        &parts.headers,
-        encoding,
-        app.config.gateway.max_body_bytes,
-        app.config.limits.max_decompressed_bytes,
-    )
-    .await?;
+    let headers = &parts.headers;
+    let client_ip = app.enricher.client_ip(peer, headers);
+    let (who, beacon) = app
+        .keys
+        .authenticate(headers, parts.uri.query(), client_ip)?;
+    let tenant = who.tenant;
+    who.check_origin(headers.get(ORIGIN).and_then(|v| v.to_str().ok()))?;
+    let encoding = decode::check_headers(headers, beacon)?;
+    let raw = decode::read_raw(body, headers, app.config.gateway.max_body_bytes).await?;
+    if who.require_signature {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        crate::auth::sign::verify(headers, &raw, &who.signing_key, now)?;
+    }
+    let mut buf = decode::decode(raw, encoding, app.config.limits.max_decompressed_bytes)?;
     let batch = model::parse(&mut buf).map_err(ApiError::MalformedBody)?;
     let received_at_ms =
         (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
@@ -50,8 +53,8 @@ pub async fn handle(
         max_events: app.config.gateway.max_events_per_batch,
         limits: &app.config.limits,
         enricher: &app.enricher,
-        client_ip: app.enricher.client_ip(peer, &parts.headers),
-        header_ua: parts.headers.get(USER_AGENT).and_then(|v| v.to_str().ok()),
+        client_ip,
+        header_ua: headers.get(USER_AGENT).and_then(|v| v.to_str().ok()),
         anonymize_ip: who.anonymize_ip,
     };
     let events = validate::prepare(&batch, &ctx)?;

@@ -1,0 +1,464 @@
+//! API keys from ClickHouse, administered with workerd's admin commands: issue,
+//! revoke, rotate with overlap, expiry, IP allowlists, browser keys (CORS and
+//! sendBeacon), request signing, tier changes, the audit log, and serving the
+//! last snapshot while ClickHouse is down.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{event, TestGateway};
+use shared::config::Tier;
+use shared::testkit::{eventually, services, TestSchema};
+use uuid::Uuid;
+use workerd::admin::{Admin, KeySpec};
+
+fn admin(schema: &TestSchema) -> Admin {
+    Admin {
+        client: schema.client.clone(),
+        database: schema.database().to_string(),
+        actor: "keys-test".into(),
+    }
+}
+
+fn server() -> KeySpec {
+    KeySpec {
+        kind: "server".into(),
+        ..Default::default()
+    }
+}
+
+fn body() -> serde_json::Value {
+    serde_json::json!({"events": [event("pageview", 1, Uuid::new_v4())]})
+}
+
+async fn post(gw: &TestGateway, key: &str) -> u16 {
+    reqwest::Client::new()
+        .post(gw.url("/ingest"))
+        .bearer_auth(key)
+        .json(&body())
+        .send()
+        .await
+        .expect("send")
+        .status()
+        .as_u16()
+}
+
+async fn until_status(gw: &TestGateway, key: &str, want: u16, what: &str) -> Duration {
+    let started = Instant::now();
+    eventually(what, Duration::from_secs(20), || async {
+        (post(gw, key).await == want).then_some(())
+    })
+    .await;
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_revoke_rotate_expire() {
+    let svc = services();
+    let schema = TestSchema::create(&svc).await;
+    let admin = admin(&schema);
+    let mut cfg = schema.config.clone();
+    cfg.tiers.free.events_per_second = 1.0;
+    cfg.tiers.free.burst = 1000;
+    let gw = TestGateway::start(cfg).await;
+
+    let tenant = admin
+        .tenant_create(None, "acme", Tier::Free, false)
+        .await
+        .expect("tenant");
+    let k1 = admin.key_issue(tenant, &server()).await.expect("issue");
+    until_status(&gw, &k1.api_key(), 200, "the issued key to work").await;
+    // Wrong secret for a known tenant.
+    assert_eq!(
+        post(&gw, &format!("{tenant}:{}", "0".repeat(64))).await,
+        401
+    );
+
+    // Rotation: both keys work during the overlap, then only the new one.
+    let overlap = Duration::from_secs(3);
+    let rotated_at = Instant::now();
+    let k2 = admin.key_rotate(k1.key_id, overlap).await.expect("rotate");
+    until_status(&gw, &k2.api_key(), 200, "the successor to work").await;
+    assert_eq!(
+        post(&gw, &k1.api_key()).await,
+        200,
+        "old key inside the overlap"
+    );
+    until_status(&gw, &k1.api_key(), 401, "the old key to expire").await;
+    assert!(
+        rotated_at.elapsed() >= overlap,
+        "expired only after the overlap"
+    );
+    assert_eq!(post(&gw, &k2.api_key()).await, 200);
+
+    // Revocation takes effect within one refresh interval (200 ms here).
+    admin.key_revoke(k2.key_id).await.expect("revoke");
+    let took = until_status(&gw, &k2.api_key(), 401, "the revoked key to be refused").await;
+    assert!(took < Duration::from_secs(3), "revocation took {took:?}");
+
+    // A key issued with an expiry.
+    let short = admin
+        .key_issue(
+            tenant,
+            &KeySpec {
+                expires_in: Some(Duration::from_secs(2)),
+                ..server()
+            },
+        )
+        .await
+        .expect("issue");
+    until_status(&gw, &short.api_key(), 200, "the short-lived key to work").await;
+    until_status(&gw, &short.api_key(), 401, "the short-lived key to expire").await;
+
+    // The audit log has every action, and never a secret.
+    let actions: Vec<(String, String)> = schema
+        .client
+        .query(&format!(
+            "SELECT action, detail FROM `{}`.audit_log WHERE actor = 'keys-test' ORDER BY at",
+            schema.database()
+        ))
+        .fetch_all()
+        .await
+        .expect("audit log");
+    let names: Vec<&str> = actions.iter().map(|(a, _)| a.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "tenant.create",
+            "key.issue",
+            "key.issue",
+            "key.rotate",
+            "key.revoke",
+            "key.issue"
+        ]
+    );
+    for (_, detail) in &actions {
+        for secret in [&k1.secret, &k2.secret, &short.secret] {
+            assert!(!detail.contains(secret.as_str()), "secret in audit log");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tier_change_applies_to_rate_limits() {
+    let svc = services();
+    let schema = TestSchema::create(&svc).await;
+    let admin = admin(&schema);
+    let mut cfg = schema.config.clone();
+    cfg.tiers.free.events_per_second = 0.1;
+    cfg.tiers.free.burst = 1000;
+    cfg.gateway.max_events_per_batch = 1000;
+    let gw = TestGateway::start(cfg).await;
+    let tenant = admin
+        .tenant_create(None, "growing", Tier::Free, false)
+        .await
+        .expect("tenant");
+    let key = admin
+        .key_issue(tenant, &server())
+        .await
+        .expect("issue")
+        .api_key();
+    until_status(&gw, &key, 200, "the key to work").await;
+    let big = serde_json::json!({"events": (0..999).map(|i| event("click", i, Uuid::new_v4())).collect::<Vec<_>>()});
+    let http = reqwest::Client::new();
+    let send = || {
+        http.post(gw.url("/ingest"))
+            .bearer_auth(&key)
+            .json(&big)
+            .send()
+    };
+    assert_eq!(send().await.expect("send").status(), 200, "the burst");
+    assert_eq!(
+        send().await.expect("send").status(),
+        429,
+        "free tier exhausted"
+    );
+    admin
+        .tenant_set_tier(tenant, Tier::Paid)
+        .await
+        .expect("set tier");
+    eventually(
+        "the paid tier to apply",
+        Duration::from_secs(20),
+        || async { (send().await.ok()?.status() == 200).then_some(()) },
+    )
+    .await;
+    let tiers: Vec<String> = admin
+        .tenant_list()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|t| t.tier)
+        .collect();
+    assert_eq!(tiers, ["paid"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ip_allowlist_browser_keys_and_signing() {
+    let svc = services();
+    let schema = TestSchema::create(&svc).await;
+    let admin = admin(&schema);
+    let gw = TestGateway::start(schema.config.clone()).await;
+    let tenant = admin
+        .tenant_create(None, "shop", Tier::Paid, false)
+        .await
+        .expect("tenant");
+    let http = reqwest::Client::new();
+
+    // IP allowlist: the test connects from 127.0.0.1.
+    let fenced = admin
+        .key_issue(
+            tenant,
+            &KeySpec {
+                ip_allowlist: vec!["10.0.0.0/8".into()],
+                ..server()
+            },
+        )
+        .await
+        .expect("issue");
+    let open = admin
+        .key_issue(
+            tenant,
+            &KeySpec {
+                ip_allowlist: vec!["127.0.0.0/8".into()],
+                ..server()
+            },
+        )
+        .await
+        .expect("issue");
+    until_status(&gw, &open.api_key(), 200, "the loopback-allowed key").await;
+    assert_eq!(post(&gw, &fenced.api_key()).await, 403);
+
+    // Browser key: CORS for its origin only, sendBeacon with text/plain.
+    let browser = admin
+        .key_issue(
+            tenant,
+            &KeySpec {
+                kind: "browser".into(),
+                allowed_origins: vec!["https://shop.example".into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("issue");
+    until_status(&gw, &browser.api_key(), 200, "the browser key").await;
+    let pre = http
+        .request(reqwest::Method::OPTIONS, gw.url("/ingest"))
+        .header("origin", "https://shop.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .expect("preflight");
+    assert_eq!(pre.status(), 204);
+    assert!(pre.headers()["access-control-allow-headers"]
+        .to_str()
+        .expect("ascii")
+        .contains("authorization"));
+    let pre = http
+        .request(reqwest::Method::OPTIONS, gw.url("/ingest"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .expect("preflight");
+    assert_eq!(pre.status(), 403);
+    assert!(pre.headers().get("access-control-allow-origin").is_none());
+
+    let r = http
+        .post(gw.url("/ingest"))
+        .header("origin", "https://shop.example")
+        .bearer_auth(browser.api_key())
+        .json(&body())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://shop.example"
+    );
+    let r = http
+        .post(gw.url("/ingest"))
+        .header("origin", "https://evil.example")
+        .bearer_auth(browser.api_key())
+        .json(&body())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 403);
+    let b: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(b["error"]["code"], "origin_not_allowed");
+
+    let beacon = |key: String| {
+        http.post(format!("{}?api_key={key}", gw.url("/ingest")))
+            .header("content-type", "text/plain;charset=UTF-8")
+            .header("origin", "https://shop.example")
+            .body(body().to_string())
+            .send()
+    };
+    assert_eq!(
+        beacon(browser.api_key()).await.expect("beacon").status(),
+        200
+    );
+    assert_eq!(
+        beacon(open.api_key()).await.expect("beacon").status(),
+        401,
+        "server keys may not beacon"
+    );
+    let r = http
+        .post(gw.url("/ingest"))
+        .bearer_auth(open.api_key())
+        .header("content-type", "text/plain")
+        .body(body().to_string())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 415, "text/plain only for beacons");
+
+    // Signing.
+    let signed = admin
+        .key_issue(
+            tenant,
+            &KeySpec {
+                require_signature: true,
+                ..server()
+            },
+        )
+        .await
+        .expect("issue");
+    let hmac_key: [u8; 32] = {
+        use sha2::Digest;
+        sha2::Sha256::digest(signed.secret.as_bytes()).into()
+    };
+    let payload = body().to_string();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let send_signed = |ts: i64, sig: Option<String>| {
+        let mut rb = http
+            .post(gw.url("/ingest"))
+            .bearer_auth(signed.api_key())
+            .header("content-type", "application/json")
+            .header("x-overwatch-timestamp", ts.to_string())
+            .body(payload.clone());
+        if let Some(s) = sig {
+            rb = rb.header("x-overwatch-signature", s);
+        }
+        rb.send()
+    };
+    let sig = |ts: i64, body: &str| {
+        use hmac::Mac;
+        let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(&hmac_key).expect("hmac key");
+        m.update(format!("{ts}.{body}").as_bytes());
+        hex::encode(m.finalize().into_bytes())
+    };
+    eventually(
+        "the signing key to load",
+        Duration::from_secs(20),
+        || async {
+            (send_signed(now, Some(sig(now, &payload)))
+                .await
+                .ok()?
+                .status()
+                == 200)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        send_signed(now, None).await.expect("send").status(),
+        401,
+        "unsigned"
+    );
+    assert_eq!(
+        send_signed(now, Some(sig(now, "{}")))
+            .await
+            .expect("send")
+            .status(),
+        401,
+        "wrong body"
+    );
+    let stale = now - 301;
+    assert_eq!(
+        send_signed(stale, Some(sig(stale, &payload)))
+            .await
+            .expect("send")
+            .status(),
+        401,
+        "stale"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_snapshot_serves_while_clickhouse_is_down() {
+    let svc = services();
+    let mut ch = shared::testkit::ClickHouse::start(&svc);
+    let mut cfg = shared::testkit::config(&svc);
+    cfg.clickhouse.url = ch.url();
+    cfg.auth.clickhouse_keys = true;
+    shared::kafka::ensure_topics(
+        &cfg.kafka.brokers,
+        &cfg.topics(),
+        1,
+        1,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("topics");
+    let client = shared::ch::client(&cfg.clickhouse);
+    shared::schema::migrate(&client, &shared::schema::SchemaContext::from_config(&cfg))
+        .await
+        .expect("migrate");
+    let admin = Admin {
+        client,
+        database: cfg.clickhouse.database.clone(),
+        actor: "keys-test".into(),
+    };
+    let tenant = admin
+        .tenant_create(None, "steady", Tier::Free, false)
+        .await
+        .expect("tenant");
+    let key = admin
+        .key_issue(tenant, &server())
+        .await
+        .expect("issue")
+        .api_key();
+    let gw = TestGateway::start(cfg).await;
+    until_status(&gw, &key, 200, "the key to work").await;
+
+    ch.stop();
+    let http = reqwest::Client::new();
+    let health = eventually(
+        "/health to report the failed reload",
+        Duration::from_secs(20),
+        || async {
+            let h: serde_json::Value = http
+                .get(gw.url("/health"))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            h["components"]["keys"]["last_error"]
+                .is_string()
+                .then_some(h)
+        },
+    )
+    .await;
+    assert_eq!(health["components"]["keys"]["status"], "up");
+    assert!(health["components"]["keys"]["snapshot_age_seconds"]
+        .as_f64()
+        .is_some());
+    assert_eq!(
+        post(&gw, &key).await,
+        200,
+        "the last good snapshot still serves"
+    );
+    assert_eq!(
+        http.get(gw.url("/health/ready"))
+            .send()
+            .await
+            .expect("ready")
+            .status(),
+        200
+    );
+}

@@ -1,0 +1,48 @@
+//! Tenants and API keys as stored in ClickHouse (`tenants`, `api_keys`), shared by
+//! the gateway (which loads a snapshot) and workerd (which administers them).
+//!
+//! A key is presented as `<tenant_id>:<secret>`; only the SHA-256 of the secret
+//! is stored. Rows are versioned by `updated_at` (ReplacingMergeTree), so a
+//! change is an insert of the new version.
+
+use serde::Deserialize;
+
+use crate::ch::ident;
+
+/// One usable (not revoked) key with its tenant's settings, as the gateway needs it.
+#[derive(Debug, Clone, PartialEq, Eq, clickhouse::Row, Deserialize)]
+pub struct KeyRecord {
+    pub key_id: String,
+    pub tenant_id: String,
+    pub secret_sha256: String,
+    /// `server` or `browser`.
+    pub kind: String,
+    pub allowed_origins: Vec<String>,
+    pub ip_allowlist: Vec<String>,
+    pub require_signature: bool,
+    /// Unix milliseconds; absent when the key does not expire.
+    pub expires_at_ms: Option<i64>,
+    /// The tenant's tier name (`free` when the tenant row is missing).
+    pub tier: String,
+    pub anonymize_ip: bool,
+}
+
+/// Every key that is not revoked, joined with its tenant.
+pub async fn load(
+    client: &clickhouse::Client,
+    database: &str,
+) -> Result<Vec<KeyRecord>, clickhouse::error::Error> {
+    let db = ident(database);
+    client
+        .query(&format!(
+            "SELECT toString(k.key_id) AS key_id, toString(k.tenant_id) AS tenant_id, \
+             k.secret_sha256, k.kind, k.allowed_origins, k.ip_allowlist, k.require_signature, \
+             if(k.expires_at IS NULL, NULL, toUnixTimestamp64Milli(assumeNotNull(k.expires_at))) AS expires_at_ms, \
+             if(t.tier = '', 'free', t.tier) AS tier, t.anonymize_ip \
+             FROM {db}.api_keys AS k FINAL \
+             LEFT JOIN (SELECT * FROM {db}.tenants FINAL) AS t ON k.tenant_id = t.tenant_id \
+             WHERE k.revoked_at IS NULL"
+        ))
+        .fetch_all::<KeyRecord>()
+        .await
+}

@@ -1,0 +1,479 @@
+//! Tenant and API-key administration (`workerd tenant …`, `workerd key …`).
+//!
+//! Every change is a new row version in ClickHouse and an `audit_log` entry.
+//! Secrets are 256-bit random values printed once at issue; only their SHA-256
+//! is stored, and no secret is ever logged or audited.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use shared::ch::ident;
+use shared::config::Tier;
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("ClickHouse: {0}")]
+    ClickHouse(#[from] clickhouse::error::Error),
+    #[error("no tenant {0}")]
+    NoTenant(Uuid),
+    #[error("tenant {0} already exists")]
+    TenantExists(Uuid),
+    #[error("no API key {0}")]
+    NoKey(Uuid),
+    #[error("API key {0} is already revoked")]
+    AlreadyRevoked(Uuid),
+    #[error("cannot draw random bytes for a secret: {0}")]
+    Random(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The ClickHouse connection and database the commands work on, and who acts.
+pub struct Admin {
+    pub client: clickhouse::Client,
+    pub database: String,
+    pub actor: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, clickhouse::Row, Deserialize)]
+pub struct TenantRow {
+    pub tenant_id: String,
+    pub name: String,
+    pub tier: String,
+    pub anonymize_ip: bool,
+    pub created_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, clickhouse::Row, Deserialize)]
+pub struct KeyRow {
+    pub key_id: String,
+    pub tenant_id: String,
+    pub kind: String,
+    pub description: String,
+    pub allowed_origins: Vec<String>,
+    pub ip_allowlist: Vec<String>,
+    pub require_signature: bool,
+    pub created_at_ms: i64,
+    pub expires_at_ms: Option<i64>,
+    pub revoked_at_ms: Option<i64>,
+}
+
+/// What `key issue` accepts.
+#[derive(Debug, Clone, Default)]
+pub struct KeySpec {
+    /// `server` (default) or `browser`.
+    pub kind: String,
+    pub description: String,
+    pub allowed_origins: Vec<String>,
+    pub ip_allowlist: Vec<String>,
+    pub require_signature: bool,
+    pub expires_in: Option<Duration>,
+}
+
+/// A freshly issued key: the only time its secret is known.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub key_id: Uuid,
+    pub tenant_id: Uuid,
+    pub secret: String,
+}
+
+impl Issued {
+    /// What clients send: `<tenant_id>:<secret>`.
+    pub fn api_key(&self) -> String {
+        format!("{}:{}", self.tenant_id, self.secret)
+    }
+}
+
+fn new_secret() -> Result<String, AdminError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| AdminError::Random(e.to_string()))?;
+    Ok(hex::encode(bytes))
+}
+
+fn sha256_hex(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+impl KeySpec {
+    fn validate(&self) -> Result<(), AdminError> {
+        if self.kind != "server" && self.kind != "browser" {
+            return Err(AdminError::Invalid(format!(
+                "key kind must be `server` or `browser`, not `{}`",
+                self.kind
+            )));
+        }
+        if self.kind == "server" && !self.allowed_origins.is_empty() {
+            return Err(AdminError::Invalid(
+                "allowed origins apply to browser keys only".into(),
+            ));
+        }
+        for o in &self.allowed_origins {
+            if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
+                return Err(AdminError::Invalid(format!(
+                    "origin `{o}` must be `*` or start with http:// or https://"
+                )));
+            }
+        }
+        for c in &self.ip_allowlist {
+            if c.parse::<ipnet::IpNet>().is_err() && c.parse::<std::net::IpAddr>().is_err() {
+                return Err(AdminError::Invalid(format!(
+                    "`{c}` is not an IP address or CIDR"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Admin {
+    fn table(&self, name: &str) -> String {
+        format!("{}.{}", ident(&self.database), ident(name))
+    }
+
+    async fn audit(
+        &self,
+        action: &str,
+        tenant: Option<Uuid>,
+        target: &str,
+        detail: serde_json::Value,
+    ) -> Result<(), AdminError> {
+        self.client
+            .query(&format!(
+                "INSERT INTO {} (at, actor, action, tenant_id, target, detail) \
+                 VALUES (now64(3), ?, ?, ?, ?, ?)",
+                self.table("audit_log")
+            ))
+            .bind(&self.actor)
+            .bind(action)
+            .bind(tenant.map(|t| t.to_string()))
+            .bind(target)
+            .bind(detail.to_string())
+            .execute()
+            .await?;
+        tracing::info!(action, target, actor = %self.actor, "audited");
+        Ok(())
+    }
+
+    pub async fn tenant(&self, id: Uuid) -> Result<Option<TenantRow>, AdminError> {
+        Ok(self
+            .client
+            .query(&format!(
+                "SELECT toString(tenant_id) AS tenant_id, name, tier, anonymize_ip, \
+                 toUnixTimestamp64Milli(created_at) AS created_at_ms \
+                 FROM {} FINAL WHERE tenant_id = ?",
+                self.table("tenants")
+            ))
+            .bind(id.to_string())
+            .fetch_optional::<TenantRow>()
+            .await?)
+    }
+
+    async fn write_tenant(
+        &self,
+        id: Uuid,
+        name: &str,
+        tier: Tier,
+        anonymize_ip: bool,
+        created_at_ms: Option<i64>,
+    ) -> Result<(), AdminError> {
+        self.client
+            .query(&format!(
+                "INSERT INTO {} (tenant_id, name, tier, anonymize_ip, created_at, updated_at) \
+                 SELECT toUUID(?), ?, ?, ?, \
+                 if(? = 0, now64(3), fromUnixTimestamp64Milli(toInt64(?), 'UTC')), now64(3)",
+                self.table("tenants")
+            ))
+            .bind(id.to_string())
+            .bind(name)
+            .bind(tier.as_str())
+            .bind(anonymize_ip)
+            .bind(created_at_ms.unwrap_or(0))
+            .bind(created_at_ms.unwrap_or(0))
+            .execute()
+            .await?;
+        Ok(())
+    }
+
+    pub async fn tenant_create(
+        &self,
+        id: Option<Uuid>,
+        name: &str,
+        tier: Tier,
+        anonymize_ip: bool,
+    ) -> Result<Uuid, AdminError> {
+        let id = id.unwrap_or_else(Uuid::new_v4);
+        if self.tenant(id).await?.is_some() {
+            return Err(AdminError::TenantExists(id));
+        }
+        self.write_tenant(id, name, tier, anonymize_ip, None)
+            .await?;
+        self.audit(
+            "tenant.create",
+            Some(id),
+            &id.to_string(),
+            serde_json::json!({"name": name, "tier": tier.as_str(), "anonymize_ip": anonymize_ip}),
+        )
+        .await?;
+        Ok(id)
+    }
+
+    pub async fn tenant_list(&self) -> Result<Vec<TenantRow>, AdminError> {
+        Ok(self
+            .client
+            .query(&format!(
+                "SELECT toString(tenant_id) AS tenant_id, name, tier, anonymize_ip, \
+                 toUnixTimestamp64Milli(created_at) AS created_at_ms \
+                 FROM {} FINAL ORDER BY created_at, tenant_id",
+                self.table("tenants")
+            ))
+            .fetch_all::<TenantRow>()
+            .await?)
+    }
+
+    pub async fn tenant_set_tier(&self, id: Uuid, tier: Tier) -> Result<(), AdminError> {
+        let t = self.tenant(id).await?.ok_or(AdminError::NoTenant(id))?;
+        self.write_tenant(id, &t.name, tier, t.anonymize_ip, Some(t.created_at_ms))
+            .await?;
+        self.audit(
+            "tenant.set_tier",
+            Some(id),
+            &id.to_string(),
+            serde_json::json!({"from": t.tier, "to": tier.as_str()}),
+        )
+        .await
+    }
+
+    pub async fn key_issue(&self, tenant: Uuid, spec: &KeySpec) -> Result<Issued, AdminError> {
+        spec.validate()?;
+        if self.tenant(tenant).await?.is_none() {
+            return Err(AdminError::NoTenant(tenant));
+        }
+        let secret = new_secret()?;
+        let key_id = Uuid::new_v4();
+        let expires_ms = spec.expires_in.map(|d| d.as_millis() as i64).unwrap_or(0);
+        self.client
+            .query(&format!(
+                "INSERT INTO {} (key_id, tenant_id, secret_sha256, kind, description, \
+                 allowed_origins, ip_allowlist, require_signature, created_at, expires_at, \
+                 revoked_at, updated_at) \
+                 SELECT toUUID(?), toUUID(?), ?, ?, ?, ?, ?, ?, now64(3), \
+                 if(? = 0, NULL, now64(3) + toIntervalMillisecond(?)), NULL, now64(3)",
+                self.table("api_keys")
+            ))
+            .bind(key_id.to_string())
+            .bind(tenant.to_string())
+            .bind(sha256_hex(&secret))
+            .bind(&spec.kind)
+            .bind(&spec.description)
+            .bind(&spec.allowed_origins)
+            .bind(&spec.ip_allowlist)
+            .bind(spec.require_signature)
+            .bind(expires_ms)
+            .bind(expires_ms)
+            .execute()
+            .await?;
+        self.audit(
+            "key.issue",
+            Some(tenant),
+            &key_id.to_string(),
+            serde_json::json!({
+                "kind": spec.kind, "description": spec.description,
+                "allowed_origins": spec.allowed_origins, "ip_allowlist": spec.ip_allowlist,
+                "require_signature": spec.require_signature,
+                "expires_in_ms": spec.expires_in.map(|d| d.as_millis() as u64),
+            }),
+        )
+        .await?;
+        Ok(Issued {
+            key_id,
+            tenant_id: tenant,
+            secret,
+        })
+    }
+
+    pub async fn key(&self, key_id: Uuid) -> Result<Option<KeyRow>, AdminError> {
+        Ok(self
+            .client
+            .query(&format!("{} WHERE key_id = ?", self.key_select()))
+            .bind(key_id.to_string())
+            .fetch_optional::<KeyRow>()
+            .await?)
+    }
+
+    fn key_select(&self) -> String {
+        format!(
+            "SELECT toString(key_id) AS key_id, toString(tenant_id) AS tenant_id, kind, \
+             description, allowed_origins, ip_allowlist, require_signature, \
+             toUnixTimestamp64Milli(created_at) AS created_at_ms, \
+             if(expires_at IS NULL, NULL, toUnixTimestamp64Milli(assumeNotNull(expires_at))) AS expires_at_ms, \
+             if(revoked_at IS NULL, NULL, toUnixTimestamp64Milli(assumeNotNull(revoked_at))) AS revoked_at_ms \
+             FROM {} FINAL",
+            self.table("api_keys")
+        )
+    }
+
+    pub async fn key_list(&self, tenant: Option<Uuid>) -> Result<Vec<KeyRow>, AdminError> {
+        let q = match tenant {
+            Some(t) => self
+                .client
+                .query(&format!(
+                    "{} WHERE tenant_id = ? ORDER BY created_at, key_id",
+                    self.key_select()
+                ))
+                .bind(t.to_string()),
+            None => self.client.query(&format!(
+                "{} ORDER BY tenant_id, created_at, key_id",
+                self.key_select()
+            )),
+        };
+        Ok(q.fetch_all::<KeyRow>().await?)
+    }
+
+    /// Rewrites a key's row with `revoked_at` and/or `expires_at` set (ms from now).
+    async fn amend_key(
+        &self,
+        key_id: Uuid,
+        revoke: bool,
+        expire_in_ms: Option<i64>,
+    ) -> Result<(), AdminError> {
+        let expires = match expire_in_ms {
+            Some(_) => "least(ifNull(expires_at, toDateTime64('2299-12-31 00:00:00', 3, 'UTC')), now64(3) + toIntervalMillisecond(?))",
+            None => "expires_at",
+        };
+        let revoked = if revoke { "now64(3)" } else { "revoked_at" };
+        let mut q = self.client.query(&format!(
+            "INSERT INTO {t} (key_id, tenant_id, secret_sha256, kind, description, allowed_origins, \
+             ip_allowlist, require_signature, created_at, expires_at, revoked_at, updated_at) \
+             SELECT key_id, tenant_id, secret_sha256, kind, description, allowed_origins, \
+             ip_allowlist, require_signature, created_at, {expires}, {revoked}, now64(3) \
+             FROM {t} FINAL WHERE key_id = ?",
+            t = self.table("api_keys")
+        ));
+        if let Some(ms) = expire_in_ms {
+            q = q.bind(ms);
+        }
+        q.bind(key_id.to_string()).execute().await?;
+        Ok(())
+    }
+
+    pub async fn key_revoke(&self, key_id: Uuid) -> Result<(), AdminError> {
+        let k = self.key(key_id).await?.ok_or(AdminError::NoKey(key_id))?;
+        if k.revoked_at_ms.is_some() {
+            return Err(AdminError::AlreadyRevoked(key_id));
+        }
+        self.amend_key(key_id, true, None).await?;
+        let tenant = Uuid::try_parse(&k.tenant_id).ok();
+        self.audit(
+            "key.revoke",
+            tenant,
+            &key_id.to_string(),
+            serde_json::json!({}),
+        )
+        .await
+    }
+
+    /// Issues a successor with the same settings; the old key stays valid for
+    /// `overlap`, then expires.
+    pub async fn key_rotate(&self, key_id: Uuid, overlap: Duration) -> Result<Issued, AdminError> {
+        let k = self.key(key_id).await?.ok_or(AdminError::NoKey(key_id))?;
+        if k.revoked_at_ms.is_some() {
+            return Err(AdminError::AlreadyRevoked(key_id));
+        }
+        let tenant = Uuid::try_parse(&k.tenant_id)
+            .map_err(|e| AdminError::Invalid(format!("stored tenant id: {e}")))?;
+        let spec = KeySpec {
+            kind: k.kind.clone(),
+            description: k.description.clone(),
+            allowed_origins: k.allowed_origins.clone(),
+            ip_allowlist: k.ip_allowlist.clone(),
+            require_signature: k.require_signature,
+            expires_in: None,
+        };
+        let issued = self.key_issue(tenant, &spec).await?;
+        self.amend_key(key_id, false, Some(overlap.as_millis() as i64))
+            .await?;
+        self.audit(
+            "key.rotate",
+            Some(tenant),
+            &key_id.to_string(),
+            serde_json::json!({"successor": issued.key_id.to_string(), "overlap_ms": overlap.as_millis() as u64}),
+        )
+        .await?;
+        Ok(issued)
+    }
+}
+
+/// Parses durations such as `90s`, `15m`, `24h`, `30d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 90s, 15m, 24h or 30d"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("`{s}`: the unit must be s, m, h or d")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5w").is_err());
+    }
+
+    #[test]
+    fn secrets_are_random_and_long() {
+        let (a, b) = (new_secret().expect("a"), new_secret().expect("b"));
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn specs_are_checked() {
+        let ok = KeySpec {
+            kind: "browser".into(),
+            allowed_origins: vec!["https://shop.example".into()],
+            ip_allowlist: vec!["10.0.0.0/8".into()],
+            ..Default::default()
+        };
+        assert!(ok.validate().is_ok());
+        for bad in [
+            KeySpec {
+                kind: "robot".into(),
+                ..Default::default()
+            },
+            KeySpec {
+                kind: "server".into(),
+                allowed_origins: vec!["https://a".into()],
+                ..Default::default()
+            },
+            KeySpec {
+                kind: "browser".into(),
+                allowed_origins: vec!["shop.example".into()],
+                ..Default::default()
+            },
+            KeySpec {
+                kind: "server".into(),
+                ip_allowlist: vec!["nope".into()],
+                ..Default::default()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+    }
+}
