@@ -63,6 +63,15 @@ pub struct EnrichmentConfig {
     pub bot_patterns: Vec<String>,
 }
 
+/// How produced events are keyed (and so partitioned).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartitionKey {
+    Session,
+    Tenant,
+    RoundRobin,
+}
+
 /// A tenant's service tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -139,6 +148,8 @@ pub struct KafkaConfig {
     pub client_id: String,
     pub compression: Compression,
     pub linger_ms: u64,
+    pub batch_num_messages: u64,
+    pub partition_key: PartitionKey,
     pub queue_max_messages: u64,
     pub partitions: i32,
     pub replication_factor: i32,
@@ -376,6 +387,7 @@ impl Config {
             ));
         }
         positive("kafka.queue_max_messages", k.queue_max_messages)?;
+        positive("kafka.batch_num_messages", k.batch_num_messages)?;
         if k.partitions < 1 {
             return Err(ConfigError::new("kafka.partitions", "must be at least 1"));
         }

@@ -23,6 +23,7 @@ pub fn producer_config(cfg: &KafkaConfig, delivery_timeout_ms: u64) -> ClientCon
         .set("enable.idempotence", "true")
         .set("compression.type", cfg.compression.as_str())
         .set("linger.ms", cfg.linger_ms.to_string())
+        .set("batch.num.messages", cfg.batch_num_messages.to_string())
         .set("message.timeout.ms", delivery_timeout_ms.to_string())
         .set(
             "queue.buffering.max.messages",

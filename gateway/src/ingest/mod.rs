@@ -62,7 +62,7 @@ pub async fn handle(
         .limiter
         .check(tenant, who.tier, events.len())
         .map_err(ApiError::RateLimited)?;
-    app.sink.send(&events).await.map_err(|e| {
+    app.sink.send(tenant, &events).await.map_err(|e| {
         tracing::warn!(%tenant, events = events.len(), error = %e, "events not acknowledged by the broker");
         ApiError::BrokerUnavailable(e.to_string())
     })?;

@@ -21,8 +21,7 @@ use crate::error::{ApiError, FieldError};
 #[derive(Debug)]
 pub struct Outgoing {
     pub kind: EventType,
-    /// Partition key: the session id, so a session's events stay in order.
-    pub key: Uuid,
+    pub session: Uuid,
     pub payload: Vec<u8>,
 }
 
@@ -310,7 +309,7 @@ fn prepare_one(
     };
     Some(Outgoing {
         kind,
-        key: session,
+        session,
         payload,
     })
 }

@@ -20,8 +20,9 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::util::Timeout;
-use shared::config::Config;
+use shared::config::{Config, PartitionKey};
 use shared::event::EventType;
+use uuid::Uuid;
 
 use crate::ingest::validate::Outgoing;
 
@@ -46,6 +47,7 @@ pub struct Sink {
     client_config: ClientConfig,
     current: RwLock<Current>,
     topics: Vec<String>,
+    partition_key: PartitionKey,
     delivery_timeout: Duration,
     broker_up: Arc<AtomicBool>,
 }
@@ -62,6 +64,7 @@ impl Sink {
                 producer: Arc::new(producer),
             }),
             topics: cfg.topics(),
+            partition_key: cfg.kafka.partition_key,
             delivery_timeout: Duration::from_millis(cfg.gateway.delivery_timeout_ms),
             broker_up: Arc::new(AtomicBool::new(false)),
         })
@@ -99,10 +102,10 @@ impl Sink {
         tracing::warn!(generation, "producer replaced after a failed delivery");
     }
 
-    /// Produces every event and returns once all are acknowledged.
-    pub async fn send(&self, events: &[Outgoing]) -> Result<(), SinkError> {
+    /// Produces every event of `tenant` and returns once all are acknowledged.
+    pub async fn send(&self, tenant: Uuid, events: &[Outgoing]) -> Result<(), SinkError> {
         let (generation, producer) = self.producer();
-        let result = self.send_with(&producer, events).await;
+        let result = self.send_with(&producer, tenant, events).await;
         drop(producer);
         match &result {
             Err(SinkError::Delivery(_) | SinkError::Timeout(_) | SinkError::Canceled) => {
@@ -116,14 +119,17 @@ impl Sink {
     async fn send_with(
         &self,
         producer: &FutureProducer,
+        tenant: Uuid,
         events: &[Outgoing],
     ) -> Result<(), SinkError> {
         let mut pending = Vec::with_capacity(events.len());
         for e in events {
-            let key = e.key.as_bytes();
-            let record = FutureRecord::to(self.topic(e.kind))
-                .key(&key[..])
-                .payload(&e.payload[..]);
+            let record = FutureRecord::to(self.topic(e.kind)).payload(&e.payload[..]);
+            let record = match self.partition_key {
+                PartitionKey::Session => record.key(&e.session.as_bytes()[..]),
+                PartitionKey::Tenant => record.key(&tenant.as_bytes()[..]),
+                PartitionKey::RoundRobin => record,
+            };
             match producer.send_result(record) {
                 Ok(f) => pending.push(f),
                 Err((err, _)) => return Err(SinkError::Enqueue(err)),

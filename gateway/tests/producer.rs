@@ -1,0 +1,93 @@
+//! Producer settings against the real broker: every compression codec delivers,
+//! and the partition key follows `kafka.partition_key`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{event, TestGateway};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::Message;
+use shared::config::{Compression, PartitionKey};
+use shared::testkit::services;
+use uuid::Uuid;
+
+async fn gateway(compression: Compression, key: PartitionKey) -> (TestGateway, shared::Config) {
+    let svc = services();
+    let mut cfg = shared::testkit::config(&svc);
+    cfg.kafka.compression = compression;
+    cfg.kafka.partition_key = key;
+    shared::kafka::ensure_topics(
+        &cfg.kafka.brokers,
+        &cfg.topics(),
+        2,
+        1,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("topics");
+    (TestGateway::start(cfg.clone()).await, cfg)
+}
+
+/// The keys of the first `n` messages on the click topic.
+async fn keys(cfg: &shared::Config, n: usize) -> Vec<Option<Vec<u8>>> {
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &cfg.kafka.brokers)
+        .set("group.id", format!("producer-test-{}", Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer
+        .subscribe(&[&shared::event::EventType::Click.topic(&cfg.kafka.topic_prefix)])
+        .expect("subscribe");
+    let mut out = Vec::new();
+    while out.len() < n {
+        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("a message within 30 s")
+            .expect("message");
+        let v: serde_json::Value =
+            serde_json::from_slice(m.payload().expect("payload")).expect("json");
+        assert_eq!(v["type"], "click");
+        out.push(m.key().map(<[u8]>::to_vec));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_codec_delivers() {
+    for c in [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ] {
+        let (gw, cfg) = gateway(c, PartitionKey::Session).await;
+        let session = Uuid::new_v4();
+        let r = gw
+            .ingest(&serde_json::json!({"events": [event("click", 1, session)]}))
+            .await;
+        assert_eq!(r.status(), 200, "{c:?}: {:?}", r.text().await);
+        assert_eq!(
+            keys(&cfg, 1).await,
+            vec![Some(session.as_bytes().to_vec())],
+            "{c:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_key_follows_config() {
+    let batch = |s: &[Uuid]| serde_json::json!({"events": s.iter().enumerate().map(|(i, s)| event("click", i, *s)).collect::<Vec<_>>()});
+    let sessions = [Uuid::new_v4(), Uuid::new_v4()];
+
+    let (gw, cfg) = gateway(Compression::Lz4, PartitionKey::Tenant).await;
+    assert_eq!(gw.ingest(&batch(&sessions)).await.status(), 200);
+    let tenant = Some(gw.tenant.as_bytes().to_vec());
+    assert_eq!(keys(&cfg, 2).await, vec![tenant.clone(), tenant]);
+
+    let (gw, cfg) = gateway(Compression::Lz4, PartitionKey::RoundRobin).await;
+    assert_eq!(gw.ingest(&batch(&sessions)).await.status(), 200);
+    assert_eq!(keys(&cfg, 2).await, vec![None, None]);
+}
