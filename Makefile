@@ -6,7 +6,7 @@ export OVERWATCH_CACHE
 PYTHON ?= python3
 STACK := $(PYTHON) deploy/local/stack.py
 
-.PHONY: help provision build dev test test-unit lint fmt ch-query clean-data
+.PHONY: help provision build dev test lint fmt ch-query clean-data fuzz
 
 help:
 	@echo "make dev         run the whole local stack in the foreground (Ctrl-C stops it)"
@@ -39,3 +39,8 @@ ch-query:
 
 clean-data:
 	rm -rf .data
+
+# Fuzz request-body handling (decode, parse, validate, enrich) for FUZZ_SECONDS.
+FUZZ_SECONDS ?= 300
+fuzz:
+	cd gateway && RUSTC_BOOTSTRAP=1 cargo fuzz run ingest_body -- -max_total_time=$(FUZZ_SECONDS)
