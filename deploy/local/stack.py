@@ -275,6 +275,12 @@ def cmd_dev(args):
         migrate = subprocess.run([workerd_bin] + config + ["migrate"], env=env)
         if migrate.returncode != 0:
             raise RuntimeError("workerd migrate failed (status %d)" % migrate.returncode)
+        # The development tenant (its key `secret` comes from config/dev.toml).
+        seed = subprocess.run([workerd_bin] + config + ["tenant", "create", "--id", DEV_TENANT,
+                                                        "--name", "development", "--tier", "enterprise"],
+                              env=env, capture_output=True, text=True)
+        if seed.returncode != 0 and "already exists" not in seed.stderr:
+            raise RuntimeError("seeding the development tenant failed: %s" % seed.stderr.strip())
         gw = stack.start("gateway", [gateway_bin] + config, env=env)
         wk = stack.start("workerd", [workerd_bin] + config + ["run"], env=env)
         wait_until("the gateway to be ready",

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use shared::config::{Config, EXIT_CONFIG};
+use shared::config::Config;
 
 #[derive(Parser)]
 #[command(version, about = "Overwatch ingestion gateway")]
@@ -18,12 +18,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match Config::load(args.config.as_deref()) {
+    let config = match Config::load_or_exit_code("gateway", args.config.as_deref()) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("gateway: {e}");
-            return ExitCode::from(EXIT_CONFIG as u8);
-        }
+        Err(code) => return code,
     };
     shared::telemetry::init(&config.log);
     let listener = match tokio::net::TcpListener::bind(config.gateway.listen).await {

@@ -18,15 +18,7 @@ async fn outage_gives_503_then_recovers() {
     cfg.kafka.brokers = broker.address();
     cfg.gateway.delivery_timeout_ms = 1500;
     cfg.gateway.retry_after_secs = 7;
-    shared::kafka::ensure_topics(
-        &cfg.kafka.brokers,
-        &cfg.topics(),
-        1,
-        1,
-        Duration::from_secs(10),
-    )
-    .await
-    .expect("topics on the private broker");
+    shared::testkit::create_topics(&cfg, 1).await;
     let gw = TestGateway::start(cfg).await;
     let session = Uuid::new_v4();
     let batch = |n| serde_json::json!({"events": [event("pageview", n, session)]});

@@ -27,29 +27,17 @@ async fn count(schema: &TestSchema, tenant: Uuid, extra: &str) -> u64 {
 
 async fn rows(schema: &TestSchema, tenant: Uuid) -> HashMap<String, serde_json::Value> {
     let db = schema.database();
-    let mut cursor = schema
-        .client
-        .query(&format!(
+    let sql = format!(
             "SELECT toString(id) AS id, toString(tenant_id) AS tenant_id, toString(session_id) AS session_id, \
              type, toUnixTimestamp64Milli(timestamp) AS ts, user_agent, screen_width, viewport_height, \
              timezone, language, title, path, url, referrer, element, selector, text, x, y, depth, \
              lcp, fcp, cls, ttfb, inp, fid, dom_content_loaded, load_time, name, properties \
              FROM `{db}`.events FINAL WHERE tenant_id = ?"
-        ))
-        .bind(tenant)
-        .fetch_bytes("JSONEachRow")
-        .expect("select rows");
-    let mut text = Vec::new();
-    while let Some(chunk) = cursor.next().await.expect("read rows") {
-        text.extend_from_slice(&chunk);
-    }
-    String::from_utf8(text)
-        .expect("utf-8")
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).expect("row json");
-            (v["id"].as_str().expect("id").to_string(), v)
-        })
+    );
+    shared::testkit::select_json(&schema.client, &sql, &[tenant.to_string()])
+        .await
+        .into_iter()
+        .map(|v| (v["id"].as_str().expect("id").to_string(), v))
         .collect()
 }
 

@@ -79,29 +79,17 @@ async fn stored(schema: &TestSchema, tenant: Uuid, n: u64) -> BTreeMap<String, s
         },
     )
     .await;
-    let mut cursor = schema
-        .client
-        .query(&format!(
+    let sql = format!(
             "SELECT toString(id) AS id, client_ip, ip, browser, browser_version, os, os_version, device, \
              country, region, city, is_bot, toUnixTimestamp64Milli(timestamp) AS ts, \
              toUnixTimestamp64Milli(corrected_timestamp) AS corrected, \
              toUnixTimestamp64Milli(received_at) AS received \
              FROM `{db}`.events FINAL WHERE tenant_id = ?"
-        ))
-        .bind(tenant)
-        .fetch_bytes("JSONEachRow")
-        .expect("select");
-    let mut text = Vec::new();
-    while let Some(chunk) = cursor.next().await.expect("rows") {
-        text.extend_from_slice(&chunk);
-    }
-    String::from_utf8(text)
-        .expect("utf-8")
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).expect("json");
-            (v["id"].as_str().expect("id").to_string(), v)
-        })
+    );
+    shared::testkit::select_json(&schema.client, &sql, &[tenant.to_string()])
+        .await
+        .into_iter()
+        .map(|v| (v["id"].as_str().expect("id").to_string(), v))
         .collect()
 }
 

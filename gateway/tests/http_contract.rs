@@ -9,15 +9,7 @@ use uuid::Uuid;
 async fn gateway() -> TestGateway {
     let svc = services();
     let cfg = shared::testkit::config(&svc);
-    shared::kafka::ensure_topics(
-        &cfg.kafka.brokers,
-        &cfg.topics(),
-        1,
-        1,
-        std::time::Duration::from_secs(10),
-    )
-    .await
-    .expect("topics");
+    shared::testkit::create_topics(&cfg, 1).await;
     TestGateway::start(cfg).await
 }
 

@@ -394,15 +394,7 @@ async fn last_snapshot_serves_while_clickhouse_is_down() {
     let mut cfg = shared::testkit::config(&svc);
     cfg.clickhouse.url = ch.url();
     cfg.auth.clickhouse_keys = true;
-    shared::kafka::ensure_topics(
-        &cfg.kafka.brokers,
-        &cfg.topics(),
-        1,
-        1,
-        Duration::from_secs(10),
-    )
-    .await
-    .expect("topics");
+    shared::testkit::create_topics(&cfg, 1).await;
     let client = shared::ch::client(&cfg.clickhouse);
     shared::schema::migrate(&client, &shared::schema::SchemaContext::from_config(&cfg))
         .await
@@ -424,7 +416,7 @@ async fn last_snapshot_serves_while_clickhouse_is_down() {
     let gw = TestGateway::start(cfg).await;
     until_status(&gw, &key, 200, "the key to work").await;
 
-    ch.stop();
+    ch.kill();
     let http = reqwest::Client::new();
     let health = eventually(
         "/health to report the failed reload",

@@ -33,15 +33,7 @@ impl Gateway {
     async fn start() -> Gateway {
         let svc = services();
         let cfg = shared::testkit::config(&svc);
-        shared::kafka::ensure_topics(
-            &cfg.kafka.brokers,
-            &cfg.topics(),
-            1,
-            1,
-            Duration::from_secs(10),
-        )
-        .await
-        .expect("topics");
+        shared::testkit::create_topics(&cfg, 1).await;
         let port = free_port();
         let tenant = Uuid::new_v4();
         let secret = "limits-secret";

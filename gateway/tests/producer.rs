@@ -17,15 +17,7 @@ async fn gateway(compression: Compression, key: PartitionKey) -> (TestGateway, s
     let mut cfg = shared::testkit::config(&svc);
     cfg.kafka.compression = compression;
     cfg.kafka.partition_key = key;
-    shared::kafka::ensure_topics(
-        &cfg.kafka.brokers,
-        &cfg.topics(),
-        2,
-        1,
-        Duration::from_secs(10),
-    )
-    .await
-    .expect("topics");
+    shared::testkit::create_topics(&cfg, 2).await;
     (TestGateway::start(cfg.clone()).await, cfg)
 }
 

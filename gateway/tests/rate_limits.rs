@@ -12,15 +12,7 @@ use uuid::Uuid;
 async fn gateway(rate: f64, burst: u64) -> TestGateway {
     let svc = services();
     let mut cfg = shared::testkit::config(&svc);
-    shared::kafka::ensure_topics(
-        &cfg.kafka.brokers,
-        &cfg.topics(),
-        1,
-        1,
-        Duration::from_secs(10),
-    )
-    .await
-    .expect("topics");
+    shared::testkit::create_topics(&cfg, 1).await;
     cfg.gateway.max_events_per_batch = 10;
     cfg.tiers.free.events_per_second = rate;
     cfg.tiers.free.burst = burst;

@@ -254,6 +254,18 @@ impl Config {
         Self::load_from(file, std::env::vars())
     }
 
+    /// [`Config::load`] for a binary's `main`: on error prints `<bin>: <error>`
+    /// (which names the key) and returns the exit status to end with.
+    pub fn load_or_exit_code(
+        bin: &str,
+        file: Option<&Path>,
+    ) -> Result<Config, std::process::ExitCode> {
+        Self::load(file).map_err(|e| {
+            eprintln!("{bin}: {e}");
+            std::process::ExitCode::from(EXIT_CONFIG as u8)
+        })
+    }
+
     /// As [`Config::load`], with the environment given explicitly (for tests).
     pub fn load_from(
         file: Option<&Path>,

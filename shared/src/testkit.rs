@@ -105,6 +105,41 @@ pub fn config(svc: &Services) -> Config {
     cfg
 }
 
+/// Creates `cfg`'s event topics (with `partitions` each) on its broker.
+pub async fn create_topics(cfg: &Config, partitions: i32) {
+    crate::kafka::ensure_topics(
+        &cfg.kafka.brokers,
+        &cfg.topics(),
+        partitions,
+        1,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("create test topics");
+}
+
+/// Runs `sql` (with `?` bound to each of `binds`) and returns its rows as JSON objects.
+pub async fn select_json(
+    client: &clickhouse::Client,
+    sql: &str,
+    binds: &[String],
+) -> Vec<serde_json::Value> {
+    let mut q = client.query(sql);
+    for b in binds {
+        q = q.bind(b);
+    }
+    let mut cursor = q.fetch_bytes("JSONEachRow").expect("select");
+    let mut text = Vec::new();
+    while let Some(chunk) = cursor.next().await.expect("read rows") {
+        text.extend_from_slice(&chunk);
+    }
+    String::from_utf8(text)
+        .expect("utf-8 rows")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("row json"))
+        .collect()
+}
+
 /// A migrated, private database and topic set; dropped with the value.
 pub struct TestSchema {
     pub config: Config,
@@ -316,10 +351,11 @@ impl ClickHouse {
         );
     }
 
-    /// Stops the process with SIGTERM (a clean shutdown) and reaps it.
-    pub fn stop(&mut self) {
+    /// Kills the process (SIGKILL: ClickHouse gone at once, as in a crash) and
+    /// reaps it. A clean stop can take minutes while chdb's Kafka consumers close.
+    pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            let _ = c.kill();
             let _ = c.wait();
         }
     }
@@ -327,10 +363,7 @@ impl ClickHouse {
 
 impl Drop for ClickHouse {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.kill();
         if std::thread::panicking() {
             eprintln!(
                 "testkit: clickhouse data and log kept in {}",

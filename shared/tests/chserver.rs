@@ -145,22 +145,14 @@ async fn restart_keeps_kafka_tables_working() {
     let mut ch = shared::testkit::ClickHouse::start(&svc);
     let mut cfg = shared::testkit::config(&svc);
     cfg.clickhouse.url = ch.url();
-    shared::kafka::ensure_topics(
-        &cfg.kafka.brokers,
-        &cfg.topics(),
-        1,
-        1,
-        std::time::Duration::from_secs(10),
-    )
-    .await
-    .expect("topics");
+    shared::testkit::create_topics(&cfg, 1).await;
     let client = shared::ch::client(&cfg.clickhouse);
     let ctx = shared::schema::SchemaContext::from_config(&cfg);
     shared::schema::migrate(&client, &ctx)
         .await
         .expect("migrate");
 
-    ch.stop();
+    ch.kill();
     ch.restart();
 
     let db = cfg.clickhouse.database.clone();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use shared::config::{Config, Tier, EXIT_CONFIG};
+use shared::config::{Config, Tier};
 use uuid::Uuid;
 use workerd::admin::{self, Admin, KeySpec};
 
@@ -110,12 +110,9 @@ enum KeyCmd {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match Config::load(args.config.as_deref()) {
+    let config = match Config::load_or_exit_code("workerd", args.config.as_deref()) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("workerd: {e}");
-            return ExitCode::from(EXIT_CONFIG as u8);
-        }
+        Err(code) => return code,
     };
     shared::telemetry::init(&config.log);
     match args.command {
