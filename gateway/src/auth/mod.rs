@@ -132,23 +132,19 @@ impl KeyStore {
                 cfg.clickhouse.database.clone(),
             )
         });
-        let store = KeyStore {
-            static_keys: cfg.auth.keys.clone(),
-            current: RwLock::new(Arc::new(Snapshot::default())),
-            source,
-            loaded_at: Mutex::new(None),
-            last_error: Mutex::new(None),
-        };
-        store.install(Vec::new());
-        store
+        Self::with_source(&cfg.auth.keys, source)
     }
 
-    /// Only configured keys (unit tests).
+    /// Only configured keys, never reloaded.
     pub fn from_config(keys: &[StaticKey]) -> KeyStore {
+        Self::with_source(keys, None)
+    }
+
+    fn with_source(keys: &[StaticKey], source: Option<(clickhouse::Client, String)>) -> KeyStore {
         let store = KeyStore {
             static_keys: keys.to_vec(),
             current: RwLock::new(Arc::new(Snapshot::default())),
-            source: None,
+            source,
             loaded_at: Mutex::new(None),
             last_error: Mutex::new(None),
         };
