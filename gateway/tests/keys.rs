@@ -192,6 +192,28 @@ async fn tier_change_applies_to_rate_limits() {
         .map(|t| t.tier)
         .collect();
     assert_eq!(tiers, ["paid"]);
+    let keys = admin.key_list(Some(tenant)).await.expect("list keys");
+    assert_eq!(keys.len(), 1);
+    // Reads are audited too.
+    let audited: Vec<String> = schema
+        .client
+        .query(&format!(
+            "SELECT action FROM `{}`.audit_log ORDER BY at",
+            schema.database()
+        ))
+        .fetch_all()
+        .await
+        .expect("audit");
+    assert_eq!(
+        audited,
+        [
+            "tenant.create",
+            "key.issue",
+            "tenant.set_tier",
+            "tenant.list",
+            "key.list"
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -221,6 +221,8 @@ impl Admin {
     }
 
     pub async fn tenant_list(&self) -> Result<Vec<TenantRow>, AdminError> {
+        self.audit("tenant.list", None, "*", serde_json::json!({}))
+            .await?;
         Ok(self
             .client
             .query(&format!(
@@ -316,6 +318,9 @@ impl Admin {
     }
 
     pub async fn key_list(&self, tenant: Option<Uuid>) -> Result<Vec<KeyRow>, AdminError> {
+        let target = tenant.map_or_else(|| "*".to_string(), |t| t.to_string());
+        self.audit("key.list", tenant, &target, serde_json::json!({}))
+            .await?;
         let q = match tenant {
             Some(t) => self
                 .client
