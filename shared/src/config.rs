@@ -25,6 +25,7 @@ pub struct Config {
     pub tiers: TiersConfig,
     pub rate_limits: RateLimitsConfig,
     pub enrichment: EnrichmentConfig,
+    pub jobs: JobsConfig,
     pub kafka: KafkaConfig,
     pub clickhouse: ClickHouseConfig,
     pub workerd: WorkerdConfig,
@@ -121,6 +122,15 @@ impl TiersConfig {
 pub struct TierConfig {
     pub events_per_second: f64,
     pub burst: u64,
+    pub retention_hours: u64,
+    pub rollup_retention_days: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsConfig {
+    pub session_gap_minutes: u64,
+    pub recompute_window_hours: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -368,7 +378,17 @@ impl Config {
                 t.events_per_second,
             )?;
             burst(&format!("tiers.{name}.burst"), t.burst, batch)?;
+            positive(&format!("tiers.{name}.retention_hours"), t.retention_hours)?;
+            positive(
+                &format!("tiers.{name}.rollup_retention_days"),
+                t.rollup_retention_days,
+            )?;
         }
+        positive("jobs.session_gap_minutes", self.jobs.session_gap_minutes)?;
+        positive(
+            "jobs.recompute_window_hours",
+            self.jobs.recompute_window_hours,
+        )?;
         let r = &self.rate_limits;
         if r.global_events_per_second != 0.0 || r.global_burst != 0 {
             rate(

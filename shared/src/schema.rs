@@ -247,6 +247,77 @@ pub const MIGRATIONS: &[Migration] = &[
             ]
         },
     },
+    Migration {
+        version: 5,
+        name: "sessions, rollups and workerd bookkeeping tables",
+        statements: |c| {
+            let t = |n: &str| c.table(n);
+            vec![
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {} (\n    \
+                     `tenant_id` UUID,\n    `session_id` UUID,\n    \
+                     `session_start` DateTime64(3, 'UTC'),\n    `session_end` DateTime64(3, 'UTC'),\n    \
+                     `duration_ms` Int64,\n    `events` UInt32,\n    `pageviews` UInt32,\n    \
+                     `entry_path` String,\n    `exit_path` String,\n    `is_bounce` Bool,\n    \
+                     `computed_at` DateTime64(3, 'UTC')\n) \
+                     ENGINE = ReplacingMergeTree(computed_at) PARTITION BY toYYYYMM(session_start) \
+                     ORDER BY (tenant_id, session_id, session_start)",
+                    t("sessions")
+                ),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {} (\n    \
+                     `tenant_id` UUID,\n    `type` LowCardinality(String),\n    \
+                     `hour` DateTime('UTC'),\n    `events` UInt64,\n    `sessions` UInt64,\n    \
+                     `bots` UInt64,\n    `computed_at` DateTime64(3, 'UTC')\n) \
+                     ENGINE = ReplacingMergeTree(computed_at) PARTITION BY toYYYYMM(hour) \
+                     ORDER BY (tenant_id, type, hour)",
+                    t("rollups_hourly")
+                ),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {} (\n    \
+                     `tenant_id` UUID,\n    `type` LowCardinality(String),\n    \
+                     `day` Date,\n    `events` UInt64,\n    `sessions` UInt64,\n    \
+                     `bots` UInt64,\n    `computed_at` DateTime64(3, 'UTC')\n) \
+                     ENGINE = ReplacingMergeTree(computed_at) PARTITION BY toYYYYMM(day) \
+                     ORDER BY (tenant_id, type, day)",
+                    t("rollups_daily")
+                ),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {} (\n    \
+                     `received_at` DateTime64(3, 'UTC'),\n    `topic` String,\n    \
+                     `partition` Int64,\n    `offset` Int64,\n    `raw` String,\n    `error` String\n) \
+                     ENGINE = MergeTree ORDER BY received_at",
+                    t("dead_letter")
+                ),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {} (\n    \
+                     `job_id` UUID,\n    `kind` LowCardinality(String),\n    `tenant_id` UUID,\n    \
+                     `range_start` DateTime64(3, 'UTC'),\n    `range_end` DateTime64(3, 'UTC'),\n    \
+                     `chunk_hours` UInt32,\n    `chunks_total` UInt32,\n    `chunks_done` UInt32,\n    \
+                     `status` LowCardinality(String),\n    `error` String,\n    \
+                     `created_at` DateTime64(3, 'UTC'),\n    `updated_at` DateTime64(3, 'UTC')\n) \
+                     ENGINE = ReplacingMergeTree(updated_at) ORDER BY job_id",
+                    t("backfill_jobs")
+                ),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {} (\n    \
+                     `at` DateTime64(3, 'UTC'),\n    `rule` LowCardinality(String),\n    \
+                     `tenant_id` Nullable(UUID),\n    `channel` LowCardinality(String),\n    \
+                     `status` LowCardinality(String),\n    `detail` String\n) \
+                     ENGINE = MergeTree ORDER BY at",
+                    t("notifications_log")
+                ),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {} (\n    \
+                     `at` DateTime64(3, 'UTC'),\n    `source` LowCardinality(String),\n    \
+                     `name` LowCardinality(String),\n    `labels` Map(String, String),\n    \
+                     `value` Float64\n) \
+                     ENGINE = MergeTree ORDER BY (name, at) TTL toDateTime(at) + INTERVAL 30 DAY",
+                    t("internal_metrics")
+                ),
+            ]
+        },
+    },
 ];
 
 /// What a [`migrate`] run did.

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use shared::config::{Config, Tier};
 use uuid::Uuid;
 use workerd::admin::{self, Admin, KeySpec};
+use workerd::jobs::{self, JobContext, JobName, Window};
 
 #[derive(Parser)]
 #[command(version, about = "Overwatch worker daemon")]
@@ -27,6 +28,11 @@ enum Command {
     Migrate,
     /// Run the daemon (migrations first when `workerd.migrate_on_start`), serving /health.
     Run,
+    /// Run scheduled jobs by hand.
+    Job {
+        #[command(subcommand)]
+        cmd: JobCmd,
+    },
     /// Manage tenants.
     Tenant {
         #[command(subcommand)]
@@ -41,6 +47,31 @@ enum Command {
 
 fn parse_tier(s: &str) -> Result<Tier, String> {
     Tier::parse(s).ok_or_else(|| format!("`{s}` is not a tier: free, paid or enterprise"))
+}
+
+fn parse_time(s: &str) -> Result<time::OffsetDateTime, String> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("`{s}` is not an RFC 3339 time: {e}"))
+}
+
+#[derive(Subcommand)]
+enum JobCmd {
+    /// Run one job once: retention, sessions or rollups.
+    Run {
+        #[arg(value_parser = JobName::parse)]
+        name: JobName,
+        /// The job's clock (RFC 3339); defaults to the real time.
+        #[arg(long, value_parser = parse_time)]
+        now: Option<time::OffsetDateTime>,
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<Uuid>,
+        /// Start of the window sessions/rollups recompute (with --to).
+        #[arg(long, value_parser = parse_time, requires = "to")]
+        from: Option<time::OffsetDateTime>,
+        #[arg(long, value_parser = parse_time, requires = "from")]
+        to: Option<time::OffsetDateTime>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -139,8 +170,40 @@ async fn main() -> ExitCode {
             tracing::info!("workerd stopped");
             ExitCode::SUCCESS
         }
+        Command::Job { cmd } => job(&config, cmd).await,
         Command::Tenant { cmd } => report(tenant(&admin_for(&config), cmd).await),
         Command::Key { cmd } => report(key(&admin_for(&config), cmd).await),
+    }
+}
+
+async fn job(config: &Config, cmd: JobCmd) -> ExitCode {
+    let JobCmd::Run {
+        name,
+        now,
+        tenant,
+        from,
+        to,
+    } = cmd;
+    let ctx = JobContext {
+        client: shared::ch::client(&config.clickhouse),
+        config: config.clone(),
+    };
+    let window = from.zip(to).map(|(from, to)| Window { from, to });
+    let now = now.unwrap_or_else(time::OffsetDateTime::now_utc);
+    match jobs::run(&ctx, name, now, tenant, window).await {
+        Ok(r) => {
+            println!(
+                "job {} rows_affected {} detail {}",
+                name.as_str(),
+                r.rows_affected,
+                r.detail
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("workerd: job {} failed: {e}", name.as_str());
+            ExitCode::from(1)
+        }
     }
 }
 

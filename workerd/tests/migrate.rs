@@ -43,10 +43,17 @@ async fn migrate_is_versioned_and_idempotent() {
     let expected = vec![
         "api_keys",
         "audit_log",
+        "backfill_jobs",
+        "dead_letter",
         "events",
         "events_mv",
         "events_queue",
+        "internal_metrics",
+        "notifications_log",
+        "rollups_daily",
+        "rollups_hourly",
         "schema_migrations",
+        "sessions",
         "tenants",
     ];
     assert_eq!(tables(&schema).await, expected);
@@ -88,7 +95,7 @@ async fn the_binary_migrates_with_env_overrides() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(tables(&schema).await.len(), 7);
+    assert_eq!(tables(&schema).await.len(), 14);
     // The topics exist: metadata lists all five.
     let topics = c.topics();
     let brokers = c.kafka.brokers.clone();

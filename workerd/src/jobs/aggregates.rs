@@ -1,0 +1,181 @@
+//! Sessions and rollups, recomputed from raw events for a window.
+//!
+//! Sessions: a tenant's events of one `session_id`, ordered by the client's
+//! timestamp, split wherever two consecutive events are more than
+//! `jobs.session_gap_minutes` apart. Events up to one day before the window are
+//! read, so a session that started earlier keeps its start; sessions starting in
+//! the window are replaced (deleted, then inserted). Rollups: hourly and daily
+//! counts of events, distinct sessions and bot events per tenant and type, for
+//! the hours and days the window touches (ReplacingMergeTree: a recompute
+//! replaces the previous numbers).
+
+use serde_json::json;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{ms, JobContext, JobError, JobReport, Window};
+
+fn tenant_filter(only: Option<Uuid>) -> (&'static str, String) {
+    match only {
+        Some(t) => ("AND tenant_id = toUUID(?)", t.to_string()),
+        None => ("AND (? = '' OR 1)", String::new()),
+    }
+}
+
+fn floor_hour(t: OffsetDateTime) -> OffsetDateTime {
+    t.replace_minute(0)
+        .and_then(|t| t.replace_second(0))
+        .and_then(|t| t.replace_nanosecond(0))
+        .unwrap_or(t)
+}
+
+fn floor_day(t: OffsetDateTime) -> OffsetDateTime {
+    t.replace_time(time::Time::MIDNIGHT)
+}
+
+pub async fn sessions(
+    ctx: &JobContext,
+    w: Window,
+    only: Option<Uuid>,
+) -> Result<JobReport, JobError> {
+    let (filter, tenant) = tenant_filter(only);
+    let gap_secs = (ctx.config.jobs.session_gap_minutes * 60) as i64;
+    let sessions = ctx.table("sessions");
+    let events = ctx.table("events");
+    let (from, to) = (ms(w.from), ms(w.to));
+    let lookback = ms(w.from - time::Duration::days(1));
+    ctx.client
+        .query(&format!(
+            "DELETE FROM {sessions} WHERE session_start >= fromUnixTimestamp64Milli(toInt64(?), 'UTC') \
+             AND session_start < fromUnixTimestamp64Milli(toInt64(?), 'UTC') {filter}"
+        ))
+        .bind(from)
+        .bind(to)
+        .bind(&tenant)
+        .execute()
+        .await?;
+    ctx.client
+        .query(&format!(
+            "INSERT INTO {sessions} (tenant_id, session_id, session_start, session_end, duration_ms, \
+             events, pageviews, entry_path, exit_path, is_bounce, computed_at) \
+             SELECT tenant_id, session_id, min(ts), max(ts), \
+             toInt64(dateDiff('millisecond', min(ts), max(ts))), count(), countIf(type = 'pageview'), \
+             argMinIf(path, ts, type = 'pageview'), argMaxIf(path, ts, type = 'pageview'), \
+             countIf(type = 'pageview') <= 1, now64(3) \
+             FROM ( \
+               SELECT tenant_id, session_id, ts, type, path, \
+               sum(starts) OVER (PARTITION BY tenant_id, session_id ORDER BY ts, id \
+                 ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS segment \
+               FROM ( \
+                 SELECT tenant_id, session_id, id, timestamp AS ts, type, path, \
+                 if(row_number() OVER w = 1 OR dateDiff('second', lagInFrame(timestamp, 1, timestamp) OVER w, timestamp) > ?, 1, 0) AS starts \
+                 FROM {events} FINAL \
+                 WHERE timestamp >= fromUnixTimestamp64Milli(toInt64(?), 'UTC') \
+                 AND timestamp < fromUnixTimestamp64Milli(toInt64(?), 'UTC') {filter} \
+                 WINDOW w AS (PARTITION BY tenant_id, session_id ORDER BY timestamp, id \
+                   ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) \
+               ) \
+             ) \
+             GROUP BY tenant_id, session_id, segment \
+             HAVING min(ts) >= fromUnixTimestamp64Milli(toInt64(?), 'UTC')"
+        ))
+        .bind(gap_secs)
+        .bind(lookback)
+        .bind(to)
+        .bind(&tenant)
+        .bind(from)
+        .execute()
+        .await?;
+    let written: u64 = ctx
+        .client
+        .query(&format!(
+            "SELECT count() FROM {sessions} FINAL WHERE session_start >= fromUnixTimestamp64Milli(toInt64(?), 'UTC') \
+             AND session_start < fromUnixTimestamp64Milli(toInt64(?), 'UTC') {filter}"
+        ))
+        .bind(from)
+        .bind(to)
+        .bind(&tenant)
+        .fetch_one()
+        .await?;
+    Ok(JobReport {
+        rows_affected: written,
+        detail: json!({"from_ms": from, "to_ms": to, "sessions": written}),
+    })
+}
+
+pub async fn rollups(
+    ctx: &JobContext,
+    w: Window,
+    only: Option<Uuid>,
+) -> Result<JobReport, JobError> {
+    let (filter, tenant) = tenant_filter(only);
+    let events = ctx.table("events");
+    let mut total = 0u64;
+    for (table, bucket, from, to) in [
+        (
+            "rollups_hourly",
+            "toStartOfHour(timestamp)",
+            floor_hour(w.from),
+            w.to,
+        ),
+        (
+            "rollups_daily",
+            "toDate(timestamp)",
+            floor_day(w.from),
+            w.to,
+        ),
+    ] {
+        // Extend to whole buckets so a recompute never writes a partial count.
+        let to = if table == "rollups_hourly" {
+            let f = floor_hour(to);
+            if f == to {
+                to
+            } else {
+                f + time::Duration::hours(1)
+            }
+        } else {
+            let f = floor_day(to);
+            if f == to {
+                to
+            } else {
+                f + time::Duration::days(1)
+            }
+        };
+        let t = ctx.table(table);
+        let column = if table == "rollups_hourly" {
+            "hour"
+        } else {
+            "day"
+        };
+        ctx.client
+            .query(&format!(
+                "INSERT INTO {t} (tenant_id, type, {column}, events, sessions, bots, computed_at) \
+                 SELECT tenant_id, type, {bucket} AS b, count(), uniqExact(session_id), countIf(is_bot), now64(3) \
+                 FROM {events} FINAL \
+                 WHERE timestamp >= fromUnixTimestamp64Milli(toInt64(?), 'UTC') \
+                 AND timestamp < fromUnixTimestamp64Milli(toInt64(?), 'UTC') {filter} \
+                 GROUP BY tenant_id, type, b"
+            ))
+            .bind(ms(from))
+            .bind(ms(to))
+            .bind(&tenant)
+            .execute()
+            .await?;
+        let n: u64 = ctx
+            .client
+            .query(&format!(
+                "SELECT count() FROM {t} FINAL WHERE {column} >= fromUnixTimestamp64Milli(toInt64(?), 'UTC') \
+                 AND {column} < fromUnixTimestamp64Milli(toInt64(?), 'UTC') {filter}"
+            ))
+            .bind(ms(from))
+            .bind(ms(to))
+            .bind(&tenant)
+            .fetch_one()
+            .await?;
+        total += n;
+    }
+    Ok(JobReport {
+        rows_affected: total,
+        detail: json!({"from_ms": ms(w.from), "to_ms": ms(w.to)}),
+    })
+}
