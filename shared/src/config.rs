@@ -131,6 +131,11 @@ pub struct TierConfig {
 pub struct JobsConfig {
     pub session_gap_minutes: u64,
     pub recompute_window_hours: u64,
+    pub retention_cron: String,
+    pub sessions_cron: String,
+    pub rollups_cron: String,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -18,6 +18,8 @@ use tokio::net::TcpListener;
 
 pub struct Health {
     pub client: clickhouse::Client,
+    /// The job runner, when the scheduler runs (its counters go into `/health`).
+    pub runner: Option<std::sync::Arc<crate::scheduler::Runner>>,
 }
 
 impl Health {
@@ -60,6 +62,7 @@ async fn handle(
                         Ok(()) => json!({"status": "up"}),
                         Err(e) => json!({"status": "down", "detail": e}),
                     }},
+                    "jobs": h.runner.as_ref().map(|r| r.report()),
                 }),
             )
         }

@@ -5,3 +5,4 @@ pub mod admin;
 pub mod health;
 pub mod jobs;
 pub mod migrate;
+pub mod scheduler;

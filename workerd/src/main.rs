@@ -11,6 +11,7 @@ use shared::config::{Config, Tier};
 use uuid::Uuid;
 use workerd::admin::{self, Admin, KeySpec};
 use workerd::jobs::{self, JobContext, JobName, Window};
+use workerd::scheduler::{self, Runner};
 
 #[derive(Parser)]
 #[command(version, about = "Overwatch worker daemon")]
@@ -162,11 +163,26 @@ async fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
+            let runner = Arc::new(Runner::new(Arc::new(JobContext {
+                client: shared::ch::client(&config.clickhouse),
+                config: config.clone(),
+            })));
+            let mut sched = match scheduler::start(Arc::clone(&runner)).await {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("workerd: configuration error at {e}");
+                    return ExitCode::from(shared::config::EXIT_CONFIG as u8);
+                }
+            };
             tracing::info!(listen = %config.workerd.listen, "workerd running");
             let health = Arc::new(workerd::health::Health {
                 client: shared::ch::client(&config.clickhouse),
+                runner: Some(runner),
             });
             workerd::health::serve(listener, health, shared::shutdown_signal()).await;
+            if let Err(e) = sched.shutdown().await {
+                tracing::warn!(error = %e, "stopping the scheduler");
+            }
             tracing::info!("workerd stopped");
             ExitCode::SUCCESS
         }

@@ -1,0 +1,303 @@
+//! `workerd run`'s job scheduler (tokio-cron-scheduler).
+//!
+//! Every tick goes through [`Runner::tick`], which guarantees that a job never
+//! overlaps itself (a tick that finds the previous run still going is skipped
+//! and counted), that a failed run is logged and counted and never takes the
+//! daemon down, and that after failures the job backs off exponentially
+//! (`jobs.backoff_base_ms` doubling up to `jobs.backoff_max_ms`): a circuit
+//! breaker that stops hammering ClickHouse while it is down and closes on the
+//! first success.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
+
+use crate::jobs::{self, JobContext, JobError, JobName, JobReport};
+
+/// What one tick did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Tick {
+    Ran(Result<u64, String>),
+    SkippedOverlap,
+    SkippedBackoff,
+}
+
+#[derive(Default)]
+pub struct JobState {
+    running: AtomicBool,
+    runs: AtomicU64,
+    failures: AtomicU64,
+    skipped: AtomicU64,
+    consecutive_failures: AtomicU32,
+    blocked_until: Mutex<Option<Instant>>,
+    last: Mutex<Option<serde_json::Value>>,
+}
+
+pub struct Runner {
+    pub ctx: Arc<JobContext>,
+    states: BTreeMap<&'static str, Arc<JobState>>,
+    backoff_base: Duration,
+    backoff_max: Duration,
+}
+
+/// Clears the running flag however the run ends.
+struct Running<'a>(&'a AtomicBool);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+impl Runner {
+    pub fn new(ctx: Arc<JobContext>) -> Runner {
+        let backoff_base = Duration::from_millis(ctx.config.jobs.backoff_base_ms);
+        let backoff_max = Duration::from_millis(ctx.config.jobs.backoff_max_ms);
+        Runner {
+            ctx,
+            states: JobName::ALL
+                .iter()
+                .map(|j| (j.as_str(), Arc::new(JobState::default())))
+                .collect(),
+            backoff_base,
+            backoff_max,
+        }
+    }
+
+    fn state(&self, name: &str) -> Arc<JobState> {
+        self.states
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(JobState::default()))
+    }
+
+    /// Runs `job` now (real clock), guarded.
+    pub async fn tick(&self, job: JobName) -> Tick {
+        let ctx = Arc::clone(&self.ctx);
+        self.guarded(job.as_str(), || async move {
+            jobs::run(&ctx, job, time::OffsetDateTime::now_utc(), None, None).await
+        })
+        .await
+    }
+
+    /// Runs `work` under `name`'s guard: no overlap, failures counted, backoff.
+    pub async fn guarded<F, Fut>(&self, name: &str, work: F) -> Tick
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<JobReport, JobError>>,
+    {
+        let st = self.state(name);
+        if st
+            .blocked_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|until| Instant::now() < until)
+        {
+            st.skipped.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(job = name, "skipped: backing off after failures");
+            return Tick::SkippedBackoff;
+        }
+        if st.running.swap(true, Ordering::AcqRel) {
+            st.skipped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(job = name, "skipped: the previous run is still going");
+            return Tick::SkippedOverlap;
+        }
+        let _running = Running(&st.running);
+        let started = Instant::now();
+        let result = work().await;
+        st.runs.fetch_add(1, Ordering::Relaxed);
+        let finished = time::OffsetDateTime::now_utc();
+        match result {
+            Ok(report) => {
+                st.consecutive_failures.store(0, Ordering::Relaxed);
+                *st.blocked_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                *st.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(json!({
+                    "status": "ok", "rows_affected": report.rows_affected,
+                    "finished_at_ms": jobs::ms(finished), "elapsed_ms": started.elapsed().as_millis() as u64,
+                }));
+                Tick::Ran(Ok(report.rows_affected))
+            }
+            Err(e) => {
+                st.failures.fetch_add(1, Ordering::Relaxed);
+                let n = st.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                let wait = self
+                    .backoff_base
+                    .saturating_mul(1u32 << (n - 1).min(20))
+                    .min(self.backoff_max);
+                *st.blocked_until.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(Instant::now() + wait);
+                let msg = e.to_string();
+                tracing::error!(job = name, error = %msg, consecutive_failures = n, retry_in_ms = wait.as_millis() as u64, "job failed");
+                *st.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(json!({
+                    "status": "failed", "error": msg,
+                    "finished_at_ms": jobs::ms(finished), "retry_in_ms": wait.as_millis() as u64,
+                }));
+                Tick::Ran(Err(msg))
+            }
+        }
+    }
+
+    /// Per-job counters and the last run, for `/health`.
+    pub fn report(&self) -> serde_json::Value {
+        let jobs: serde_json::Map<String, serde_json::Value> = self
+            .states
+            .iter()
+            .map(|(name, st)| {
+                (
+                    name.to_string(),
+                    json!({
+                        "runs": st.runs.load(Ordering::Relaxed),
+                        "failures": st.failures.load(Ordering::Relaxed),
+                        "skipped": st.skipped.load(Ordering::Relaxed),
+                        "consecutive_failures": st.consecutive_failures.load(Ordering::Relaxed),
+                        "running": st.running.load(Ordering::Relaxed),
+                        "last": st.last.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                    }),
+                )
+            })
+            .collect();
+        serde_json::Value::Object(jobs)
+    }
+}
+
+/// Why the schedule could not be set up; `key` names the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("`{key}`: {source}")]
+pub struct ScheduleError {
+    pub key: String,
+    #[source]
+    pub source: JobSchedulerError,
+}
+
+/// Schedules every job with a non-empty cron expression and starts the scheduler.
+pub async fn start(runner: Arc<Runner>) -> Result<JobScheduler, ScheduleError> {
+    let sched = JobScheduler::new().await.map_err(|source| ScheduleError {
+        key: "jobs".into(),
+        source,
+    })?;
+    let cfg = &runner.ctx.config.jobs;
+    for (job, key, cron) in [
+        (
+            JobName::Retention,
+            "jobs.retention_cron",
+            &cfg.retention_cron,
+        ),
+        (JobName::Sessions, "jobs.sessions_cron", &cfg.sessions_cron),
+        (JobName::Rollups, "jobs.rollups_cron", &cfg.rollups_cron),
+    ] {
+        if cron.trim().is_empty() {
+            tracing::info!(job = job.as_str(), "not scheduled (empty cron)");
+            continue;
+        }
+        let r = Arc::clone(&runner);
+        let j = Job::new_async(cron.as_str(), move |_id, _sched| {
+            let r = Arc::clone(&r);
+            Box::pin(async move {
+                r.tick(job).await;
+            })
+        })
+        .map_err(|source| ScheduleError {
+            key: key.into(),
+            source,
+        })?;
+        sched.add(j).await.map_err(|source| ScheduleError {
+            key: key.into(),
+            source,
+        })?;
+        tracing::info!(job = job.as_str(), cron = %cron, "scheduled");
+    }
+    sched.start().await.map_err(|source| ScheduleError {
+        key: "jobs".into(),
+        source,
+    })?;
+    Ok(sched)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runner() -> Runner {
+        let mut config = shared::Config::load_from(None, Vec::new()).expect("defaults");
+        config.jobs.backoff_base_ms = 50;
+        config.jobs.backoff_max_ms = 200;
+        Runner::new(Arc::new(JobContext {
+            client: clickhouse::Client::default(),
+            config,
+        }))
+    }
+
+    fn ok() -> Result<JobReport, JobError> {
+        Ok(JobReport::default())
+    }
+
+    #[tokio::test]
+    async fn a_job_never_overlaps_itself() {
+        let r = Arc::new(runner());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let slow = {
+            let r = Arc::clone(&r);
+            tokio::spawn(async move {
+                r.guarded("sessions", || async move {
+                    let _ = rx.await;
+                    ok()
+                })
+                .await
+            })
+        };
+        // Wait until the slow run holds the guard.
+        while !r.state("sessions").running.load(Ordering::Acquire) {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            r.guarded("sessions", || async { ok() }).await,
+            Tick::SkippedOverlap
+        );
+        // Other jobs are independent.
+        assert_eq!(
+            r.guarded("rollups", || async { ok() }).await,
+            Tick::Ran(Ok(0))
+        );
+        let _ = tx.send(());
+        assert_eq!(slow.await.expect("join"), Tick::Ran(Ok(0)));
+        assert_eq!(
+            r.guarded("sessions", || async { ok() }).await,
+            Tick::Ran(Ok(0))
+        );
+        assert_eq!(r.report()["sessions"]["skipped"], 1);
+    }
+
+    #[tokio::test]
+    async fn failures_back_off_exponentially_and_reset_on_success() {
+        let r = runner();
+        let fail = || async { Err(JobError::Invalid("ClickHouse is down".into())) };
+        assert!(matches!(
+            r.guarded("retention", fail).await,
+            Tick::Ran(Err(_))
+        ));
+        // Within the 50 ms backoff: skipped, not run.
+        assert_eq!(r.guarded("retention", fail).await, Tick::SkippedBackoff);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(matches!(
+            r.guarded("retention", fail).await,
+            Tick::Ran(Err(_))
+        ));
+        // Second failure: 100 ms.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(r.guarded("retention", fail).await, Tick::SkippedBackoff);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            r.guarded("retention", || async { ok() }).await,
+            Tick::Ran(Ok(0))
+        );
+        let rep = r.report();
+        assert_eq!(rep["retention"]["failures"], 2);
+        assert_eq!(rep["retention"]["consecutive_failures"], 0);
+        assert_eq!(rep["retention"]["last"]["status"], "ok");
+    }
+}

@@ -1,0 +1,145 @@
+//! `workerd run` as a black box: it schedules jobs, reports them in /health, keeps
+//! running (and backs off) while ClickHouse is unreachable, refuses a bad cron
+//! expression naming the key, and stops cleanly on SIGTERM.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use shared::testkit::{eventually, free_port, services, TestSchema};
+
+struct Daemon {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(clickhouse_url: &str, database: &str, extra: &[(&str, &str)]) -> Daemon {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_workerd"))
+        .arg("run")
+        .env_remove("OVERWATCH_CONFIG")
+        .env("OVERWATCH__WORKERD__LISTEN", format!("127.0.0.1:{port}"))
+        .env("OVERWATCH__WORKERD__MIGRATE_ON_START", "false")
+        .env("OVERWATCH__CLICKHOUSE__URL", clickhouse_url)
+        .env("OVERWATCH__CLICKHOUSE__DATABASE", database)
+        .env("OVERWATCH__JOBS__RETENTION_CRON", "")
+        .env("OVERWATCH__JOBS__ROLLUPS_CRON", "")
+        .env("OVERWATCH__JOBS__SESSIONS_CRON", "* * * * * *")
+        .envs(extra.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn workerd");
+    Daemon { child, port }
+}
+
+async fn health(d: &Daemon) -> Option<(u16, serde_json::Value)> {
+    let r = reqwest::get(format!("http://127.0.0.1:{}/health", d.port))
+        .await
+        .ok()?;
+    let status = r.status().as_u16();
+    Some((status, r.json().await.ok()?))
+}
+
+#[tokio::test]
+async fn runs_scheduled_jobs_and_stops_on_sigterm() {
+    let svc = services();
+    let schema = TestSchema::create(&svc).await;
+    let mut d = spawn(&schema.config.clickhouse.url, schema.database(), &[]);
+    let h = eventually(
+        "two scheduled sessions runs",
+        Duration::from_secs(30),
+        || async {
+            let (_, h) = health(&d).await?;
+            (h["jobs"]["sessions"]["runs"].as_u64()? >= 2).then_some(h)
+        },
+    )
+    .await;
+    assert_eq!(h["jobs"]["sessions"]["last"]["status"], "ok");
+    assert_eq!(h["jobs"]["sessions"]["failures"], 0);
+    assert_eq!(
+        h["jobs"]["retention"]["runs"], 0,
+        "an empty cron is not scheduled"
+    );
+    assert_eq!(h["components"]["clickhouse"]["status"], "up");
+
+    let pid = d.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let status = eventually("workerd to exit", Duration::from_secs(20), || {
+        let s = d.child.try_wait().ok().flatten();
+        async move { s }
+    })
+    .await;
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn keeps_running_and_backs_off_while_clickhouse_is_down() {
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let d = spawn(
+        &nowhere,
+        "overwatch",
+        &[
+            ("OVERWATCH__JOBS__BACKOFF_BASE_MS", "3000"),
+            ("OVERWATCH__JOBS__BACKOFF_MAX_MS", "3000"),
+        ],
+    );
+    let h = eventually(
+        "a failed run in /health",
+        Duration::from_secs(30),
+        || async {
+            let (status, h) = health(&d).await?;
+            (h["jobs"]["sessions"]["failures"].as_u64()? >= 1).then_some((status, h))
+        },
+    )
+    .await;
+    assert_eq!(h.0, 503, "not ready without ClickHouse");
+    assert_eq!(h.1["jobs"]["sessions"]["last"]["status"], "failed");
+    // Every second a tick comes, but the 3 s backoff skips them.
+    let later = eventually(
+        "ticks skipped by the backoff",
+        Duration::from_secs(30),
+        || async {
+            let (_, h) = health(&d).await?;
+            (h["jobs"]["sessions"]["skipped"].as_u64()? >= 1).then_some(h)
+        },
+    )
+    .await;
+    let runs = later["jobs"]["sessions"]["runs"].as_u64().expect("runs");
+    let skipped = later["jobs"]["sessions"]["skipped"]
+        .as_u64()
+        .expect("skipped");
+    assert!(
+        skipped >= 1 && runs <= skipped + 1,
+        "runs {runs}, skipped {skipped}"
+    );
+}
+
+#[test]
+fn a_bad_cron_expression_is_a_configuration_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_workerd"))
+        .arg("run")
+        .env_remove("OVERWATCH_CONFIG")
+        .env(
+            "OVERWATCH__WORKERD__LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env("OVERWATCH__WORKERD__MIGRATE_ON_START", "false")
+        .env("OVERWATCH__JOBS__SESSIONS_CRON", "every tuesday-ish")
+        .output()
+        .expect("run workerd");
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("`jobs.sessions_cron`"), "{stderr}");
+}
