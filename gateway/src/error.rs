@@ -45,6 +45,8 @@ pub enum ApiError {
     Invalid(Vec<FieldError>),
     #[error("rate limit exceeded{}: retry in {} s", if .0.global { " (gateway-wide)" } else { "" }, .0.retry_after_secs)]
     RateLimited(crate::ratelimit::Refusal),
+    #[error("the tenant used up its monthly event quota; it resets in {retry_after_secs} s")]
+    QuotaExceeded { retry_after_secs: u64 },
     #[error("the event broker did not acknowledge the events: {0}")]
     BrokerUnavailable(String),
     #[error("the gateway is shutting down")]
@@ -69,6 +71,7 @@ impl ApiError {
             ApiError::BodyRead(_) => StatusCode::BAD_REQUEST,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BrokerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -90,6 +93,7 @@ impl ApiError {
             ApiError::BodyRead(_) => "body_read_failed",
             ApiError::Invalid(_) => "validation_failed",
             ApiError::RateLimited(_) => "rate_limited",
+            ApiError::QuotaExceeded { .. } => "quota_exceeded",
             ApiError::BrokerUnavailable(_) => "broker_unavailable",
             ApiError::ShuttingDown => "shutting_down",
         }
@@ -110,6 +114,7 @@ impl ApiError {
             | ApiError::MalformedBody(_)
             | ApiError::BodyRead(_)
             | ApiError::RateLimited(_)
+            | ApiError::QuotaExceeded { .. }
             | ApiError::BrokerUnavailable(_)
             | ApiError::ShuttingDown => &[],
         }
@@ -145,6 +150,10 @@ impl ApiError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        if let ApiError::QuotaExceeded { retry_after_secs } = &self {
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
         }
         if let ApiError::RateLimited(r) = &self {
             resp.headers_mut()

@@ -124,6 +124,7 @@ pub struct TierConfig {
     pub burst: u64,
     pub retention_hours: u64,
     pub rollup_retention_days: u64,
+    pub monthly_event_quota: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -134,6 +135,7 @@ pub struct JobsConfig {
     pub retention_cron: String,
     pub sessions_cron: String,
     pub rollups_cron: String,
+    pub quota_cron: String,
     pub backoff_base_ms: u64,
     pub backoff_max_ms: u64,
 }

@@ -25,6 +25,8 @@ pub struct KeyRecord {
     /// The tenant's tier name (`free` when the tenant row is missing).
     pub tier: String,
     pub anonymize_ip: bool,
+    /// The quota job marked the tenant over its monthly quota (this month).
+    pub over_quota: bool,
 }
 
 /// Every key that is not revoked, joined with its tenant.
@@ -38,9 +40,11 @@ pub async fn load(
             "SELECT toString(k.key_id) AS key_id, toString(k.tenant_id) AS tenant_id, \
              k.secret_sha256, k.kind, k.allowed_origins, k.ip_allowlist, k.require_signature, \
              if(k.expires_at IS NULL, NULL, toUnixTimestamp64Milli(assumeNotNull(k.expires_at))) AS expires_at_ms, \
-             if(t.tier = '', 'free', t.tier) AS tier, t.anonymize_ip \
+             if(t.tier = '', 'free', t.tier) AS tier, t.anonymize_ip, u.over_quota \
              FROM {db}.api_keys AS k FINAL \
              LEFT JOIN (SELECT * FROM {db}.tenants FINAL) AS t ON k.tenant_id = t.tenant_id \
+             LEFT JOIN (SELECT tenant_id, over_quota FROM {db}.tenant_usage FINAL \
+                        WHERE month = toStartOfMonth(toDate(now('UTC')))) AS u ON k.tenant_id = u.tenant_id \
              WHERE k.revoked_at IS NULL"
         ))
         .fetch_all::<KeyRecord>()

@@ -318,6 +318,20 @@ pub const MIGRATIONS: &[Migration] = &[
             ]
         },
     },
+    Migration {
+        version: 6,
+        name: "monthly usage and quota marks",
+        statements: |c| {
+            vec![format!(
+                "CREATE TABLE IF NOT EXISTS {} (\n    \
+                 `tenant_id` UUID,\n    `month` Date,\n    `events` UInt64,\n    \
+                 `quota` UInt64,\n    `over_quota` Bool,\n    \
+                 `computed_at` DateTime64(3, 'UTC')\n) \
+                 ENGINE = ReplacingMergeTree(computed_at) ORDER BY (tenant_id, month)",
+                c.table("tenant_usage")
+            )]
+        },
+    },
 ];
 
 /// What a [`migrate`] run did.

@@ -57,7 +57,7 @@ fn parse_time(s: &str) -> Result<time::OffsetDateTime, String> {
 
 #[derive(Subcommand)]
 enum JobCmd {
-    /// Run one job once: retention, sessions or rollups.
+    /// Run one job once: retention, sessions, rollups or quota.
     Run {
         #[arg(value_parser = JobName::parse)]
         name: JobName,

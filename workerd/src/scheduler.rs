@@ -189,6 +189,7 @@ pub async fn start(runner: Arc<Runner>) -> Result<JobScheduler, ScheduleError> {
         ),
         (JobName::Sessions, "jobs.sessions_cron", &cfg.sessions_cron),
         (JobName::Rollups, "jobs.rollups_cron", &cfg.rollups_cron),
+        (JobName::Quota, "jobs.quota_cron", &cfg.quota_cron),
     ] {
         if cron.trim().is_empty() {
             tracing::info!(job = job.as_str(), "not scheduled (empty cron)");

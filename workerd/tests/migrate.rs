@@ -54,6 +54,7 @@ async fn migrate_is_versioned_and_idempotent() {
         "rollups_hourly",
         "schema_migrations",
         "sessions",
+        "tenant_usage",
         "tenants",
     ];
     assert_eq!(tables(&schema).await, expected);
@@ -95,7 +96,7 @@ async fn the_binary_migrates_with_env_overrides() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(tables(&schema).await.len(), 14);
+    assert_eq!(tables(&schema).await.len(), 15);
     // The topics exist: metadata lists all five.
     let topics = c.topics();
     let brokers = c.kafka.brokers.clone();

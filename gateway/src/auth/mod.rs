@@ -41,6 +41,8 @@ pub struct Principal {
     pub signing_key: [u8; 32],
     /// Origins a browser key may be used from (`*` for any).
     pub allowed_origins: Vec<String>,
+    /// The tenant used up its monthly quota (marked by workerd's quota job).
+    pub over_quota: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -57,6 +59,7 @@ struct Key {
 struct Tenant {
     tier: Tier,
     anonymize_ip: bool,
+    over_quota: bool,
     keys: Vec<Key>,
 }
 
@@ -69,17 +72,19 @@ struct Snapshot {
 }
 
 impl Snapshot {
-    fn add(&mut self, tenant: Uuid, tier: Tier, anonymize_ip: bool, key: Key) {
+    fn add(&mut self, tenant: Uuid, tier: Tier, anonymize_ip: bool, over_quota: bool, key: Key) {
         for o in &key.allowed_origins {
             self.origins.insert(o.clone());
         }
         let t = self.by_tenant.entry(tenant).or_insert(Tenant {
             tier,
             anonymize_ip,
+            over_quota,
             keys: Vec::new(),
         });
         t.tier = tier;
         t.anonymize_ip = anonymize_ip;
+        t.over_quota |= over_quota;
         t.keys.push(key);
     }
 }
@@ -160,6 +165,7 @@ impl KeyStore {
                     k.tenant_id,
                     k.tier,
                     k.anonymize_ip,
+                    false,
                     Key {
                         digest,
                         kind: KeyKind::Server,
@@ -183,6 +189,7 @@ impl KeyStore {
                 tenant,
                 Tier::parse(&r.tier).unwrap_or_default(),
                 r.anonymize_ip,
+                r.over_quota,
                 Key {
                     digest,
                     kind: if r.kind == "browser" {
@@ -339,6 +346,7 @@ impl KeyStore {
                 require_signature: key.require_signature,
                 signing_key: key.digest,
                 allowed_origins: key.allowed_origins.clone(),
+                over_quota: t.over_quota,
             },
             presented.from_query,
         ))

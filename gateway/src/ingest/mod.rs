@@ -36,6 +36,11 @@ pub async fn handle(
         .keys
         .authenticate(headers, parts.uri.query(), client_ip)?;
     let tenant = who.tenant;
+    if who.over_quota {
+        return Err(ApiError::QuotaExceeded {
+            retry_after_secs: secs_to_next_month(time::OffsetDateTime::now_utc()),
+        });
+    }
     who.check_origin(headers.get(ORIGIN).and_then(|v| v.to_str().ok()))?;
     let encoding = decode::check_headers(headers, beacon)?;
     let raw = decode::read_raw(body, headers, app.config.gateway.max_body_bytes).await?;
@@ -78,4 +83,32 @@ pub async fn handle(
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     crate::error::rate_limit_headers(resp.headers_mut(), &quota);
     Ok(resp)
+}
+
+/// Seconds until the next calendar month (UTC), when monthly quotas reset.
+fn secs_to_next_month(now: time::OffsetDateTime) -> u64 {
+    let (y, m) = if now.month() == time::Month::December {
+        (now.year() + 1, time::Month::January)
+    } else {
+        (now.year(), now.month().next())
+    };
+    time::Date::from_calendar_date(y, m, 1)
+        .map(|d| d.midnight().assume_utc())
+        .map(|next| (next - now).whole_seconds().max(1) as u64)
+        .unwrap_or(3600)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn quota_resets_at_the_month_boundary() {
+        assert_eq!(secs_to_next_month(datetime!(2024-12-31 23:59:00 UTC)), 60);
+        assert_eq!(
+            secs_to_next_month(datetime!(2024-02-29 00:00:00 UTC)),
+            86_400
+        );
+    }
 }

@@ -7,8 +7,10 @@
 //! - `sessions`: recomputes sessions, splitting on gaps longer than
 //!   `jobs.session_gap_minutes`.
 //! - `rollups`: recomputes hourly and daily counts per tenant and event type.
+//! - `quota`: marks tenants over their tier's monthly event quota.
 
 pub mod aggregates;
+pub mod quota;
 pub mod retention;
 
 use std::collections::BTreeMap;
@@ -32,16 +34,23 @@ pub enum JobName {
     Retention,
     Sessions,
     Rollups,
+    Quota,
 }
 
 impl JobName {
-    pub const ALL: [JobName; 3] = [JobName::Retention, JobName::Sessions, JobName::Rollups];
+    pub const ALL: [JobName; 4] = [
+        JobName::Retention,
+        JobName::Sessions,
+        JobName::Rollups,
+        JobName::Quota,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             JobName::Retention => "retention",
             JobName::Sessions => "sessions",
             JobName::Rollups => "rollups",
+            JobName::Quota => "quota",
         }
     }
 
@@ -168,6 +177,7 @@ pub async fn run(
         JobName::Retention => retention::run(ctx, now, tenant).await?,
         JobName::Sessions => aggregates::sessions(ctx, window, tenant).await?,
         JobName::Rollups => aggregates::rollups(ctx, window, tenant).await?,
+        JobName::Quota => quota::run(ctx, now, tenant).await?,
     };
     tracing::info!(
         job = job.as_str(),

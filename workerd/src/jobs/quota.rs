@@ -1,0 +1,110 @@
+//! Monthly quotas: each tenant's events this calendar month (UTC), summed from
+//! `rollups_daily`, against its tier's `monthly_event_quota`. The result is
+//! written to `tenant_usage`; the gateway loads the `over_quota` mark with its
+//! key snapshot and answers 429 `quota_exceeded` until the month ends (or the
+//! tenant moves to a tier with room).
+
+use std::collections::HashMap;
+
+use serde_json::json;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{ms, JobContext, JobError, JobReport};
+
+/// Start of the month of `t` and of the next one.
+pub fn month_bounds(t: OffsetDateTime) -> (OffsetDateTime, OffsetDateTime) {
+    let start = t
+        .replace_day(1)
+        .map(|d| d.replace_time(time::Time::MIDNIGHT))
+        .unwrap_or(t);
+    let (y, m) = if start.month() == time::Month::December {
+        (start.year() + 1, time::Month::January)
+    } else {
+        (start.year(), start.month().next())
+    };
+    let next = start
+        .replace_year(y)
+        .and_then(|d| d.replace_month(m))
+        .unwrap_or(start);
+    (start, next)
+}
+
+pub async fn run(
+    ctx: &JobContext,
+    now: OffsetDateTime,
+    only: Option<Uuid>,
+) -> Result<JobReport, JobError> {
+    let (start, next) = month_bounds(now);
+    let usage: Vec<(String, u64)> = ctx
+        .client
+        .query(&format!(
+            "SELECT toString(tenant_id), sum(events) FROM {} FINAL \
+             WHERE day >= toDate(fromUnixTimestamp64Milli(toInt64(?), 'UTC')) \
+             AND day < toDate(fromUnixTimestamp64Milli(toInt64(?), 'UTC')) GROUP BY tenant_id",
+            ctx.table("rollups_daily")
+        ))
+        .bind(ms(start))
+        .bind(ms(next))
+        .fetch_all()
+        .await?;
+    let usage: HashMap<Uuid, u64> = usage
+        .into_iter()
+        .filter_map(|(id, n)| Uuid::try_parse(&id).ok().map(|id| (id, n)))
+        .collect();
+    let (mut over, mut warned) = (Vec::new(), Vec::new());
+    for (tenant, tier) in ctx.tenants().await? {
+        if only.is_some_and(|o| o != tenant) {
+            continue;
+        }
+        let used = usage.get(&tenant).copied().unwrap_or(0);
+        let quota = ctx.config.tiers.get(tier).monthly_event_quota;
+        let is_over = quota > 0 && used >= quota;
+        if is_over {
+            over.push(tenant.to_string());
+        } else if quota > 0 && used * 5 >= quota * 4 {
+            warned.push(tenant.to_string());
+        }
+        ctx.client
+            .query(&format!(
+                "INSERT INTO {} (tenant_id, month, events, quota, over_quota, computed_at) \
+                 VALUES (toUUID(?), toDate(fromUnixTimestamp64Milli(toInt64(?), 'UTC')), ?, ?, ?, now64(3))",
+                ctx.table("tenant_usage")
+            ))
+            .bind(tenant.to_string())
+            .bind(ms(start))
+            .bind(used)
+            .bind(quota)
+            .bind(is_over)
+            .execute()
+            .await?;
+    }
+    Ok(JobReport {
+        rows_affected: over.len() as u64,
+        detail: json!({"month_start_ms": ms(start), "over_quota": over, "over_80_percent": warned}),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn months() {
+        assert_eq!(
+            month_bounds(datetime!(2024-02-29 13:14 UTC)),
+            (
+                datetime!(2024-02-01 0:00 UTC),
+                datetime!(2024-03-01 0:00 UTC)
+            )
+        );
+        assert_eq!(
+            month_bounds(datetime!(2024-12-31 23:59 UTC)),
+            (
+                datetime!(2024-12-01 0:00 UTC),
+                datetime!(2025-01-01 0:00 UTC)
+            )
+        );
+    }
+}
