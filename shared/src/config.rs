@@ -26,6 +26,7 @@ pub struct Config {
     pub rate_limits: RateLimitsConfig,
     pub enrichment: EnrichmentConfig,
     pub jobs: JobsConfig,
+    pub notifications: NotificationsConfig,
     pub kafka: KafkaConfig,
     pub clickhouse: ClickHouseConfig,
     pub workerd: WorkerdConfig,
@@ -71,6 +72,76 @@ pub enum PartitionKey {
     Session,
     Tenant,
     RoundRobin,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationsConfig {
+    pub cooldown_secs: u64,
+    pub max_attempts: u32,
+    pub retry_base_ms: u64,
+    pub quota_warning: bool,
+    pub quota_exceeded: bool,
+    pub job_failure: bool,
+    pub channels: Vec<ChannelConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelKind {
+    Log,
+    Webhook,
+    Slack,
+    Discord,
+    Email,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    None,
+    #[default]
+    Starttls,
+    Tls,
+}
+
+/// One place alerts go. Which fields apply depends on `kind`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelConfig {
+    pub name: String,
+    pub kind: ChannelKind,
+    #[serde(default)]
+    pub url: String,
+    #[serde(default)]
+    pub secret: String,
+    #[serde(default)]
+    pub smtp_host: String,
+    #[serde(default)]
+    pub smtp_port: u16,
+    #[serde(default)]
+    pub smtp_tls: SmtpTls,
+    #[serde(default)]
+    pub smtp_user: String,
+    #[serde(default)]
+    pub smtp_password: String,
+    #[serde(default)]
+    pub from: String,
+    #[serde(default)]
+    pub to: Vec<String>,
+}
+
+/// Secrets stay out of logs and error messages.
+impl std::fmt::Debug for ChannelConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelConfig")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("url", &if self.url.is_empty() { "" } else { "<set>" })
+            .field("smtp_host", &self.smtp_host)
+            .field("to", &self.to)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A tenant's service tier.
@@ -396,6 +467,33 @@ impl Config {
             "jobs.recompute_window_hours",
             self.jobs.recompute_window_hours,
         )?;
+        let n = &self.notifications;
+        positive("notifications.max_attempts", n.max_attempts as u64)?;
+        for (i, c) in n.channels.iter().enumerate() {
+            let key = |f: &str| format!("notifications.channels[{i}].{f}");
+            not_blank(&key("name"), &c.name)?;
+            match c.kind {
+                ChannelKind::Log => {}
+                ChannelKind::Webhook | ChannelKind::Slack | ChannelKind::Discord => {
+                    if !(c.url.starts_with("http://") || c.url.starts_with("https://")) {
+                        return Err(ConfigError::new(
+                            key("url"),
+                            "must be an http:// or https:// URL",
+                        ));
+                    }
+                }
+                ChannelKind::Email => {
+                    not_blank(&key("smtp_host"), &c.smtp_host)?;
+                    positive(&key("smtp_port"), c.smtp_port as u64)?;
+                    if !c.from.contains('@') {
+                        return Err(ConfigError::new(key("from"), "must be an email address"));
+                    }
+                    if c.to.is_empty() || c.to.iter().any(|t| !t.contains('@')) {
+                        return Err(ConfigError::new(key("to"), "must list email addresses"));
+                    }
+                }
+            }
+        }
         let r = &self.rate_limits;
         if r.global_events_per_second != 0.0 || r.global_burst != 0 {
             rate(

@@ -5,4 +5,5 @@ pub mod admin;
 pub mod health;
 pub mod jobs;
 pub mod migrate;
+pub mod notify;
 pub mod scheduler;

@@ -11,6 +11,7 @@ use shared::config::{Config, Tier};
 use uuid::Uuid;
 use workerd::admin::{self, Admin, KeySpec};
 use workerd::jobs::{self, JobContext, JobName, Window};
+use workerd::notify::Notifier;
 use workerd::scheduler::{self, Runner};
 
 #[derive(Parser)]
@@ -163,10 +164,12 @@ async fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            let runner = Arc::new(Runner::new(Arc::new(JobContext {
+            let mut runner = Runner::new(Arc::new(JobContext {
                 client: shared::ch::client(&config.clickhouse),
                 config: config.clone(),
-            })));
+            }));
+            runner.notifier = Some(Arc::new(Notifier::new(&config)));
+            let runner = Arc::new(runner);
             let mut sched = match scheduler::start(Arc::clone(&runner)).await {
                 Ok(s) => s,
                 Err(e) => {

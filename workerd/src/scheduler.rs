@@ -40,6 +40,8 @@ pub struct JobState {
 
 pub struct Runner {
     pub ctx: Arc<JobContext>,
+    /// Where job failures and quota alerts go.
+    pub notifier: Option<Arc<crate::notify::Notifier>>,
     states: BTreeMap<&'static str, Arc<JobState>>,
     backoff_base: Duration,
     backoff_max: Duration,
@@ -60,6 +62,7 @@ impl Runner {
         let backoff_max = Duration::from_millis(ctx.config.jobs.backoff_max_ms);
         Runner {
             ctx,
+            notifier: None,
             states: JobName::ALL
                 .iter()
                 .map(|j| (j.as_str(), Arc::new(JobState::default())))
@@ -76,13 +79,29 @@ impl Runner {
             .unwrap_or_else(|| Arc::new(JobState::default()))
     }
 
-    /// Runs `job` now (real clock), guarded.
+    /// Runs `job` now (real clock), guarded, and raises the alerts its outcome calls for.
     pub async fn tick(&self, job: JobName) -> Tick {
         let ctx = Arc::clone(&self.ctx);
-        self.guarded(job.as_str(), || async move {
-            jobs::run(&ctx, job, time::OffsetDateTime::now_utc(), None, None).await
-        })
-        .await
+        let outcome: Arc<Mutex<Option<Result<serde_json::Value, String>>>> = Arc::default();
+        let seen = Arc::clone(&outcome);
+        let tick = self
+            .guarded(job.as_str(), || async move {
+                let r = jobs::run(&ctx, job, time::OffsetDateTime::now_utc(), None, None).await;
+                *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(
+                    r.as_ref()
+                        .map(|r| r.detail.clone())
+                        .map_err(|e| e.to_string()),
+                );
+                r
+            })
+            .await;
+        let outcome = outcome.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let (Some(n), Some(outcome)) = (&self.notifier, outcome) {
+            for alert in crate::notify::alerts_for(job.as_str(), &outcome) {
+                n.notify(&alert).await;
+            }
+        }
+        tick
     }
 
     /// Runs `work` under `name`'s guard: no overlap, failures counted, backoff.
