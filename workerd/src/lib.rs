@@ -2,6 +2,7 @@
 //! `main.rs` parses the command line and calls into here.
 
 pub mod admin;
+pub mod backfill;
 pub mod health;
 pub mod jobs;
 pub mod migrate;

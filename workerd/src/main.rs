@@ -35,6 +35,11 @@ enum Command {
         #[command(subcommand)]
         cmd: JobCmd,
     },
+    /// Recompute sessions and rollups for a tenant and time range, resumably.
+    Backfill {
+        #[command(subcommand)]
+        cmd: BackfillCmd,
+    },
     /// Manage tenants.
     Tenant {
         #[command(subcommand)]
@@ -74,6 +79,32 @@ enum JobCmd {
         #[arg(long, value_parser = parse_time, requires = "from")]
         to: Option<time::OffsetDateTime>,
     },
+}
+
+#[derive(Subcommand)]
+enum BackfillCmd {
+    /// Start a backfill; prints its job id and a progress bar.
+    Start {
+        #[arg(long)]
+        tenant: Uuid,
+        #[arg(long, value_parser = parse_time)]
+        from: time::OffsetDateTime,
+        #[arg(long, value_parser = parse_time)]
+        to: time::OffsetDateTime,
+        #[arg(long, default_value_t = 24)]
+        chunk_hours: u32,
+        /// Process at most this many chunks now (resume later).
+        #[arg(long)]
+        stop_after: Option<u32>,
+    },
+    /// Continue a backfill from its first chunk not done.
+    Resume {
+        job_id: Uuid,
+        #[arg(long)]
+        stop_after: Option<u32>,
+    },
+    /// List backfills and their progress.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -190,6 +221,7 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Job { cmd } => job(&config, cmd).await,
+        Command::Backfill { cmd } => backfill(&config, cmd).await,
         Command::Tenant { cmd } => report(tenant(&admin_for(&config), cmd).await),
         Command::Key { cmd } => report(key(&admin_for(&config), cmd).await),
     }
@@ -221,6 +253,63 @@ async fn job(config: &Config, cmd: JobCmd) -> ExitCode {
         }
         Err(e) => {
             eprintln!("workerd: job {} failed: {e}", name.as_str());
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn backfill(config: &Config, cmd: BackfillCmd) -> ExitCode {
+    let ctx = JobContext {
+        client: shared::ch::client(&config.clickhouse),
+        config: config.clone(),
+    };
+    let result = async {
+        let (row, stop_after) = match cmd {
+            BackfillCmd::Start {
+                tenant,
+                from,
+                to,
+                chunk_hours,
+                stop_after,
+            } => {
+                let row = workerd::backfill::create(&ctx, tenant, from, to, chunk_hours).await?;
+                println!("backfill {} created", row.job_id);
+                (row, stop_after)
+            }
+            BackfillCmd::Resume { job_id, stop_after } => {
+                let row = workerd::backfill::load(&ctx, job_id)
+                    .await?
+                    .ok_or_else(|| {
+                        workerd::jobs::JobError::Invalid(format!("no backfill {job_id}"))
+                    })?;
+                (row, stop_after)
+            }
+            BackfillCmd::List => {
+                for r in workerd::backfill::list(&ctx).await? {
+                    println!(
+                        "{}  {}  {:<8}  {}  {}",
+                        r.job_id,
+                        r.tenant_id,
+                        r.status,
+                        workerd::backfill::progress_bar(r.chunks_done, r.chunks_total),
+                        r.error
+                    );
+                }
+                return Ok(());
+            }
+        };
+        let row = workerd::backfill::run(&ctx, row, stop_after, &mut std::io::stderr()).await?;
+        println!(
+            "backfill {} status {} chunks {}/{}",
+            row.job_id, row.status, row.chunks_done, row.chunks_total
+        );
+        Ok::<(), workerd::jobs::JobError>(())
+    }
+    .await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("workerd: backfill failed: {e}");
             ExitCode::from(1)
         }
     }

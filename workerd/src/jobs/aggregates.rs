@@ -2,9 +2,10 @@
 //!
 //! Sessions: a tenant's events of one `session_id`, ordered by the client's
 //! timestamp, split wherever two consecutive events are more than
-//! `jobs.session_gap_minutes` apart. Events up to one day before the window are
-//! read, so a session that started earlier keeps its start; sessions starting in
-//! the window are replaced (deleted, then inserted). Rollups: hourly and daily
+//! `jobs.session_gap_minutes` apart. Events from one day before to one day after
+//! the window are read, so a session belongs whole to the window it starts in
+//! (sessions up to a day long are exact across window boundaries); sessions
+//! starting in the window are replaced (deleted, then inserted). Rollups: hourly and daily
 //! counts of events, distinct sessions and bot events per tenant and type, for
 //! the hours and days the window touches (ReplacingMergeTree: a recompute
 //! replaces the previous numbers).
@@ -44,6 +45,7 @@ pub async fn sessions(
     let events = ctx.table("events");
     let (from, to) = (ms(w.from), ms(w.to));
     let lookback = ms(w.from - time::Duration::days(1));
+    let lookahead = ms(w.to + time::Duration::days(1));
     ctx.client
         .query(&format!(
             "DELETE FROM {sessions} WHERE session_start >= fromUnixTimestamp64Milli(toInt64(?), 'UTC') \
@@ -77,13 +79,15 @@ pub async fn sessions(
                ) \
              ) \
              GROUP BY tenant_id, session_id, segment \
-             HAVING min(ts) >= fromUnixTimestamp64Milli(toInt64(?), 'UTC')"
+             HAVING min(ts) >= fromUnixTimestamp64Milli(toInt64(?), 'UTC') \
+             AND min(ts) < fromUnixTimestamp64Milli(toInt64(?), 'UTC')"
         ))
         .bind(gap_secs)
         .bind(lookback)
-        .bind(to)
+        .bind(lookahead)
         .bind(&tenant)
         .bind(from)
+        .bind(to)
         .execute()
         .await?;
     let written: u64 = ctx
