@@ -207,6 +207,9 @@ pub struct JobsConfig {
     pub sessions_cron: String,
     pub rollups_cron: String,
     pub quota_cron: String,
+    pub compression_cron: String,
+    pub compression_after_hours: u64,
+    pub cold_dir: String,
     pub backoff_base_ms: u64,
     pub backoff_max_ms: u64,
 }

@@ -332,6 +332,17 @@ pub const MIGRATIONS: &[Migration] = &[
             )]
         },
     },
+    Migration {
+        version: 7,
+        name: "compression verification table",
+        statements: |c| {
+            vec![format!(
+                "CREATE TABLE IF NOT EXISTS {} AS {} ENGINE = MergeTree ORDER BY (tenant_id, id)",
+                c.table("compression_verify"),
+                c.table("events")
+            )]
+        },
+    },
 ];
 
 /// What a [`migrate`] run did.

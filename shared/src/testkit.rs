@@ -90,6 +90,10 @@ pub fn config(svc: &Services) -> Config {
     cfg.clickhouse.database = format!("ow_t{short}");
     cfg.clickhouse.kafka_brokers = svc.kafka.clone();
     cfg.clickhouse.kafka_group = format!("ow-ch-{short}");
+    cfg.jobs.cold_dir = std::env::temp_dir()
+        .join(format!("ow-cold-{short}"))
+        .display()
+        .to_string();
     // Keys come from the test's configuration unless it has a migrated schema.
     cfg.auth.clickhouse_keys = false;
     cfg.auth.refresh_interval_ms = 200;

@@ -209,6 +209,11 @@ pub async fn start(runner: Arc<Runner>) -> Result<JobScheduler, ScheduleError> {
         (JobName::Sessions, "jobs.sessions_cron", &cfg.sessions_cron),
         (JobName::Rollups, "jobs.rollups_cron", &cfg.rollups_cron),
         (JobName::Quota, "jobs.quota_cron", &cfg.quota_cron),
+        (
+            JobName::Compression,
+            "jobs.compression_cron",
+            &cfg.compression_cron,
+        ),
     ] {
         if cron.trim().is_empty() {
             tracing::info!(job = job.as_str(), "not scheduled (empty cron)");

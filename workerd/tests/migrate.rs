@@ -44,6 +44,7 @@ async fn migrate_is_versioned_and_idempotent() {
         "api_keys",
         "audit_log",
         "backfill_jobs",
+        "compression_verify",
         "dead_letter",
         "events",
         "events_mv",
@@ -96,7 +97,7 @@ async fn the_binary_migrates_with_env_overrides() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(tables(&schema).await.len(), 15);
+    assert_eq!(tables(&schema).await.len(), 16);
     // The topics exist: metadata lists all five.
     let topics = c.topics();
     let brokers = c.kafka.brokers.clone();

@@ -8,8 +8,10 @@
 //!   `jobs.session_gap_minutes`.
 //! - `rollups`: recomputes hourly and daily counts per tenant and event type.
 //! - `quota`: marks tenants over their tier's monthly event quota.
+//! - `compression`: free-tier days to rollups + Parquet, verified, then deleted.
 
 pub mod aggregates;
+pub mod compression;
 pub mod quota;
 pub mod retention;
 
@@ -35,14 +37,16 @@ pub enum JobName {
     Sessions,
     Rollups,
     Quota,
+    Compression,
 }
 
 impl JobName {
-    pub const ALL: [JobName; 4] = [
+    pub const ALL: [JobName; 5] = [
         JobName::Retention,
         JobName::Sessions,
         JobName::Rollups,
         JobName::Quota,
+        JobName::Compression,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -51,6 +55,7 @@ impl JobName {
             JobName::Sessions => "sessions",
             JobName::Rollups => "rollups",
             JobName::Quota => "quota",
+            JobName::Compression => "compression",
         }
     }
 
@@ -178,6 +183,7 @@ pub async fn run(
         JobName::Sessions => aggregates::sessions(ctx, window, tenant).await?,
         JobName::Rollups => aggregates::rollups(ctx, window, tenant).await?,
         JobName::Quota => quota::run(ctx, now, tenant).await?,
+        JobName::Compression => compression::run(ctx, now, tenant).await?,
     };
     tracing::info!(
         job = job.as_str(),
