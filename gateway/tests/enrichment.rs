@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::time::Duration;
 
 use common::{event, TestGateway};
@@ -14,50 +13,13 @@ use uuid::Uuid;
 
 /// A MaxMind-format City database with two networks.
 fn write_mmdb(path: &std::path::Path) {
-    use maxminddb_writer::{metadata::IpVersion, paths::IpAddrWithMask, Database};
-    #[derive(serde::Serialize)]
-    struct Named {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        iso_code: Option<&'static str>,
-        names: BTreeMap<&'static str, &'static str>,
-    }
-    #[derive(serde::Serialize)]
-    struct City {
-        country: Named,
-        subdivisions: Vec<Named>,
-        city: Named,
-    }
-    let named = |iso: Option<&'static str>, en: &'static str| Named {
-        iso_code: iso,
-        names: BTreeMap::from([("en", en)]),
-    };
-    let mut db = Database::default();
-    db.metadata.ip_version = IpVersion::V6;
-    db.metadata.database_type = "Overwatch-Test-City".into();
-    db.metadata.languages = vec!["en".into()];
-    db.metadata.binary_format_major_version = 2;
-    for (net, country, cname, region, city) in [
-        ("198.51.100.0", "FR", "France", "Île-de-France", "Paris"),
-        ("203.0.113.0", "DE", "Germany", "Berlin", "Berlin"),
-    ] {
-        let data = db
-            .insert_value(City {
-                country: named(Some(country), cname),
-                subdivisions: vec![named(None, region)],
-                city: named(None, city),
-            })
-            .expect("insert value");
-        let ip: IpAddr = net.parse().expect("ip");
-        // IPv4 lives under ::/96 in an IPv6 tree.
-        let v6 = match ip {
-            IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_compatible()),
-            IpAddr::V6(v6) => IpAddr::V6(v6),
-        };
-        db.insert_node(IpAddrWithMask::new(v6, 96 + 24), data);
-    }
-    let file = std::fs::File::create(path).expect("create mmdb");
-    db.write_to(std::io::BufWriter::new(file))
-        .expect("write mmdb");
+    shared::testkit::write_geo_mmdb(
+        path,
+        &[
+            ("198.51.100.0", "FR", "France", "Île-de-France", "Paris"),
+            ("203.0.113.0", "DE", "Germany", "Berlin", "Berlin"),
+        ],
+    );
 }
 
 async fn stored(schema: &TestSchema, tenant: Uuid, n: u64) -> BTreeMap<String, serde_json::Value> {

@@ -208,6 +208,7 @@ pub struct JobsConfig {
     pub rollups_cron: String,
     pub quota_cron: String,
     pub compression_cron: String,
+    pub enrichment_cron: String,
     pub compression_after_hours: u64,
     pub cold_dir: String,
     pub backoff_base_ms: u64,

@@ -4,6 +4,7 @@
 
 pub mod ch;
 pub mod config;
+pub mod enrich;
 pub mod event;
 pub mod kafka;
 pub mod keys;

@@ -9,9 +9,11 @@
 //! - `rollups`: recomputes hourly and daily counts per tenant and event type.
 //! - `quota`: marks tenants over their tier's monthly event quota.
 //! - `compression`: free-tier days to rollups + Parquet, verified, then deleted.
+//! - `enrichment`: fills user-agent and geo fields of rows stored without them.
 
 pub mod aggregates;
 pub mod compression;
+pub mod enrichment;
 pub mod quota;
 pub mod retention;
 
@@ -38,15 +40,17 @@ pub enum JobName {
     Rollups,
     Quota,
     Compression,
+    Enrichment,
 }
 
 impl JobName {
-    pub const ALL: [JobName; 5] = [
+    pub const ALL: [JobName; 6] = [
         JobName::Retention,
         JobName::Sessions,
         JobName::Rollups,
         JobName::Quota,
         JobName::Compression,
+        JobName::Enrichment,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,6 +60,7 @@ impl JobName {
             JobName::Rollups => "rollups",
             JobName::Quota => "quota",
             JobName::Compression => "compression",
+            JobName::Enrichment => "enrichment",
         }
     }
 
@@ -184,6 +189,7 @@ pub async fn run(
         JobName::Rollups => aggregates::rollups(ctx, window, tenant).await?,
         JobName::Quota => quota::run(ctx, now, tenant).await?,
         JobName::Compression => compression::run(ctx, now, tenant).await?,
+        JobName::Enrichment => enrichment::run(ctx, tenant).await?,
     };
     tracing::info!(
         job = job.as_str(),
