@@ -115,6 +115,15 @@ fn column_names(lists: &[&[(&str, &str)]]) -> String {
 
 /// The Kafka engine table reading every `events_*` topic.
 fn queue_ddl(c: &SchemaContext, extra_times: &str, lists: &[&[(&str, &str)]]) -> String {
+    queue_ddl_with(c, extra_times, lists, "")
+}
+
+fn queue_ddl_with(
+    c: &SchemaContext,
+    extra_times: &str,
+    lists: &[&[(&str, &str)]],
+    extra_settings: &str,
+) -> String {
     format!(
         "CREATE TABLE IF NOT EXISTS {queue} (\n    \
          `id` UUID,\n    `tenant_id` UUID,\n    `session_id` UUID,\n    \
@@ -123,7 +132,7 @@ fn queue_ddl(c: &SchemaContext, extra_times: &str, lists: &[&[(&str, &str)]]) ->
          SETTINGS kafka_broker_list = {brokers}, kafka_topic_list = {topics}, \
          kafka_group_name = {group}, kafka_format = 'JSONEachRow', \
          kafka_num_consumers = 1, kafka_flush_interval_ms = 500, \
-         kafka_max_block_size = 65536",
+         kafka_max_block_size = 65536{extra_settings}",
         queue = c.table("events_queue"),
         cols = column_defs(lists),
         brokers = literal(&c.kafka_brokers),
@@ -134,6 +143,15 @@ fn queue_ddl(c: &SchemaContext, extra_times: &str, lists: &[&[(&str, &str)]]) ->
 
 /// The materialized view moving each consumed block into `events`.
 fn view_ddl(c: &SchemaContext, extra_times: &str, lists: &[&[(&str, &str)]]) -> String {
+    view_ddl_where(c, extra_times, lists, "")
+}
+
+fn view_ddl_where(
+    c: &SchemaContext,
+    extra_times: &str,
+    lists: &[&[(&str, &str)]],
+    condition: &str,
+) -> String {
     format!(
         "CREATE MATERIALIZED VIEW IF NOT EXISTS {mv} TO {events} AS\n\
          SELECT id, tenant_id, session_id, type, \
@@ -141,7 +159,7 @@ fn view_ddl(c: &SchemaContext, extra_times: &str, lists: &[&[(&str, &str)]]) -> 
          fromUnixTimestamp64Milli(received_at_ms, 'UTC') AS received_at, \
          if(sent_at_ms IS NULL, NULL, \
          fromUnixTimestamp64Milli(assumeNotNull(sent_at_ms), 'UTC')) AS sent_at, \
-         {extra_times}{cols}\nFROM {queue}",
+         {extra_times}{cols}\nFROM {queue}{condition}",
         mv = c.table("events_mv"),
         events = c.table("events"),
         queue = c.table("events_queue"),
@@ -341,6 +359,38 @@ pub const MIGRATIONS: &[Migration] = &[
                 c.table("compression_verify"),
                 c.table("events")
             )]
+        },
+    },
+    Migration {
+        version: 8,
+        name: "dead letters: unparseable messages go to dead_letter",
+        statements: |c| {
+            let both: &[&[(&str, &str)]] = &[EVENT_COLUMNS, ENRICHMENT_COLUMNS];
+            vec![
+                format!("DROP VIEW IF EXISTS {}", c.table("events_mv")),
+                format!("DROP TABLE IF EXISTS {}", c.table("events_queue")),
+                queue_ddl_with(
+                    c,
+                    "    `corrected_timestamp_ms` Int64,\n",
+                    both,
+                    ", kafka_handle_error_mode = 'stream'",
+                ),
+                view_ddl_where(
+                    c,
+                    "fromUnixTimestamp64Milli(corrected_timestamp_ms, 'UTC') AS corrected_timestamp, ",
+                    both,
+                    " WHERE length(_error) = 0",
+                ),
+                format!(
+                    "CREATE MATERIALIZED VIEW IF NOT EXISTS {dlmv} TO {dl} AS \
+                     SELECT now64(3) AS received_at, _topic AS topic, toInt64(_partition) AS partition, \
+                     toInt64(_offset) AS offset, _raw_message AS raw, _error AS error \
+                     FROM {queue} WHERE length(_error) > 0",
+                    dlmv = c.table("dead_letter_mv"),
+                    dl = c.table("dead_letter"),
+                    queue = c.table("events_queue"),
+                ),
+            ]
         },
     },
 ];

@@ -46,6 +46,7 @@ async fn migrate_is_versioned_and_idempotent() {
         "backfill_jobs",
         "compression_verify",
         "dead_letter",
+        "dead_letter_mv",
         "events",
         "events_mv",
         "events_queue",
@@ -97,7 +98,7 @@ async fn the_binary_migrates_with_env_overrides() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(tables(&schema).await.len(), 16);
+    assert_eq!(tables(&schema).await.len(), 17);
     // The topics exist: metadata lists all five.
     let topics = c.topics();
     let brokers = c.kafka.brokers.clone();
