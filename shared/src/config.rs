@@ -83,6 +83,9 @@ pub struct NotificationsConfig {
     pub quota_warning: bool,
     pub quota_exceeded: bool,
     pub job_failure: bool,
+    pub dead_letter_threshold: u64,
+    pub dead_letter_window_minutes: u64,
+    pub consumer_lag_threshold: u64,
     pub channels: Vec<ChannelConfig>,
 }
 
@@ -209,6 +212,7 @@ pub struct JobsConfig {
     pub quota_cron: String,
     pub compression_cron: String,
     pub enrichment_cron: String,
+    pub alerts_cron: String,
     pub compression_after_hours: u64,
     pub cold_dir: String,
     pub backoff_base_ms: u64,

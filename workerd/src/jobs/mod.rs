@@ -10,8 +10,10 @@
 //! - `quota`: marks tenants over their tier's monthly event quota.
 //! - `compression`: free-tier days to rollups + Parquet, verified, then deleted.
 //! - `enrichment`: fills user-agent and geo fields of rows stored without them.
+//! - `alerts`: raises dead-letter growth and consumer lag alerts.
 
 pub mod aggregates;
+pub mod alerts;
 pub mod compression;
 pub mod enrichment;
 pub mod quota;
@@ -41,16 +43,18 @@ pub enum JobName {
     Quota,
     Compression,
     Enrichment,
+    Alerts,
 }
 
 impl JobName {
-    pub const ALL: [JobName; 6] = [
+    pub const ALL: [JobName; 7] = [
         JobName::Retention,
         JobName::Sessions,
         JobName::Rollups,
         JobName::Quota,
         JobName::Compression,
         JobName::Enrichment,
+        JobName::Alerts,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -61,6 +65,7 @@ impl JobName {
             JobName::Quota => "quota",
             JobName::Compression => "compression",
             JobName::Enrichment => "enrichment",
+            JobName::Alerts => "alerts",
         }
     }
 
@@ -190,6 +195,7 @@ pub async fn run(
         JobName::Quota => quota::run(ctx, now, tenant).await?,
         JobName::Compression => compression::run(ctx, now, tenant).await?,
         JobName::Enrichment => enrichment::run(ctx, tenant).await?,
+        JobName::Alerts => alerts::run(ctx, now).await?,
     };
     tracing::info!(
         job = job.as_str(),

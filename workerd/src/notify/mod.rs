@@ -93,6 +93,8 @@ impl Notifier {
             "quota_warning" => self.config.quota_warning,
             "quota_exceeded" => self.config.quota_exceeded,
             "job_failure" => self.config.job_failure,
+            "dead_letter_growth" => self.config.dead_letter_threshold > 0,
+            "consumer_lag" => self.config.consumer_lag_threshold > 0,
             _ => true,
         }
     }
@@ -290,7 +292,8 @@ impl Notifier {
 }
 
 /// Alerts a job run raises: `job_failure` on an error; after `quota`, one
-/// `quota_exceeded` or `quota_warning` per tenant it lists.
+/// `quota_exceeded` or `quota_warning` per tenant it lists; after `alerts`,
+/// `dead_letter_growth` and `consumer_lag`.
 pub fn alerts_for(job: &str, result: &Result<serde_json::Value, String>) -> Vec<Alert> {
     match result {
         Err(e) => vec![Alert {
@@ -332,6 +335,33 @@ pub fn alerts_for(job: &str, result: &Result<serde_json::Value, String>) -> Vec<
             }
             out
         }
+        Ok(detail) if job == "alerts" => detail["alerts"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .map(|a| {
+                        let rule = a["rule"].as_str().unwrap_or("alert").to_string();
+                        let title = match rule.as_str() {
+                            "dead_letter_growth" => {
+                                format!("{} messages went to dead_letter", a["value"])
+                            }
+                            "consumer_lag" => format!(
+                                "ClickHouse lags {} messages behind the brokers",
+                                a["value"]
+                            ),
+                            other => other.to_string(),
+                        };
+                        Alert {
+                            rule,
+                            tenant: None,
+                            title,
+                            message: format!("threshold {}", a["threshold"]),
+                            detail: a.clone(),
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
         Ok(_) => Vec::new(),
     }
 }

@@ -1,0 +1,80 @@
+//! The `alerts` job measures dead letters and the consumer lag of ClickHouse's
+//! group on the real broker, and raises alerts past the thresholds.
+
+use std::time::Duration;
+
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use shared::testkit::{services, TestSchema};
+use workerd::jobs::{self, JobContext, JobName};
+use workerd::notify;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_and_consumer_lag_raise_alerts() {
+    let svc = services();
+    let schema = TestSchema::create(&svc).await;
+    let mut config = schema.config.clone();
+    // A group no consumer reads: everything produced is lag.
+    config.clickhouse.kafka_group = format!("nobody-{}", uuid::Uuid::new_v4());
+    config.notifications.consumer_lag_threshold = 3;
+    config.notifications.dead_letter_threshold = 2;
+    let ctx = JobContext {
+        client: schema.client.clone(),
+        config: config.clone(),
+    };
+    let now = time::OffsetDateTime::now_utc();
+
+    let quiet = jobs::run(&ctx, JobName::Alerts, now, None, None)
+        .await
+        .expect("alerts");
+    assert_eq!(
+        (
+            quiet.detail["dead_letters"].as_u64(),
+            quiet.detail["consumer_lag"].as_u64()
+        ),
+        (Some(0), Some(0))
+    );
+    assert!(notify::alerts_for("alerts", &Ok(quiet.detail)).is_empty());
+
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .create()
+        .expect("producer");
+    let topic = shared::event::EventType::Click.topic(&config.kafka.topic_prefix);
+    for i in 0..3 {
+        producer
+            .send(
+                FutureRecord::<(), _>::to(&topic).payload(&format!("m{i}")),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("produce");
+    }
+    for _ in 0..2 {
+        schema
+            .client
+            .query(&format!(
+                "INSERT INTO `{}`.dead_letter (received_at, topic, partition, offset, raw, error) \
+                 VALUES (now64(3), 't', 0, 0, 'x', 'broken')",
+                schema.database()
+            ))
+            .execute()
+            .await
+            .expect("dead letter");
+    }
+    let loud = jobs::run(
+        &ctx,
+        JobName::Alerts,
+        time::OffsetDateTime::now_utc(),
+        None,
+        None,
+    )
+    .await
+    .expect("alerts");
+    assert_eq!(loud.detail["consumer_lag"], 3);
+    assert_eq!(loud.detail["dead_letters"], 2);
+    let rules: Vec<String> = notify::alerts_for("alerts", &Ok(loud.detail))
+        .into_iter()
+        .map(|a| a.rule)
+        .collect();
+    assert_eq!(rules, ["dead_letter_growth", "consumer_lag"]);
+}
