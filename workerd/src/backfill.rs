@@ -72,16 +72,20 @@ async fn save(ctx: &JobContext, row: &BackfillRow) -> Result<(), JobError> {
     Ok(())
 }
 
+fn select(ctx: &JobContext, tail: &str) -> String {
+    format!(
+        "SELECT toString(job_id) AS job_id, kind, toString(tenant_id) AS tenant_id, \
+         toUnixTimestamp64Milli(range_start) AS range_start_ms, \
+         toUnixTimestamp64Milli(range_end) AS range_end_ms, chunk_hours, chunks_total, \
+         chunks_done, status, error FROM {} FINAL {tail}",
+        ctx.table("backfill_jobs")
+    )
+}
+
 pub async fn load(ctx: &JobContext, job_id: Uuid) -> Result<Option<BackfillRow>, JobError> {
     Ok(ctx
         .client
-        .query(&format!(
-            "SELECT toString(job_id) AS job_id, kind, toString(tenant_id) AS tenant_id, \
-             toUnixTimestamp64Milli(range_start) AS range_start_ms, \
-             toUnixTimestamp64Milli(range_end) AS range_end_ms, chunk_hours, chunks_total, \
-             chunks_done, status, error FROM {} FINAL WHERE job_id = ?",
-            ctx.table("backfill_jobs")
-        ))
+        .query(&select(ctx, "WHERE job_id = ?"))
         .bind(job_id.to_string())
         .fetch_optional()
         .await?)
@@ -90,13 +94,7 @@ pub async fn load(ctx: &JobContext, job_id: Uuid) -> Result<Option<BackfillRow>,
 pub async fn list(ctx: &JobContext) -> Result<Vec<BackfillRow>, JobError> {
     Ok(ctx
         .client
-        .query(&format!(
-            "SELECT toString(job_id) AS job_id, kind, toString(tenant_id) AS tenant_id, \
-             toUnixTimestamp64Milli(range_start) AS range_start_ms, \
-             toUnixTimestamp64Milli(range_end) AS range_end_ms, chunk_hours, chunks_total, \
-             chunks_done, status, error FROM {} FINAL ORDER BY created_at",
-            ctx.table("backfill_jobs")
-        ))
+        .query(&select(ctx, "ORDER BY created_at"))
         .fetch_all()
         .await?)
 }
