@@ -310,12 +310,17 @@ pub struct ClickHouse {
 
 impl ClickHouse {
     pub fn start(svc: &Services) -> ClickHouse {
+        Self::start_at(svc, free_port())
+    }
+
+    /// Starts on `port` (e.g. one a process under test already points at).
+    pub fn start_at(svc: &Services, port: u16) -> ClickHouse {
         let dir = std::env::temp_dir().join(unique("ow-clickhouse-"));
         std::fs::create_dir_all(&dir).expect("clickhouse data dir");
         let mut c = ClickHouse {
             python: svc.ch_python.clone(),
             dir,
-            port: free_port(),
+            port,
             child: None,
         };
         c.restart();

@@ -20,6 +20,16 @@ pub struct Health {
     pub client: clickhouse::Client,
     /// The job runner, when the scheduler runs (its counters go into `/health`).
     pub runner: Option<std::sync::Arc<crate::scheduler::Runner>>,
+    /// Startup migrations: `None` when not run at start, else whether they are
+    /// done (readiness waits for them) and the last error.
+    pub migrations: Option<std::sync::Mutex<MigrationState>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct MigrationState {
+    pub done: bool,
+    pub attempts: u32,
+    pub last_error: Option<String>,
 }
 
 impl Health {
@@ -49,7 +59,13 @@ async fn handle(
         "/health/live" => reply(StatusCode::OK, json!({"status": "ok"})),
         "/health/ready" | "/health" => {
             let ch = h.clickhouse_up().await;
-            let status = if ch.is_ok() {
+            let migrations = h
+                .migrations
+                .as_ref()
+                .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).clone());
+            let migrated = migrations.as_ref().is_none_or(|m| m.done);
+            let ok = ch.is_ok() && migrated;
+            let status = if ok {
                 StatusCode::OK
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -57,11 +73,18 @@ async fn handle(
             reply(
                 status,
                 json!({
-                    "status": if ch.is_ok() { "ok" } else { "degraded" },
-                    "components": {"clickhouse": match &ch {
-                        Ok(()) => json!({"status": "up"}),
-                        Err(e) => json!({"status": "down", "detail": e}),
-                    }},
+                    "status": if ok { "ok" } else { "degraded" },
+                    "components": {
+                        "clickhouse": match &ch {
+                            Ok(()) => json!({"status": "up"}),
+                            Err(e) => json!({"status": "down", "detail": e}),
+                        },
+                        "migrations": migrations.map(|m| json!({
+                            "status": if m.done { "done" } else { "pending" },
+                            "attempts": m.attempts,
+                            "last_error": m.last_error,
+                        })),
+                    },
                     "jobs": h.runner.as_ref().map(|r| r.report()),
                 }),
             )

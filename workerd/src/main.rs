@@ -181,50 +181,103 @@ async fn main() -> ExitCode {
     shared::telemetry::init(&config.log);
     match args.command {
         Command::Migrate => migrate(&config).await,
-        Command::Run => {
-            if config.workerd.migrate_on_start {
-                let code = migrate(&config).await;
-                if code != ExitCode::SUCCESS {
-                    return code;
-                }
-            }
-            let listener = match tokio::net::TcpListener::bind(config.workerd.listen).await {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::error!(listen = %config.workerd.listen, error = %e, "cannot bind workerd.listen");
-                    return ExitCode::from(1);
-                }
-            };
-            let mut runner = Runner::new(Arc::new(JobContext {
-                client: shared::ch::client(&config.clickhouse),
-                config: config.clone(),
-            }));
-            runner.notifier = Some(Arc::new(Notifier::new(&config)));
-            let runner = Arc::new(runner);
-            let mut sched = match scheduler::start(Arc::clone(&runner)).await {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("workerd: configuration error at {e}");
-                    return ExitCode::from(shared::config::EXIT_CONFIG as u8);
-                }
-            };
-            tracing::info!(listen = %config.workerd.listen, "workerd running");
-            let health = Arc::new(workerd::health::Health {
-                client: shared::ch::client(&config.clickhouse),
-                runner: Some(runner),
-            });
-            workerd::health::serve(listener, health, shared::shutdown_signal()).await;
-            if let Err(e) = sched.shutdown().await {
-                tracing::warn!(error = %e, "stopping the scheduler");
-            }
-            tracing::info!("workerd stopped");
-            ExitCode::SUCCESS
-        }
+        Command::Run => run(config).await,
         Command::Job { cmd } => job(&config, cmd).await,
         Command::Backfill { cmd } => backfill(&config, cmd).await,
         Command::Tenant { cmd } => report(tenant(&admin_for(&config), cmd).await),
         Command::Key { cmd } => report(key(&admin_for(&config), cmd).await),
     }
+}
+
+/// `workerd run`: serve /health at once; run the startup migrations, retrying
+/// with exponential backoff while ClickHouse or the broker is unreachable (not
+/// ready meanwhile); then schedule the jobs until SIGTERM.
+async fn run(config: Config) -> ExitCode {
+    if let Err(e) = scheduler::validate(&config.jobs) {
+        eprintln!("workerd: configuration error at {e}");
+        return ExitCode::from(shared::config::EXIT_CONFIG as u8);
+    }
+    let listener = match tokio::net::TcpListener::bind(config.workerd.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(listen = %config.workerd.listen, error = %e, "cannot bind workerd.listen");
+            return ExitCode::from(1);
+        }
+    };
+    let mut runner = Runner::new(Arc::new(JobContext {
+        client: shared::ch::client(&config.clickhouse),
+        config: config.clone(),
+    }));
+    runner.notifier = Some(Arc::new(Notifier::new(&config)));
+    let runner = Arc::new(runner);
+    let health = Arc::new(workerd::health::Health {
+        client: shared::ch::client(&config.clickhouse),
+        runner: Some(Arc::clone(&runner)),
+        migrations: config
+            .workerd
+            .migrate_on_start
+            .then(|| std::sync::Mutex::new(workerd::health::MigrationState::default())),
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shared::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let server = tokio::spawn(workerd::health::serve(
+        listener,
+        Arc::clone(&health),
+        stopped(stop_rx.clone()),
+    ));
+    tracing::info!(listen = %config.workerd.listen, "workerd serving /health");
+
+    if let Some(state) = &health.migrations {
+        let mut pause = std::time::Duration::from_secs(1);
+        loop {
+            match workerd::migrate::run(&config).await {
+                Ok(report) => {
+                    tracing::info!(applied = ?report.applied, "startup migrations complete");
+                    let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+                    s.done = true;
+                    s.attempts += 1;
+                    s.last_error = None;
+                    break;
+                }
+                Err(e) => {
+                    {
+                        let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+                        s.attempts += 1;
+                        s.last_error = Some(e.to_string());
+                    }
+                    tracing::error!(error = %e, retry_in_ms = pause.as_millis() as u64, "startup migrations failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = stopped(stop_rx.clone()) => {
+                            let _ = server.await;
+                            return ExitCode::SUCCESS;
+                        }
+                    }
+                    pause = (pause * 2).min(std::time::Duration::from_secs(60));
+                }
+            }
+        }
+    }
+    let mut sched = match scheduler::start(Arc::clone(&runner)).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("workerd: configuration error at {e}");
+            return ExitCode::from(shared::config::EXIT_CONFIG as u8);
+        }
+    };
+    tracing::info!("workerd running");
+    let _ = server.await;
+    if let Err(e) = sched.shutdown().await {
+        tracing::warn!(error = %e, "stopping the scheduler");
+    }
+    tracing::info!("workerd stopped");
+    ExitCode::SUCCESS
 }
 
 async fn job(config: &Config, cmd: JobCmd) -> ExitCode {

@@ -193,14 +193,25 @@ pub struct ScheduleError {
     pub source: JobSchedulerError,
 }
 
-/// Schedules every job with a non-empty cron expression and starts the scheduler.
-pub async fn start(runner: Arc<Runner>) -> Result<JobScheduler, ScheduleError> {
-    let sched = JobScheduler::new().await.map_err(|source| ScheduleError {
-        key: "jobs".into(),
-        source,
-    })?;
-    let cfg = &runner.ctx.config.jobs;
-    for (job, key, cron) in [
+/// Checks every non-empty cron expression of `jobs` (at boot, before anything runs).
+pub fn validate(cfg: &shared::config::JobsConfig) -> Result<(), ScheduleError> {
+    for (_, key, cron) in schedules(cfg) {
+        if cron.trim().is_empty() {
+            continue;
+        }
+        Job::new_async(cron.as_str(), |_id, _sched| Box::pin(async {})).map_err(|source| {
+            ScheduleError {
+                key: key.into(),
+                source,
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// Each job with the key and value of its cron setting.
+fn schedules(cfg: &shared::config::JobsConfig) -> [(JobName, &'static str, &String); 7] {
+    [
         (
             JobName::Retention,
             "jobs.retention_cron",
@@ -214,7 +225,23 @@ pub async fn start(runner: Arc<Runner>) -> Result<JobScheduler, ScheduleError> {
             "jobs.compression_cron",
             &cfg.compression_cron,
         ),
-    ] {
+        (
+            JobName::Enrichment,
+            "jobs.enrichment_cron",
+            &cfg.enrichment_cron,
+        ),
+        (JobName::Alerts, "jobs.alerts_cron", &cfg.alerts_cron),
+    ]
+}
+
+/// Schedules every job with a non-empty cron expression and starts the scheduler.
+pub async fn start(runner: Arc<Runner>) -> Result<JobScheduler, ScheduleError> {
+    let sched = JobScheduler::new().await.map_err(|source| ScheduleError {
+        key: "jobs".into(),
+        source,
+    })?;
+    let cfg = &runner.ctx.config.jobs;
+    for (job, key, cron) in schedules(cfg) {
         if cron.trim().is_empty() {
             tracing::info!(job = job.as_str(), "not scheduled (empty cron)");
             continue;

@@ -147,3 +147,56 @@ fn a_bad_cron_expression_is_a_configuration_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("`jobs.sessions_cron`"), "{stderr}");
 }
+
+#[tokio::test]
+async fn waits_for_clickhouse_then_migrates() {
+    let svc = services();
+    let port = free_port();
+    let database = format!("ow_wait{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let d = spawn(
+        &format!("http://127.0.0.1:{port}"),
+        &database,
+        &[
+            ("OVERWATCH__WORKERD__MIGRATE_ON_START", "true"),
+            ("OVERWATCH__KAFKA__BROKERS", &svc.kafka),
+            ("OVERWATCH__KAFKA__TOPIC_PREFIX", &format!("{database}_")),
+        ],
+    );
+    // ClickHouse is not there yet: alive, not ready, retrying.
+    let (status, h) = eventually(
+        "a failed migration attempt",
+        Duration::from_secs(30),
+        || async {
+            let (status, h) = health(&d).await?;
+            (h["components"]["migrations"]["attempts"].as_u64()? >= 1).then_some((status, h))
+        },
+    )
+    .await;
+    assert_eq!(status, 503);
+    assert_eq!(h["components"]["migrations"]["status"], "pending");
+    assert!(h["components"]["migrations"]["last_error"].is_string());
+    let live = reqwest::get(format!("http://127.0.0.1:{}/health/live", d.port))
+        .await
+        .expect("live");
+    assert_eq!(live.status(), 200);
+
+    // ClickHouse comes up on that port: the retry migrates and workerd turns ready.
+    let ch = shared::testkit::ClickHouse::start_at(&svc, port);
+    eventually(
+        "workerd to become ready",
+        Duration::from_secs(60),
+        || async {
+            let (status, h) = health(&d).await?;
+            (status == 200 && h["components"]["migrations"]["status"] == "done").then_some(())
+        },
+    )
+    .await;
+    let client = clickhouse::Client::default().with_url(ch.url());
+    let tables: Vec<String> = client
+        .query("SELECT name FROM system.tables WHERE database = ?")
+        .bind(&database)
+        .fetch_all()
+        .await
+        .expect("tables");
+    assert!(tables.contains(&"events".to_string()), "{tables:?}");
+}
