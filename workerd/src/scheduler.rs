@@ -326,23 +326,33 @@ mod tests {
 
     #[tokio::test]
     async fn failures_back_off_exponentially_and_reset_on_success() {
-        let r = runner();
+        let r = runner(); // backoff 50 ms, doubling, at most 200 ms
         let fail = || async { Err(JobError::Invalid("ClickHouse is down".into())) };
         assert!(matches!(
             r.guarded("retention", fail).await,
             Tick::Ran(Err(_))
         ));
-        // Within the 50 ms backoff: skipped, not run.
+        // Right after a failure: skipped, not run.
         assert_eq!(r.guarded("retention", fail).await, Tick::SkippedBackoff);
+        // Past the first backoff (50 ms) it runs again; the second failure waits 100 ms.
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert!(matches!(
             r.guarded("retention", fail).await,
             Tick::Ran(Err(_))
         ));
-        // Second failure: 100 ms.
-        tokio::time::sleep(Duration::from_millis(60)).await;
+        let until = r
+            .state("retention")
+            .blocked_until
+            .lock()
+            .expect("lock")
+            .expect("blocked");
+        let wait = until.saturating_duration_since(Instant::now());
+        assert!(
+            wait > Duration::from_millis(60) && wait <= Duration::from_millis(100),
+            "{wait:?}"
+        );
         assert_eq!(r.guarded("retention", fail).await, Tick::SkippedBackoff);
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(110)).await;
         assert_eq!(
             r.guarded("retention", || async { ok() }).await,
             Tick::Ran(Ok(0))
