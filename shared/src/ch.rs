@@ -12,6 +12,34 @@ pub fn client(cfg: &ClickHouseConfig) -> clickhouse::Client {
         .with_password(cfg.password.clone())
 }
 
+/// Appends an entry to `<database>.audit_log`.
+pub async fn audit(
+    client: &clickhouse::Client,
+    database: &str,
+    actor: &str,
+    action: &str,
+    tenant: Option<uuid::Uuid>,
+    target: &str,
+    detail: &serde_json::Value,
+) -> Result<(), clickhouse::error::Error> {
+    client
+        .query(&format!(
+            "INSERT INTO {}.{} (at, actor, action, tenant_id, target, detail) \
+             VALUES (now64(3), ?, ?, ?, ?, ?)",
+            ident(database),
+            ident("audit_log")
+        ))
+        .bind(actor)
+        .bind(action)
+        .bind(tenant.map(|t| t.to_string()))
+        .bind(target)
+        .bind(detail.to_string())
+        .execute()
+        .await?;
+    tracing::info!(action, target, actor, "audited");
+    Ok(())
+}
+
 /// Quotes an identifier for ClickHouse SQL (backticks, escaped).
 pub fn ident(name: &str) -> String {
     format!("`{}`", name.replace('\\', "\\\\").replace('`', "\\`"))

@@ -422,7 +422,7 @@ impl Config {
             ));
         }
         for (i, cidr) in g.trusted_proxies.iter().enumerate() {
-            if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {
+            if parse_net(cidr).is_none() {
                 return Err(ConfigError::new(
                     format!("gateway.trusted_proxies[{i}]"),
                     format!("`{cidr}` is not an IP address or CIDR"),
@@ -579,6 +579,13 @@ impl Config {
             .map(|t| t.topic(&self.kafka.topic_prefix))
             .collect()
     }
+}
+
+/// An IP network from a CIDR (`10.0.0.0/8`) or a single address (`127.0.0.1`).
+pub fn parse_net(s: &str) -> Option<ipnet::IpNet> {
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
 fn positive(key: &str, v: u64) -> Result<(), ConfigError> {

@@ -6,6 +6,7 @@
 //! change is an insert of the new version.
 
 use serde::Deserialize;
+use time::OffsetDateTime;
 
 use crate::ch::ident;
 
@@ -49,4 +50,46 @@ pub async fn load(
         ))
         .fetch_all::<KeyRecord>()
         .await
+}
+
+/// Quotas are monthly (UTC): the start of the month of `t` and of the next one.
+pub fn month_bounds(t: OffsetDateTime) -> (OffsetDateTime, OffsetDateTime) {
+    let start = t
+        .replace_day(1)
+        .map(|d| d.replace_time(time::Time::MIDNIGHT))
+        .unwrap_or(t);
+    let (y, m) = if start.month() == time::Month::December {
+        (start.year() + 1, time::Month::January)
+    } else {
+        (start.year(), start.month().next())
+    };
+    let next = start
+        .replace_year(y)
+        .and_then(|d| d.replace_month(m))
+        .unwrap_or(start);
+    (start, next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn months() {
+        assert_eq!(
+            month_bounds(datetime!(2024-02-29 13:14 UTC)),
+            (
+                datetime!(2024-02-01 0:00 UTC),
+                datetime!(2024-03-01 0:00 UTC)
+            )
+        );
+        assert_eq!(
+            month_bounds(datetime!(2024-12-31 23:59 UTC)),
+            (
+                datetime!(2024-12-01 0:00 UTC),
+                datetime!(2025-01-01 0:00 UTC)
+            )
+        );
+    }
 }

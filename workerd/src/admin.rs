@@ -118,7 +118,7 @@ impl KeySpec {
             }
         }
         for c in &self.ip_allowlist {
-            if c.parse::<ipnet::IpNet>().is_err() && c.parse::<std::net::IpAddr>().is_err() {
+            if shared::config::parse_net(c).is_none() {
                 return Err(AdminError::Invalid(format!(
                     "`{c}` is not an IP address or CIDR"
                 )));
@@ -140,20 +140,16 @@ impl Admin {
         target: &str,
         detail: serde_json::Value,
     ) -> Result<(), AdminError> {
-        self.client
-            .query(&format!(
-                "INSERT INTO {} (at, actor, action, tenant_id, target, detail) \
-                 VALUES (now64(3), ?, ?, ?, ?, ?)",
-                self.table("audit_log")
-            ))
-            .bind(&self.actor)
-            .bind(action)
-            .bind(tenant.map(|t| t.to_string()))
-            .bind(target)
-            .bind(detail.to_string())
-            .execute()
-            .await?;
-        tracing::info!(action, target, actor = %self.actor, "audited");
+        shared::ch::audit(
+            &self.client,
+            &self.database,
+            &self.actor,
+            action,
+            tenant,
+            target,
+            &detail,
+        )
+        .await?;
         Ok(())
     }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use hyper::header::{HeaderMap, AUTHORIZATION};
 use sha2::{Digest, Sha256};
-use shared::config::{Config, StaticKey, Tier};
+use shared::config::{parse_net, Config, StaticKey, Tier};
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -96,13 +96,7 @@ fn parse_digest(hex_digest: &str) -> Option<[u8; 32]> {
 }
 
 fn parse_nets(list: &[String]) -> Vec<ipnet::IpNet> {
-    list.iter()
-        .filter_map(|s| {
-            s.parse::<ipnet::IpNet>()
-                .ok()
-                .or_else(|| s.parse::<IpAddr>().ok().map(ipnet::IpNet::from))
-        })
-        .collect()
+    list.iter().filter_map(|s| parse_net(s)).collect()
 }
 
 /// Where a snapshot stands, for `/health`.

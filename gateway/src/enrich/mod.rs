@@ -29,11 +29,7 @@ impl Enricher {
             .gateway
             .trusted_proxies
             .iter()
-            .filter_map(|s| {
-                s.parse::<ipnet::IpNet>()
-                    .ok()
-                    .or_else(|| s.parse::<IpAddr>().ok().map(ipnet::IpNet::from))
-            })
+            .filter_map(|s| shared::config::parse_net(s))
             .collect();
         Ok(Enricher {
             inner: shared::enrich::Enricher::new(cfg)?,

@@ -87,15 +87,8 @@ pub async fn handle(
 
 /// Seconds until the next calendar month (UTC), when monthly quotas reset.
 fn secs_to_next_month(now: time::OffsetDateTime) -> u64 {
-    let (y, m) = if now.month() == time::Month::December {
-        (now.year() + 1, time::Month::January)
-    } else {
-        (now.year(), now.month().next())
-    };
-    time::Date::from_calendar_date(y, m, 1)
-        .map(|d| d.midnight().assume_utc())
-        .map(|next| (next - now).whole_seconds().max(1) as u64)
-        .unwrap_or(3600)
+    let (_, next) = shared::keys::month_bounds(now);
+    (next - now).whole_seconds().max(1) as u64
 }
 
 #[cfg(test)]

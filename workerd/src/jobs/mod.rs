@@ -153,18 +153,17 @@ impl JobContext {
         tenant: Option<Uuid>,
         detail: serde_json::Value,
     ) -> Result<(), JobError> {
-        self.client
-            .query(&format!(
-                "INSERT INTO {} (at, actor, action, tenant_id, target, detail) \
-                 VALUES (now64(3), 'workerd', ?, ?, ?, ?)",
-                self.table("audit_log")
-            ))
-            .bind(action)
-            .bind(tenant.map(|t| t.to_string()))
-            .bind(tenant.map_or_else(|| "*".to_string(), |t| t.to_string()))
-            .bind(detail.to_string())
-            .execute()
-            .await?;
+        let target = tenant.map_or_else(|| "*".to_string(), |t| t.to_string());
+        shared::ch::audit(
+            &self.client,
+            &self.config.clickhouse.database,
+            "workerd",
+            action,
+            tenant,
+            &target,
+            &detail,
+        )
+        .await?;
         Ok(())
     }
 }

@@ -12,23 +12,7 @@ use uuid::Uuid;
 
 use super::{ms, JobContext, JobError, JobReport};
 
-/// Start of the month of `t` and of the next one.
-pub fn month_bounds(t: OffsetDateTime) -> (OffsetDateTime, OffsetDateTime) {
-    let start = t
-        .replace_day(1)
-        .map(|d| d.replace_time(time::Time::MIDNIGHT))
-        .unwrap_or(t);
-    let (y, m) = if start.month() == time::Month::December {
-        (start.year() + 1, time::Month::January)
-    } else {
-        (start.year(), start.month().next())
-    };
-    let next = start
-        .replace_year(y)
-        .and_then(|d| d.replace_month(m))
-        .unwrap_or(start);
-    (start, next)
-}
+pub use shared::keys::month_bounds;
 
 pub async fn run(
     ctx: &JobContext,
@@ -83,28 +67,4 @@ pub async fn run(
         rows_affected: over.len() as u64,
         detail: json!({"month_start_ms": ms(start), "over_quota": over, "over_80_percent": warned}),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use time::macros::datetime;
-
-    #[test]
-    fn months() {
-        assert_eq!(
-            month_bounds(datetime!(2024-02-29 13:14 UTC)),
-            (
-                datetime!(2024-02-01 0:00 UTC),
-                datetime!(2024-03-01 0:00 UTC)
-            )
-        );
-        assert_eq!(
-            month_bounds(datetime!(2024-12-31 23:59 UTC)),
-            (
-                datetime!(2024-12-01 0:00 UTC),
-                datetime!(2025-01-01 0:00 UTC)
-            )
-        );
-    }
 }
