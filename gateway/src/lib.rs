@@ -8,6 +8,7 @@ pub mod ingest;
 pub mod ratelimit;
 pub mod server;
 pub mod sink;
+pub mod telemetry;
 
 pub use server::{serve, App};
 

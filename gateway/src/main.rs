@@ -22,7 +22,7 @@ async fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    shared::telemetry::init(&config.log);
+    let telemetry = shared::telemetry::init(&config.log, &config.telemetry, "gateway");
     let listener = match tokio::net::TcpListener::bind(config.gateway.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -42,11 +42,13 @@ async fn main() -> ExitCode {
         Ok(addr) => tracing::info!(%addr, brokers = %app.config.kafka.brokers, "gateway listening"),
         Err(e) => tracing::warn!(error = %e, "gateway listening (address unknown)"),
     }
-    match gateway::serve(listener, app, gateway::shutdown_signal()).await {
+    let code = match gateway::serve(listener, app, gateway::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "server failed");
             ExitCode::from(1)
         }
-    }
+    };
+    telemetry.shutdown();
+    code
 }

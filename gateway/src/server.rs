@@ -51,6 +51,7 @@ pub enum StartError {
 
 impl App {
     pub fn new(config: Config) -> Result<App, StartError> {
+        shared::metrics::install();
         let sink = Arc::new(Sink::new(&config)?);
         Ok(App {
             enricher: Enricher::new(&config)?,
@@ -97,7 +98,7 @@ async fn route(
     let method = req.method().clone();
     let allowed: &[Method] = match path.as_str() {
         "/ingest" => &[Method::POST, Method::OPTIONS],
-        "/health" | "/health/live" | "/health/ready" => &[Method::GET, Method::HEAD],
+        "/health" | "/health/live" | "/health/ready" | "/metrics" => &[Method::GET, Method::HEAD],
         _ => return Err(ApiError::NotFound(path)),
     };
     if !allowed.contains(&method) {
@@ -112,6 +113,7 @@ async fn route(
             crate::ingest::handle(app, req, rid, peer).await
         }
         "/health/live" => Ok(json_response(StatusCode::OK, json!({"status": "ok"}))),
+        "/metrics" => Ok(metrics_response(app)),
         "/health/ready" => Ok(if app.ready() {
             json_response(StatusCode::OK, json!({"status": "ready"}))
         } else {
@@ -145,6 +147,25 @@ async fn route(
             ))
         }
     }
+}
+
+/// `GET /metrics`: refreshes the gauges read at scrape time, then renders.
+fn metrics_response(app: &App) -> Response<Full<Bytes>> {
+    let st = app.keys.status();
+    crate::telemetry::ScrapeState {
+        ready: app.ready(),
+        broker_up: app.sink.broker_up(),
+        in_flight: app.sink.in_flight(),
+        keys: st.keys,
+        snapshot_age: st.age,
+    }
+    .emit();
+    let mut resp = Response::new(Full::new(Bytes::from(shared::metrics::render())));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(shared::metrics::CONTENT_TYPE),
+    );
+    resp
 }
 
 fn keys_report(keys: &KeyStore) -> serde_json::Value {
@@ -215,7 +236,10 @@ async fn handle(
     peer: SocketAddr,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let rid = request_id(&req);
-    let span = tracing::info_span!("request", request_id = %rid, method = %req.method(), path = %req.uri().path());
+    let label = crate::telemetry::route_label(req.uri().path());
+    let span =
+        tracing::info_span!("request", request_id = %rid, method = %req.method(), route = label);
+    shared::telemetry::set_remote_parent(&span, req.headers());
     async {
         let started = Instant::now();
         let origin = (req.uri().path() == "/ingest")
@@ -224,12 +248,7 @@ async fn handle(
         let mut resp = match route(&app, req, &rid, peer).await {
             Ok(r) => r,
             Err(e) => {
-                let status = e.status();
-                if status.is_server_error() {
-                    tracing::warn!(code = e.code(), error = %e, "request failed");
-                } else {
-                    tracing::debug!(code = e.code(), error = %e, "request rejected");
-                }
+                crate::telemetry::log_refusal(&e);
                 e.into_response(&rid, app.config.gateway.retry_after_secs)
             }
         };
@@ -237,11 +256,12 @@ async fn handle(
             resp.headers_mut().insert(X_REQUEST_ID, v);
         }
         add_cors(&app, origin.as_ref(), &mut resp);
-        tracing::debug!(
-            status = resp.status().as_u16(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "done"
-        );
+        crate::telemetry::RequestDone {
+            route: label,
+            status: resp.status().as_u16(),
+            elapsed: started.elapsed(),
+        }
+        .emit();
         Ok(resp)
     }
     .instrument(span)
@@ -260,6 +280,14 @@ pub async fn serve(
     let key_refresh = app
         .keys
         .spawn_refresh(Duration::from_millis(app.config.auth.refresh_interval_ms));
+    let snapshots = (app.config.telemetry.snapshot_interval_secs > 0).then(|| {
+        shared::metrics::spawn_snapshots(
+            shared::ch::client(&app.config.clickhouse),
+            &app.config.clickhouse.database,
+            "gateway",
+            Duration::from_secs(app.config.telemetry.snapshot_interval_secs),
+        )
+    });
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -300,6 +328,9 @@ pub async fn serve(
     }
     probe.abort();
     key_refresh.abort();
+    if let Some(s) = snapshots {
+        s.abort();
+    }
     let sink = Arc::clone(&app.sink);
     let flushed = tokio::task::spawn_blocking(move || sink.flush(timeout)).await;
     match flushed {

@@ -65,6 +65,16 @@ fn gateway_names_the_offending_key() {
             vec![("OVERWATCH__KAFKA__TOPIC_PREFIX", "bad prefix!")],
             "kafka.topic_prefix",
         ),
+        (
+            vec![],
+            vec![("OVERWATCH__TELEMETRY__SAMPLING_RATIO", "1.5")],
+            "telemetry.sampling_ratio",
+        ),
+        (
+            vec![],
+            vec![("OVERWATCH__TELEMETRY__OTLP_ENDPOINT", "collector:4317")],
+            "telemetry.otlp_endpoint",
+        ),
         (vec![], vec![("OVERWATCH__NOPE__KEY", "1")], "nope"),
     ];
     for (args, env, key) in cases {

@@ -32,6 +32,7 @@ pub struct Config {
     pub workerd: WorkerdConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -319,6 +320,22 @@ pub struct LogConfig {
     pub level: String,
 }
 
+/// Metrics snapshots, librdkafka statistics and OpenTelemetry export.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP collector base URL (e.g. `http://otel-collector:4318`); empty = off.
+    pub otlp_endpoint: String,
+    /// Fraction of new traces kept (0.0 … 1.0); an incoming sampled parent is honoured.
+    pub sampling_ratio: f64,
+    /// `service.name` of exported spans; empty = the binary's name.
+    pub service_name: String,
+    /// How often metrics are written into `internal_metrics` (0 = never).
+    pub snapshot_interval_secs: u64,
+    /// librdkafka statistics interval feeding the producer metrics (0 = off).
+    pub kafka_statistics_interval_ms: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -428,6 +445,20 @@ impl Config {
                     format!("`{cidr}` is not an IP address or CIDR"),
                 ));
             }
+        }
+        let t = &self.telemetry;
+        if !(0.0..=1.0).contains(&t.sampling_ratio) {
+            return Err(ConfigError::new(
+                "telemetry.sampling_ratio",
+                "must be between 0.0 and 1.0",
+            ));
+        }
+        let url = &t.otlp_endpoint;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(ConfigError::new(
+                "telemetry.otlp_endpoint",
+                "must be an http:// or https:// URL (OTLP over HTTP), or empty",
+            ));
         }
         let e = &self.enrichment;
         positive("enrichment.ua_cache_size", e.ua_cache_size as u64)?;

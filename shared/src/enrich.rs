@@ -206,8 +206,12 @@ impl Enricher {
             return Arc::new(UaInfo::default());
         }
         if let Some(hit) = self.cache().get(ua) {
+            metrics::counter!(crate::metrics::ENRICH_CACHE_LOOKUPS, "cache" => "ua", "result" => "hit")
+                .increment(1);
             return hit;
         }
+        metrics::counter!(crate::metrics::ENRICH_CACHE_LOOKUPS, "cache" => "ua", "result" => "miss")
+            .increment(1);
         let info = Arc::new(self.parse_ua(ua));
         self.cache().insert(ua, Arc::clone(&info));
         info

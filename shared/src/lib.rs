@@ -8,6 +8,7 @@ pub mod enrich;
 pub mod event;
 pub mod kafka;
 pub mod keys;
+pub mod metrics;
 pub mod schema;
 pub mod telemetry;
 #[cfg(feature = "testkit")]

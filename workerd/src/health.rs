@@ -1,5 +1,6 @@
-//! workerd's HTTP endpoint: `/health/live`, `/health/ready` (ClickHouse answers)
-//! and `/health` (component report).
+//! workerd's HTTP endpoint: `/health/live`, `/health/ready` (ClickHouse answers
+//! and startup migrations are done), `/health` (component report) and `/metrics`
+//! (Prometheus text).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -57,6 +58,20 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(match req.uri().path() {
         "/health/live" => reply(StatusCode::OK, json!({"status": "ok"})),
+        "/metrics" => {
+            let ch = h.clickhouse_up().await.is_ok();
+            let migrated = h
+                .migrations
+                .as_ref()
+                .is_none_or(|m| m.lock().unwrap_or_else(|e| e.into_inner()).done);
+            crate::telemetry::clickhouse_up(ch, ch && migrated);
+            let mut r = Response::new(Full::new(Bytes::from(shared::metrics::render())));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(shared::metrics::CONTENT_TYPE),
+            );
+            r
+        }
         "/health/ready" | "/health" => {
             let ch = h.clickhouse_up().await;
             let migrations = h
@@ -65,6 +80,7 @@ async fn handle(
                 .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).clone());
             let migrated = migrations.as_ref().is_none_or(|m| m.done);
             let ok = ch.is_ok() && migrated;
+            crate::telemetry::clickhouse_up(ch.is_ok(), ok);
             let status = if ok {
                 StatusCode::OK
             } else {

@@ -1,4 +1,4 @@
-//! workerd as a library: migrations now; admin commands and scheduled jobs later.
+//! workerd as a library: migrations, admin commands, scheduled jobs, notifications.
 //! `main.rs` parses the command line and calls into here.
 
 pub mod admin;
@@ -8,3 +8,4 @@ pub mod jobs;
 pub mod migrate;
 pub mod notify;
 pub mod scheduler;
+pub mod telemetry;

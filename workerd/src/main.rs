@@ -178,15 +178,17 @@ async fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    shared::telemetry::init(&config.log);
-    match args.command {
+    let telemetry = shared::telemetry::init(&config.log, &config.telemetry, "workerd");
+    let code = match args.command {
         Command::Migrate => migrate(&config).await,
         Command::Run => run(config).await,
         Command::Job { cmd } => job(&config, cmd).await,
         Command::Backfill { cmd } => backfill(&config, cmd).await,
         Command::Tenant { cmd } => report(tenant(&admin_for(&config), cmd).await),
         Command::Key { cmd } => report(key(&admin_for(&config), cmd).await),
-    }
+    };
+    telemetry.shutdown();
+    code
 }
 
 /// `workerd run`: serve /health at once; run the startup migrations, retrying
@@ -204,6 +206,7 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    shared::metrics::install();
     let mut runner = Runner::new(Arc::new(JobContext {
         client: shared::ch::client(&config.clickhouse),
         config: config.clone(),
@@ -272,7 +275,18 @@ async fn run(config: Config) -> ExitCode {
         }
     };
     tracing::info!("workerd running");
+    let snapshots = (config.telemetry.snapshot_interval_secs > 0).then(|| {
+        shared::metrics::spawn_snapshots(
+            shared::ch::client(&config.clickhouse),
+            &config.clickhouse.database,
+            "workerd",
+            std::time::Duration::from_secs(config.telemetry.snapshot_interval_secs),
+        )
+    });
     let _ = server.await;
+    if let Some(s) = snapshots {
+        s.abort();
+    }
     if let Err(e) = sched.shutdown().await {
         tracing::warn!(error = %e, "stopping the scheduler");
     }

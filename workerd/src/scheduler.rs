@@ -18,6 +18,7 @@ use serde_json::json;
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 
 use crate::jobs::{self, JobContext, JobError, JobName, JobReport};
+use crate::telemetry::JobFinished;
 
 /// What one tick did.
 #[derive(Debug, Clone, PartialEq)]
@@ -119,11 +120,13 @@ impl Runner {
         {
             st.skipped.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(job = name, "skipped: backing off after failures");
+            self.skipped(name, &st, "skipped_backoff");
             return Tick::SkippedBackoff;
         }
         if st.running.swap(true, Ordering::AcqRel) {
             st.skipped.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(job = name, "skipped: the previous run is still going");
+            self.skipped(name, &st, "skipped_overlap");
             return Tick::SkippedOverlap;
         }
         let _running = Running(&st.running);
@@ -139,6 +142,14 @@ impl Runner {
                     "status": "ok", "rows_affected": report.rows_affected,
                     "finished_at_ms": jobs::ms(finished), "elapsed_ms": started.elapsed().as_millis() as u64,
                 }));
+                JobFinished {
+                    job: name,
+                    outcome: "success",
+                    elapsed: Some(started.elapsed()),
+                    rows: report.rows_affected,
+                    consecutive_failures: 0,
+                }
+                .emit();
                 Tick::Ran(Ok(report.rows_affected))
             }
             Err(e) => {
@@ -156,9 +167,28 @@ impl Runner {
                     "status": "failed", "error": msg,
                     "finished_at_ms": jobs::ms(finished), "retry_in_ms": wait.as_millis() as u64,
                 }));
+                JobFinished {
+                    job: name,
+                    outcome: "failure",
+                    elapsed: Some(started.elapsed()),
+                    rows: 0,
+                    consecutive_failures: n,
+                }
+                .emit();
                 Tick::Ran(Err(msg))
             }
         }
+    }
+
+    fn skipped(&self, name: &str, st: &JobState, outcome: &'static str) {
+        JobFinished {
+            job: name,
+            outcome,
+            elapsed: None,
+            rows: 0,
+            consecutive_failures: st.consecutive_failures.load(Ordering::Relaxed),
+        }
+        .emit();
     }
 
     /// Per-job counters and the last run, for `/health`.

@@ -14,6 +14,8 @@ use hyper::header::{HeaderValue, CONTENT_TYPE, ORIGIN, USER_AGENT};
 use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
 
+use shared::config::Tier;
+
 use crate::error::ApiError;
 use crate::server::App;
 
@@ -23,11 +25,38 @@ struct Accepted<'a> {
     request_id: &'a str,
 }
 
+/// What is known about a request when it fails, for its rejection metrics.
+#[derive(Default)]
+struct Seen {
+    tier: Option<Tier>,
+    events: Option<usize>,
+}
+
 pub async fn handle(
     app: &App,
     req: Request<Incoming>,
     request_id: &str,
     peer: SocketAddr,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let mut seen = Seen::default();
+    let result = accept(app, req, request_id, peer, &mut seen).await;
+    if let Err(error) = &result {
+        crate::telemetry::IngestRejected {
+            error,
+            tier: seen.tier,
+            events: seen.events,
+        }
+        .emit();
+    }
+    result
+}
+
+async fn accept(
+    app: &App,
+    req: Request<Incoming>,
+    request_id: &str,
+    peer: SocketAddr,
+    seen: &mut Seen,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let (parts, body) = req.into_parts();
     let headers = &parts.headers;
@@ -36,6 +65,7 @@ pub async fn handle(
         .keys
         .authenticate(headers, parts.uri.query(), client_ip)?;
     let tenant = who.tenant;
+    seen.tier = Some(who.tier);
     if who.over_quota {
         return Err(ApiError::QuotaExceeded {
             retry_after_secs: secs_to_next_month(time::OffsetDateTime::now_utc()),
@@ -48,8 +78,15 @@ pub async fn handle(
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         crate::auth::sign::verify(headers, &raw, &who.signing_key, now)?;
     }
+    let wire = raw.len();
     let mut buf = decode::decode(raw, encoding, app.config.limits.max_decompressed_bytes)?;
+    crate::telemetry::BodyReceived {
+        wire,
+        decoded: buf.len(),
+    }
+    .emit();
     let batch = model::parse(&mut buf).map_err(ApiError::MalformedBody)?;
+    seen.events = Some(batch.events.len());
     let received_at_ms =
         (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
     let ctx = validate::Context {
@@ -68,10 +105,21 @@ pub async fn handle(
         .check(tenant, who.tier, events.len())
         .map_err(ApiError::RateLimited)?;
     app.sink.send(tenant, &events).await.map_err(|e| {
-        tracing::warn!(%tenant, events = events.len(), error = %e, "events not acknowledged by the broker");
+        crate::telemetry::ProduceFailed {
+            kind: e.kind(),
+            tenant,
+            events: events.len(),
+            error: &e,
+        }
+        .emit();
         ApiError::BrokerUnavailable(e.to_string())
     })?;
-    tracing::debug!(%tenant, events = events.len(), "events accepted");
+    crate::telemetry::EventsAccepted {
+        tenant,
+        tier: who.tier,
+        events: events.len(),
+    }
+    .emit();
     let body = serde_json::to_vec(&Accepted {
         accepted: events.len(),
         request_id,

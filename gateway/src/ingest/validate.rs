@@ -93,13 +93,20 @@ pub struct Context<'r> {
 struct Memo {
     ua: Option<(String, Arc<UaInfo>)>,
     geo: Option<(IpAddr, Arc<GeoInfo>)>,
+    /// Hits and misses (ua, geo), reported once per request.
+    ua_stats: (u64, u64),
+    geo_stats: (u64, u64),
 }
 
 impl Memo {
     fn ua(&mut self, e: &Enricher, ua: &str) -> Arc<UaInfo> {
         match &self.ua {
-            Some((k, v)) if k == ua => Arc::clone(v),
+            Some((k, v)) if k == ua => {
+                self.ua_stats.0 += 1;
+                Arc::clone(v)
+            }
             _ => {
+                self.ua_stats.1 += 1;
                 let v = e.user_agent(ua);
                 self.ua = Some((ua.to_string(), Arc::clone(&v)));
                 v
@@ -109,8 +116,12 @@ impl Memo {
 
     fn geo(&mut self, e: &Enricher, ip: IpAddr) -> Arc<GeoInfo> {
         match &self.geo {
-            Some((k, v)) if *k == ip => Arc::clone(v),
+            Some((k, v)) if *k == ip => {
+                self.geo_stats.0 += 1;
+                Arc::clone(v)
+            }
             _ => {
+                self.geo_stats.1 += 1;
                 let v = Arc::new(e.geo(ip));
                 self.geo = Some((ip, Arc::clone(&v)));
                 v
@@ -151,6 +162,12 @@ pub fn prepare(batch: &Batch<'_>, ctx: &Context<'_>) -> Result<Vec<Outgoing>, Ap
             out.push(o);
         }
     }
+    crate::telemetry::enrich_memo(
+        memo.ua_stats.0,
+        memo.ua_stats.1,
+        memo.geo_stats.0,
+        memo.geo_stats.1,
+    );
     if p.list.is_empty() {
         Ok(out)
     } else {

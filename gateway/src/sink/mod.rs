@@ -16,9 +16,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
+use rdkafka::statistics::Statistics;
 use rdkafka::util::Timeout;
 use shared::config::{Config, PartitionKey};
 use shared::event::EventType;
@@ -38,9 +40,32 @@ pub enum SinkError {
     Canceled,
 }
 
+impl SinkError {
+    /// The `kind` label of the producer error metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkError::Enqueue(_) => "enqueue",
+            SinkError::Delivery(_) => "delivery",
+            SinkError::Timeout(_) => "timeout",
+            SinkError::Canceled => "canceled",
+        }
+    }
+}
+
+/// Feeds librdkafka's periodic statistics into the producer metrics.
+pub struct StatsContext;
+
+impl ClientContext for StatsContext {
+    fn stats(&self, statistics: Statistics) {
+        crate::telemetry::producer_statistics(&statistics);
+    }
+}
+
+type GatewayProducer = FutureProducer<StatsContext>;
+
 struct Current {
     generation: u64,
-    producer: Arc<FutureProducer>,
+    producer: Arc<GatewayProducer>,
 }
 
 pub struct Sink {
@@ -54,9 +79,15 @@ pub struct Sink {
 
 impl Sink {
     pub fn new(cfg: &Config) -> Result<Sink, KafkaError> {
-        let client_config =
+        let mut client_config =
             shared::kafka::producer_config(&cfg.kafka, cfg.gateway.delivery_timeout_ms);
-        let producer: FutureProducer = client_config.create()?;
+        if cfg.telemetry.kafka_statistics_interval_ms > 0 {
+            client_config.set(
+                "statistics.interval.ms",
+                cfg.telemetry.kafka_statistics_interval_ms.to_string(),
+            );
+        }
+        let producer: GatewayProducer = client_config.create_with_context(StatsContext)?;
         Ok(Sink {
             client_config,
             current: RwLock::new(Current {
@@ -74,7 +105,7 @@ impl Sink {
         &self.topics[kind.index()]
     }
 
-    fn producer(&self) -> (u64, Arc<FutureProducer>) {
+    fn producer(&self) -> (u64, Arc<GatewayProducer>) {
         let c = self.current.read().unwrap_or_else(|e| e.into_inner());
         (c.generation, Arc::clone(&c.producer))
     }
@@ -85,7 +116,7 @@ impl Sink {
         if c.generation != generation {
             return;
         }
-        let fresh: FutureProducer = match self.client_config.create() {
+        let fresh: GatewayProducer = match self.client_config.create_with_context(StatsContext) {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "cannot create a replacement producer");
@@ -99,7 +130,7 @@ impl Sink {
         old.purge(PurgeConfig::default().queue().inflight());
         // Dropping a producer may block briefly while librdkafka shuts it down.
         tokio::task::spawn_blocking(move || drop(old));
-        tracing::warn!(generation, "producer replaced after a failed delivery");
+        crate::telemetry::producer_replaced(generation);
     }
 
     /// Produces every event of `tenant` and returns once all are acknowledged.
@@ -118,10 +149,11 @@ impl Sink {
 
     async fn send_with(
         &self,
-        producer: &FutureProducer,
+        producer: &GatewayProducer,
         tenant: Uuid,
         events: &[Outgoing],
     ) -> Result<(), SinkError> {
+        let started = std::time::Instant::now();
         let mut pending = Vec::with_capacity(events.len());
         for e in events {
             let record = FutureRecord::to(self.topic(e.kind)).payload(&e.payload[..]);
@@ -149,7 +181,11 @@ impl Sink {
         // lets its own (more precise) error arrive first.
         let bound = self.delivery_timeout + Duration::from_millis(250);
         match tokio::time::timeout(bound, wait).await {
-            Ok(r) => r,
+            Ok(Ok(())) => {
+                crate::telemetry::delivered(started.elapsed());
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(SinkError::Timeout(bound)),
         }
     }

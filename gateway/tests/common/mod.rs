@@ -1,6 +1,8 @@
 //! Starts the gateway in-process on port 0 against the real local services.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

@@ -59,6 +59,14 @@ pub async fn run(
         let sessions = purge(ctx, "sessions", "session_start", tenant, raw_cutoff).await?;
         let hourly = purge(ctx, "rollups_hourly", "hour", tenant, rollup_cutoff).await?;
         let daily = purge(ctx, "rollups_daily", "day", tenant, rollup_cutoff).await?;
+        for (table, rows) in [
+            ("events", events),
+            ("sessions", sessions),
+            ("rollups_hourly", hourly),
+            ("rollups_daily", daily),
+        ] {
+            crate::telemetry::retention_deleted(tier.as_str(), table, rows);
+        }
         let n = events + sessions + hourly + daily;
         if n > 0 {
             ctx.audit(

@@ -43,7 +43,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn as_str(&self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
             Outcome::Sent => "sent",
             Outcome::Suppressed => "suppressed",
@@ -125,6 +125,7 @@ impl Notifier {
                     tracing::error!(rule = %alert.rule, channel = %ch.name, error = %e, "alert delivery failed")
                 }
             }
+            crate::telemetry::notification(&alert.rule, &ch.name, outcome.as_str());
             if let Err(e) = self.record(alert, &ch.name, &outcome).await {
                 tracing::error!(error = %e, "cannot write notifications_log");
             }

@@ -1,0 +1,419 @@
+//! Black-box observability: the built binary's `/metrics` counts exactly what it
+//! accepted and passes `promtool check metrics`; SIGTERM under load loses no
+//! acknowledged event and exits 0; an OTLP receiver on loopback gets the span of
+//! an ingest request, carrying its request id, and JSON logs carry it too.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::event;
+use common::process::{metric_sum, GatewayProcess};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::Message;
+use shared::testkit::services;
+use uuid::Uuid;
+
+const TYPES: [&str; 5] = ["pageview", "click", "scroll", "performance", "custom"];
+
+fn batch(n: usize, session: Uuid) -> (Vec<String>, serde_json::Value) {
+    let events: Vec<serde_json::Value> = (0..n).map(|i| event(TYPES[i % 5], i, session)).collect();
+    let ids = events
+        .iter()
+        .map(|e| e["id"].as_str().expect("id").to_string())
+        .collect();
+    (ids, serde_json::json!({ "events": events }))
+}
+
+async fn scrape(url: &str) -> String {
+    let r = reqwest::get(format!("{url}/metrics"))
+        .await
+        .expect("scrape");
+    assert_eq!(r.status(), 200);
+    let ct = r.headers()["content-type"]
+        .to_str()
+        .expect("ct")
+        .to_string();
+    assert!(ct.starts_with("text/plain"), "{ct}");
+    r.text().await.expect("body")
+}
+
+async fn post(gw: &GatewayProcess, body: &serde_json::Value) -> reqwest::Result<reqwest::Response> {
+    reqwest::Client::new()
+        .post(format!("{}/ingest", gw.url))
+        .bearer_auth(gw.key())
+        .json(body)
+        .send()
+        .await
+}
+
+/// `promtool check metrics` on `exposition`: promtool comes with `make provision`.
+fn promtool_check(exposition: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is required (make provision installs it)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(exposition.as_bytes())
+        .expect("write exposition");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n--- exposition ---\n{exposition}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_events_counter_rises_by_exactly_what_was_accepted() {
+    let svc = services();
+    let cfg = shared::testkit::config(&svc);
+    shared::testkit::create_topics(&cfg, 2).await;
+    let gw = GatewayProcess::start(&cfg, "[telemetry]\nsnapshot_interval_secs = 0\n").await;
+    let before = scrape(&gw.url).await;
+    let accepted = |text: &str| metric_sum(text, "overwatch_events_accepted_total", &[]);
+    let session = Uuid::new_v4();
+    let mut sent = 0;
+    for n in [50usize, 50, 37] {
+        let (_, body) = batch(n, session);
+        let r = post(&gw, &body).await.expect("post");
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+        sent += n;
+    }
+    // A refused batch (5 events, one invalid) counts as rejected, not accepted.
+    let (_, mut bad) = batch(5, session);
+    bad["events"][2]["timestamp"] = "yesterday".into();
+    assert_eq!(post(&gw, &bad).await.expect("post").status(), 422);
+    let unauthorized = reqwest::Client::new()
+        .post(format!("{}/ingest", gw.url))
+        .bearer_auth(format!("{}:wrong", gw.tenant))
+        .json(&bad)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(unauthorized.status(), 401);
+
+    let after = scrape(&gw.url).await;
+    assert_eq!(accepted(&after) - accepted(&before), sent as f64);
+    assert_eq!(
+        metric_sum(
+            &after,
+            "overwatch_events_accepted_total",
+            &[("tier", "paid")]
+        ),
+        sent as f64
+    );
+    assert_eq!(
+        metric_sum(
+            &after,
+            "overwatch_events_rejected_total",
+            &[("reason", "validation_failed"), ("tier", "paid")]
+        ),
+        5.0
+    );
+    assert_eq!(
+        metric_sum(
+            &after,
+            "overwatch_ingest_rejections_total",
+            &[("reason", "unauthorized"), ("tier", "unknown")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_sum(
+            &after,
+            "overwatch_http_requests_total",
+            &[("route", "/ingest"), ("status", "200")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric_sum(
+            &after,
+            "overwatch_http_request_duration_seconds_count",
+            &[("route", "/ingest")]
+        ),
+        5.0
+    );
+    // The roadmap's eleven latency buckets, 1 ms … 10 s, plus +Inf.
+    let buckets: Vec<String> = shared::metrics::parse_exposition(&after)
+        .into_iter()
+        .filter(|s| s.name == "overwatch_http_request_duration_seconds_bucket")
+        .filter(|s| s.labels.iter().any(|(k, v)| k == "route" && v == "/ingest"))
+        .filter_map(|s| {
+            s.labels
+                .into_iter()
+                .find(|(k, _)| k == "le")
+                .map(|(_, v)| v)
+        })
+        .collect();
+    assert_eq!(buckets.len(), 12, "{buckets:?}");
+    assert_eq!(buckets.first().map(String::as_str), Some("0.001"));
+    assert!(metric_sum(&after, "overwatch_ingest_received_bytes_total", &[]) > 0.0);
+    assert!(
+        metric_sum(
+            &after,
+            "overwatch_producer_delivery_duration_seconds_count",
+            &[]
+        ) >= 3.0
+    );
+    assert_eq!(metric_sum(&after, "overwatch_broker_up", &[]), 1.0);
+    assert_eq!(metric_sum(&after, "overwatch_ready", &[]), 1.0);
+    // One user agent per batch: three shared-cache lookups at most, memo hits for the rest.
+    assert!(
+        metric_sum(
+            &after,
+            "overwatch_enrich_cache_lookups_total",
+            &[("cache", "ua_request"), ("result", "hit")]
+        ) >= (sent - 3) as f64
+    );
+    promtool_check(&after);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_statistics_reach_metrics() {
+    let svc = services();
+    let cfg = shared::testkit::config(&svc);
+    shared::testkit::create_topics(&cfg, 2).await;
+    let gw = GatewayProcess::start(
+        &cfg,
+        "[telemetry]\nsnapshot_interval_secs = 0\nkafka_statistics_interval_ms = 100\n",
+    )
+    .await;
+    let (_, body) = batch(10, Uuid::new_v4());
+    assert_eq!(post(&gw, &body).await.expect("post").status(), 200);
+    let text =
+        shared::testkit::eventually("librdkafka statistics", Duration::from_secs(10), || async {
+            let t = scrape(&gw.url).await;
+            (t.contains("overwatch_producer_queue_messages")
+                && t.contains("overwatch_producer_broker_rtt_seconds"))
+            .then_some(t)
+        })
+        .await;
+    promtool_check(&text);
+}
+
+/// Consumes every event topic of `cfg` from the start until all of `want` were
+/// seen (or 60 s pass); returns the ids seen.
+async fn ids_on_topics(cfg: &shared::Config, want: &HashSet<String>) -> HashSet<String> {
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &cfg.kafka.brokers)
+        .set("group.id", format!("sigterm-test-{}", Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    let topics = cfg.topics();
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics).expect("subscribe");
+    let mut seen = HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !want.is_subset(&seen) && tokio::time::Instant::now() < deadline {
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await {
+            let v: serde_json::Value =
+                serde_json::from_slice(m.payload().expect("payload")).expect("json");
+            seen.insert(v["id"].as_str().expect("id").to_string());
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_loses_no_acknowledged_event_and_exits_zero() {
+    let svc = services();
+    let cfg = shared::testkit::config(&svc);
+    shared::testkit::create_topics(&cfg, 2).await;
+    let mut gw = GatewayProcess::start(&cfg, "[telemetry]\nsnapshot_interval_secs = 0\n").await;
+    let acked: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let statuses: Arc<Mutex<Vec<u16>>> = Arc::default();
+    let mut loaders = Vec::new();
+    for _ in 0..4 {
+        let (acked, stop, statuses) =
+            (Arc::clone(&acked), Arc::clone(&stop), Arc::clone(&statuses));
+        let (url, key) = (gw.url.clone(), gw.key());
+        loaders.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let session = Uuid::new_v4();
+            while !stop.load(Ordering::Relaxed) {
+                let (ids, body) = batch(20, session);
+                match client
+                    .post(format!("{url}/ingest"))
+                    .bearer_auth(&key)
+                    .json(&body)
+                    .send()
+                    .await
+                {
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        statuses.lock().expect("statuses").push(status);
+                        if status == 200 {
+                            acked.lock().expect("acked").extend(ids);
+                        }
+                    }
+                    // The listener closed: the gateway is going away.
+                    Err(_) => break,
+                }
+            }
+        }));
+    }
+    // SIGTERM in the middle of the load: once 400 events were acknowledged.
+    shared::testkit::eventually("400 acknowledged events", Duration::from_secs(60), || {
+        let n = acked.lock().expect("acked").len();
+        async move { (n >= 400).then_some(()) }
+    })
+    .await;
+    gw.terminate();
+    let status = gw.wait(Duration::from_secs(30)).await;
+    stop.store(true, Ordering::Relaxed);
+    for l in loaders {
+        l.await.expect("loader");
+    }
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status; stderr:\n{}",
+        gw.stderr_text()
+    );
+    let stderr = gw.stderr_text();
+    assert!(stderr.contains("producer flushed"), "{stderr}");
+    let acked = acked.lock().expect("acked").clone();
+    let seen = ids_on_topics(&cfg, &acked).await;
+    let lost: Vec<&String> = acked.difference(&seen).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged events are not on the broker",
+        lost.len(),
+        acked.len()
+    );
+    // Every answer was a success or a clear 503 (never a 5xx of another kind).
+    let statuses = statuses.lock().expect("statuses").clone();
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 503),
+        "{statuses:?}"
+    );
+}
+
+/// A loopback OTLP/HTTP receiver: keeps every `POST /v1/traces` body.
+async fn otlp_receiver() -> (String, Arc<Mutex<Vec<Vec<u8>>>>) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let bodies: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let store = Arc::clone(&bodies);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let store = Arc::clone(&store);
+                        async move {
+                            let path = req.uri().path().to_string();
+                            let body = req.into_body().collect().await?.to_bytes();
+                            if path == "/v1/traces" {
+                                store.lock().expect("bodies").push(body.to_vec());
+                            }
+                            Ok::<_, hyper::Error>(hyper::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::new(),
+                            )))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (format!("http://{addr}"), bodies)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_receiver_gets_the_ingest_span_with_its_request_id() {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use prost::Message as _;
+
+    let svc = services();
+    let cfg = shared::testkit::config(&svc);
+    shared::testkit::create_topics(&cfg, 2).await;
+    let (endpoint, bodies) = otlp_receiver().await;
+    let mut gw = GatewayProcess::start(
+        &cfg,
+        &format!(
+            "[telemetry]\nsnapshot_interval_secs = 0\notlp_endpoint = \"{endpoint}\"\nsampling_ratio = 1.0\n\n\
+             [log]\nformat = \"json\"\nlevel = \"info,gateway=debug\"\n"
+        ),
+    )
+    .await;
+    let rid = format!("otlp-{}", Uuid::new_v4());
+    let (_, body) = batch(3, Uuid::new_v4());
+    let r = reqwest::Client::new()
+        .post(format!("{}/ingest", gw.url))
+        .bearer_auth(gw.key())
+        .header("x-request-id", &rid)
+        .json(&body)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 200);
+    // Shutdown flushes the span exporter.
+    gw.terminate();
+    assert_eq!(gw.wait(Duration::from_secs(30)).await.code(), Some(0));
+
+    let bodies = bodies.lock().expect("bodies").clone();
+    assert!(!bodies.is_empty(), "the receiver got no export");
+    let mut found = None;
+    for b in &bodies {
+        let req = ExportTraceServiceRequest::decode(&b[..]).expect("OTLP protobuf");
+        for rs in &req.resource_spans {
+            let service = rs
+                .resource
+                .as_ref()
+                .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
+                .and_then(|a| a.value.as_ref())
+                .and_then(|v| v.value.clone());
+            for ss in &rs.scope_spans {
+                for span in &ss.spans {
+                    let has_rid = span.attributes.iter().any(|a| {
+                        a.key == "request_id"
+                            && a.value.as_ref().and_then(|v| v.value.clone())
+                                == Some(Value::StringValue(rid.clone()))
+                    });
+                    if span.name == "request" && has_rid {
+                        found = Some(service.clone());
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(
+        found,
+        Some(Some(Value::StringValue("gateway".into()))),
+        "no `request` span with request_id {rid} from service gateway"
+    );
+    // JSON log lines inside the request carry its id.
+    let stderr = gw.stderr_text();
+    let line = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "events accepted")
+        .unwrap_or_else(|| panic!("no JSON `events accepted` line in:\n{stderr}"));
+    assert_eq!(line["span"]["request_id"], rid.as_str(), "{line}");
+}
