@@ -14,7 +14,7 @@ use common::event;
 use common::process::{metric_sum, GatewayProcess};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
-use shared::testkit::services;
+use shared::testkit::{promtool_check, services};
 use uuid::Uuid;
 
 const TYPES: [&str; 5] = ["pageview", "click", "scroll", "performance", "custom"];
@@ -48,31 +48,6 @@ async fn post(gw: &GatewayProcess, body: &serde_json::Value) -> reqwest::Result<
         .json(body)
         .send()
         .await
-}
-
-/// `promtool check metrics` on `exposition`: promtool comes with `make provision`.
-fn promtool_check(exposition: &str) {
-    use std::io::Write;
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool is required (make provision installs it)");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(exposition.as_bytes())
-        .expect("write exposition");
-    let out = child.wait_with_output().expect("promtool");
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}\n--- exposition ---\n{exposition}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -87,6 +87,9 @@ pub struct NotificationsConfig {
     pub dead_letter_threshold: u64,
     pub dead_letter_window_minutes: u64,
     pub consumer_lag_threshold: u64,
+    pub ingest_error_rate_threshold: f64,
+    pub ingest_error_window_minutes: u64,
+    pub ingest_error_min_requests: u64,
     pub channels: Vec<ChannelConfig>,
 }
 
@@ -446,6 +449,17 @@ impl Config {
                 ));
             }
         }
+        let n = &self.notifications;
+        if !(0.0..=1.0).contains(&n.ingest_error_rate_threshold) {
+            return Err(ConfigError::new(
+                "notifications.ingest_error_rate_threshold",
+                "must be between 0.0 (off) and 1.0",
+            ));
+        }
+        positive(
+            "notifications.ingest_error_window_minutes",
+            n.ingest_error_window_minutes,
+        )?;
         let t = &self.telemetry;
         if !(0.0..=1.0).contains(&t.sampling_ratio) {
             return Err(ConfigError::new(

@@ -301,16 +301,21 @@ struct MetricRow<'a> {
 }
 
 /// Writes every counter and gauge sample (histograms as `_sum` and `_count`
-/// only) into `internal_metrics`, labelled with `instance`. Returns the rows written.
+/// only) into `database.internal_metrics`, labelled with `instance`. Returns the
+/// rows written.
 pub async fn snapshot(
     client: &clickhouse::Client,
-    table: &str,
+    database: &str,
     source: &str,
     instance: &str,
 ) -> Result<usize, clickhouse::error::Error> {
     let samples = parse_exposition(&render());
     let at = time::OffsetDateTime::now_utc();
-    let mut insert = client.insert::<MetricRow<'_>>(table).await?;
+    let mut insert = client
+        .clone()
+        .with_database(database)
+        .insert::<MetricRow<'_>>("internal_metrics")
+        .await?;
     let mut n = 0;
     for s in samples.iter().filter(|s| !s.name.ends_with("_bucket")) {
         let mut labels: Vec<(&str, &str)> = s
@@ -357,16 +362,16 @@ pub fn spawn_snapshots(
     source: &'static str,
     interval: Duration,
 ) -> tokio::task::JoinHandle<()> {
-    let table = format!("{}.internal_metrics", crate::ch::ident(database));
+    let database = database.to_string();
     let instance = instance();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = snapshot(&client, &table, source, &instance).await {
+            if let Err(e) = snapshot(&client, &database, source, &instance).await {
                 metrics::counter!(SNAPSHOT_ERRORS).increment(1);
-                tracing::warn!(error = %e, %table, "metrics snapshot not written");
+                tracing::warn!(error = %e, %database, "metrics snapshot not written into internal_metrics");
             }
         }
     })

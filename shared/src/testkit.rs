@@ -447,3 +447,29 @@ pub fn write_geo_mmdb(path: &Path, nets: &[(&str, &str, &str, &str, &str)]) {
     db.write_to(std::io::BufWriter::new(file))
         .expect("write mmdb");
 }
+
+/// Asserts that `promtool check metrics` accepts `exposition` (promtool is
+/// installed by `make provision`; the test fails when it is missing).
+pub fn promtool_check(exposition: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is required: `make provision` installs it (Debian package prometheus)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(exposition.as_bytes())
+        .expect("write exposition");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n--- exposition ---\n{exposition}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -35,6 +35,7 @@ fn spawn(clickhouse_url: &str, database: &str, extra: &[(&str, &str)]) -> Daemon
         .env("OVERWATCH__JOBS__ENRICHMENT_CRON", "")
         .env("OVERWATCH__JOBS__ALERTS_CRON", "")
         .env("OVERWATCH__JOBS__SESSIONS_CRON", "* * * * * *")
+        .env("OVERWATCH__TELEMETRY__SNAPSHOT_INTERVAL_SECS", "1")
         .envs(extra.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -73,6 +74,58 @@ async fn runs_scheduled_jobs_and_stops_on_sigterm() {
         "an empty cron is not scheduled"
     );
     assert_eq!(h["components"]["clickhouse"]["status"], "up");
+
+    // /metrics counts the runs and passes promtool.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", d.port))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body");
+    let samples = shared::metrics::parse_exposition(&metrics);
+    let value = |name: &str, label: Option<(&str, &str)>| {
+        samples
+            .iter()
+            .filter(|s| s.name == name)
+            .filter(|s| {
+                label.is_none_or(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .map(|s| s.value)
+            .sum::<f64>()
+    };
+    assert!(value("overwatch_job_runs_total", Some(("job", "sessions"))) >= 2.0);
+    assert!(
+        value(
+            "overwatch_job_duration_seconds_count",
+            Some(("job", "sessions"))
+        ) >= 2.0
+    );
+    assert_eq!(value("overwatch_clickhouse_up", None), 1.0);
+    shared::testkit::promtool_check(&metrics);
+
+    // The same numbers land in internal_metrics (snapshot every second here).
+    let db = schema.database().to_string();
+    let runs: f64 = eventually(
+        "a workerd snapshot in internal_metrics",
+        Duration::from_secs(30),
+        || {
+            let (client, db) = (schema.client.clone(), db.clone());
+            async move {
+                let v: f64 = client
+                    .query(&format!(
+                        "SELECT max(value) FROM `{db}`.internal_metrics WHERE source = 'workerd' \
+                     AND name = 'overwatch_job_runs_total' AND labels['job'] = 'sessions' \
+                     AND labels['outcome'] = 'success' AND labels['instance'] != ''"
+                    ))
+                    .fetch_one()
+                    .await
+                    .ok()?;
+                (v >= 1.0).then_some(v)
+            }
+        },
+    )
+    .await;
+    assert!(runs >= 1.0);
 
     let pid = d.child.id().to_string();
     assert!(Command::new("kill")

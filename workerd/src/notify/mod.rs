@@ -95,6 +95,7 @@ impl Notifier {
             "job_failure" => self.config.job_failure,
             "dead_letter_growth" => self.config.dead_letter_threshold > 0,
             "consumer_lag" => self.config.consumer_lag_threshold > 0,
+            "ingest_error_rate" => self.config.ingest_error_rate_threshold > 0.0,
             _ => true,
         }
     }
@@ -294,7 +295,7 @@ impl Notifier {
 
 /// Alerts a job run raises: `job_failure` on an error; after `quota`, one
 /// `quota_exceeded` or `quota_warning` per tenant it lists; after `alerts`,
-/// `dead_letter_growth` and `consumer_lag`.
+/// `dead_letter_growth`, `consumer_lag` and `ingest_error_rate`.
 pub fn alerts_for(job: &str, result: &Result<serde_json::Value, String>) -> Vec<Alert> {
     match result {
         Err(e) => vec![Alert {
@@ -349,6 +350,12 @@ pub fn alerts_for(job: &str, result: &Result<serde_json::Value, String>) -> Vec<
                             "consumer_lag" => format!(
                                 "ClickHouse lags {} messages behind the brokers",
                                 a["value"]
+                            ),
+                            "ingest_error_rate" => format!(
+                                "{:.1}% of ingest requests failed ({} of {})",
+                                a["value"].as_f64().unwrap_or(0.0) * 100.0,
+                                a["errors"],
+                                a["requests"]
                             ),
                             other => other.to_string(),
                         };
