@@ -38,6 +38,8 @@ CACHE = os.environ.get("OVERWATCH_CACHE") or os.path.join(os.path.expanduser("~"
 TANSU_VERSION = "0.6.0"
 TANSU_BIN = os.path.join(CACHE, "tansu-" + TANSU_VERSION, "bin", "tansu")
 VENV_PY = os.path.join(CACHE, "venv", "bin", "python")
+S3S_VERSION = "0.13.0-alpha.3"
+S3S_BIN = os.path.join(CACHE, "s3s-fs-" + S3S_VERSION, "bin", "s3s-fs")
 CHSERVER = os.path.join(ROOT, "deploy", "local", "chserver.py")
 DEV_TENANT = "00000000-0000-0000-0000-000000000000"
 
@@ -63,6 +65,8 @@ def check_prereqs(need_bins=()):
         fail("the tansu broker is not built (%s); run `make provision`" % TANSU_BIN)
     if not os.path.exists(VENV_PY):
         fail("the ClickHouse venv is missing (%s); run `make provision`" % VENV_PY)
+    if not os.access(S3S_BIN, os.X_OK):
+        fail("the S3-compatible test server is not built (%s); run `make provision`" % S3S_BIN)
     for b in need_bins:
         if not os.path.exists(b):
             fail("%s is not built; run `cargo build`" % b)
@@ -223,6 +227,7 @@ def cmd_run(args):
             "OVERWATCH_TEST_CLICKHOUSE": stack.clickhouse,
             "OVERWATCH_TANSU_BIN": TANSU_BIN,
             "OVERWATCH_CH_PYTHON": VENV_PY,
+            "OVERWATCH_S3S_BIN": S3S_BIN,
         })
         print("stack: broker %s, ClickHouse %s, logs %s" % (stack.kafka, stack.clickhouse, stack.logs), flush=True)
         child = subprocess.Popen(cmd, env=env)

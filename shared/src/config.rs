@@ -33,6 +33,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub log: LogConfig,
     pub telemetry: TelemetryConfig,
+    pub cold_storage: ColdStorageConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -323,6 +324,45 @@ pub struct LogConfig {
     pub level: String,
 }
 
+/// Where the compression job puts Parquet files: `jobs.cold_dir`, or an
+/// S3-compatible bucket when `s3_bucket` is set.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColdStorageConfig {
+    pub s3_bucket: String,
+    /// Key prefix inside the bucket (no leading or trailing slash needed).
+    pub s3_prefix: String,
+    /// Endpoint URL of an S3-compatible service; empty = AWS S3.
+    pub s3_endpoint: String,
+    pub s3_region: String,
+    pub s3_access_key_id: String,
+    pub s3_secret_access_key: String,
+    /// Allow a plain `http://` endpoint (local MinIO-style services).
+    pub s3_allow_http: bool,
+}
+
+/// The secret key stays out of logs and error messages.
+impl std::fmt::Debug for ColdStorageConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ColdStorageConfig")
+            .field("s3_bucket", &self.s3_bucket)
+            .field("s3_prefix", &self.s3_prefix)
+            .field("s3_endpoint", &self.s3_endpoint)
+            .field("s3_region", &self.s3_region)
+            .field("s3_access_key_id", &self.s3_access_key_id)
+            .field(
+                "s3_secret_access_key",
+                &if self.s3_secret_access_key.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("s3_allow_http", &self.s3_allow_http)
+            .finish()
+    }
+}
+
 /// Metrics snapshots, librdkafka statistics and OpenTelemetry export.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -460,6 +500,28 @@ impl Config {
             "notifications.ingest_error_window_minutes",
             n.ingest_error_window_minutes,
         )?;
+        let c = &self.cold_storage;
+        if !c.s3_bucket.is_empty() {
+            let url = &c.s3_endpoint;
+            if url.starts_with("http://") && !c.s3_allow_http {
+                return Err(ConfigError::new(
+                    "cold_storage.s3_allow_http",
+                    "s3_endpoint is plain http://; set s3_allow_http = true to allow it",
+                ));
+            }
+            if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::new(
+                    "cold_storage.s3_endpoint",
+                    "must be an http:// or https:// URL, or empty for AWS S3",
+                ));
+            }
+            if c.s3_region.is_empty() {
+                return Err(ConfigError::new(
+                    "cold_storage.s3_region",
+                    "must be set when s3_bucket is",
+                ));
+            }
+        }
         let t = &self.telemetry;
         if !(0.0..=1.0).contains(&t.sampling_ratio) {
             return Err(ConfigError::new(

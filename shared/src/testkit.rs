@@ -23,6 +23,8 @@ pub struct Services {
     pub tansu_bin: PathBuf,
     /// The venv Python that can run `deploy/local/chserver.py`.
     pub ch_python: PathBuf,
+    /// The s3s-fs binary: an S3-compatible server over a directory.
+    pub s3s_bin: PathBuf,
 }
 
 fn required_env(name: &str) -> String {
@@ -42,6 +44,7 @@ pub fn services() -> Services {
         clickhouse: required_env("OVERWATCH_TEST_CLICKHOUSE"),
         tansu_bin: PathBuf::from(required_env("OVERWATCH_TANSU_BIN")),
         ch_python: PathBuf::from(required_env("OVERWATCH_CH_PYTHON")),
+        s3s_bin: PathBuf::from(required_env("OVERWATCH_S3S_BIN")),
     }
 }
 
@@ -296,6 +299,76 @@ impl Drop for Broker {
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// A private S3-compatible server (s3s-fs over a temporary directory) with one
+/// bucket and its own credentials.
+pub struct S3Server {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: String,
+    child: Child,
+}
+
+impl S3Server {
+    pub fn start(svc: &Services) -> S3Server {
+        let dir = std::env::temp_dir().join(unique("ow-s3-"));
+        let bucket = "cold".to_string();
+        std::fs::create_dir_all(dir.join(&bucket)).expect("s3 bucket dir");
+        let port = free_port();
+        let (access_key, secret_key) = (unique("AK"), unique("SK"));
+        let log = std::fs::File::create(dir.join("s3s.log")).expect("s3s log");
+        let mut child = Command::new(&svc.s3s_bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", &access_key, "--secret-key", &secret_key])
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("s3s log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", svc.s3s_bin.display()));
+        wait_port(
+            port,
+            Duration::from_secs(30),
+            &dir.join("s3s.log"),
+            &mut child,
+        );
+        S3Server {
+            dir,
+            port,
+            bucket,
+            access_key,
+            secret_key,
+            child,
+        }
+    }
+
+    /// Points `cfg`'s cold storage at this server's bucket under `prefix`.
+    pub fn configure(&self, cfg: &mut Config, prefix: &str) {
+        let c = &mut cfg.cold_storage;
+        c.s3_bucket = self.bucket.clone();
+        c.s3_prefix = prefix.to_string();
+        c.s3_endpoint = format!("http://127.0.0.1:{}", self.port);
+        c.s3_region = "us-east-1".into();
+        c.s3_access_key_id = self.access_key.clone();
+        c.s3_secret_access_key = self.secret_key.clone();
+        c.s3_allow_http = true;
+    }
+
+    /// Where the server keeps `key` of the bucket on disk.
+    pub fn object_path(&self, key: &str) -> PathBuf {
+        self.dir.join(&self.bucket).join(key)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -177,3 +177,112 @@ async fn old_free_tier_days_move_to_rollups_and_parquet() {
     assert_eq!(after, rollup);
     let _ = std::fs::remove_dir_all(&schema.config.jobs.cold_dir);
 }
+
+#[tokio::test]
+async fn compressed_days_go_to_an_s3_compatible_bucket() {
+    let svc = services();
+    let schema = TestSchema::create(&svc).await;
+    let db = format!("`{}`", schema.database());
+    let s3 = shared::testkit::S3Server::start(&svc);
+    let admin = Admin {
+        client: schema.client.clone(),
+        database: schema.database().to_string(),
+        actor: "compression-test".into(),
+    };
+    let free = admin
+        .tenant_create(None, "free", Tier::Free, false)
+        .await
+        .expect("tenant");
+    let d1 = datetime!(2024-05-01 08:00 UTC);
+    for kind in ["pageview", "click", "custom"] {
+        insert(&schema, free, d1, kind, Uuid::new_v4()).await;
+    }
+    let day1_ids = ids(
+        &schema,
+        &format!("SELECT toString(id) AS id FROM {db}.events WHERE tenant_id = toUUID('{free}')"),
+    )
+    .await;
+    let now = datetime!(2024-05-03 12:00 UTC);
+
+    // Wrong credentials: the upload fails, the job fails, nothing is deleted.
+    let mut config = schema.config.clone();
+    s3.configure(&mut config, "prod/overwatch");
+    config.cold_storage.s3_secret_access_key = "wrong".into();
+    let ctx = JobContext {
+        client: schema.client.clone(),
+        config: config.clone(),
+    };
+    let err = jobs::run(&ctx, JobName::Compression, now, None, None)
+        .await
+        .expect_err("a refused upload fails the job");
+    assert!(
+        err.to_string().contains("s3://cold/prod/overwatch/tenant="),
+        "{err}"
+    );
+    assert!(
+        !err.to_string().contains(&s3.secret_key),
+        "no secret in errors"
+    );
+    assert_eq!(
+        ids(
+            &schema,
+            &format!(
+                "SELECT toString(id) AS id FROM {db}.events WHERE tenant_id = toUUID('{free}')"
+            )
+        )
+        .await,
+        day1_ids,
+        "raw events kept when the upload fails"
+    );
+
+    // Right credentials: the day lands in the bucket, verified, then deleted.
+    s3.configure(&mut config, "prod/overwatch");
+    let ctx = JobContext {
+        client: schema.client.clone(),
+        config,
+    };
+    let report = jobs::run(&ctx, JobName::Compression, now, None, None)
+        .await
+        .expect("compression to S3");
+    assert_eq!(report.rows_affected, 3);
+    let key = format!("prod/overwatch/tenant={free}/date=2024-05-01/events.parquet");
+    let object = s3.object_path(&key);
+    assert!(object.is_file(), "{} not stored", object.display());
+    assert_eq!(
+        ids(
+            &schema,
+            &format!(
+                "SELECT toString(id) AS id FROM file('{}', 'Parquet')",
+                object.display()
+            )
+        )
+        .await,
+        day1_ids
+    );
+    assert!(
+        !std::path::Path::new(&schema.config.jobs.cold_dir)
+            .join(format!("tenant={free}"))
+            .exists(),
+        "nothing written to the local cold_dir"
+    );
+    let audit = select_json(
+        &schema.client,
+        &format!("SELECT detail FROM {db}.audit_log WHERE action = 'compression.day'"),
+        &[],
+    )
+    .await;
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    let detail: serde_json::Value =
+        serde_json::from_str(audit[0]["detail"].as_str().expect("detail")).expect("json");
+    assert_eq!(detail["file"], format!("s3://cold/{key}"));
+    assert_eq!(
+        ids(
+            &schema,
+            &format!(
+                "SELECT toString(id) AS id FROM {db}.events WHERE tenant_id = toUUID('{free}')"
+            )
+        )
+        .await,
+        Vec::<String>::new()
+    );
+}

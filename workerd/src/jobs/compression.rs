@@ -1,7 +1,8 @@
 //! Free-tier compression: whole UTC days of raw events that ended more than
 //! `jobs.compression_after_hours` ago are (1) rolled up, (2) exported to
-//! `<cold_dir>/tenant=<tenant_id>/date=<YYYY-MM-DD>/events.parquet` (written to a
-//! temporary name, then renamed), (3) verified: the file is read back into
+//! `tenant=<tenant_id>/date=<YYYY-MM-DD>/events.parquet` in cold storage
+//! (`jobs.cold_dir`, or an S3-compatible bucket: see [`super::cold`]; written
+//! whole or not at all), (3) verified: the file is read back into
 //! ClickHouse and its event counts per type must equal the raw table's and the
 //! daily rollup's, and only then (4) deleted from `events`.
 //!
@@ -13,6 +14,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use super::cold::ColdStore;
+
 use bytes::Bytes;
 use serde_json::json;
 use time::OffsetDateTime;
@@ -21,7 +24,7 @@ use uuid::Uuid;
 use super::{aggregates, ms, JobContext, JobError, JobReport, Window};
 use shared::config::Tier;
 
-/// Where a tenant's day is stored.
+/// Where a tenant's day is stored when cold storage is the local `cold_dir`.
 pub fn parquet_path(cold_dir: &str, tenant: Uuid, day: time::Date) -> PathBuf {
     PathBuf::from(cold_dir)
         .join(format!("tenant={tenant}"))
@@ -56,6 +59,7 @@ pub async fn run(
     let events = ctx.table("events");
     let mut done = Vec::new();
     let mut deleted = 0u64;
+    let cold = ColdStore::from_config(&ctx.config)?;
     for (tenant, tier) in ctx.tenants().await? {
         if tier != Tier::Free || only.is_some_and(|o| o != tenant) {
             continue;
@@ -73,7 +77,7 @@ pub async fn run(
         for d in days {
             let day = time::Date::parse(&d, &time::format_description::well_known::Iso8601::DATE)
                 .map_err(|e| JobError::Invalid(format!("day {d}: {e}")))?;
-            deleted += compress_day(ctx, tenant, day).await?;
+            deleted += compress_day(ctx, &cold, tenant, day).await?;
             done.push(json!({"tenant_id": tenant.to_string(), "day": d}));
         }
     }
@@ -83,7 +87,12 @@ pub async fn run(
     })
 }
 
-async fn compress_day(ctx: &JobContext, tenant: Uuid, day: time::Date) -> Result<u64, JobError> {
+async fn compress_day(
+    ctx: &JobContext,
+    cold: &ColdStore,
+    tenant: Uuid,
+    day: time::Date,
+) -> Result<u64, JobError> {
     let start = day.midnight().assume_utc();
     let window = Window {
         from: start,
@@ -108,17 +117,12 @@ async fn compress_day(ctx: &JobContext, tenant: Uuid, day: time::Date) -> Result
     while let Some(chunk) = cursor.next().await? {
         parquet.extend_from_slice(&chunk);
     }
-    let path = parquet_path(&ctx.config.jobs.cold_dir, tenant, day);
-    let io = |e: std::io::Error| JobError::Invalid(format!("writing {}: {e}", path.display()));
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    let tmp = path.with_extension("parquet.tmp");
-    std::fs::write(&tmp, &parquet).map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)?;
+    let key = cold.key(tenant, day);
+    let location = cold.location(&key);
+    cold.put(&key, Bytes::from(parquet)).await?;
 
     // 3. Verify: read the file back and compare counts per type.
-    let written = Bytes::from(std::fs::read(&path).map_err(io)?);
+    let written = cold.get(&key).await?;
     let clear = format!("DELETE FROM {verify} WHERE {day_filter}");
     ctx.client
         .query(&clear)
@@ -176,9 +180,9 @@ async fn compress_day(ctx: &JobContext, tenant: Uuid, day: time::Date) -> Result
     ctx.audit(
         "compression.day",
         Some(tenant),
-        json!({"day": day.to_string(), "events": n, "by_type": raw, "file": path.display().to_string()}),
+        json!({"day": day.to_string(), "events": n, "by_type": raw, "file": location}),
     )
     .await?;
-    tracing::info!(%tenant, %day, events = n, file = %path.display(), "day compressed");
+    tracing::info!(%tenant, %day, events = n, file = %location, "day compressed");
     Ok(n)
 }

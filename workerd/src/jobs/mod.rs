@@ -14,6 +14,7 @@
 
 pub mod aggregates;
 pub mod alerts;
+pub mod cold;
 pub mod compression;
 pub mod enrichment;
 pub mod quota;
