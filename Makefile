@@ -6,13 +6,16 @@ export OVERWATCH_CACHE
 PYTHON ?= python3
 STACK := $(PYTHON) deploy/local/stack.py
 
-.PHONY: help provision build dev test lint fmt ch-query clean-data fuzz
+VENV_PY := $(OVERWATCH_CACHE)/venv/bin/python
+
+.PHONY: help provision build dev test lint lint-deploy fmt ch-query clean-data fuzz
 
 help:
 	@echo "make dev         run the whole local stack in the foreground (Ctrl-C stops it)"
 	@echo "make test        provision, lint and run every test against real services"
 	@echo "make ch-query Q='SELECT ...'   query the dev ClickHouse"
 	@echo "make clean-data  wipe the dev stack's data (.data/)"
+	@echo "make lint-deploy check Dockerfile, compose, Helm chart, Prometheus rules, dashboard"
 
 provision:
 	@deploy/local/provision.sh
@@ -27,8 +30,13 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
+# What can be checked here without Docker, helm or a cluster (see deploy/lint.py).
+lint-deploy: provision build
+	$(VENV_PY) deploy/lint.py --bin-dir target/debug
+
 test: provision lint
 	cargo build --workspace --bins --tests
+	$(VENV_PY) deploy/lint.py --bin-dir target/debug
 	$(STACK) run -- cargo test --workspace --no-fail-fast
 
 fmt:

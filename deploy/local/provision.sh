@@ -2,7 +2,7 @@
 # Provisions the local stack's engines, cached outside the repository in
 # $OVERWATCH_CACHE (default ~/.cache/overwatch) so a second run is instant:
 #   - the tansu Kafka-API broker, built from crates.io;
-#   - a Python venv with chdb-core (the ClickHouse engine) and lz4;
+#   - a Python venv with chdb-core (the ClickHouse engine), lz4 and PyYAML;
 #   - s3s-fs, an S3-compatible server over a directory (cold-storage tests);
 #   - promtool (Debian package prometheus) for metric and rule checks.
 set -euo pipefail
@@ -11,6 +11,7 @@ CACHE="${OVERWATCH_CACHE:-$HOME/.cache/overwatch}"
 TANSU_VERSION=0.6.0
 CHDB_VERSION=26.9.0
 LZ4_VERSION=4.4.5
+PYYAML_VERSION=6.0.2
 S3S_VERSION=0.13.0-alpha.3
 
 need() {
@@ -31,12 +32,12 @@ if [ ! -x "$TANSU" ]; then
 fi
 
 VENV="$CACHE/venv"
-STAMP="$VENV/.overwatch-chdb-$CHDB_VERSION-lz4-$LZ4_VERSION"
+STAMP="$VENV/.overwatch-chdb-$CHDB_VERSION-lz4-$LZ4_VERSION-pyyaml-$PYYAML_VERSION"
 if [ ! -f "$STAMP" ]; then
   echo "provision: installing chdb-core $CHDB_VERSION into $VENV (first time only)"
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check "chdb-core==$CHDB_VERSION" "lz4==$LZ4_VERSION"
-  "$VENV/bin/python" -c 'from chdb import _chdb; import lz4.block'
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "chdb-core==$CHDB_VERSION" "lz4==$LZ4_VERSION" "pyyaml==$PYYAML_VERSION"
+  "$VENV/bin/python" -c 'from chdb import _chdb; import lz4.block, yaml'
   touch "$STAMP"
 fi
 S3S="$CACHE/s3s-fs-$S3S_VERSION/bin/s3s-fs"

@@ -13,6 +13,10 @@ struct Args {
     /// Configuration file layered over the built-in defaults.
     #[arg(long, env = "OVERWATCH_CONFIG")]
     config: Option<PathBuf>,
+    /// Load and validate the configuration, then exit: 0 when valid, 64 naming
+    /// the offending key otherwise.
+    #[arg(long)]
+    check_config: bool,
 }
 
 #[tokio::main]
@@ -22,6 +26,10 @@ async fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    if args.check_config {
+        println!("gateway: configuration OK");
+        return ExitCode::SUCCESS;
+    }
     let telemetry = shared::telemetry::init(&config.log, &config.telemetry, "gateway");
     let listener = match tokio::net::TcpListener::bind(config.gateway.listen).await {
         Ok(l) => l,

@@ -30,6 +30,9 @@ enum Command {
     Migrate,
     /// Run the daemon (migrations first when `workerd.migrate_on_start`), serving /health.
     Run,
+    /// Load and validate the configuration (and the job schedules), then exit:
+    /// 0 when valid, 64 naming the offending key otherwise.
+    CheckConfig,
     /// Run scheduled jobs by hand.
     Job {
         #[command(subcommand)]
@@ -180,6 +183,16 @@ async fn main() -> ExitCode {
     };
     let telemetry = shared::telemetry::init(&config.log, &config.telemetry, "workerd");
     let code = match args.command {
+        Command::CheckConfig => match scheduler::validate(&config.jobs) {
+            Ok(()) => {
+                println!("workerd: configuration OK");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("workerd: configuration error at {e}");
+                ExitCode::from(shared::config::EXIT_CONFIG as u8)
+            }
+        },
         Command::Migrate => migrate(&config).await,
         Command::Run => run(config).await,
         Command::Job { cmd } => job(&config, cmd).await,

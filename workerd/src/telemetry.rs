@@ -19,18 +19,18 @@ pub struct JobFinished<'a> {
 impl JobFinished<'_> {
     pub fn emit(&self) {
         let job = self.job.to_string();
-        counter!(m::JOB_RUNS, "job" => job.clone(), "outcome" => self.outcome).increment(1);
+        counter!(m::JOB_RUNS, "job_name" => job.clone(), "outcome" => self.outcome).increment(1);
         if let Some(d) = self.elapsed {
-            histogram!(m::JOB_DURATION, "job" => job.clone()).record(d.as_secs_f64());
+            histogram!(m::JOB_DURATION, "job_name" => job.clone()).record(d.as_secs_f64());
         }
         if self.rows > 0 {
-            counter!(m::JOB_ROWS, "job" => job.clone()).increment(self.rows);
+            counter!(m::JOB_ROWS, "job_name" => job.clone()).increment(self.rows);
         }
-        gauge!(m::JOB_CONSECUTIVE_FAILURES, "job" => job.clone())
+        gauge!(m::JOB_CONSECUTIVE_FAILURES, "job_name" => job.clone())
             .set(self.consecutive_failures as f64);
         if self.outcome == "success" {
             let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as f64 / 1e9;
-            gauge!(m::JOB_LAST_SUCCESS, "job" => job).set(now);
+            gauge!(m::JOB_LAST_SUCCESS, "job_name" => job).set(now);
         }
     }
 }

@@ -93,11 +93,11 @@ async fn runs_scheduled_jobs_and_stops_on_sigterm() {
             .map(|s| s.value)
             .sum::<f64>()
     };
-    assert!(value("overwatch_job_runs_total", Some(("job", "sessions"))) >= 2.0);
+    assert!(value("overwatch_job_runs_total", Some(("job_name", "sessions"))) >= 2.0);
     assert!(
         value(
             "overwatch_job_duration_seconds_count",
-            Some(("job", "sessions"))
+            Some(("job_name", "sessions"))
         ) >= 2.0
     );
     assert_eq!(value("overwatch_clickhouse_up", None), 1.0);
@@ -114,7 +114,7 @@ async fn runs_scheduled_jobs_and_stops_on_sigterm() {
                 let v: f64 = client
                     .query(&format!(
                         "SELECT max(value) FROM `{db}`.internal_metrics WHERE source = 'workerd' \
-                     AND name = 'overwatch_job_runs_total' AND labels['job'] = 'sessions' \
+                     AND name = 'overwatch_job_runs_total' AND labels['job_name'] = 'sessions' \
                      AND labels['outcome'] = 'success' AND labels['instance'] != ''"
                     ))
                     .fetch_one()

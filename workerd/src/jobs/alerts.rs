@@ -123,7 +123,7 @@ struct FirstSnapshot {
     first_at: i64,
 }
 
-/// /ingest requests answered, and those answered 4xx/5xx other than 429, over
+/// /ingest requests answered other than 429, and those answered 4xx/5xx, over
 /// the `ingest_error_window_minutes` before `now`: the increase of each gateway's
 /// `overwatch_http_requests_total` between its snapshots (a drop is a restart; a
 /// series missing from an instance's earlier snapshot was 0 then).
@@ -183,9 +183,13 @@ fn count_outcomes(rows: &[CounterSample], firsts: &[FirstSnapshot]) -> (u64, u64
                 })
                 .sum::<f64>();
         let status = series[0].status.as_str();
+        // Rate-limit and quota refusals are deliberate: neither failures nor traffic here.
+        if status == "429" {
+            continue;
+        }
         requests += increase;
         let failed = match status.as_bytes().first() {
-            Some(b'4') => status != "429",
+            Some(b'4') => true,
             Some(b'5') => true,
             _ => false,
         };
@@ -224,7 +228,7 @@ mod tests {
             // A single sample says nothing about the window.
             s("c", "500", 99.0),
         ];
-        assert_eq!(count_outcomes(&rows, &[]), (60 + 10 + 50 + 5, 10 + 5));
+        assert_eq!(count_outcomes(&rows, &[]), (60 + 10 + 5, 10 + 5));
     }
 
     #[test]

@@ -1,0 +1,316 @@
+#!/usr/bin/env python3
+"""Checks the deployment files as far as this machine can (no Docker engine, no helm).
+
+    python deploy/lint.py [--bin-dir target/debug]   # what `make lint-deploy` runs
+    python deploy/lint.py --self-test                # the checks catch broken inputs
+
+Checks:
+  - every YAML file parses; the Grafana dashboard is valid JSON;
+  - promtool check config / check rules / test rules on deploy/prometheus;
+  - every metric an alert rule or dashboard queries is defined in shared/src/metrics.rs;
+  - Helm: templates parse as YAML once template actions are blanked; every
+    `.Values.x` path a template uses exists in values.yaml; every value in
+    values.yaml is documented in the chart's README;
+  - compose: build contexts, Dockerfiles and their targets, and bind-mounted
+    files exist; the OVERWATCH__* settings given to gateway and workerd, and the
+    chart's default `config`, are accepted by the real binaries (--check-config).
+Needs PyYAML (in the project venv) and promtool. Exits 1 listing every problem.
+"""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROBLEMS = []
+
+
+def problem(where, msg):
+    PROBLEMS.append("%s: %s" % (os.path.relpath(where, ROOT) if os.path.isabs(where) else where, msg))
+
+
+def path(*p):
+    return os.path.join(ROOT, *p)
+
+
+def load_yaml(file, multi=False):
+    try:
+        with open(file) as f:
+            return list(yaml.safe_load_all(f)) if multi else yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        problem(file, "does not parse as YAML: %s" % e)
+        return None
+
+
+# --- metrics -------------------------------------------------------------------
+
+def known_metrics():
+    with open(path("shared", "src", "metrics.rs")) as f:
+        return set(re.findall(r'"(overwatch_[a-z0-9_]+)"', f.read()))
+
+
+def metrics_in(text):
+    return set(re.findall(r"\b(overwatch_[a-z0-9_]+)\b", text))
+
+
+def unknown_metrics(text, known):
+    out = []
+    for m in sorted(metrics_in(text)):
+        base = re.sub(r"_(bucket|sum|count)$", "", m)
+        if m not in known and base not in known:
+            out.append(m)
+    return out
+
+
+def check_prometheus(known):
+    rules = path("deploy", "prometheus", "alerts.yml")
+    tests = path("deploy", "prometheus", "alerts_test.yml")
+    conf = path("deploy", "prometheus", "prometheus.yml")
+    for f in (rules, tests, conf):
+        load_yaml(f)
+    with open(rules) as f:
+        text = f.read()
+    for m in unknown_metrics(text, known):
+        problem(rules, "queries %s, which no binary exports" % m)
+    doc = yaml.safe_load(text) or {}
+    with open(path("docs", "operations.md")) as f:
+        ops = f.read()
+    for g in doc.get("groups", []):
+        for r in g.get("rules", []):
+            name = r.get("alert")
+            url = r.get("annotations", {}).get("runbook_url", "")
+            if not name:
+                continue
+            if not url.endswith("#" + name.lower()):
+                problem(rules, "%s: runbook_url must point at docs/operations.md#%s" % (name, name.lower()))
+            if "### %s\n" % name not in ops:
+                problem(path("docs", "operations.md"), "no runbook entry (### %s)" % name)
+    run(["promtool", "check", "rules", rules], rules)
+    run(["promtool", "test", "rules", os.path.basename(tests)], tests, cwd=os.path.dirname(tests))
+    # The compose config names rule files by their in-container path.
+    with tempfile.TemporaryDirectory() as d:
+        c = yaml.safe_load(open(conf))
+        c["rule_files"] = [rules]
+        local = os.path.join(d, "prometheus.yml")
+        with open(local, "w") as f:
+            yaml.safe_dump(c, f)
+        run(["promtool", "check", "config", local], conf)
+
+
+def check_dashboards(known):
+    d = path("deploy", "grafana", "dashboards")
+    for name in sorted(os.listdir(d)):
+        f = os.path.join(d, name)
+        try:
+            dash = json.load(open(f))
+        except (OSError, ValueError) as e:
+            problem(f, "not valid JSON: %s" % e)
+            continue
+        exprs = [t.get("expr", "") for p in dash.get("panels", []) for t in p.get("targets", [])]
+        if not exprs:
+            problem(f, "no panel queries anything")
+        for m in unknown_metrics("\n".join(exprs), known):
+            problem(f, "queries %s, which no binary exports" % m)
+    for root, _, files in os.walk(path("deploy", "grafana", "provisioning")):
+        for n in files:
+            load_yaml(os.path.join(root, n))
+
+
+def run(cmd, where, cwd=None, env=None):
+    try:
+        r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    except FileNotFoundError:
+        problem(where, "%s is not installed (run `make provision`)" % cmd[0])
+        return False
+    if r.returncode != 0:
+        problem(where, "`%s` failed:\n%s%s" % (" ".join(cmd), r.stdout, r.stderr))
+        return False
+    return True
+
+
+# --- helm ------------------------------------------------------------------------
+
+ACTION = re.compile(r"\{\{-?.*?-?\}\}", re.S)
+
+
+def blank_template(text):
+    """Template text with action-only lines dropped and inline actions replaced."""
+    out = []
+    for line in text.splitlines():
+        stripped = ACTION.sub("", line).strip()
+        if not stripped and "{{" in line:
+            continue
+        out.append(ACTION.sub("x", line))
+    return "\n".join(out) + "\n"
+
+
+def values_paths(text):
+    return set(re.findall(r"\.Values((?:\.[A-Za-z0-9_]+)+)", text))
+
+
+def lookup(values, dotted):
+    cur = values
+    for part in dotted.strip(".").split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return False
+        cur = cur[part]
+    return True
+
+
+def leaves(values, prefix=""):
+    for k, v in values.items():
+        p = prefix + k
+        if isinstance(v, dict) and v:
+            yield from leaves(v, p + ".")
+        else:
+            yield p
+
+
+def documented(leaf, readme):
+    """A value is documented when it, or a map containing it, is named in README."""
+    parts = leaf.split(".")
+    return any("`%s`" % ".".join(parts[:i]) in readme for i in range(len(parts), 0, -1))
+
+
+def check_chart_text(templates, values, readme, where):
+    """Returns problems for {name: text} templates against values and README."""
+    found = []
+    for name, text in sorted(templates.items()):
+        for p in sorted(values_paths(text)):
+            if not lookup(values, p):
+                found.append("%s/%s: uses .Values%s, which values.yaml does not define" % (where, name, p))
+        if name.endswith(".yaml"):
+            try:
+                list(yaml.safe_load_all(blank_template(text)))
+            except yaml.YAMLError as e:
+                found.append("%s/%s: not YAML once actions are blanked: %s" % (where, name, e))
+    for p in leaves(values):
+        if not documented(p, readme):
+            found.append("%s/README.md: value `%s` is not documented" % (where, p))
+    return found
+
+
+def check_helm(bins):
+    chart = path("helm", "overwatch")
+    load_yaml(os.path.join(chart, "Chart.yaml"))
+    values = load_yaml(os.path.join(chart, "values.yaml")) or {}
+    tdir = os.path.join(chart, "templates")
+    templates = {n: open(os.path.join(tdir, n)).read() for n in os.listdir(tdir)}
+    readme = open(os.path.join(chart, "README.md")).read()
+    for p in check_chart_text(templates, values, readme, "helm/overwatch"):
+        PROBLEMS.append(p)
+    cfg = values.get("config")
+    if not isinstance(cfg, str):
+        problem(chart, "values.config must be the TOML text of overwatch.toml")
+        return
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+        f.write(cfg)
+        name = f.name
+    try:
+        env = clean_env({"OVERWATCH__GATEWAY__LISTEN": "0.0.0.0:8080",
+                         "OVERWATCH__WORKERD__LISTEN": "0.0.0.0:9091",
+                         "OVERWATCH__JOBS__COLD_DIR": "/var/lib/overwatch/cold"})
+        run([os.path.join(bins, "gateway"), "--config", name, "--check-config"],
+            os.path.join(chart, "values.yaml"), env=env)
+        run([os.path.join(bins, "workerd"), "--config", name, "check-config"],
+            os.path.join(chart, "values.yaml"), env=env)
+    finally:
+        os.unlink(name)
+
+
+def clean_env(extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OVERWATCH_")}
+    env.update(extra)
+    return env
+
+
+# --- compose ---------------------------------------------------------------------
+
+def check_compose(bins):
+    file = path("docker-compose.yml")
+    doc = load_yaml(file) or {}
+    for name, svc in (doc.get("services") or {}).items():
+        build = svc.get("build")
+        if isinstance(build, dict):
+            ctx = path(build.get("context", "."))
+            dockerfile = os.path.join(ctx, build.get("dockerfile", "Dockerfile"))
+            if not os.path.isfile(dockerfile):
+                problem(file, "service %s: Dockerfile %s does not exist" % (name, build.get("dockerfile")))
+            elif build.get("target"):
+                text = open(dockerfile).read()
+                if not re.search(r"^FROM .+ AS %s\s*$" % re.escape(build["target"]), text, re.M | re.I):
+                    problem(file, "service %s: %s has no stage %s" % (name, build.get("dockerfile"), build["target"]))
+        for v in svc.get("volumes") or []:
+            src = v.split(":")[0] if isinstance(v, str) else ""
+            if src.startswith("./") and not os.path.exists(path(src)):
+                problem(file, "service %s mounts %s, which does not exist" % (name, src))
+        env = svc.get("environment") or {}
+        if isinstance(env, list):
+            env = dict(e.split("=", 1) for e in env)
+        settings = {k: str(v) for k, v in env.items() if k.startswith("OVERWATCH__")}
+        if name == "gateway":
+            run([os.path.join(bins, "gateway"), "--check-config"], file + " (gateway)", env=clean_env(settings))
+        elif name == "workerd":
+            run([os.path.join(bins, "workerd"), "check-config"], file + " (workerd)", env=clean_env(settings))
+        elif settings:
+            problem(file, "service %s has OVERWATCH__ settings but is neither gateway nor workerd" % name)
+
+
+# --- self test -------------------------------------------------------------------
+
+def self_test():
+    """Each check flags a broken input and passes a good one."""
+    known = {"overwatch_http_requests_total", "overwatch_http_request_duration_seconds"}
+    assert unknown_metrics('rate(overwatch_http_requests_total[5m])', known) == []
+    assert unknown_metrics('overwatch_http_request_duration_seconds_bucket', known) == []
+    assert unknown_metrics('rate(overwatch_http_requests[5m])', known) == ["overwatch_http_requests"]
+    values = {"gateway": {"port": 8080, "resources": {"cpu": 1}}, "config": ""}
+    readme = "`gateway.port` `gateway.resources` `config`"
+    good = {"a.yaml": "metadata:\n  labels:\n    {{- include \"x\" . | nindent 4 }}\nspec:\n  port: {{ .Values.gateway.port }}\n"}
+    assert check_chart_text(good, values, readme, "t") == [], check_chart_text(good, values, readme, "t")
+    missing = {"a.yaml": "port: {{ .Values.gateway.prot }}\n"}
+    assert any("gateway.prot" in p for p in check_chart_text(missing, values, readme, "t"))
+    broken = {"a.yaml": "spec:\n  - a\n  b: {{ .Values.gateway.port }}\n"}
+    assert any("not YAML" in p for p in check_chart_text(broken, values, readme, "t"))
+    undocumented = check_chart_text({}, values, "`gateway.resources` `config`", "t")
+    assert [p for p in undocumented if "documented" in p] == [
+        "t/README.md: value `gateway.port` is not documented"], undocumented
+    print("lint.py self-test: ok")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin-dir", default=path("target", "debug"))
+    ap.add_argument("--self-test", action="store_true")
+    a = ap.parse_args()
+    if a.self_test:
+        self_test()
+        return 0
+    self_test()
+    sys.stdout.flush()
+    for b in ("gateway", "workerd"):
+        if not os.access(os.path.join(a.bin_dir, b), os.X_OK):
+            print("lint-deploy: %s/%s is not built (run `make build`)" % (a.bin_dir, b), file=sys.stderr)
+            return 1
+    known = known_metrics()
+    check_prometheus(known)
+    check_dashboards(known)
+    check_helm(a.bin_dir)
+    check_compose(a.bin_dir)
+    if PROBLEMS:
+        print("lint-deploy: %d problem(s):" % len(PROBLEMS), file=sys.stderr)
+        for p in PROBLEMS:
+            print("  - " + p, file=sys.stderr)
+        return 1
+    print("lint-deploy: ok (prometheus rules/config, dashboard, helm chart, compose)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
