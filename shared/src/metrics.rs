@@ -200,7 +200,10 @@ fn describe() {
         "Job runs, by job_name and outcome (success, failure, skipped_overlap, skipped_backoff)."
     );
     describe_histogram!(JOB_DURATION, Unit::Seconds, "Job run time, by job_name.");
-    describe_counter!(JOB_ROWS, "Rows a job inserted, deleted or rewrote, by job_name.");
+    describe_counter!(
+        JOB_ROWS,
+        "Rows a job inserted, deleted or rewrote, by job_name."
+    );
     describe_gauge!(
         JOB_CONSECUTIVE_FAILURES,
         "Failed runs of a job since its last success."
