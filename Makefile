@@ -8,7 +8,7 @@ STACK := $(PYTHON) deploy/local/stack.py
 
 VENV_PY := $(OVERWATCH_CACHE)/venv/bin/python
 
-.PHONY: help provision build dev test lint lint-deploy fmt ch-query clean-data fuzz
+.PHONY: help provision build dev test lint lint-deploy fmt ch-query clean-data fuzz bench soak chaos release
 
 help:
 	@echo "make dev         run the whole local stack in the foreground (Ctrl-C stops it)"
@@ -16,6 +16,9 @@ help:
 	@echo "make ch-query Q='SELECT ...'   query the dev ClickHouse"
 	@echo "make clean-data  wipe the dev stack's data (.data/)"
 	@echo "make lint-deploy check Dockerfile, compose, Helm chart, Prometheus rules, dashboard"
+	@echo "make bench       load scenarios + criterion floor -> docs/benchmarks.md"
+	@echo "make soak        10 minutes at 20k events/s, RSS drift"
+	@echo "make chaos       kill broker, gateway, ClickHouse under load; check nothing acknowledged is lost"
 
 provision:
 	@deploy/local/provision.sh
@@ -29,6 +32,19 @@ dev: provision build
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+release:
+	cargo build --release -p gateway -p workerd -p loadtest
+
+# Performance and resilience (see docs/benchmarks.md).
+bench: provision release
+	$(PYTHON) loadtest/harness.py bench
+
+soak: provision release
+	$(PYTHON) loadtest/harness.py soak
+
+chaos: provision release
+	$(PYTHON) loadtest/harness.py chaos
 
 # What can be checked here without Docker, helm or a cluster (see deploy/lint.py).
 lint-deploy: provision build

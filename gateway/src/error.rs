@@ -51,6 +51,8 @@ pub enum ApiError {
     BrokerUnavailable(String),
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    #[error("the gateway is at its limit of {limit} requests in progress; retry shortly")]
+    Overloaded { limit: usize },
     #[error("reading the request failed: {0}")]
     BodyRead(String),
 }
@@ -74,6 +76,7 @@ impl ApiError {
             ApiError::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BrokerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -96,6 +99,7 @@ impl ApiError {
             ApiError::QuotaExceeded { .. } => "quota_exceeded",
             ApiError::BrokerUnavailable(_) => "broker_unavailable",
             ApiError::ShuttingDown => "shutting_down",
+            ApiError::Overloaded { .. } => "overloaded",
         }
     }
 
@@ -116,7 +120,8 @@ impl ApiError {
             | ApiError::RateLimited(_)
             | ApiError::QuotaExceeded { .. }
             | ApiError::BrokerUnavailable(_)
-            | ApiError::ShuttingDown => &[],
+            | ApiError::ShuttingDown
+            | ApiError::Overloaded { .. } => &[],
         }
     }
 

@@ -6,7 +6,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,17 @@ pub struct App {
     pub sink: Arc<Sink>,
     shutting_down: AtomicBool,
     started: Instant,
+    /// `/ingest` requests being handled now (load shedding past the limit).
+    in_progress: AtomicUsize,
+}
+
+/// Counts one `/ingest` request in progress while alive.
+struct Admitted<'a>(&'a AtomicUsize);
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Why the gateway could not be assembled from its configuration.
@@ -61,7 +72,20 @@ impl App {
             config,
             shutting_down: AtomicBool::new(false),
             started: Instant::now(),
+            in_progress: AtomicUsize::new(0),
         })
+    }
+
+    /// Admits one more `/ingest` request, or sheds it with 503 `overloaded`
+    /// when `gateway.max_in_flight_requests` are already in progress.
+    fn admit(&self) -> Result<Admitted<'_>, ApiError> {
+        let limit = self.config.gateway.max_in_flight_requests;
+        let before = self.in_progress.fetch_add(1, Ordering::AcqRel);
+        let admitted = Admitted(&self.in_progress);
+        if before >= limit {
+            return Err(ApiError::Overloaded { limit });
+        }
+        Ok(admitted)
     }
 
     pub fn ready(&self) -> bool {
@@ -110,6 +134,7 @@ async fn route(
             if app.shutting_down.load(Ordering::Relaxed) {
                 return Err(ApiError::ShuttingDown);
             }
+            let _admitted = app.admit()?;
             crate::ingest::handle(app, req, rid, peer).await
         }
         "/health/live" => Ok(json_response(StatusCode::OK, json!({"status": "ok"}))),
@@ -135,6 +160,7 @@ async fn route(
                     "status": if app.ready() { "ok" } else { "degraded" },
                     "uptime_seconds": app.started.elapsed().as_secs(),
                     "shutting_down": app.shutting_down.load(Ordering::Relaxed),
+                    "ingest_in_progress": app.in_progress.load(Ordering::Relaxed),
                     "components": {
                         "broker": {
                             "status": if broker { "up" } else { "down" },

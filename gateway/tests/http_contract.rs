@@ -174,3 +174,73 @@ async fn status_table() {
     );
     gw.shutdown().await;
 }
+
+/// Past `gateway.max_in_flight_requests` the gateway sheds load with 503
+/// `overloaded` and Retry-After, and serves again once the load is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sheds_load_past_the_in_flight_limit() {
+    use tokio::io::AsyncWriteExt;
+    let svc = services();
+    let mut cfg = shared::testkit::config(&svc);
+    cfg.gateway.max_in_flight_requests = 1;
+    shared::testkit::create_topics(&cfg, 1).await;
+    let gw = TestGateway::start(cfg).await;
+    let body =
+        serde_json::to_vec(&serde_json::json!({"events": [event("click", 1, Uuid::new_v4())]}))
+            .expect("json");
+    // A client that sends its headers and half its body, then stalls.
+    let mut slow = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /ingest HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        gw.key(),
+        body.len()
+    );
+    slow.write_all(head.as_bytes()).await.expect("head");
+    slow.write_all(&body[..body.len() / 2]).await.expect("half");
+    let http = reqwest::Client::new();
+    shared::testkit::eventually(
+        "the stalled request in progress",
+        std::time::Duration::from_secs(10),
+        || {
+            let http = http.clone();
+            let url = gw.url("/health");
+            async move {
+                let h: serde_json::Value = http.get(url).send().await.ok()?.json().await.ok()?;
+                (h["ingest_in_progress"] == 1).then_some(())
+            }
+        },
+    )
+    .await;
+    let shed = http
+        .post(gw.url("/ingest"))
+        .bearer_auth(gw.key())
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(shed.headers()["retry-after"], "5");
+    let (status, err) = error_code(shed).await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (503, Some("overloaded"))
+    );
+    // The stalled client finishes: its request is served, and capacity returns.
+    slow.write_all(&body[body.len() / 2..]).await.expect("rest");
+    let mut answer = vec![0u8; 12];
+    tokio::io::AsyncReadExt::read_exact(&mut slow, &mut answer)
+        .await
+        .expect("answer");
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    let again = http
+        .post(gw.url("/ingest"))
+        .bearer_auth(gw.key())
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(again.status(), 200);
+}

@@ -45,6 +45,7 @@ pub struct GatewayConfig {
     pub delivery_timeout_ms: u64,
     pub retry_after_secs: u64,
     pub shutdown_timeout_ms: u64,
+    pub max_in_flight_requests: usize,
     pub broker_check_interval_ms: u64,
     pub trusted_proxies: Vec<String>,
 }
@@ -470,6 +471,10 @@ impl Config {
         positive("gateway.max_body_bytes", g.max_body_bytes)?;
         positive("gateway.delivery_timeout_ms", g.delivery_timeout_ms)?;
         positive("gateway.shutdown_timeout_ms", g.shutdown_timeout_ms)?;
+        positive(
+            "gateway.max_in_flight_requests",
+            g.max_in_flight_requests as u64,
+        )?;
         positive(
             "gateway.broker_check_interval_ms",
             g.broker_check_interval_ms,

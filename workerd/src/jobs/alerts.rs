@@ -188,11 +188,7 @@ fn count_outcomes(rows: &[CounterSample], firsts: &[FirstSnapshot]) -> (u64, u64
             continue;
         }
         requests += increase;
-        let failed = match status.as_bytes().first() {
-            Some(b'4') => true,
-            Some(b'5') => true,
-            _ => false,
-        };
+        let failed = matches!(status.as_bytes().first(), Some(b'4' | b'5'));
         if failed {
             errors += increase;
         }

@@ -1,0 +1,75 @@
+//! The chaos checker: every event id that got a 200 must be in ClickHouse's
+//! `events`, exactly once after deduplication.
+
+use std::collections::HashSet;
+
+use serde::Serialize;
+use uuid::Uuid;
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Verdict {
+    pub acknowledged: u64,
+    pub found: u64,
+    pub lost: u64,
+    /// Rows beyond one per id in `events FINAL` (0 when deduplication works).
+    pub duplicates_after_dedup: u64,
+    /// Extra rows before deduplication (client retries, redelivery): informative.
+    pub duplicates_before_dedup: u64,
+    /// A few lost ids, for investigation.
+    pub lost_sample: Vec<String>,
+}
+
+/// Reads one UUID per line (blank and malformed lines are errors, with their line).
+pub fn read_ids(path: &std::path::Path) -> Result<HashSet<Uuid>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            Uuid::parse_str(l.trim()).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))
+        })
+        .collect()
+}
+
+#[derive(clickhouse::Row, serde::Deserialize)]
+struct IdCount {
+    id: String,
+    rows: u64,
+}
+
+/// Compares `acked` with the rows of `tenants` in `database.events`.
+pub async fn check(
+    client: &clickhouse::Client,
+    database: &str,
+    tenants: &[Uuid],
+    acked: &HashSet<Uuid>,
+) -> Result<Verdict, clickhouse::error::Error> {
+    let tenant_list: Vec<String> = tenants.iter().map(|t| format!("'{t}'")).collect();
+    let filter = format!("tenant_id IN ({})", tenant_list.join(","));
+    let db = format!("`{}`", database.replace('`', ""));
+    let raw: Vec<IdCount> = client
+        .query(&format!(
+            "SELECT toString(id) AS id, count() AS rows FROM {db}.events WHERE {filter} GROUP BY id"
+        ))
+        .fetch_all()
+        .await?;
+    let dedup: Vec<IdCount> = client
+        .query(&format!(
+            "SELECT toString(id) AS id, count() AS rows FROM {db}.events FINAL WHERE {filter} GROUP BY id"
+        ))
+        .fetch_all()
+        .await?;
+    let present: HashSet<Uuid> = raw
+        .iter()
+        .filter_map(|r| Uuid::parse_str(&r.id).ok())
+        .collect();
+    let lost: Vec<&Uuid> = acked.iter().filter(|id| !present.contains(id)).collect();
+    Ok(Verdict {
+        acknowledged: acked.len() as u64,
+        found: acked.len() as u64 - lost.len() as u64,
+        lost: lost.len() as u64,
+        duplicates_after_dedup: dedup.iter().map(|r| r.rows.saturating_sub(1)).sum(),
+        duplicates_before_dedup: raw.iter().map(|r| r.rows.saturating_sub(1)).sum(),
+        lost_sample: lost.iter().take(5).map(|u| u.to_string()).collect(),
+    })
+}

@@ -1,0 +1,331 @@
+//! The load driver: open loop (a target event rate per phase, latency measured
+//! from the intended send time, so a slow server cannot hide its queueing) or
+//! closed loop (N clients as fast as the server answers). Reports throughput,
+//! latency percentiles, statuses, and the gateway's CPU and memory.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::procstat;
+use crate::traffic::{Request, Tenant, Traffic};
+
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// Target events/s for each (rate, duration) phase.
+    Open(Vec<(f64, Duration)>),
+    /// `concurrency` clients, each sending as soon as its last answer arrived.
+    Closed {
+        concurrency: usize,
+        duration: Duration,
+    },
+}
+
+#[derive(Clone)]
+pub struct Options {
+    pub url: String,
+    pub traffic: Traffic,
+    pub mode: Mode,
+    /// Requests generated up front and re-sent in turn (0: a fresh request, with
+    /// fresh event ids, for every send; needed to check for lost events).
+    pub pool: usize,
+    /// Write the id of every acknowledged event here (one per line).
+    pub ids_out: Option<std::path::PathBuf>,
+    /// The gateway's process id, for CPU and memory.
+    pub pid: Option<u32>,
+    /// Open loop: most requests in flight; beyond it the client skips (counted).
+    pub max_outstanding: usize,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct PhaseReport {
+    pub target_events_per_sec: Option<f64>,
+    pub seconds: f64,
+    pub requests: u64,
+    pub events_sent: u64,
+    pub events_accepted: u64,
+    pub events_per_sec: f64,
+    pub requests_per_sec: f64,
+    pub latency_ms: Latency,
+    pub statuses: BTreeMap<String, u64>,
+    pub client_skipped: u64,
+    pub gateway_cpu_seconds: Option<f64>,
+    /// Gateway CPU µs per accepted event.
+    pub cpu_us_per_event: Option<f64>,
+    pub gateway_rss_end_mib: Option<f64>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub phases: Vec<PhaseReport>,
+    pub gateway_peak_rss_mib: Option<f64>,
+    /// (seconds since start, RSS MiB) every second.
+    pub rss_samples_mib: Vec<(f64, f64)>,
+}
+
+struct Tally {
+    latency: Mutex<Histogram<u64>>,
+    statuses: Mutex<BTreeMap<String, u64>>,
+    requests: AtomicU64,
+    sent: AtomicU64,
+    accepted: AtomicU64,
+    skipped: AtomicU64,
+}
+
+impl Tally {
+    fn new() -> Arc<Tally> {
+        Arc::new(Tally {
+            latency: Mutex::new(
+                Histogram::new_with_bounds(1, 120_000_000, 3)
+                    .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!())),
+            ),
+            statuses: Mutex::new(BTreeMap::new()),
+            requests: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+        })
+    }
+}
+
+struct Sender {
+    client: reqwest::Client,
+    url: String,
+    keys: Vec<String>,
+    ids: Option<Arc<Mutex<std::io::BufWriter<std::fs::File>>>>,
+}
+
+impl Sender {
+    async fn send(&self, r: &Request, intended: Instant, tally: &Tally) {
+        let mut req = self
+            .client
+            .post(&self.url)
+            .bearer_auth(&self.keys[r.tenant])
+            .header("content-type", "application/json")
+            .header("x-forwarded-for", &r.client_ip)
+            .body(r.body.clone());
+        if r.gzip {
+            req = req.header("content-encoding", "gzip");
+        }
+        let status = match req.send().await {
+            Ok(resp) => {
+                let s = resp.status().as_u16();
+                let _ = resp.bytes().await;
+                s.to_string()
+            }
+            Err(e) if e.is_timeout() => "timeout".to_string(),
+            Err(_) => "connection_error".to_string(),
+        };
+        let us = intended.elapsed().as_micros().max(1) as u64;
+        if let Ok(mut h) = tally.latency.lock() {
+            let _ = h.record(us.min(120_000_000));
+        }
+        tally.requests.fetch_add(1, Ordering::Relaxed);
+        tally.sent.fetch_add(r.events as u64, Ordering::Relaxed);
+        if status == "200" {
+            tally.accepted.fetch_add(r.events as u64, Ordering::Relaxed);
+            if let Some(out) = &self.ids {
+                if let Ok(mut w) = out.lock() {
+                    for id in &r.ids {
+                        let _ = writeln!(w, "{id}");
+                    }
+                }
+            }
+        }
+        if let Ok(mut s) = tally.statuses.lock() {
+            *s.entry(status).or_insert(0) += 1;
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Feeds requests: from a pool generated before the clock starts (so generation
+/// never shows up as latency), or freshly generated on a thread.
+async fn feeder(opts: &Options) -> Result<mpsc::Receiver<Request>, String> {
+    let (tx, rx) = mpsc::channel::<Request>(256);
+    let mut traffic = opts.traffic.clone();
+    let pool = opts.pool;
+    let reqs: Vec<Request> = if pool > 0 {
+        let mut t = traffic.clone();
+        tokio::task::spawn_blocking(move || (0..pool).map(|_| t.request(now_ms())).collect())
+            .await
+            .map_err(|e| e.to_string())?
+    } else {
+        Vec::new()
+    };
+    std::thread::spawn(move || {
+        if pool > 0 {
+            for r in reqs.iter().cycle() {
+                if tx.blocking_send(r.clone()).is_err() {
+                    return;
+                }
+            }
+        } else {
+            loop {
+                if tx.blocking_send(traffic.request(now_ms())).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Ok(rx)
+}
+
+pub async fn run(opts: Options) -> Result<Report, String> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .timeout(Duration::from_secs(30))
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let ids = match &opts.ids_out {
+        Some(p) => Some(Arc::new(Mutex::new(std::io::BufWriter::new(
+            std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?,
+        )))),
+        None => None,
+    };
+    let sender = Arc::new(Sender {
+        client,
+        url: format!("{}/ingest", opts.url.trim_end_matches('/')),
+        keys: (0..opts.traffic.tenants)
+            .map(|i| Tenant::nth(i).key())
+            .collect(),
+        ids: ids.clone(),
+    });
+    let feed = Arc::new(tokio::sync::Mutex::new(feeder(&opts).await?));
+    let rss = opts
+        .pid
+        .map(|pid| procstat::sample_rss(pid, Duration::from_secs(1)));
+    let mut report = Report::default();
+    let phases: Vec<(Option<f64>, Duration, usize)> = match &opts.mode {
+        Mode::Open(p) => p.iter().map(|(r, d)| (Some(*r), *d, 0)).collect(),
+        Mode::Closed {
+            concurrency,
+            duration,
+        } => vec![(None, *duration, *concurrency)],
+    };
+    let mean = opts.traffic.sizes.mean();
+    for (rate, duration, concurrency) in phases {
+        let tally = Tally::new();
+        let cpu0 = opts.pid.and_then(procstat::cpu_seconds);
+        let started = Instant::now();
+        let deadline = started + duration;
+        match rate {
+            Some(rate) => {
+                let outstanding = Arc::new(AtomicUsize::new(0));
+                let period = Duration::from_secs_f64(mean / rate.max(0.001));
+                let mut next = Instant::now();
+                let mut tasks = tokio::task::JoinSet::new();
+                while next < deadline {
+                    tokio::time::sleep_until(next.into()).await;
+                    let Some(r) = feed.lock().await.recv().await else {
+                        break;
+                    };
+                    if outstanding.load(Ordering::Relaxed) >= opts.max_outstanding {
+                        tally.skipped.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        outstanding.fetch_add(1, Ordering::Relaxed);
+                        let (s, t, o, intended) = (
+                            Arc::clone(&sender),
+                            Arc::clone(&tally),
+                            Arc::clone(&outstanding),
+                            next,
+                        );
+                        tasks.spawn(async move {
+                            s.send(&r, intended, &t).await;
+                            o.fetch_sub(1, Ordering::Relaxed);
+                        });
+                    }
+                    while tasks.try_join_next().is_some() {}
+                    next += period;
+                }
+                while tasks.join_next().await.is_some() {}
+            }
+            None => {
+                let mut workers = tokio::task::JoinSet::new();
+                for _ in 0..concurrency {
+                    let (s, t, feed) = (Arc::clone(&sender), Arc::clone(&tally), Arc::clone(&feed));
+                    workers.spawn(async move {
+                        while Instant::now() < deadline {
+                            let r = feed.lock().await.recv().await;
+                            let Some(r) = r else { break };
+                            s.send(&r, Instant::now(), &t).await;
+                        }
+                    });
+                }
+                while workers.join_next().await.is_some() {}
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let cpu = match (cpu0, opts.pid.and_then(procstat::cpu_seconds)) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        };
+        let accepted = tally.accepted.load(Ordering::Relaxed);
+        let requests = tally.requests.load(Ordering::Relaxed);
+        let h = tally.latency.lock().map_err(|e| e.to_string())?;
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        report.phases.push(PhaseReport {
+            target_events_per_sec: rate,
+            seconds: secs,
+            requests,
+            events_sent: tally.sent.load(Ordering::Relaxed),
+            events_accepted: accepted,
+            events_per_sec: accepted as f64 / secs,
+            requests_per_sec: requests as f64 / secs,
+            latency_ms: Latency {
+                p50: ms(0.50),
+                p95: ms(0.95),
+                p99: ms(0.99),
+                max: h.max() as f64 / 1000.0,
+            },
+            statuses: tally.statuses.lock().map_err(|e| e.to_string())?.clone(),
+            client_skipped: tally.skipped.load(Ordering::Relaxed),
+            gateway_cpu_seconds: cpu,
+            cpu_us_per_event: cpu
+                .filter(|_| accepted > 0)
+                .map(|c| c * 1e6 / accepted as f64),
+            gateway_rss_end_mib: opts
+                .pid
+                .and_then(procstat::memory)
+                .map(|(rss, _)| rss as f64 / 1048576.0),
+        });
+    }
+    if let Some(ids) = ids {
+        if let Ok(mut w) = ids.lock() {
+            w.flush().map_err(|e| e.to_string())?;
+        }
+    }
+    if let Some((h, samples)) = rss {
+        h.abort();
+        report.rss_samples_mib = samples
+            .lock()
+            .map(|s| s.iter().map(|(t, b)| (*t, *b as f64 / 1048576.0)).collect())
+            .unwrap_or_default();
+    }
+    report.gateway_peak_rss_mib = opts
+        .pid
+        .and_then(procstat::memory)
+        .map(|(_, hwm)| hwm as f64 / 1048576.0);
+    Ok(report)
+}

@@ -1,0 +1,333 @@
+//! Realistic SDK traffic: the five event types in web-analytics proportions,
+//! batch sizes from 1 to 1000 with small batches most common, many tenants with
+//! a skewed (Zipf-like) share of the traffic, varied user agents and client IPs,
+//! gzip on a configurable share of requests.
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+/// Share of each event type (pageview, click, scroll, performance, custom), in percent.
+pub const TYPE_MIX: [(&str, u32); 5] = [
+    ("pageview", 45),
+    ("click", 30),
+    ("scroll", 15),
+    ("performance", 7),
+    ("custom", 3),
+];
+
+const USER_AGENTS: [&str; 10] = [
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Safari/605.1.15",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile Safari/537.36",
+    "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36 Edg/124.0.2478.67",
+    "Mozilla/5.0 (iPad; CPU OS 16_7 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/16.6 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (Linux; Android 13; SM-S911B) AppleWebKit/537.36 (KHTML, like Gecko) SamsungBrowser/24.0 Chrome/117.0.0.0 Mobile Safari/537.36",
+    "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/123.0.0.0 Safari/537.36",
+];
+
+/// A small deterministic generator (xorshift64*): reproducible traffic, no crate.
+#[derive(Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    pub fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A tenant of the benchmark: deterministic id and secret, so the gateway's
+/// configuration and the load generator agree without sharing state.
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub id: Uuid,
+    pub secret: String,
+}
+
+impl Tenant {
+    pub fn nth(i: usize) -> Tenant {
+        let digest = Sha256::digest(format!("overwatch-loadtest-tenant-{i}"));
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&digest[..16]);
+        Tenant {
+            id: uuid::Builder::from_random_bytes(b).into_uuid(),
+            secret: format!("loadtest-secret-{i}-{}", hex::encode(&digest[16..24])),
+        }
+    }
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.id, self.secret)
+    }
+}
+
+/// `[auth]` keys for `n` tenants, as TOML for the gateway's configuration.
+pub fn keys_toml(n: usize) -> String {
+    let mut s = String::from("[auth]\nclickhouse_keys = false\nkeys = [\n");
+    for i in 0..n {
+        let t = Tenant::nth(i);
+        let hash = hex::encode(Sha256::digest(t.secret.as_bytes()));
+        s.push_str(&format!(
+            "  {{ tenant_id = \"{}\", secret_sha256 = \"{hash}\", tier = \"enterprise\" }},\n",
+            t.id
+        ));
+    }
+    s.push_str("]\n");
+    s
+}
+
+/// How batch sizes are drawn.
+#[derive(Debug, Clone, Copy)]
+pub enum BatchSizes {
+    /// Every request carries this many events.
+    Fixed(usize),
+    /// SDK-like: 50% 1–10, 30% 11–100, 15% 101–500, 5% 501–1000 events.
+    Realistic,
+}
+
+impl BatchSizes {
+    pub fn draw(&self, rng: &mut Rng) -> usize {
+        match *self {
+            BatchSizes::Fixed(n) => n,
+            BatchSizes::Realistic => {
+                let (lo, hi) = match rng.below(100) {
+                    0..=49 => (1, 10),
+                    50..=79 => (11, 100),
+                    80..=94 => (101, 500),
+                    _ => (501, 1000),
+                };
+                lo + rng.below((hi - lo + 1) as u64) as usize
+            }
+        }
+    }
+
+    /// Mean events per request.
+    pub fn mean(&self) -> f64 {
+        match *self {
+            BatchSizes::Fixed(n) => n as f64,
+            BatchSizes::Realistic => 0.5 * 5.5 + 0.3 * 55.5 + 0.15 * 300.5 + 0.05 * 750.5,
+        }
+    }
+}
+
+fn event_type(rng: &mut Rng) -> &'static str {
+    let mut r = rng.below(100) as u32;
+    for (t, share) in TYPE_MIX {
+        if r < share {
+            return t;
+        }
+        r -= share;
+    }
+    "custom"
+}
+
+/// One event of `kind` as an SDK sends it (≈ 450–650 bytes of JSON).
+pub fn event(rng: &mut Rng, kind: &str, session: Uuid, ts_ms: i64) -> Value {
+    let n = rng.below(10_000);
+    let secs = ts_ms / 1000;
+    let ts = format!(
+        "2026-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        1 + (secs / 2_592_000) % 12,
+        1 + (secs / 86_400) % 28,
+        (secs / 3600) % 24,
+        (secs / 60) % 60,
+        secs % 60,
+        ts_ms % 1000
+    );
+    let mut e = json!({
+        "id": Uuid::new_v4().to_string(),
+        "session_id": session.to_string(),
+        "timestamp": ts,
+        "type": kind,
+        "user_agent": USER_AGENTS[rng.below(USER_AGENTS.len() as u64) as usize],
+        "screen": {"width": 1920, "height": 1080},
+        "viewport": {"width": 1280 + (n % 5) * 64, "height": 720 + (n % 7) * 32},
+        "timezone": "Europe/Berlin",
+        "language": "de-DE",
+    });
+    let extra = match kind {
+        "pageview" => {
+            json!({"title": format!("Product {n} – Shop"), "path": format!("/products/{n}"),
+            "url": format!("https://shop.example.com/products/{n}?ref=nav"), "referrer": "https://www.google.com/"})
+        }
+        "click" => {
+            json!({"element": "button", "selector": format!("#add-to-cart-{n}"), "text": "Add to cart",
+            "x": (n % 1280) as f64, "y": (n % 720) as f64})
+        }
+        "scroll" => json!({"depth": (n % 101) as f64}),
+        "performance" => {
+            json!({"lcp": 1200.0 + (n % 800) as f64, "fcp": 640.0, "cls": 0.02, "ttfb": 95.0,
+            "inp": 48.0, "fid": 6.0, "dom_content_loaded": 900.0, "load_time": 1450.0 + (n % 300) as f64})
+        }
+        _ => {
+            json!({"name": "checkout_step", "properties": {"step": n % 4, "plan": "pro", "items": [n % 3, n % 5], "coupon": null}})
+        }
+    };
+    if let (Some(o), Some(x)) = (e.as_object_mut(), extra.as_object()) {
+        for (k, v) in x {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    e
+}
+
+/// A ready-to-send request: body (gzip or not), tenant index, events and their ids.
+#[derive(Clone)]
+pub struct Request {
+    pub tenant: usize,
+    pub body: Bytes,
+    pub gzip: bool,
+    pub events: usize,
+    /// The client IP the request claims (X-Forwarded-For, believed from a trusted proxy).
+    pub client_ip: String,
+    pub ids: Vec<Uuid>,
+}
+
+/// Generates requests: tenant by Zipf-like skew, batch size, gzip share.
+#[derive(Clone)]
+pub struct Traffic {
+    pub rng: Rng,
+    pub tenants: usize,
+    pub sizes: BatchSizes,
+    pub gzip_share: f64,
+    /// Cumulative Zipf weights of the tenants.
+    cumulative: Vec<f64>,
+}
+
+impl Traffic {
+    pub fn new(seed: u64, tenants: usize, sizes: BatchSizes, gzip_share: f64) -> Traffic {
+        let mut acc = 0.0;
+        let cumulative = (0..tenants.max(1))
+            .map(|i| {
+                acc += 1.0 / (i + 1) as f64;
+                acc
+            })
+            .collect();
+        Traffic {
+            rng: Rng::new(seed),
+            tenants: tenants.max(1),
+            sizes,
+            gzip_share,
+            cumulative,
+        }
+    }
+
+    fn tenant(&mut self) -> usize {
+        let total = self.cumulative.last().copied().unwrap_or(1.0);
+        let r = self.rng.unit() * total;
+        self.cumulative
+            .partition_point(|c| *c < r)
+            .min(self.tenants - 1)
+    }
+
+    pub fn request(&mut self, now_ms: i64) -> Request {
+        let tenant = self.tenant();
+        let n = self.sizes.draw(&mut self.rng);
+        let session = Uuid::new_v4();
+        let events: Vec<Value> = (0..n)
+            .map(|i| {
+                let kind = event_type(&mut self.rng);
+                event(&mut self.rng, kind, session, now_ms + i as i64)
+            })
+            .collect();
+        let ids = events
+            .iter()
+            .filter_map(|e| e["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()))
+            .collect();
+        let json = serde_json::to_vec(&json!({ "events": events })).unwrap_or_default();
+        let gzip = self.rng.unit() < self.gzip_share;
+        let body = if gzip {
+            use std::io::Write;
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            let _ = enc.write_all(&json);
+            Bytes::from(enc.finish().unwrap_or_default())
+        } else {
+            Bytes::from(json)
+        };
+        let ip = self.rng.next();
+        Request {
+            tenant,
+            body,
+            gzip,
+            events: n,
+            client_ip: format!(
+                "{}.{}.{}.{}",
+                1 + (ip % 223),
+                (ip >> 8) % 256,
+                (ip >> 16) % 256,
+                1 + (ip >> 24) % 254
+            ),
+            ids,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_mix_and_batch_sizes_follow_their_distributions() {
+        let mut rng = Rng::new(7);
+        let mut counts = std::collections::HashMap::new();
+        for _ in 0..100_000 {
+            *counts.entry(event_type(&mut rng)).or_insert(0u32) += 1;
+        }
+        for (t, share) in TYPE_MIX {
+            let got = counts[t] as f64 / 1000.0;
+            assert!((got - share as f64).abs() < 1.0, "{t}: {got}% vs {share}%");
+        }
+        let sizes: Vec<usize> = (0..100_000)
+            .map(|_| BatchSizes::Realistic.draw(&mut rng))
+            .collect();
+        assert!(sizes.iter().all(|s| (1..=1000).contains(s)));
+        let mean = sizes.iter().sum::<usize>() as f64 / sizes.len() as f64;
+        assert!((mean - BatchSizes::Realistic.mean()).abs() < 3.0, "{mean}");
+    }
+
+    #[test]
+    fn tenants_are_skewed_and_deterministic() {
+        assert_eq!(Tenant::nth(3).id, Tenant::nth(3).id);
+        assert_ne!(Tenant::nth(3).id, Tenant::nth(4).id);
+        let mut t = Traffic::new(1, 50, BatchSizes::Fixed(1), 0.0);
+        let mut first = 0;
+        for _ in 0..10_000 {
+            if t.tenant() == 0 {
+                first += 1;
+            }
+        }
+        // 1/H(50) ≈ 22% of the traffic goes to the biggest tenant.
+        assert!((1_900..2_600).contains(&first), "{first}");
+    }
+
+    #[test]
+    fn requests_carry_their_ids_and_gzip_when_asked() {
+        let mut t = Traffic::new(3, 5, BatchSizes::Fixed(20), 1.0);
+        let r = t.request(1_700_000_000_000);
+        assert_eq!((r.events, r.ids.len(), r.gzip), (20, 20, true));
+        let mut plain = Vec::new();
+        use std::io::Read;
+        flate2::read::GzDecoder::new(&r.body[..])
+            .read_to_end(&mut plain)
+            .expect("gzip");
+        let v: Value = serde_json::from_slice(&plain).expect("json");
+        assert_eq!(v["events"].as_array().map(Vec::len), Some(20));
+    }
+}
