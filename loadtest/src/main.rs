@@ -167,6 +167,7 @@ async fn real_main() -> Result<(), String> {
                 ids_out,
                 pid,
                 max_outstanding,
+                stop: None,
             })
             .await?;
             for (i, p) in report.phases.iter().enumerate() {

@@ -34,14 +34,11 @@ pub fn memory(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
-/// RSS samples taken every `every` until the returned handle is dropped/aborted.
-pub fn sample_rss(
-    pid: u32,
-    every: Duration,
-) -> (
-    tokio::task::JoinHandle<()>,
-    std::sync::Arc<std::sync::Mutex<Vec<(f64, u64)>>>,
-) {
+/// (seconds since sampling began, RSS bytes) samples.
+pub type RssSamples = std::sync::Arc<std::sync::Mutex<Vec<(f64, u64)>>>;
+
+/// RSS samples taken every `every` until the returned task is aborted.
+pub fn sample_rss(pid: u32, every: Duration) -> (tokio::task::JoinHandle<()>, RssSamples) {
     let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let out = std::sync::Arc::clone(&samples);
     let start = std::time::Instant::now();

@@ -41,6 +41,8 @@ pub struct Options {
     pub pid: Option<u32>,
     /// Open loop: most requests in flight; beyond it the client skips (counted).
     pub max_outstanding: usize,
+    /// Ends the run early when set (the report covers what was sent).
+    pub stop: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -236,7 +238,12 @@ pub async fn run(opts: Options) -> Result<Report, String> {
                 let period = Duration::from_secs_f64(mean / rate.max(0.001));
                 let mut next = Instant::now();
                 let mut tasks = tokio::task::JoinSet::new();
-                while next < deadline {
+                let stopped = || {
+                    opts.stop
+                        .as_ref()
+                        .is_some_and(|s| s.load(Ordering::Relaxed))
+                };
+                while next < deadline && !stopped() {
                     tokio::time::sleep_until(next.into()).await;
                     let Some(r) = feed.lock().await.recv().await else {
                         break;
@@ -265,8 +272,12 @@ pub async fn run(opts: Options) -> Result<Report, String> {
                 let mut workers = tokio::task::JoinSet::new();
                 for _ in 0..concurrency {
                     let (s, t, feed) = (Arc::clone(&sender), Arc::clone(&tally), Arc::clone(&feed));
+                    let stop = opts.stop.clone();
                     workers.spawn(async move {
                         while Instant::now() < deadline {
+                            if stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
+                                break;
+                            }
                             let r = feed.lock().await.recv().await;
                             let Some(r) = r else { break };
                             s.send(&r, Instant::now(), &t).await;

@@ -30,22 +30,32 @@ impl GatewayProcess {
     /// static key for a fresh tenant, `extra` appended to its config file, and
     /// waits until it is ready.
     pub async fn start(cfg: &Config, extra: &str) -> GatewayProcess {
+        Self::start_with_auth(cfg, None, extra).await
+    }
+
+    /// As [`GatewayProcess::start`], with `auth` (an `[auth]` TOML section) in
+    /// place of the one fresh tenant's key.
+    pub async fn start_with_auth(cfg: &Config, auth: Option<&str>, extra: &str) -> GatewayProcess {
         let tenant = Uuid::new_v4();
         let port = shared::testkit::free_port();
+        let auth = auth.map(str::to_string).unwrap_or_else(|| {
+            format!(
+                "[auth]\nclickhouse_keys = false\nkeys = [{{ tenant_id = \"{tenant}\", secret_sha256 = \"{}\", tier = \"paid\" }}]\n\n",
+                gateway::auth::hash_secret(SECRET)
+            )
+        });
         let mut text = String::new();
         let _ = write!(
             text,
             "[gateway]\nlisten = \"127.0.0.1:{port}\"\nbroker_check_interval_ms = 200\n\
              shutdown_timeout_ms = 10000\n\n\
              [kafka]\nbrokers = {}\ntopic_prefix = {}\npartitions = {}\n\n\
-             [clickhouse]\nurl = {}\ndatabase = {}\n\n\
-             [auth]\nclickhouse_keys = false\nkeys = [{{ tenant_id = \"{tenant}\", secret_sha256 = \"{}\", tier = \"paid\" }}]\n\n",
+             [clickhouse]\nurl = {}\ndatabase = {}\n\n{auth}",
             toml_str(&cfg.kafka.brokers),
             toml_str(&cfg.kafka.topic_prefix),
             cfg.kafka.partitions,
             toml_str(&cfg.clickhouse.url),
             toml_str(&cfg.clickhouse.database),
-            gateway::auth::hash_secret(SECRET),
         );
         for tier in ["free", "paid", "enterprise"] {
             let _ = write!(
@@ -56,25 +66,21 @@ impl GatewayProcess {
         text.push_str(extra);
         let config_file = std::env::temp_dir().join(format!("ow-gw-{}.toml", Uuid::new_v4()));
         std::fs::write(&config_file, text).expect("write gateway config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .arg("--config")
-            .arg(&config_file)
-            .env_remove("OVERWATCH_CONFIG")
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the gateway binary");
         let stderr = Arc::new(Mutex::new(Vec::new()));
-        let pipe = child.stderr.take().expect("stderr pipe");
-        let lines = Arc::clone(&stderr);
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                lines.lock().expect("stderr lines").push(line);
-            }
-        });
-        let url = format!("http://127.0.0.1:{port}");
-        let ready = format!("{url}/health/ready");
+        let child = spawn(&config_file, &stderr);
+        let mut gw = GatewayProcess {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            tenant,
+            stderr,
+            config_file,
+        };
+        gw.wait_ready().await;
+        gw
+    }
+
+    async fn wait_ready(&mut self) {
+        let ready = format!("{}/health/ready", self.url);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(r) = reqwest::get(&ready).await {
@@ -82,10 +88,10 @@ impl GatewayProcess {
                     break;
                 }
             }
-            if let Ok(Some(status)) = child.try_wait() {
+            if let Ok(Some(status)) = self.child.try_wait() {
                 panic!(
                     "the gateway exited with {status} before it was ready:\n{}",
-                    stderr.lock().expect("stderr").join("\n")
+                    self.stderr_text()
                 );
             }
             assert!(
@@ -94,13 +100,15 @@ impl GatewayProcess {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        GatewayProcess {
-            child,
-            url,
-            tenant,
-            stderr,
-            config_file,
-        }
+    }
+
+    /// SIGKILLs the process, then starts it again on the same port and
+    /// configuration and waits until it is ready.
+    pub async fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn(&self.config_file, &self.stderr);
+        self.wait_ready().await;
     }
 
     pub fn key(&self) -> String {
@@ -143,6 +151,26 @@ impl Drop for GatewayProcess {
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.config_file);
     }
+}
+
+fn spawn(config_file: &std::path::Path, stderr: &Arc<Mutex<Vec<String>>>) -> Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg("--config")
+        .arg(config_file)
+        .env_remove("OVERWATCH_CONFIG")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the gateway binary");
+    let pipe = child.stderr.take().expect("stderr pipe");
+    let lines = Arc::clone(stderr);
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            lines.lock().expect("stderr lines").push(line);
+        }
+    });
+    child
 }
 
 /// Sum of every sample of `name` in a Prometheus exposition whose labels
