@@ -163,7 +163,9 @@ fn now_ms() -> i64 {
 
 /// Feeds requests: from a pool generated before the clock starts (so generation
 /// never shows up as latency), or freshly generated on a thread.
-async fn feeder(opts: &Options) -> Result<mpsc::Receiver<Request>, String> {
+/// Also returns the mean events per request of the pool (the open loop paces by
+/// it), or of the distribution when requests are generated fresh.
+async fn feeder(opts: &Options) -> Result<(mpsc::Receiver<Request>, f64), String> {
     let (tx, rx) = mpsc::channel::<Request>(256);
     let mut traffic = opts.traffic.clone();
     let pool = opts.pool;
@@ -174,6 +176,11 @@ async fn feeder(opts: &Options) -> Result<mpsc::Receiver<Request>, String> {
             .map_err(|e| e.to_string())?
     } else {
         Vec::new()
+    };
+    let mean = if reqs.is_empty() {
+        opts.traffic.sizes.mean()
+    } else {
+        reqs.iter().map(|r| r.events).sum::<usize>() as f64 / reqs.len() as f64
     };
     std::thread::spawn(move || {
         if pool > 0 {
@@ -190,7 +197,7 @@ async fn feeder(opts: &Options) -> Result<mpsc::Receiver<Request>, String> {
             }
         }
     });
-    Ok(rx)
+    Ok((rx, mean))
 }
 
 pub async fn run(opts: Options) -> Result<Report, String> {
@@ -214,7 +221,8 @@ pub async fn run(opts: Options) -> Result<Report, String> {
             .collect(),
         ids: ids.clone(),
     });
-    let feed = Arc::new(tokio::sync::Mutex::new(feeder(&opts).await?));
+    let (feed, mean) = feeder(&opts).await?;
+    let feed = Arc::new(tokio::sync::Mutex::new(feed));
     let rss = opts
         .pid
         .map(|pid| procstat::sample_rss(pid, Duration::from_secs(1)));
@@ -226,7 +234,6 @@ pub async fn run(opts: Options) -> Result<Report, String> {
             duration,
         } => vec![(None, *duration, *concurrency)],
     };
-    let mean = opts.traffic.sizes.mean();
     for (rate, duration, concurrency) in phases {
         let tally = Tally::new();
         let cpu0 = opts.pid.and_then(procstat::cpu_seconds);

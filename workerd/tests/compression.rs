@@ -37,16 +37,20 @@ async fn ids(schema: &TestSchema, sql: &str) -> Vec<String> {
     v
 }
 
+fn admin(schema: &TestSchema) -> Admin {
+    Admin {
+        client: schema.client.clone(),
+        database: schema.database().to_string(),
+        actor: "compression-test".into(),
+    }
+}
+
 #[tokio::test]
 async fn old_free_tier_days_move_to_rollups_and_parquet() {
     let svc = services();
     let schema = TestSchema::create(&svc).await;
     let db = format!("`{}`", schema.database());
-    let admin = Admin {
-        client: schema.client.clone(),
-        database: schema.database().to_string(),
-        actor: "compression-test".into(),
-    };
+    let admin = admin(&schema);
     let free = admin
         .tenant_create(None, "free", Tier::Free, false)
         .await
@@ -184,11 +188,7 @@ async fn compressed_days_go_to_an_s3_compatible_bucket() {
     let schema = TestSchema::create(&svc).await;
     let db = format!("`{}`", schema.database());
     let s3 = shared::testkit::S3Server::start(&svc);
-    let admin = Admin {
-        client: schema.client.clone(),
-        database: schema.database().to_string(),
-        actor: "compression-test".into(),
-    };
+    let admin = admin(&schema);
     let free = admin
         .tenant_create(None, "free", Tier::Free, false)
         .await
