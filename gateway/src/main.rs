@@ -19,6 +19,19 @@ struct Args {
     check_config: bool,
 }
 
+/// Binds with a deep accept backlog, so a connection storm waits in the kernel
+/// (and is answered, or shed with 503) instead of being refused.
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
@@ -31,7 +44,7 @@ async fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let telemetry = shared::telemetry::init(&config.log, &config.telemetry, "gateway");
-    let listener = match tokio::net::TcpListener::bind(config.gateway.listen).await {
+    let listener = match bind(config.gateway.listen) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(listen = %config.gateway.listen, error = %e, "cannot bind gateway.listen");
