@@ -134,7 +134,13 @@ async fn route(
             if app.shutting_down.load(Ordering::Relaxed) {
                 return Err(ApiError::ShuttingDown);
             }
-            let _admitted = app.admit()?;
+            let _admitted = match app.admit() {
+                Ok(a) => a,
+                Err(e) => {
+                    discard_body(req.into_body(), app.config.gateway.max_body_bytes).await;
+                    return Err(e);
+                }
+            };
             crate::ingest::handle(app, req, rid, peer).await
         }
         "/health/live" => Ok(json_response(StatusCode::OK, json!({"status": "ok"}))),
@@ -173,6 +179,22 @@ async fn route(
             ))
         }
     }
+}
+
+/// Reads and drops a shed request's body (at most `max` bytes, for at most a
+/// second), so the client reads the 503 instead of a reset connection.
+async fn discard_body(mut body: Incoming, max: u64) {
+    use http_body_util::BodyExt;
+    let drain = async {
+        let mut seen = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if seen > max {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
 }
 
 /// `GET /metrics`: refreshes the gauges read at scrape time, then renders.

@@ -134,6 +134,10 @@ pub struct ChannelConfig {
     pub smtp_user: String,
     #[serde(default)]
     pub smtp_password: String,
+    /// PEM file of a CA to trust for the SMTP server's certificate (a private
+    /// relay), in addition to the system's roots.
+    #[serde(default)]
+    pub smtp_ca_file: String,
     #[serde(default)]
     pub from: String,
     #[serde(default)]
@@ -610,6 +614,12 @@ impl Config {
                     }
                     if c.to.is_empty() || c.to.iter().any(|t| !t.contains('@')) {
                         return Err(ConfigError::new(key("to"), "must list email addresses"));
+                    }
+                    if !c.smtp_ca_file.is_empty() && !Path::new(&c.smtp_ca_file).is_file() {
+                        return Err(ConfigError::new(
+                            key("smtp_ca_file"),
+                            format!("{} is not a readable file", c.smtp_ca_file),
+                        ));
                     }
                 }
             }

@@ -132,6 +132,7 @@ fn channel(name: &str, kind: ChannelKind) -> ChannelConfig {
         smtp_tls: SmtpTls::None,
         smtp_user: String::new(),
         smtp_password: String::new(),
+        smtp_ca_file: String::new(),
         from: String::new(),
         to: Vec::new(),
     }

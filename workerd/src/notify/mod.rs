@@ -13,6 +13,7 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde_json::json;
 use sha2::Sha256;
@@ -266,14 +267,11 @@ impl Notifier {
             alert.title, alert.message, alert.detail
         );
         let msg = msg.body(body).map_err(|e| e.to_string())?;
+        let plain = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&ch.smtp_host);
         let builder = match ch.smtp_tls {
-            SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&ch.smtp_host),
-            SmtpTls::Starttls => {
-                AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&ch.smtp_host)
-                    .map_err(|e| e.to_string())?
-            }
-            SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&ch.smtp_host)
-                .map_err(|e| e.to_string())?,
+            SmtpTls::None => plain,
+            SmtpTls::Starttls => plain.tls(Tls::Required(tls_parameters(ch)?)),
+            SmtpTls::Tls => plain.tls(Tls::Wrapper(tls_parameters(ch)?)),
         };
         let mut builder = builder
             .port(ch.smtp_port)
@@ -291,6 +289,21 @@ impl Notifier {
             .map(|_| ())
             .map_err(|e| e.to_string())
     }
+}
+
+/// TLS for `ch`'s SMTP server: its host name checked against the certificate,
+/// trusting the system's roots and, when set, `smtp_ca_file`.
+fn tls_parameters(ch: &ChannelConfig) -> Result<TlsParameters, String> {
+    let mut b = TlsParameters::builder(ch.smtp_host.clone());
+    if !ch.smtp_ca_file.is_empty() {
+        let pem = std::fs::read(&ch.smtp_ca_file)
+            .map_err(|e| format!("reading smtp_ca_file {}: {e}", ch.smtp_ca_file))?;
+        let ca = Certificate::from_pem(&pem)
+            .map_err(|e| format!("smtp_ca_file {}: {e}", ch.smtp_ca_file))?;
+        b = b.add_root_certificate(ca);
+    }
+    b.build_rustls()
+        .map_err(|e| format!("TLS set-up for {}: {e}", ch.smtp_host))
 }
 
 /// Alerts a job run raises: `job_failure` on an error; after `quota`, one
