@@ -293,6 +293,7 @@ def chaos(args):
     under load; then every acknowledged id must be in ClickHouse exactly once."""
     env = Env("sqlite://tansu.db", clickhouse=True, name="chaos")
     ids = os.path.join(env.dir, "acked.ids")
+    keep = False
     try:
         env.start_services()
         cfg = env.config()
@@ -328,9 +329,13 @@ def chaos(args):
         log("restart gateway")
         env.start_gateway(cfg)
         at(0.65)
-        log("stop ClickHouse")
+        # A crash (SIGKILL). The rejoining consumer can get no partitions from the
+        # tansu broker; deploy/local/chserver.py re-attaches such a table after
+        # 60 s (docs/benchmarks.md).
+        log("SIGKILL ClickHouse")
         ch = next(p for p in env.stack.procs if p.name == "clickhouse")
-        ch.stop()
+        os.killpg(ch.proc.pid, signal.SIGKILL)
+        ch.proc.wait()
         env.stack.procs.remove(ch)
         at(0.75)
         log("restart ClickHouse")
@@ -348,7 +353,7 @@ def chaos(args):
             r = subprocess.run([LOADTEST, "check", "--ids", ids, "--clickhouse", env.stack.clickhouse,
                                 "--tenants", str(TENANTS)], capture_output=True, text=True)
             try:
-                verdict = json.loads(r.stdout.strip().splitlines()[-1])
+                verdict = json.loads(r.stdout.strip().splitlines()[0])
             except (ValueError, IndexError):
                 verdict = None
             if verdict and verdict["lost"] == 0:
@@ -356,18 +361,29 @@ def chaos(args):
             time.sleep(5)
         print("chaos verdict: %s" % json.dumps(verdict))
         ok = bool(verdict) and verdict["lost"] == 0 and verdict["duplicates_after_dedup"] == 0
+        if verdict and verdict["lost"] > 0:
+            # Lost before the broker, or not consumed by ClickHouse (yet)?
+            r = subprocess.run([LOADTEST, "check", "--ids", ids, "--clickhouse", env.stack.clickhouse,
+                                "--tenants", str(TENANTS), "--brokers", env.stack.kafka],
+                               capture_output=True, text=True)
+            print(r.stdout, r.stderr)
+            keep = True
         if ok:
             with open(os.path.join(ROOT, "docs", "benchmarks.md"), "a") as f:
                 f.write("\n**Chaos** (`make chaos`, %s, commit `%s`): %d events/s for %d s with the broker "
                         "(SQLite storage) SIGKILLed and restarted, the gateway SIGKILLed and restarted, and "
-                        "ClickHouse stopped and restarted: %d events acknowledged, %d found in ClickHouse, "
+                        "ClickHouse SIGKILLed and restarted: %d events acknowledged, %d found in ClickHouse, "
                         "%d lost, %d duplicates after deduplication (%d before).\n" % (
                             datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                             commit(), args.rate, total, verdict["acknowledged"], verdict["found"],
                             verdict["lost"], verdict["duplicates_after_dedup"], verdict["duplicates_before_dedup"]))
         return 0 if ok else 1
     finally:
-        env.cleanup()
+        if keep:
+            env.stop()
+            log("data and logs kept in %s" % env.dir)
+        else:
+            env.cleanup()
 
 
 def main():

@@ -31,6 +31,7 @@ import struct
 import sys
 import tempfile
 import threading
+import time
 import urllib.parse
 
 try:
@@ -201,6 +202,49 @@ class Engine:
                     except ClickHouseError:
                         pass
 
+    def watch_kafka_consumers(self, stuck_after=60.0, every=10.0):
+        """Re-attaches a Kafka engine table whose consumer has held no partitions
+        for ``stuck_after`` seconds.
+
+        After its previous consumer died, the tansu broker can leave the
+        rejoining consumer with an empty assignment that no later rebalance
+        fixes; a fresh join (DETACH + ATTACH) once the dead member has expired
+        gets the partitions. A healthy consumer always holds partitions, even
+        when idle, so this never touches a working table.
+        """
+        empty_since = {}
+        while True:
+            time.sleep(every)
+            try:
+                with self.lock:
+                    rows = self._exec(
+                        b"SELECT database, table, max(length(assignments.partition_id)) "
+                        b"FROM system.kafka_consumers GROUP BY database, table")
+            except ClickHouseError:
+                continue
+            now = time.monotonic()
+            for line in rows.decode("utf-8", "replace").splitlines():
+                db, table, n = line.split("\t")
+                key = (db, table)
+                if int(n) > 0:
+                    empty_since.pop(key, None)
+                    continue
+                first = empty_since.setdefault(key, now)
+                if now - first < stuck_after:
+                    continue
+                name = (quote_ident(db) + b"." + quote_ident(table)).decode()
+                sys.stderr.write("chserver: %s has consumed nothing for %.0fs (no partitions "
+                                 "assigned); re-attaching it\n" % (name, now - first))
+                with self.lock:
+                    try:
+                        self._exec(("DETACH TABLE " + name).encode())
+                        self._exec(("ATTACH TABLE " + name).encode())
+                    except ClickHouseError as err:
+                        # ATTACH of a Kafka table answers the spurious code 49, yet works.
+                        if not (err.code == 49 and self._table_exists(name)):
+                            sys.stderr.write("chserver: re-attaching %s failed: %s\n" % (name, err))
+                empty_since.pop(key, None)
+
     def _table_exists(self, name):
         return self._exec(b"EXISTS TABLE " + name.encode()).strip() == b"1"
 
@@ -365,6 +409,7 @@ def main():
     args = ap.parse_args()
 
     engine = Engine(args.path)
+    threading.Thread(target=engine.watch_kafka_consumers, daemon=True).start()
     server = Server((args.host, args.port), Handler)
     server.engine = engine
     server.verbose = args.verbose

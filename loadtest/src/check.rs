@@ -37,6 +37,32 @@ struct IdCount {
     rows: u64,
 }
 
+fn tenant_filter(tenants: &[Uuid]) -> String {
+    let list: Vec<String> = tenants.iter().map(|t| format!("'{t}'")).collect();
+    format!("tenant_id IN ({})", list.join(","))
+}
+
+fn db(database: &str) -> String {
+    format!("`{}`", database.replace('`', ""))
+}
+
+/// Every event id of `tenants` in `database.events`.
+pub async fn present_ids(
+    client: &clickhouse::Client,
+    database: &str,
+    tenants: &[Uuid],
+) -> Result<HashSet<Uuid>, clickhouse::error::Error> {
+    let ids: Vec<String> = client
+        .query(&format!(
+            "SELECT DISTINCT toString(id) FROM {}.events WHERE {}",
+            db(database),
+            tenant_filter(tenants)
+        ))
+        .fetch_all()
+        .await?;
+    Ok(ids.iter().filter_map(|s| Uuid::parse_str(s).ok()).collect())
+}
+
 /// Compares `acked` with the rows of `tenants` in `database.events`.
 pub async fn check(
     client: &clickhouse::Client,
@@ -44,9 +70,8 @@ pub async fn check(
     tenants: &[Uuid],
     acked: &HashSet<Uuid>,
 ) -> Result<Verdict, clickhouse::error::Error> {
-    let tenant_list: Vec<String> = tenants.iter().map(|t| format!("'{t}'")).collect();
-    let filter = format!("tenant_id IN ({})", tenant_list.join(","));
-    let db = format!("`{}`", database.replace('`', ""));
+    let filter = tenant_filter(tenants);
+    let db = db(database);
     let raw: Vec<IdCount> = client
         .query(&format!(
             "SELECT toString(id) AS id, count() AS rows FROM {db}.events WHERE {filter} GROUP BY id"
@@ -72,4 +97,41 @@ pub async fn check(
         duplicates_before_dedup: raw.iter().map(|r| r.rows.saturating_sub(1)).sum(),
         lost_sample: lost.iter().take(5).map(|u| u.to_string()).collect(),
     })
+}
+
+/// Which of `wanted` are on the broker: reads `topics` from the beginning with a
+/// fresh consumer group until all were seen or nothing new arrived for `idle`.
+/// Tells "lost before the broker" apart from "not consumed by ClickHouse yet".
+pub async fn on_broker(
+    brokers: &str,
+    topics: &[String],
+    wanted: &HashSet<Uuid>,
+    idle: std::time::Duration,
+) -> Result<HashSet<Uuid>, String> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::Message;
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("overwatch-check-{}", Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&names).map_err(|e| e.to_string())?;
+    let mut found = HashSet::new();
+    while found.len() < wanted.len() {
+        let Ok(msg) = tokio::time::timeout(idle, consumer.recv()).await else {
+            break;
+        };
+        let msg = msg.map_err(|e| e.to_string())?;
+        let id = msg
+            .payload()
+            .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
+            .and_then(|v| v["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()));
+        if let Some(id) = id.filter(|id| wanted.contains(id)) {
+            found.insert(id);
+        }
+    }
+    Ok(found)
 }

@@ -80,6 +80,11 @@ enum Cmd {
         database: String,
         #[arg(long, default_value_t = 50)]
         tenants: usize,
+        /// Also look for the ids missing in ClickHouse on this broker's topics.
+        #[arg(long)]
+        brokers: Option<String>,
+        #[arg(long, default_value = "")]
+        prefix: String,
     },
 }
 
@@ -199,6 +204,8 @@ async fn real_main() -> Result<(), String> {
             clickhouse,
             database,
             tenants,
+            brokers,
+            prefix,
         } => {
             let acked = loadtest::check::read_ids(&ids)?;
             let client = clickhouse::Client::default().with_url(clickhouse);
@@ -207,6 +214,25 @@ async fn real_main() -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())?;
             println!("{}", serde_json::to_string(&v).map_err(|e| e.to_string())?);
+            if let (Some(brokers), true) = (brokers, v.lost > 0) {
+                let present = loadtest::check::present_ids(&client, &database, &tenants)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let missing: std::collections::HashSet<uuid::Uuid> =
+                    acked.difference(&present).copied().collect();
+                let topics: Vec<String> = shared::event::EventType::ALL
+                    .iter()
+                    .map(|t| t.topic(&prefix))
+                    .collect();
+                let on_broker =
+                    loadtest::check::on_broker(&brokers, &topics, &missing, Duration::from_secs(10))
+                        .await?;
+                println!(
+                    "{{\"missing_in_clickhouse\": {}, \"of_which_on_the_broker\": {}}}",
+                    missing.len(),
+                    on_broker.len()
+                );
+            }
             if v.lost > 0 || v.duplicates_after_dedup > 0 {
                 return Err(format!(
                     "{} acknowledged events lost, {} duplicates after deduplication",
