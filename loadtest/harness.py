@@ -253,9 +253,11 @@ def write_bench_doc(results, floor, args):
     doc = os.path.join(ROOT, "docs", "benchmarks.md")
     text = open(doc).read() if os.path.exists(doc) else ""
     marker = "## Latest run"
-    head = text.split(marker)[0] if marker in text else text
+    head, _, tail = text.partition(marker)
+    # The soak and chaos results (appended by their own runs) stay.
+    kept = [l for l in tail.splitlines() if l.startswith(("**Soak**", "**Chaos**"))]
     with open(doc, "w") as f:
-        f.write(head.rstrip() + "\n\n" + "\n".join(lines))
+        f.write(head.rstrip() + "\n\n" + "\n".join(lines) + "".join("\n" + l + "\n" for l in kept))
     print("\n".join(lines))
     log("wrote %s" % doc)
 
