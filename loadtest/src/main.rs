@@ -224,9 +224,13 @@ async fn real_main() -> Result<(), String> {
                     .iter()
                     .map(|t| t.topic(&prefix))
                     .collect();
-                let on_broker =
-                    loadtest::check::on_broker(&brokers, &topics, &missing, Duration::from_secs(10))
-                        .await?;
+                let on_broker = loadtest::check::on_broker(
+                    &brokers,
+                    &topics,
+                    &missing,
+                    Duration::from_secs(10),
+                )
+                .await?;
                 println!(
                     "{{\"missing_in_clickhouse\": {}, \"of_which_on_the_broker\": {}}}",
                     missing.len(),
