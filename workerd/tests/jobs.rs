@@ -255,16 +255,30 @@ async fn retention_follows_tiers_and_tier_changes() {
     assert!(stdout.contains(r#""free":1"#), "{stdout}");
     assert_eq!((count(free).await, count(paid).await), (1, 2));
 
-    // A downgrade applies on the next run.
+    // A downgrade applies on the next run, and the deletion is counted in metrics.
     admin
         .tenant_set_tier(paid, Tier::Free)
         .await
         .expect("downgrade");
+    shared::metrics::install();
+    let deleted = || {
+        shared::metrics::parse_exposition(&shared::metrics::render())
+            .into_iter()
+            .filter(|s| s.name == "overwatch_retention_deleted_rows_total")
+            .filter(|s| {
+                s.labels.contains(&("tier".into(), "free".into()))
+                    && s.labels.contains(&("table".into(), "events".into()))
+            })
+            .map(|s| s.value)
+            .sum::<f64>()
+    };
+    let before = deleted();
     let r = jobs::run(&ctx(&schema), JobName::Retention, now, None, None)
         .await
         .expect("retention");
     assert_eq!(r.rows_affected, 1);
     assert_eq!((count(free).await, count(paid).await), (1, 1));
+    assert_eq!(deleted() - before, 1.0, "one free-tier event row counted");
 
     let audited = rows(
         &schema,
