@@ -197,11 +197,16 @@ async fn compressed_days_go_to_an_s3_compatible_bucket() {
     for kind in ["pageview", "click", "custom"] {
         insert(&schema, free, d1, kind, Uuid::new_v4()).await;
     }
-    let day1_ids = ids(
-        &schema,
-        &format!("SELECT toString(id) AS id FROM {db}.events WHERE tenant_id = toUUID('{free}')"),
-    )
-    .await;
+    let raw_ids = || async {
+        ids(
+            &schema,
+            &format!(
+                "SELECT toString(id) AS id FROM {db}.events WHERE tenant_id = toUUID('{free}')"
+            ),
+        )
+        .await
+    };
+    let day1_ids = raw_ids().await;
     let now = datetime!(2024-05-03 12:00 UTC);
 
     // Wrong credentials: the upload fails, the job fails, nothing is deleted.
@@ -224,13 +229,7 @@ async fn compressed_days_go_to_an_s3_compatible_bucket() {
         "no secret in errors"
     );
     assert_eq!(
-        ids(
-            &schema,
-            &format!(
-                "SELECT toString(id) AS id FROM {db}.events WHERE tenant_id = toUUID('{free}')"
-            )
-        )
-        .await,
+        raw_ids().await,
         day1_ids,
         "raw events kept when the upload fails"
     );
@@ -275,14 +274,5 @@ async fn compressed_days_go_to_an_s3_compatible_bucket() {
     let detail: serde_json::Value =
         serde_json::from_str(audit[0]["detail"].as_str().expect("detail")).expect("json");
     assert_eq!(detail["file"], format!("s3://cold/{key}"));
-    assert_eq!(
-        ids(
-            &schema,
-            &format!(
-                "SELECT toString(id) AS id FROM {db}.events WHERE tenant_id = toUUID('{free}')"
-            )
-        )
-        .await,
-        Vec::<String>::new()
-    );
+    assert_eq!(raw_ids().await, Vec::<String>::new());
 }
