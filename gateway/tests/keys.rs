@@ -14,11 +14,7 @@ use uuid::Uuid;
 use workerd::admin::{Admin, KeySpec};
 
 fn admin(schema: &TestSchema) -> Admin {
-    Admin {
-        client: schema.client.clone(),
-        database: schema.database().to_string(),
-        actor: "keys-test".into(),
-    }
+    Admin::new(schema.client.clone(), schema.database(), "keys-test")
 }
 
 fn server() -> KeySpec {
@@ -421,11 +417,7 @@ async fn last_snapshot_serves_while_clickhouse_is_down() {
     shared::schema::migrate(&client, &shared::schema::SchemaContext::from_config(&cfg))
         .await
         .expect("migrate");
-    let admin = Admin {
-        client,
-        database: cfg.clickhouse.database.clone(),
-        actor: "keys-test".into(),
-    };
+    let admin = Admin::new(client, &cfg.clickhouse.database, "keys-test");
     let tenant = admin
         .tenant_create(None, "steady", Tier::Free, false)
         .await

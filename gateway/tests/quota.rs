@@ -19,11 +19,7 @@ async fn over_quota_tenants_get_429() {
     let schema = TestSchema::create(&svc).await;
     let mut cfg = schema.config.clone();
     cfg.tiers.free.monthly_event_quota = 5;
-    let admin = Admin {
-        client: schema.client.clone(),
-        database: schema.database().to_string(),
-        actor: "quota-test".into(),
-    };
+    let admin = Admin::new(schema.client.clone(), schema.database(), "quota-test");
     let small = admin
         .tenant_create(None, "small", Tier::Free, false)
         .await

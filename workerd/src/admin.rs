@@ -129,6 +129,15 @@ impl KeySpec {
 }
 
 impl Admin {
+    /// Commands on `database` through `client`, recorded in the audit log as `actor`.
+    pub fn new(client: clickhouse::Client, database: &str, actor: &str) -> Admin {
+        Admin {
+            client,
+            database: database.to_string(),
+            actor: actor.to_string(),
+        }
+    }
+
     fn table(&self, name: &str) -> String {
         format!("{}.{}", ident(&self.database), ident(name))
     }

@@ -396,11 +396,11 @@ async fn backfill(config: &Config, cmd: BackfillCmd) -> ExitCode {
 }
 
 fn admin_for(config: &Config) -> Admin {
-    Admin {
-        client: shared::ch::client(&config.clickhouse),
-        database: config.clickhouse.database.clone(),
-        actor: std::env::var("USER").unwrap_or_else(|_| "workerd-cli".into()),
-    }
+    Admin::new(
+        shared::ch::client(&config.clickhouse),
+        &config.clickhouse.database,
+        &std::env::var("USER").unwrap_or_else(|_| "workerd-cli".into()),
+    )
 }
 
 fn report(result: Result<(), admin::AdminError>) -> ExitCode {

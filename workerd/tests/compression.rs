@@ -38,11 +38,7 @@ async fn ids(schema: &TestSchema, sql: &str) -> Vec<String> {
 }
 
 fn admin(schema: &TestSchema) -> Admin {
-    Admin {
-        client: schema.client.clone(),
-        database: schema.database().to_string(),
-        actor: "compression-test".into(),
-    }
+    Admin::new(schema.client.clone(), schema.database(), "compression-test")
 }
 
 #[tokio::test]

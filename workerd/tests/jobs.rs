@@ -191,11 +191,7 @@ async fn rollups_count_per_hour_and_day() {
 async fn retention_follows_tiers_and_tier_changes() {
     let svc = services();
     let schema = TestSchema::create(&svc).await;
-    let admin = Admin {
-        client: schema.client.clone(),
-        database: schema.database().to_string(),
-        actor: "jobs-test".into(),
-    };
+    let admin = Admin::new(schema.client.clone(), schema.database(), "jobs-test");
     let free = admin
         .tenant_create(None, "free", Tier::Free, false)
         .await

@@ -123,13 +123,14 @@ async fn compress_day(
 
     // 3. Verify: read the file back and compare counts per type.
     let written = cold.get(&key).await?;
-    let clear = format!("DELETE FROM {verify} WHERE {day_filter}");
-    ctx.client
-        .query(&clear)
-        .bind(tenant.to_string())
-        .bind(day.to_string())
-        .execute()
-        .await?;
+    let clear = || {
+        ctx.client
+            .query(&format!("DELETE FROM {verify} WHERE {day_filter}"))
+            .bind(tenant.to_string())
+            .bind(day.to_string())
+            .execute()
+    };
+    clear().await?;
     let mut insert = ctx
         .client
         .insert_formatted_with(format!("INSERT INTO {verify} FORMAT Parquet"));
@@ -152,12 +153,7 @@ async fn compress_day(
         day,
     )
     .await?;
-    ctx.client
-        .query(&clear)
-        .bind(tenant.to_string())
-        .bind(day.to_string())
-        .execute()
-        .await?;
+    clear().await?;
     if raw != file || raw != rollup {
         return Err(JobError::Invalid(format!(
             "verification failed for tenant {tenant} day {day}: raw {raw:?}, parquet {file:?}, rollup {rollup:?}; nothing deleted"
