@@ -16,6 +16,13 @@ engine.  It implements what the ``clickhouse`` crate and our migrations use:
   as a setting for that one query;
 * errors as HTTP 500 with the ``X-ClickHouse-Exception-Code`` header.
 
+Tests can also stop a query at a chosen moment, which a real server cannot
+offer but race tests need (``POST /_overwatch/hold`` with a regular expression
+as the body answers a hold id; every later query whose text matches waits
+before it runs, ``GET /_overwatch/held?id=N`` counts the waiting ones and
+``POST /_overwatch/release?id=N`` lets them go). Held queries do not hold the
+engine lock, so the rest of the world goes on meanwhile.
+
 chdb serves one query at a time, so queries are serialized behind a lock while
 HTTP connections are handled concurrently.
 """
@@ -285,6 +292,44 @@ def decompress_blocks(data):
     return b"".join(out)
 
 
+class Holds:
+    """Test-only gates on queries whose text matches a pattern (see the module doc)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.next_id = 1
+        self.active = {}  # id -> [compiled pattern, threading.Event, waiting count]
+
+    def add(self, pattern):
+        with self.lock:
+            hid = self.next_id
+            self.next_id += 1
+            self.active[hid] = [re.compile(pattern, re.DOTALL), threading.Event(), 0]
+            return hid
+
+    def waiting(self, hid):
+        with self.lock:
+            h = self.active.get(hid)
+            return h[2] if h else 0
+
+    def release(self, hid):
+        with self.lock:
+            h = self.active.pop(hid, None)
+        if h:
+            h[1].set()
+
+    def gate(self, sql):
+        text = sql.decode("utf-8", "replace")
+        with self.lock:
+            hit = [h for h in self.active.values() if h[0].search(text)]
+            for h in hit:
+                h[2] += 1
+        for h in hit:
+            h[1].wait()
+            with self.lock:
+                h[2] -= 1
+
+
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "overwatch-chserver"
@@ -339,13 +384,37 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if url.path in ("/ping", "/") and "query" not in params:
             self._reply(200, b"Ok.\n")
             return
+        if url.path.startswith("/_overwatch/"):
+            self._control(url, params, b"")
+            return
         self._handle(url, params, b"")
+
+    def _control(self, url, params, body):
+        holds = self.server.holds
+        hid = int(params.get("id", ["0"])[0] or 0)
+        if url.path == "/_overwatch/hold":
+            try:
+                hid = holds.add(body.decode("utf-8"))
+            except (re.error, UnicodeDecodeError) as err:
+                self._error(ClickHouseError(36, "bad hold pattern: %s" % err))
+                return
+            self._reply(200, b"%d\n" % hid)
+        elif url.path == "/_overwatch/held":
+            self._reply(200, b"%d\n" % holds.waiting(hid))
+        elif url.path == "/_overwatch/release":
+            holds.release(hid)
+            self._reply(200, b"Ok.\n")
+        else:
+            self._error(ClickHouseError(1002, "unknown control path %s" % url.path))
 
     def do_POST(self):
         url = urllib.parse.urlsplit(self.path)
         params = urllib.parse.parse_qs(url.query, keep_blank_values=True)
         try:
             body = self._read_body()
+            if url.path.startswith("/_overwatch/"):
+                self._control(url, params, body)
+                return
             if params.get("decompress", ["0"])[0] == "1":
                 body = decompress_blocks(body)
         except ClickHouseError as err:
@@ -384,6 +453,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self._error(ClickHouseError(115, "Unknown setting %s" % name))
                 return
             settings.append((name, value))
+        self.server.holds.gate(sql)
         try:
             out = self.server.engine.run(sql, database, fmt, settings, insert_data)
         except ClickHouseError as err:
@@ -412,6 +482,7 @@ def main():
     threading.Thread(target=engine.watch_kafka_consumers, daemon=True).start()
     server = Server((args.host, args.port), Handler)
     server.engine = engine
+    server.holds = Holds()
     server.verbose = args.verbose
 
     def stop(_signo, _frame):

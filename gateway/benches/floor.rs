@@ -45,6 +45,10 @@ fn floor(c: &mut Criterion) {
                 let ctx = validate::Context {
                     tenant: uuid::Uuid::nil(),
                     received_at_ms: 1_790_000_000_000,
+                    window: shared::event::TimeWindow {
+                        past_hours: cfg.limits.max_event_age_hours,
+                        future_minutes: cfg.limits.max_future_minutes,
+                    },
                     max_events: cfg.gateway.max_events_per_batch,
                     limits: &cfg.limits,
                     enricher: &enricher,

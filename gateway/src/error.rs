@@ -16,6 +16,10 @@ pub struct FieldError {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub index: Option<usize>,
     pub field: String,
+    /// A stable machine-readable code for problems a client may act on
+    /// (`timestamp_out_of_range`); absent for plain field rule failures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<&'static str>,
     pub reason: String,
 }
 

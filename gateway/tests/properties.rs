@@ -19,7 +19,12 @@ fn setup() -> &'static (Config, Enricher) {
 fn ctx(s: &'static (Config, Enricher)) -> validate::Context<'static> {
     validate::Context {
         tenant: uuid::Uuid::nil(),
-        received_at_ms: 1_700_000_000_000,
+        // One hour after the timestamps the generated events carry.
+        received_at_ms: 1_714_979_289_123 + 3_600_000,
+        window: shared::event::TimeWindow {
+            past_hours: s.0.limits.max_event_age_hours,
+            future_minutes: s.0.limits.max_future_minutes,
+        },
         max_events: s.0.gateway.max_events_per_batch,
         limits: &s.0.limits,
         enricher: &s.1,

@@ -58,6 +58,11 @@ pub struct LimitsConfig {
     pub max_properties: usize,
     pub max_properties_depth: usize,
     pub max_properties_bytes: usize,
+    /// Oldest client `timestamp` accepted, in hours before the arrival time;
+    /// older events get 422 `timestamp_out_of_range` (see docs/api.md).
+    pub max_event_age_hours: u64,
+    /// Furthest a client `timestamp` may lie ahead of the arrival time.
+    pub max_future_minutes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -227,6 +232,8 @@ pub struct JobsConfig {
     pub cold_dir: String,
     pub backoff_base_ms: u64,
     pub backoff_max_ms: u64,
+    /// How long a job's lease on a tenant's archives lasts unless renewed.
+    pub lease_ttl_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -571,6 +578,22 @@ impl Config {
         }
         positive("limits.max_properties_depth", l.max_properties_depth as u64)?;
         positive("limits.max_properties_bytes", l.max_properties_bytes as u64)?;
+        let ceiling = crate::event::TIME_WINDOW_CEILING;
+        if l.max_event_age_hours == 0 || l.max_event_age_hours > ceiling.past_hours {
+            return Err(ConfigError::new(
+                "limits.max_event_age_hours",
+                format!(
+                    "must be between 1 and {} (the bound ClickHouse enforces; load older history with `workerd import`)",
+                    ceiling.past_hours
+                ),
+            ));
+        }
+        if l.max_future_minutes > ceiling.future_minutes {
+            return Err(ConfigError::new(
+                "limits.max_future_minutes",
+                format!("must be at most {}", ceiling.future_minutes),
+            ));
+        }
         let batch = g.max_events_per_batch as u64;
         for tier in Tier::ALL {
             let t = self.tiers.get(tier);
@@ -587,6 +610,7 @@ impl Config {
             )?;
         }
         positive("jobs.session_gap_minutes", self.jobs.session_gap_minutes)?;
+        positive("jobs.lease_ttl_secs", self.jobs.lease_ttl_secs)?;
         positive(
             "jobs.recompute_window_hours",
             self.jobs.recompute_window_hours,
@@ -682,6 +706,19 @@ impl Config {
                 return Err(ConfigError::new(
                     format!("auth.keys[{i}].secret_sha256"),
                     "must be 64 hexadecimal characters (the SHA-256 of the secret)",
+                ));
+            }
+            if let Some(other) = self.auth.keys[..i]
+                .iter()
+                .find(|k| k.tenant_id == key.tenant_id && k.tier != key.tier)
+            {
+                return Err(ConfigError::new(
+                    format!("auth.keys[{i}].tier"),
+                    format!(
+                        "tenant {} already has tier {} from an earlier key: a tenant has one tier",
+                        key.tenant_id,
+                        other.tier.as_str()
+                    ),
                 ));
             }
         }

@@ -7,6 +7,38 @@
 
 use serde::Serialize;
 
+/// How far a client time may lie from the time the gateway received the event.
+///
+/// The client `timestamp` chooses the stored row's partition (its month), its
+/// retention horizon and its compression day, so it must never be unbounded: one
+/// message spanning more months than ClickHouse's `max_partitions_per_insert_block`
+/// would stall consumption for every tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeWindow {
+    pub past_hours: u64,
+    pub future_minutes: u64,
+}
+
+impl TimeWindow {
+    /// Whether `t_ms` lies inside the window around `received_ms`.
+    pub fn contains(self, t_ms: i64, received_ms: i64) -> bool {
+        let past = self.past_hours as i64 * 3_600_000;
+        let future = self.future_minutes as i64 * 60_000;
+        t_ms >= received_ms.saturating_sub(past) && t_ms <= received_ms.saturating_add(future)
+    }
+}
+
+/// The widest window the gateway may be configured with, and the one ClickHouse
+/// itself enforces on every consumed message (anything outside goes to
+/// `dead_letter`, whoever produced it): 400 days back, one day ahead.
+pub const TIME_WINDOW_CEILING: TimeWindow = TimeWindow {
+    past_hours: 9_600,
+    future_minutes: 1_440,
+};
+
+/// Arrival times ClickHouse accepts at all (2000-01-01 to 2100-01-01, Unix ms).
+pub const RECEIVED_AT_RANGE_MS: (i64, i64) = (946_684_800_000, 4_102_444_800_000);
+
 /// The five event types; each has its own topic `<prefix>events_<type>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventType {

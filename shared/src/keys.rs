@@ -23,7 +23,8 @@ pub struct KeyRecord {
     pub require_signature: bool,
     /// Unix milliseconds; absent when the key does not expire.
     pub expires_at_ms: Option<i64>,
-    /// The tenant's tier name (`free` when the tenant row is missing).
+    /// The tenant's tier name (empty when the tenant row is missing: see
+    /// [`resolve_tier`]).
     pub tier: String,
     pub anonymize_ip: bool,
     /// The quota job marked the tenant over its monthly quota (this month).
@@ -41,7 +42,7 @@ pub async fn load(
             "SELECT toString(k.key_id) AS key_id, toString(k.tenant_id) AS tenant_id, \
              k.secret_sha256, k.kind, k.allowed_origins, k.ip_allowlist, k.require_signature, \
              if(k.expires_at IS NULL, NULL, toUnixTimestamp64Milli(assumeNotNull(k.expires_at))) AS expires_at_ms, \
-             if(t.tier = '', 'free', t.tier) AS tier, t.anonymize_ip, u.over_quota \
+             t.tier AS tier, t.anonymize_ip, u.over_quota \
              FROM {db}.api_keys AS k FINAL \
              LEFT JOIN (SELECT * FROM {db}.tenants FINAL) AS t ON k.tenant_id = t.tenant_id \
              LEFT JOIN (SELECT tenant_id, over_quota FROM {db}.tenant_usage FINAL \
@@ -49,6 +50,41 @@ pub async fn load(
              WHERE k.revoked_at IS NULL"
         ))
         .fetch_all::<KeyRecord>()
+        .await
+}
+
+/// A tenant's tier, the one rule both binaries follow: its row in `tenants`
+/// (`stored`, as written by `workerd tenant`) wins; else the tier of its key in
+/// `auth.keys`; else free.
+pub fn resolve_tier(
+    stored: Option<&str>,
+    static_keys: &[crate::config::StaticKey],
+    tenant: uuid::Uuid,
+) -> crate::config::Tier {
+    stored
+        .filter(|t| !t.is_empty())
+        .and_then(crate::config::Tier::parse)
+        .or_else(|| {
+            static_keys
+                .iter()
+                .find(|k| k.tenant_id == tenant)
+                .map(|k| k.tier)
+        })
+        .unwrap_or_default()
+}
+
+/// Tenants the quota job marked over their monthly quota this month.
+pub async fn over_quota(
+    client: &clickhouse::Client,
+    database: &str,
+) -> Result<Vec<String>, clickhouse::error::Error> {
+    client
+        .query(&format!(
+            "SELECT toString(tenant_id) FROM {}.tenant_usage FINAL \
+             WHERE month = toStartOfMonth(toDate(now('UTC'))) AND over_quota",
+            ident(database)
+        ))
+        .fetch_all::<String>()
         .await
 }
 

@@ -13,6 +13,8 @@
 //! same client timestamp and collapses into one row (query with `FINAL` for exact
 //! counts before background merges run).
 
+mod durability;
+
 use std::collections::BTreeSet;
 
 use crate::ch::{ident, literal};
@@ -392,6 +394,11 @@ pub const MIGRATIONS: &[Migration] = &[
                 ),
             ]
         },
+    },
+    Migration {
+        version: 9,
+        name: "bounded times, quota usage by arrival, leases and the archive catalogue",
+        statements: durability::statements,
     },
 ];
 

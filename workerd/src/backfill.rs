@@ -156,8 +156,19 @@ pub async fn run(
             to: at(end),
         };
         let result = async {
-            jobs::aggregates::sessions(ctx, window, Some(tenant)).await?;
-            jobs::aggregates::rollups(ctx, window, Some(tenant)).await
+            for report in [
+                jobs::aggregates::sessions(ctx, window, Some(tenant)).await?,
+                jobs::aggregates::rollups(ctx, window, Some(tenant)).await?,
+            ] {
+                // The tenant's archives were in use by another job: nothing was
+                // changed for it; `backfill resume` redoes the chunk later.
+                if report.detail["busy"].as_array().is_some_and(|b| !b.is_empty()) {
+                    return Err(JobError::Invalid(format!(
+                        "tenant {tenant}'s archives are in use by another job; resume the backfill later"
+                    )));
+                }
+            }
+            Ok(())
         }
         .await;
         if let Err(e) = result {

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod backfill;
 pub mod health;
 pub mod jobs;
+pub mod lease;
 pub mod migrate;
 pub mod notify;
 pub mod scheduler;

@@ -38,6 +38,7 @@ fuzz_target!(|data: &[u8]| {
     let ctx = validate::Context {
         tenant: uuid::Uuid::nil(),
         received_at_ms: 1_700_000_000_000,
+        window: shared::event::TIME_WINDOW_CEILING,
         max_events: cfg.gateway.max_events_per_batch,
         limits: &cfg.limits,
         enricher,

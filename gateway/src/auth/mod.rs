@@ -147,11 +147,11 @@ impl KeyStore {
             loaded_at: Mutex::new(None),
             last_error: Mutex::new(None),
         };
-        store.install(Vec::new());
+        store.install(Vec::new(), &[]);
         store
     }
 
-    fn install(&self, records: Vec<shared::keys::KeyRecord>) {
+    fn install(&self, records: Vec<shared::keys::KeyRecord>, over_quota: &[String]) {
         let mut snap = Snapshot::default();
         for k in &self.static_keys {
             if let Some(digest) = parse_digest(&k.secret_sha256) {
@@ -181,7 +181,7 @@ impl KeyStore {
             };
             snap.add(
                 tenant,
-                Tier::parse(&r.tier).unwrap_or_default(),
+                shared::keys::resolve_tier(Some(&r.tier), &self.static_keys, tenant),
                 r.anonymize_ip,
                 r.over_quota,
                 Key {
@@ -198,6 +198,15 @@ impl KeyStore {
                 },
             );
         }
+        // Quota marks apply to every tenant, whichever way it is defined.
+        for id in over_quota {
+            if let Some(t) = Uuid::try_parse(id)
+                .ok()
+                .and_then(|id| snap.by_tenant.get_mut(&id))
+            {
+                t.over_quota = true;
+            }
+        }
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snap);
     }
 
@@ -210,10 +219,15 @@ impl KeyStore {
         let Some((client, db)) = &self.source else {
             return Ok(());
         };
-        match shared::keys::load(client, db).await {
-            Ok(records) => {
+        let loaded = async {
+            let records = shared::keys::load(client, db).await?;
+            let over = shared::keys::over_quota(client, db).await?;
+            Ok::<_, clickhouse::error::Error>((records, over))
+        };
+        match loaded.await {
+            Ok((records, over)) => {
                 let n = records.len();
-                self.install(records);
+                self.install(records, &over);
                 let first = self
                     .loaded_at
                     .lock()

@@ -92,6 +92,10 @@ async fn accept(
     let ctx = validate::Context {
         tenant,
         received_at_ms,
+        window: shared::event::TimeWindow {
+            past_hours: app.config.limits.max_event_age_hours,
+            future_minutes: app.config.limits.max_future_minutes,
+        },
         max_events: app.config.gateway.max_events_per_batch,
         limits: &app.config.limits,
         enricher: &app.enricher,

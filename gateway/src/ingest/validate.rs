@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use garde::Validate;
 use shared::config::LimitsConfig;
-use shared::event::{EventRow, EventType};
+use shared::event::{EventRow, EventType, TimeWindow};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -34,7 +34,17 @@ impl Problems {
         self.list.push(FieldError {
             index: Some(index),
             field: field.to_string(),
+            code: None,
             reason: reason.into(),
+        });
+    }
+
+    fn add_coded(&mut self, index: usize, field: &str, code: &'static str, reason: String) {
+        self.list.push(FieldError {
+            index: Some(index),
+            field: field.to_string(),
+            code: Some(code),
+            reason,
         });
     }
 }
@@ -75,10 +85,32 @@ fn time_ms(p: &mut Problems, i: usize, field: &str, v: Option<&str>) -> Option<i
     }
 }
 
+/// Why a client time is refused, in words a developer can act on.
+fn out_of_range(t_ms: i64, received_ms: i64, w: TimeWindow) -> String {
+    if t_ms < received_ms {
+        format!(
+            "is {} h before the gateway received it; at most {} h (limits.max_event_age_hours) \
+             are accepted: load older history with `workerd import`",
+            (received_ms - t_ms) / 3_600_000,
+            w.past_hours
+        )
+    } else {
+        format!(
+            "is {} min ahead of the gateway's clock; at most {} min (limits.max_future_minutes) \
+             are accepted: check the client's clock",
+            (t_ms - received_ms) / 60_000,
+            w.future_minutes
+        )
+    }
+}
+
 /// Everything about the request that shapes its events.
 pub struct Context<'r> {
     pub tenant: Uuid,
     pub received_at_ms: i64,
+    /// Accepted client times around `received_at_ms` (`limits.max_event_age_hours`,
+    /// `limits.max_future_minutes`).
+    pub window: TimeWindow,
     pub max_events: usize,
     pub limits: &'r LimitsConfig,
     pub enricher: &'r Enricher,
@@ -138,6 +170,7 @@ pub fn prepare(batch: &Batch<'_>, ctx: &Context<'_>) -> Result<Vec<Outgoing>, Ap
         return Err(ApiError::Invalid(vec![FieldError {
             index: None,
             field: "events".into(),
+            code: None,
             reason: format!("must contain between 1 and {max_events} events, got {n}"),
         }]));
     }
@@ -197,6 +230,16 @@ fn prepare_one(
     }
     let ts = time_ms(p, i, "timestamp", e.timestamp.as_deref());
     let sent_at = time_ms(p, i, "sent_at", e.sent_at.as_deref());
+    for (field, t) in [("timestamp", ts), ("sent_at", sent_at)] {
+        if let Some(t) = t.filter(|&t| !ctx.window.contains(t, received_at_ms)) {
+            p.add_coded(
+                i,
+                field,
+                "timestamp_out_of_range",
+                out_of_range(t, received_at_ms, ctx.window),
+            );
+        }
+    }
     let kind = match e.kind.as_deref() {
         None => {
             p.add(i, "type", "is required");
@@ -337,6 +380,9 @@ mod tests {
     use crate::ingest::model::parse;
 
     const T: &str = "00000000-0000-0000-0000-000000000000";
+    /// When the unit tests' requests arrive: 2024-01-01T01:00:00Z, an hour after
+    /// the events' timestamps.
+    const RECEIVED: i64 = 1_704_070_800_000;
 
     fn limits() -> LimitsConfig {
         shared::Config::load_from(None, Vec::new())
@@ -433,7 +479,11 @@ mod tests {
         let batch = parse(&mut buf).expect("parses");
         let ctx = Context {
             tenant: Uuid::nil(),
-            received_at_ms: 1_700_000_000_000,
+            received_at_ms: RECEIVED,
+            window: TimeWindow {
+                past_hours: limits.max_event_age_hours,
+                future_minutes: limits.max_future_minutes,
+            },
             max_events,
             limits,
             enricher: enricher(),
@@ -515,12 +565,12 @@ mod tests {
             .iter()
             .map(|o| serde_json::from_slice(&o.payload).expect("json"))
             .collect();
-        // received 1_700_000_000_000, sent 10 s after the event: shifted by the skew.
+        // Sent 10 s after the event: shifted by the skew to the arrival time.
         let ts = 1_704_067_200_000i64;
         assert_eq!(v[0]["timestamp_ms"], ts, "the client's timestamp is kept");
         assert_eq!(
             v[0]["corrected_timestamp_ms"],
-            ts + (1_700_000_000_000 - (ts + 10_000))
+            ts + (RECEIVED - (ts + 10_000))
         );
         assert_eq!(v[1]["corrected_timestamp_ms"], ts);
         // The request's user agent (curl) for an event without one: a bot.
@@ -557,5 +607,86 @@ mod tests {
             msg.contains("at character 18"),
             "the position is reported: {msg}"
         );
+    }
+
+    fn at(ts: &str, sent_at: Option<&str>) -> String {
+        let sent = sent_at.map_or(String::new(), |s| format!(r#","sent_at":"{s}""#));
+        format!(
+            r#"{{"id":"550e8400-e29b-41d4-a716-446655440000","session_id":"11111111-1111-1111-1111-111111111111","timestamp":"{ts}"{sent},"type":"click"}}"#
+        )
+    }
+
+    #[test]
+    fn client_times_outside_the_window_are_refused_by_index_with_a_stable_code() {
+        let l = limits();
+        // RECEIVED is 2024-01-01T01:00Z; defaults: 168 h back, 60 min ahead.
+        let ok = [
+            at("2023-12-25T01:00:00Z", None), // exactly 168 h old
+            at("2024-01-01T02:00:00Z", None), // exactly 60 min ahead
+            at("2024-01-01T00:00:00Z", Some("2024-01-01T00:59:00Z")),
+        ];
+        let body = format!(r#"{{"events":[{}]}}"#, ok.join(","));
+        assert_eq!(run(&body).expect("inside the window").len(), 3);
+        let bad = [
+            at("0001-01-01T00:00:00Z", None),
+            at("9999-12-31T23:59:59Z", None),
+            at("2023-12-25T00:59:59.999Z", None), // 1 ms too old
+            at("2024-01-01T02:00:00.001Z", None), // 1 ms too far ahead
+            at("2024-01-01T00:00:00Z", Some("1970-01-01T00:00:00Z")),
+        ];
+        let body = format!(r#"{{"events":[{},{}]}}"#, ok[0], bad.join(","));
+        let ApiError::Invalid(list) = run(&body).unwrap_err() else {
+            panic!("expected 422")
+        };
+        let got: Vec<(Option<usize>, &str, Option<&str>)> = list
+            .iter()
+            .map(|f| (f.index, f.field.as_str(), f.code))
+            .collect();
+        let code = Some("timestamp_out_of_range");
+        assert_eq!(
+            got,
+            vec![
+                (Some(1), "timestamp", code),
+                (Some(2), "timestamp", code),
+                (Some(3), "timestamp", code),
+                (Some(4), "timestamp", code),
+                (Some(5), "sent_at", code),
+            ]
+        );
+        assert!(
+            list[0].reason.contains("workerd import"),
+            "{}",
+            list[0].reason
+        );
+        assert!(list[1].reason.contains("clock"), "{}", list[1].reason);
+        // A wider configured window takes the old event.
+        let mut wide = l.clone();
+        wide.max_event_age_hours = 24 * 365;
+        let old = format!(r#"{{"events":[{}]}}"#, at("2023-02-01T00:00:00Z", None));
+        assert!(run(&old).is_err());
+        assert!(with(1000, &wide, &old).is_ok());
+    }
+
+    #[test]
+    fn accepted_times_never_span_more_months_than_the_window() {
+        // Whatever a batch holds, the accepted client times fall in at most the
+        // months the window touches: ClickHouse's insert of one consumed block
+        // never meets its partition limit because of one request.
+        let l = limits();
+        let window_ms = (l.max_event_age_hours * 3_600_000 + l.max_future_minutes * 60_000) as i64;
+        assert!(window_ms < 62 * 86_400_000, "two months at most by default");
+        let w = TimeWindow {
+            past_hours: l.max_event_age_hours,
+            future_minutes: l.max_future_minutes,
+        };
+        for t in [
+            i64::MIN,
+            -62_135_596_800_000,
+            0,
+            253_402_300_799_000,
+            i64::MAX,
+        ] {
+            assert!(!w.contains(t, RECEIVED), "{t}");
+        }
     }
 }

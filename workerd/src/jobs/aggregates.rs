@@ -9,18 +9,124 @@
 //! counts of events, distinct sessions and bot events per tenant and type, for
 //! the hours and days the window touches (ReplacingMergeTree: a recompute
 //! replaces the previous numbers).
+//!
+//! Both read the tenant's events wherever they are (see [`super::archive`]):
+//! tenants with archived days near the window are computed one at a time from
+//! their raw events merged with those archives, under the tenant's lease; a
+//! tenant whose lease another job holds is reported `busy` and left as it was.
 
 use serde_json::json;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::archive::{self, Source};
+use super::cold::ColdStore;
 use super::{ms, JobContext, JobError, JobReport, Window};
+use crate::lease::Lease;
 
-fn tenant_filter(only: Option<Uuid>) -> (&'static str, String) {
+/// `AND tenant_id = …` for one tenant, or `AND tenant_id NOT IN (…)` for the
+/// tenants computed separately; the bound value goes with it.
+fn tenant_filter(only: Option<Uuid>, excluded: &[Uuid]) -> (String, String) {
     match only {
-        Some(t) => ("AND tenant_id = toUUID(?)", t.to_string()),
-        None => ("AND (? = '' OR 1)", String::new()),
+        Some(t) => ("AND tenant_id = toUUID(?)".into(), t.to_string()),
+        None if excluded.is_empty() => ("AND (? = '' OR 1)".into(), String::new()),
+        None => {
+            let list: Vec<String> = excluded.iter().map(|t| format!("toUUID('{t}')")).collect();
+            (
+                format!(
+                    "AND (? = '' OR 1) AND tenant_id NOT IN ({})",
+                    list.join(", ")
+                ),
+                String::new(),
+            )
+        }
     }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Sessions,
+    Rollups,
+}
+
+/// How far around a window the events that shape it can lie (sessions look a
+/// day back and ahead).
+const MARGIN: time::Duration = time::Duration::days(2);
+
+/// Computes `kind` over `w`: one pass over raw events for tenants without
+/// archives nearby, then each tenant with archives from its merged events.
+async fn over_sources(
+    ctx: &JobContext,
+    kind: Kind,
+    w: Window,
+    only: Option<Uuid>,
+) -> Result<JobReport, JobError> {
+    let archived =
+        archive::days(ctx, only, (w.from - MARGIN).date(), (w.to + MARGIN).date()).await?;
+    let excluded: Vec<Uuid> = archived.keys().copied().collect();
+    let mut rows = 0;
+    if only.is_none_or(|t| !archived.contains_key(&t)) {
+        rows += compute(ctx, kind, w, only, &excluded, &Source::Raw).await?;
+    }
+    let mut busy = Vec::new();
+    if !archived.is_empty() {
+        let cold = ColdStore::from_config(&ctx.config)?;
+        for (tenant, days) in archived {
+            let Some(lease) = Lease::try_acquire(ctx, &archive::lease_name(tenant)).await? else {
+                busy.push(tenant.to_string());
+                continue;
+            };
+            let merged = Source::Merged {
+                tenant,
+                from_ms: ms(w.from - MARGIN),
+                to_ms: ms(w.to + MARGIN),
+            };
+            let result = async {
+                archive::clear_stage(ctx, tenant).await?;
+                archive::stage(ctx, &cold, tenant, days).await?;
+                let n = compute(ctx, kind, w, Some(tenant), &[], &merged).await?;
+                archive::clear_stage(ctx, tenant).await?;
+                Ok::<u64, JobError>(n)
+            }
+            .await;
+            lease.release().await?;
+            rows += result?;
+        }
+    }
+    Ok(JobReport {
+        rows_affected: rows,
+        detail: json!({"from_ms": ms(w.from), "to_ms": ms(w.to), "rows": rows, "busy": busy}),
+    })
+}
+
+async fn compute(
+    ctx: &JobContext,
+    kind: Kind,
+    w: Window,
+    only: Option<Uuid>,
+    excluded: &[Uuid],
+    source: &Source,
+) -> Result<u64, JobError> {
+    match kind {
+        Kind::Sessions => sessions_from(ctx, w, only, excluded, source).await,
+        Kind::Rollups => rollups_from(ctx, w, only, excluded, source).await,
+    }
+}
+
+pub async fn sessions(
+    ctx: &JobContext,
+    w: Window,
+    only: Option<Uuid>,
+) -> Result<JobReport, JobError> {
+    over_sources(ctx, Kind::Sessions, w, only).await
+}
+
+pub async fn rollups(
+    ctx: &JobContext,
+    w: Window,
+    only: Option<Uuid>,
+) -> Result<JobReport, JobError> {
+    over_sources(ctx, Kind::Rollups, w, only).await
 }
 
 fn floor_hour(t: OffsetDateTime) -> OffsetDateTime {
@@ -34,15 +140,19 @@ fn floor_day(t: OffsetDateTime) -> OffsetDateTime {
     t.replace_time(time::Time::MIDNIGHT)
 }
 
-pub async fn sessions(
+/// Sessions starting in `w`, from `source` (the stage already holds whatever
+/// archives `source` needs).
+pub(super) async fn sessions_from(
     ctx: &JobContext,
     w: Window,
     only: Option<Uuid>,
-) -> Result<JobReport, JobError> {
-    let (filter, tenant) = tenant_filter(only);
+    excluded: &[Uuid],
+    source: &Source,
+) -> Result<u64, JobError> {
+    let (filter, tenant) = tenant_filter(only, excluded);
+    let src = source.sql(ctx);
     let gap_secs = (ctx.config.jobs.session_gap_minutes * 60) as i64;
     let sessions = ctx.table("sessions");
-    let events = ctx.table("events");
     let (from, to) = (ms(w.from), ms(w.to));
     let lookback = ms(w.from - time::Duration::days(1));
     let lookahead = ms(w.to + time::Duration::days(1));
@@ -71,7 +181,7 @@ pub async fn sessions(
                FROM ( \
                  SELECT tenant_id, session_id, id, timestamp AS ts, type, path, \
                  if(row_number() OVER w = 1 OR dateDiff('second', lagInFrame(timestamp, 1, timestamp) OVER w, timestamp) > ?, 1, 0) AS starts \
-                 FROM {events} FINAL \
+                 FROM {src} \
                  WHERE timestamp >= fromUnixTimestamp64Milli(toInt64(?), 'UTC') \
                  AND timestamp < fromUnixTimestamp64Milli(toInt64(?), 'UTC') {filter} \
                  WINDOW w AS (PARTITION BY tenant_id, session_id ORDER BY timestamp, id \
@@ -101,19 +211,19 @@ pub async fn sessions(
         .bind(&tenant)
         .fetch_one()
         .await?;
-    Ok(JobReport {
-        rows_affected: written,
-        detail: json!({"from_ms": from, "to_ms": to, "sessions": written}),
-    })
+    Ok(written)
 }
 
-pub async fn rollups(
+/// Hourly and daily rollups of the buckets `w` touches, from `source`.
+pub(super) async fn rollups_from(
     ctx: &JobContext,
     w: Window,
     only: Option<Uuid>,
-) -> Result<JobReport, JobError> {
-    let (filter, tenant) = tenant_filter(only);
-    let events = ctx.table("events");
+    excluded: &[Uuid],
+    source: &Source,
+) -> Result<u64, JobError> {
+    let (filter, tenant) = tenant_filter(only, excluded);
+    let src = source.sql(ctx);
     let mut total = 0u64;
     for (table, bucket, from, to) in [
         (
@@ -155,7 +265,7 @@ pub async fn rollups(
             .query(&format!(
                 "INSERT INTO {t} (tenant_id, type, {column}, events, sessions, bots, computed_at) \
                  SELECT tenant_id, type, {bucket} AS b, count(), uniqExact(session_id), countIf(is_bot), now64(3) \
-                 FROM {events} FINAL \
+                 FROM {src} \
                  WHERE timestamp >= fromUnixTimestamp64Milli(toInt64(?), 'UTC') \
                  AND timestamp < fromUnixTimestamp64Milli(toInt64(?), 'UTC') {filter} \
                  GROUP BY tenant_id, type, b"
@@ -178,8 +288,5 @@ pub async fn rollups(
             .await?;
         total += n;
     }
-    Ok(JobReport {
-        rows_affected: total,
-        detail: json!({"from_ms": ms(w.from), "to_ms": ms(w.to)}),
-    })
+    Ok(total)
 }

@@ -75,6 +75,30 @@ impl ColdStore {
         }
     }
 
+    /// The days of `tenant` that have a folder in cold storage.
+    pub async fn days(&self, tenant: Uuid) -> Result<Vec<time::Date>, JobError> {
+        let folder = if self.prefix.is_empty() {
+            format!("tenant={tenant}")
+        } else {
+            format!("{}/tenant={tenant}", self.prefix)
+        };
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&Path::from(folder.as_str())))
+            .await
+            .map_err(|e| JobError::Invalid(format!("listing {}/{folder}: {e}", self.root)))?;
+        let mut days = Vec::new();
+        for p in listed.common_prefixes {
+            let Some(d) = p.filename().and_then(|f| f.strip_prefix("date=")) else {
+                continue;
+            };
+            if let Ok(day) = super::archive::parse_day(d) {
+                days.push(day);
+            }
+        }
+        Ok(days)
+    }
+
     /// Where `key` lives, e.g. `s3://bucket/…` or `/var/lib/overwatch/cold/…`.
     pub fn location(&self, key: &Path) -> String {
         format!("{}/{key}", self.root)

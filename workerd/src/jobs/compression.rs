@@ -1,51 +1,43 @@
-//! Free-tier compression: whole UTC days of raw events that ended more than
-//! `jobs.compression_after_hours` ago are (1) rolled up, (2) exported to
-//! `tenant=<tenant_id>/date=<YYYY-MM-DD>/events.parquet` in cold storage
-//! (`jobs.cold_dir`, or an S3-compatible bucket: see [`super::cold`]; written
-//! whole or not at all), (3) verified: the file is read back into
-//! ClickHouse and its event counts per type must equal the raw table's and the
-//! daily rollup's, and only then (4) deleted from `events`.
+//! Free-tier compression: raw events of whole UTC days that ended more than
+//! `jobs.compression_after_hours` ago move to cold storage, as
+//! `tenant=<tenant_id>/date=<YYYY-MM-DD>/events.parquet` (`jobs.cold_dir`, or an
+//! S3-compatible bucket: see [`super::cold`]; written whole or not at all).
 //!
-//! Every step can be repeated: a run killed half-way leaves either raw events
-//! (the next run redoes the day from step 1; rollups and file are replaced, not
-//! added to) or none (the day is finished). Rollups are never recomputed for a
-//! day whose raw events are gone.
-
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-
-use super::cold::ColdStore;
+//! Per tenant, under its archive lease (one job per tenant at a time, across
+//! processes and machines: [`crate::lease`]), and per day with raw events:
+//!
+//! 1. the day's existing archive, if any, and a snapshot of its raw events are
+//!    read into `archive_stage`: late events are *merged* into the archive,
+//!    never replace it;
+//! 2. the deduplicated union is written as the day's file (lease confirmed
+//!    first), read back into `compression_verify`, and must hold exactly the
+//!    staged events (same count, no staged key missing);
+//! 3. the day is registered in `archives`; rollups of the day and sessions
+//!    around it are recomputed from the merged events;
+//! 4. only the raw rows whose key (type, client timestamp, id) is in the file
+//!    are deleted (lease confirmed first). Rows that arrived after the snapshot
+//!    stay raw until the next run merges them.
+//!
+//! A run killed anywhere leaves every event in raw storage, the archive, or
+//! both; the next run merges again and converges to the same file.
 
 use bytes::Bytes;
 use serde_json::json;
-use time::OffsetDateTime;
+use time::{Date, OffsetDateTime};
 use uuid::Uuid;
 
+use super::archive::{self, Source};
+use super::cold::ColdStore;
 use super::{aggregates, ms, JobContext, JobError, JobReport, Window};
+use crate::lease::Lease;
 use shared::config::Tier;
 
 /// Where a tenant's day is stored when cold storage is the local `cold_dir`.
-pub fn parquet_path(cold_dir: &str, tenant: Uuid, day: time::Date) -> PathBuf {
-    PathBuf::from(cold_dir)
+pub fn parquet_path(cold_dir: &str, tenant: Uuid, day: Date) -> std::path::PathBuf {
+    std::path::PathBuf::from(cold_dir)
         .join(format!("tenant={tenant}"))
         .join(format!("date={day}"))
         .join("events.parquet")
-}
-
-async fn counts_by_type(
-    ctx: &JobContext,
-    sql: &str,
-    tenant: Uuid,
-    day: time::Date,
-) -> Result<BTreeMap<String, u64>, JobError> {
-    let rows: Vec<(String, u64)> = ctx
-        .client
-        .query(sql)
-        .bind(tenant.to_string())
-        .bind(day.to_string())
-        .fetch_all()
-        .await?;
-    Ok(rows.into_iter().collect())
 }
 
 pub async fn run(
@@ -57,7 +49,7 @@ pub async fn run(
     // Days that ended before the horizon.
     let last_day = (horizon - time::Duration::days(1)).date();
     let events = ctx.table("events");
-    let mut done = Vec::new();
+    let (mut done, mut busy) = (Vec::new(), Vec::new());
     let mut deleted = 0u64;
     let cold = ColdStore::from_config(&ctx.config)?;
     for (tenant, tier) in ctx.tenants().await? {
@@ -74,41 +66,97 @@ pub async fn run(
             .bind(last_day.to_string())
             .fetch_all()
             .await?;
-        for d in days {
-            let day = time::Date::parse(&d, &time::format_description::well_known::Iso8601::DATE)
-                .map_err(|e| JobError::Invalid(format!("day {d}: {e}")))?;
-            deleted += compress_day(ctx, &cold, tenant, day).await?;
-            done.push(json!({"tenant_id": tenant.to_string(), "day": d}));
+        if days.is_empty() {
+            continue;
         }
+        let Some(lease) = Lease::try_acquire(ctx, &archive::lease_name(tenant)).await? else {
+            busy.push(tenant.to_string());
+            continue;
+        };
+        let result = async {
+            let mut archived = archive::reconcile(ctx, &cold, tenant).await?;
+            let mut n = 0;
+            for d in &days {
+                let day = archive::parse_day(d)?;
+                let moved = compress_day(ctx, &cold, &lease, tenant, day, &archived).await?;
+                archived.insert(day);
+                done.push(json!({"tenant_id": tenant.to_string(), "day": d, "events": moved}));
+                n += moved;
+            }
+            Ok::<u64, JobError>(n)
+        }
+        .await;
+        // Clear the stage whatever happened, then give the lease back.
+        let cleared = archive::clear_stage(ctx, tenant).await;
+        lease.release().await?;
+        deleted += result?;
+        cleared?;
     }
     Ok(JobReport {
         rows_affected: deleted,
-        detail: json!({"days": done, "events_deleted": deleted}),
+        detail: json!({"days": done, "events_deleted": deleted, "busy": busy}),
     })
+}
+
+/// Counts the distinct event keys of the tenant's day in `table`.
+async fn distinct_keys(
+    ctx: &JobContext,
+    table: &str,
+    tenant: Uuid,
+    day: Date,
+) -> Result<u64, JobError> {
+    Ok(ctx
+        .client
+        .query(&format!(
+            "SELECT count() FROM (SELECT DISTINCT type, timestamp, id FROM {} \
+             WHERE tenant_id = toUUID(?) AND toDate(timestamp) = toDate(?))",
+            ctx.table(table)
+        ))
+        .bind(tenant.to_string())
+        .bind(day.to_string())
+        .fetch_one()
+        .await?)
 }
 
 async fn compress_day(
     ctx: &JobContext,
     cold: &ColdStore,
+    lease: &Lease,
     tenant: Uuid,
-    day: time::Date,
+    day: Date,
+    archived: &std::collections::BTreeSet<Date>,
 ) -> Result<u64, JobError> {
-    let start = day.midnight().assume_utc();
-    let window = Window {
-        from: start,
-        to: start + time::Duration::days(1),
-    };
-    let (events, verify) = (ctx.table("events"), ctx.table("compression_verify"));
+    let (events, stage, verify) = (
+        ctx.table("events"),
+        ctx.table("archive_stage"),
+        ctx.table("compression_verify"),
+    );
     let day_filter = "tenant_id = toUUID(?) AND toDate(timestamp) = toDate(?)";
+    let key = cold.key(tenant, day);
+    let location = cold.location(&key);
 
-    // 1. Rollups for the day, from the raw events still there.
-    aggregates::rollups(ctx, window, Some(tenant)).await?;
+    // 1. The archive so far (if any) and a snapshot of the raw events.
+    archive::clear_stage(ctx, tenant).await?;
+    if archived.contains(&day) {
+        archive::stage(ctx, cold, tenant, [day]).await?;
+    }
+    let before = distinct_keys(ctx, "archive_stage", tenant, day).await?;
+    ctx.client
+        .query(&format!(
+            "INSERT INTO {stage} SELECT * FROM {events} FINAL WHERE {day_filter}"
+        ))
+        .bind(tenant.to_string())
+        .bind(day.to_string())
+        .execute()
+        .await?;
+    let expected = distinct_keys(ctx, "archive_stage", tenant, day).await?;
 
-    // 2. Export: the day's events (deduplicated) as Parquet, atomically in place.
+    // 2. Write the merged day, read it back, compare key sets.
     let mut cursor = ctx
         .client
         .query(&format!(
-            "SELECT * FROM {events} FINAL WHERE {day_filter} ORDER BY timestamp, id"
+            "SELECT * FROM {stage} WHERE {day_filter} \
+             ORDER BY timestamp, id, type, received_at DESC LIMIT 1 BY type, timestamp, id"
         ))
         .bind(tenant.to_string())
         .bind(day.to_string())
@@ -117,68 +165,100 @@ async fn compress_day(
     while let Some(chunk) = cursor.next().await? {
         parquet.extend_from_slice(&chunk);
     }
-    let key = cold.key(tenant, day);
-    let location = cold.location(&key);
+    lease.confirm().await?;
     cold.put(&key, Bytes::from(parquet)).await?;
-
-    // 3. Verify: read the file back and compare counts per type.
     let written = cold.get(&key).await?;
-    let clear = || {
-        ctx.client
-            .query(&format!("DELETE FROM {verify} WHERE {day_filter}"))
-            .bind(tenant.to_string())
-            .bind(day.to_string())
-            .execute()
-    };
-    clear().await?;
-    let mut insert = ctx
+    archive::insert_parquet(ctx, "compression_verify", written).await?;
+    let in_file = distinct_keys(ctx, "compression_verify", tenant, day).await?;
+    let rows_in_file: u64 = ctx
         .client
-        .insert_formatted_with(format!("INSERT INTO {verify} FORMAT Parquet"));
-    insert.send(written).await?;
-    insert.end().await?;
-    let by_type = |table: &str, final_: &str| {
-        format!(
-            "SELECT toString(type), count() FROM {table} {final_} WHERE {day_filter} GROUP BY type"
-        )
-    };
-    let raw = counts_by_type(ctx, &by_type(&events, "FINAL"), tenant, day).await?;
-    let file = counts_by_type(ctx, &by_type(&verify, ""), tenant, day).await?;
-    let rollup = counts_by_type(
-        ctx,
-        &format!(
-            "SELECT toString(type), sum(events) FROM {} FINAL WHERE tenant_id = toUUID(?) AND day = toDate(?) GROUP BY type",
-            ctx.table("rollups_daily")
-        ),
-        tenant,
-        day,
-    )
-    .await?;
-    clear().await?;
-    if raw != file || raw != rollup {
+        .query(&format!("SELECT count() FROM {verify} WHERE {day_filter}"))
+        .bind(tenant.to_string())
+        .bind(day.to_string())
+        .fetch_one()
+        .await?;
+    let missing: u64 = ctx
+        .client
+        .query(&format!(
+            "SELECT count() FROM {stage} WHERE {day_filter} AND (type, timestamp, id) NOT IN \
+             (SELECT type, timestamp, id FROM {verify} WHERE {day_filter})"
+        ))
+        .bind(tenant.to_string())
+        .bind(day.to_string())
+        .bind(tenant.to_string())
+        .bind(day.to_string())
+        .fetch_one()
+        .await?;
+    if in_file != expected || rows_in_file != expected || missing != 0 {
         return Err(JobError::Invalid(format!(
-            "verification failed for tenant {tenant} day {day}: raw {raw:?}, parquet {file:?}, rollup {rollup:?}; nothing deleted"
+            "verification failed for tenant {tenant} day {day}: {expected} events staged, \
+             the file read back holds {rows_in_file} rows ({in_file} distinct), {missing} staged \
+             rows missing; no raw event deleted"
         )));
     }
 
-    // 4. Only now: delete the raw events.
-    let n: u64 = raw.values().sum();
+    // 3. Catalogue, then the day's aggregates from the merged events (the
+    //    archives of the neighbouring days too, for sessions across midnight).
+    archive::register(ctx, tenant, day, &location, expected).await?;
+    let neighbours = archived
+        .iter()
+        .copied()
+        .filter(|d| *d != day && (*d - day).whole_days().abs() <= 2);
+    archive::stage(ctx, cold, tenant, neighbours).await?;
+    let start = day.midnight().assume_utc();
+    let merged = Source::Merged {
+        tenant,
+        from_ms: ms(start - time::Duration::days(2)),
+        to_ms: ms(start + time::Duration::days(3)),
+    };
+    let whole_day = Window {
+        from: start,
+        to: start + time::Duration::days(1),
+    };
+    aggregates::rollups_from(ctx, whole_day, Some(tenant), &[], &merged).await?;
+    let sessions_window = Window {
+        from: start - time::Duration::days(1),
+        to: start + time::Duration::days(1),
+    };
+    aggregates::sessions_from(ctx, sessions_window, Some(tenant), &[], &merged).await?;
+
+    // 4. Delete exactly the raw rows now in the file.
+    lease.confirm().await?;
+    let raw_before: u64 = ctx
+        .client
+        .query(&format!("SELECT count() FROM {events} WHERE {day_filter}"))
+        .bind(tenant.to_string())
+        .bind(day.to_string())
+        .fetch_one()
+        .await?;
     ctx.client
         .query(&format!(
-            "DELETE FROM {events} WHERE tenant_id = toUUID(?) \
-             AND timestamp >= fromUnixTimestamp64Milli(toInt64(?), 'UTC') \
-             AND timestamp < fromUnixTimestamp64Milli(toInt64(?), 'UTC')"
+            "DELETE FROM {events} WHERE {day_filter} AND (type, timestamp, id) IN \
+             (SELECT type, timestamp, id FROM {verify} WHERE {day_filter})"
         ))
         .bind(tenant.to_string())
-        .bind(ms(window.from))
-        .bind(ms(window.to))
+        .bind(day.to_string())
+        .bind(tenant.to_string())
+        .bind(day.to_string())
         .execute()
         .await?;
+    let raw_after: u64 = ctx
+        .client
+        .query(&format!("SELECT count() FROM {events} WHERE {day_filter}"))
+        .bind(tenant.to_string())
+        .bind(day.to_string())
+        .fetch_one()
+        .await?;
+    let moved = raw_before.saturating_sub(raw_after);
     ctx.audit(
         "compression.day",
         Some(tenant),
-        json!({"day": day.to_string(), "events": n, "by_type": raw, "file": location}),
+        json!({
+            "day": day.to_string(), "events_in_archive": expected, "merged_into": before,
+            "raw_rows_deleted": moved, "raw_rows_left": raw_after, "file": location,
+        }),
     )
     .await?;
-    tracing::info!(%tenant, %day, events = n, file = %location, "day compressed");
-    Ok(n)
+    tracing::info!(%tenant, %day, archived = expected, merged_into = before, deleted = moved, left = raw_after, file = %location, "day compressed");
+    Ok(moved)
 }

@@ -14,6 +14,7 @@
 
 pub mod aggregates;
 pub mod alerts;
+pub mod archive;
 pub mod cold;
 pub mod compression;
 pub mod enrichment;
@@ -33,6 +34,8 @@ pub enum JobError {
     ClickHouse(#[from] clickhouse::error::Error),
     #[error("{0}")]
     Invalid(String),
+    #[error("lost the lease {name} ({left_ms} ms were left, less than half the TTL): stopped before changing anything more")]
+    LeaseLost { name: String, left_ms: i64 },
 }
 
 /// The jobs `workerd job run` knows.
@@ -114,8 +117,9 @@ impl JobContext {
         )
     }
 
-    /// Every tenant with a row in `tenants` or with events, and its tier
-    /// (`free` without a row).
+    /// Every tenant with a row in `tenants`, a key in `auth.keys` or events,
+    /// and its tier, decided as the gateway decides it
+    /// ([`shared::keys::resolve_tier`]).
     pub async fn tenants(&self) -> Result<Vec<(Uuid, Tier)>, JobError> {
         let known: Vec<(String, String)> = self
             .client
@@ -133,18 +137,27 @@ impl JobContext {
             ))
             .fetch_all()
             .await?;
-        let mut out: BTreeMap<Uuid, Tier> = BTreeMap::new();
-        for id in seen {
-            if let Ok(id) = Uuid::try_parse(&id) {
-                out.insert(id, Tier::Free);
-            }
-        }
-        for (id, tier) in known {
-            if let Ok(id) = Uuid::try_parse(&id) {
-                out.insert(id, Tier::parse(&tier).unwrap_or_default());
-            }
-        }
-        Ok(out.into_iter().collect())
+        let rows: BTreeMap<Uuid, String> = known
+            .into_iter()
+            .filter_map(|(id, tier)| Uuid::try_parse(&id).ok().map(|id| (id, tier)))
+            .collect();
+        let mut ids: std::collections::BTreeSet<Uuid> = seen
+            .iter()
+            .filter_map(|id| Uuid::try_parse(id).ok())
+            .collect();
+        ids.extend(rows.keys().copied());
+        ids.extend(self.config.auth.keys.iter().map(|k| k.tenant_id));
+        Ok(ids
+            .into_iter()
+            .map(|id| {
+                let tier = shared::keys::resolve_tier(
+                    rows.get(&id).map(String::as_str),
+                    &self.config.auth.keys,
+                    id,
+                );
+                (id, tier)
+            })
+            .collect())
     }
 
     /// Writes an audit entry for a job's action.
@@ -169,6 +182,39 @@ impl JobContext {
     }
 }
 
+/// The periodic sessions/rollups window: the last `jobs.recompute_window_hours`
+/// up to `now`, widened back to cover every event *received* in that time,
+/// however late its client timestamp (up to `limits.max_event_age_hours`), and a
+/// day more for the sessions such an event can extend.
+async fn default_window(ctx: &JobContext, now: OffsetDateTime) -> Result<Window, JobError> {
+    let hours = time::Duration::hours(ctx.config.jobs.recompute_window_hours as i64);
+    let since = now - hours;
+    let oldest = now - time::Duration::hours(ctx.config.limits.max_event_age_hours as i64 + 24);
+    let earliest: Option<i64> = ctx
+        .client
+        .query(&format!(
+            "SELECT if(count() = 0, NULL, toUnixTimestamp64Milli(min(timestamp))) FROM {} \
+             WHERE received_at >= fromUnixTimestamp64Milli(toInt64(?), 'UTC') \
+             AND timestamp >= fromUnixTimestamp64Milli(toInt64(?), 'UTC') \
+             AND timestamp < fromUnixTimestamp64Milli(toInt64(?), 'UTC')",
+            ctx.table("events")
+        ))
+        .bind(ms(since))
+        .bind(ms(oldest))
+        .bind(ms(since))
+        .fetch_one()
+        .await?;
+    let from = match earliest {
+        Some(t) => {
+            let late = OffsetDateTime::from_unix_timestamp_nanos(t as i128 * 1_000_000)
+                .map_err(|e| JobError::Invalid(format!("stored timestamp {t}: {e}")))?;
+            (late - time::Duration::days(1)).min(since)
+        }
+        None => since,
+    };
+    Ok(Window { from, to: now })
+}
+
 /// Runs one job once. `window` overrides the default recompute window
 /// (`jobs.recompute_window_hours` up to `now`) of `sessions` and `rollups`.
 pub async fn run(
@@ -178,10 +224,16 @@ pub async fn run(
     tenant: Option<Uuid>,
     window: Option<Window>,
 ) -> Result<JobReport, JobError> {
-    let window = window.unwrap_or(Window {
-        from: now - time::Duration::hours(ctx.config.jobs.recompute_window_hours as i64),
-        to: now,
-    });
+    let window = match window {
+        Some(w) => w,
+        None if matches!(job, JobName::Sessions | JobName::Rollups) => {
+            default_window(ctx, now).await?
+        }
+        None => Window {
+            from: now - time::Duration::hours(ctx.config.jobs.recompute_window_hours as i64),
+            to: now,
+        },
+    };
     if window.from >= window.to {
         return Err(JobError::Invalid(
             "the window's start must be before its end".into(),

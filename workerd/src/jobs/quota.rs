@@ -1,5 +1,5 @@
-//! Monthly quotas: each tenant's events this calendar month (UTC), summed from
-//! `rollups_daily`, against its tier's `monthly_event_quota`. The result is
+//! Monthly quotas: each tenant's events received this calendar month (UTC),
+//! summed from `usage_daily`, against its tier's `monthly_event_quota`. The result is
 //! written to `tenant_usage`; the gateway loads the `over_quota` mark with its
 //! key snapshot and answers 429 `quota_exceeded` until the month ends (or the
 //! tenant moves to a tier with room).
@@ -20,13 +20,16 @@ pub async fn run(
     only: Option<Uuid>,
 ) -> Result<JobReport, JobError> {
     let (start, next) = month_bounds(now);
+    // Counted by the day the gateway received each event (`usage_daily`, fed by
+    // the Kafka engine): a back- or forward-dated event counts in the month it
+    // arrived, and `workerd import` of old history counts in none.
     let usage: Vec<(String, u64)> = ctx
         .client
         .query(&format!(
-            "SELECT toString(tenant_id), sum(events) FROM {} FINAL \
+            "SELECT toString(tenant_id), sum(events) FROM {} \
              WHERE day >= toDate(fromUnixTimestamp64Milli(toInt64(?), 'UTC')) \
              AND day < toDate(fromUnixTimestamp64Milli(toInt64(?), 'UTC')) GROUP BY tenant_id",
-            ctx.table("rollups_daily")
+            ctx.table("usage_daily")
         ))
         .bind(ms(start))
         .bind(ms(next))

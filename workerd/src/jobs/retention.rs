@@ -1,6 +1,7 @@
 //! Tiered retention: for each tenant, raw events and sessions older than its
 //! tier's `retention_hours`, and rollups older than `rollup_retention_days`, are
-//! deleted. The tier is read on every run, so an upgrade or downgrade applies on
+//! deleted. Free-tier raw events are the exception: they are removed only by
+//! compression once their archive is verified. The tier is read on every run, so an upgrade or downgrade applies on
 //! the next run. Deleted rows are counted per tier and audited per tenant.
 
 use std::collections::BTreeMap;
@@ -55,7 +56,13 @@ pub async fn run(
         let t = ctx.config.tiers.get(tier);
         let raw_cutoff = ms(now - time::Duration::hours(t.retention_hours as i64));
         let rollup_cutoff = ms(now - time::Duration::days(t.rollup_retention_days as i64));
-        let events = purge(ctx, "events", "timestamp", tenant, raw_cutoff).await?;
+        // Free-tier raw events leave only through compression, after their
+        // archive was verified: retention never deletes one that has none.
+        let events = if tier == shared::config::Tier::Free {
+            0
+        } else {
+            purge(ctx, "events", "timestamp", tenant, raw_cutoff).await?
+        };
         let sessions = purge(ctx, "sessions", "session_start", tenant, raw_cutoff).await?;
         let hourly = purge(ctx, "rollups_hourly", "hour", tenant, rollup_cutoff).await?;
         let daily = purge(ctx, "rollups_daily", "day", tenant, rollup_cutoff).await?;

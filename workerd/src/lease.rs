@@ -1,0 +1,139 @@
+//! Leases in ClickHouse: at most one holder of a named lease at a time, across
+//! processes and machines, with no server beyond ClickHouse.
+//!
+//! ClickHouse has no compare-and-set, so a lease is taken in two steps: insert
+//! a ticket `(name, holder, expires_at)`, then read every ticket of the name.
+//! The holder has the lease if no *other* unexpired ticket exists; otherwise it
+//! withdraws its ticket and reports busy. Two contenders can never both win: the
+//! one whose ticket was written second reads after both tickets exist and sees
+//! the other. (Both may withdraw; the next run tries again.) Expiry is judged by
+//! ClickHouse's clock alone (`now64()`), so workerd clocks may disagree.
+//!
+//! A ticket lasts `jobs.lease_ttl_secs`. Jobs call [`Lease::confirm`] right
+//! before every destructive step (overwriting an archive, deleting raw
+//! events): it fails unless at least half the TTL was still left, then renews.
+//! A newcomer only wins when it sees every other ticket expired, and ours
+//! cannot expire within half a TTL of a confirm, so a confirmed holder is
+//! alone until its next step (the usual lease argument: steps between two
+//! confirms must take less than half the TTL). A holder that was killed or
+//! stalled is replaced once its ticket expires, and a stalled one that wakes up
+//! fails its next confirm. On a replicated cluster the tickets table must be
+//! read with `select_sequential_consistency`.
+
+use uuid::Uuid;
+
+use crate::jobs::{JobContext, JobError};
+
+/// A lease this process holds; dropped leases expire on their own, so call
+/// [`Lease::release`] to free it at once.
+pub struct Lease {
+    pub name: String,
+    holder: Uuid,
+    client: clickhouse::Client,
+    table: String,
+    ttl_ms: i64,
+}
+
+async fn write_ticket(
+    client: &clickhouse::Client,
+    table: &str,
+    name: &str,
+    holder: Uuid,
+    ttl_ms: i64,
+) -> Result<(), JobError> {
+    client
+        .query(&format!(
+            "INSERT INTO {table} (name, holder, expires_at, updated_at) \
+             SELECT ?, toUUID(?), now64(3) + toIntervalMillisecond(?), now64(6)"
+        ))
+        .bind(name)
+        .bind(holder.to_string())
+        .bind(ttl_ms)
+        .execute()
+        .await?;
+    Ok(())
+}
+
+/// Holders other than `holder` whose ticket on `name` has not expired.
+async fn rivals(
+    client: &clickhouse::Client,
+    table: &str,
+    name: &str,
+    holder: Uuid,
+) -> Result<Vec<String>, JobError> {
+    Ok(client
+        .query(&format!(
+            "SELECT toString(holder) FROM {table} WHERE name = ? \
+             GROUP BY holder HAVING argMax(expires_at, updated_at) > now64(3) \
+             AND holder != toUUID(?)"
+        ))
+        .bind(name)
+        .bind(holder.to_string())
+        .fetch_all()
+        .await?)
+}
+
+impl Lease {
+    /// Takes the lease `name`, or `None` when someone else holds it.
+    pub async fn try_acquire(ctx: &JobContext, name: &str) -> Result<Option<Lease>, JobError> {
+        let lease = Lease {
+            name: name.to_string(),
+            holder: Uuid::new_v4(),
+            client: ctx.client.clone(),
+            table: ctx.table("leases"),
+            ttl_ms: ctx.config.jobs.lease_ttl_secs as i64 * 1000,
+        };
+        write_ticket(
+            &lease.client,
+            &lease.table,
+            name,
+            lease.holder,
+            lease.ttl_ms,
+        )
+        .await?;
+        let others = rivals(&lease.client, &lease.table, name, lease.holder).await?;
+        if others.is_empty() {
+            tracing::debug!(lease = name, holder = %lease.holder, "lease taken");
+            return Ok(Some(lease));
+        }
+        tracing::info!(lease = name, held_by = ?others, "lease busy; skipping");
+        lease.release().await?;
+        Ok(None)
+    }
+
+    /// Checks that at least half the TTL was left (so no one can have taken
+    /// over), then renews; call right before a destructive step and stop if it
+    /// fails.
+    pub async fn confirm(&self) -> Result<(), JobError> {
+        let left_ms: i64 = self
+            .client
+            .query(&format!(
+                "SELECT toInt64(dateDiff('millisecond', now64(3), argMax(expires_at, updated_at))) \
+                 FROM {} WHERE name = ? AND holder = toUUID(?)",
+                self.table
+            ))
+            .bind(&self.name)
+            .bind(self.holder.to_string())
+            .fetch_one()
+            .await?;
+        if left_ms < self.ttl_ms / 2 {
+            return Err(JobError::LeaseLost {
+                name: self.name.clone(),
+                left_ms,
+            });
+        }
+        write_ticket(
+            &self.client,
+            &self.table,
+            &self.name,
+            self.holder,
+            self.ttl_ms,
+        )
+        .await
+    }
+
+    /// Gives the lease up (writes an expired ticket).
+    pub async fn release(self) -> Result<(), JobError> {
+        write_ticket(&self.client, &self.table, &self.name, self.holder, -1).await
+    }
+}
