@@ -97,7 +97,7 @@ async fn old_free_tier_days_move_to_rollups_and_parquet() {
     .await;
     assert_eq!(day1_ids.len(), 5);
 
-    // A half-finished earlier run: a stale rollup and a truncated file for day 1.
+    // A stale rollup and a broken file for day 1 (a disk fault, a hand edit).
     let file = compression::parquet_path(&schema.config.jobs.cold_dir, free, date!(2024 - 05 - 01));
     std::fs::create_dir_all(file.parent().expect("dir")).expect("mkdir");
     std::fs::write(&file, b"PAR1 truncated").expect("stale file");
@@ -117,10 +117,27 @@ async fn old_free_tier_days_move_to_rollups_and_parquet() {
         config: schema.config.clone(),
     };
     let now = datetime!(2024-05-03 12:00 UTC); // day 2 ended only 12 h ago
+    // An archive that cannot be read back is never overwritten (it may hold
+    // events that exist nowhere else): the run fails, naming it, and keeps raw.
+    let err = jobs::run(&ctx, JobName::Compression, now, None, None)
+        .await
+        .expect_err("an unreadable archive stops the day");
+    assert!(err.to_string().contains("cannot be read back"), "{err}");
+    assert!(err.to_string().contains("date=2024-05-01"), "{err}");
+    assert_eq!(
+        ids(
+            &schema,
+            &format!("SELECT DISTINCT toString(id) AS id FROM {db}.events WHERE tenant_id = toUUID('{free}') AND toDate(timestamp) = '2024-05-01'"),
+        )
+        .await,
+        day1_ids
+    );
+    // The operator moves the broken file aside; the next run archives the day.
+    std::fs::remove_file(&file).expect("remove the broken file");
     let report = jobs::run(&ctx, JobName::Compression, now, None, None)
         .await
         .expect("compression");
-    assert_eq!(report.rows_affected, 5);
+    assert_eq!(report.rows_affected, 5, "5 events, one of them stored twice");
 
     // Raw: day 1 of the free tenant gone; its day 2 and the paid tenant untouched.
     let left = select_json(

@@ -190,7 +190,9 @@ async fn rollups_count_per_hour_and_day() {
 #[tokio::test]
 async fn retention_follows_tiers_and_tier_changes() {
     let svc = services();
-    let schema = TestSchema::create(&svc).await;
+    let mut schema = TestSchema::create(&svc).await;
+    // Paid keeps 150 h here, so both tiers hold an event past their horizon.
+    schema.config.tiers.paid.retention_hours = 150;
     let admin = Admin::new(schema.client.clone(), schema.database(), "jobs-test");
     let free = admin
         .tenant_create(None, "free", Tier::Free, false)
@@ -202,7 +204,7 @@ async fn retention_follows_tiers_and_tier_changes() {
         .expect("tenant");
     let now = datetime!(2024-06-01 00:00 UTC);
     let s = Uuid::new_v4();
-    // 200 h and 100 h old: the free tier keeps 168 h, the paid tier 2160 h.
+    // 200 h and 100 h old: past and inside both tiers' horizons (168 h, 150 h).
     let old = now - time::Duration::hours(200);
     let recent_offset = 100 * 60; // minutes after `old`
     insert(
@@ -232,13 +234,15 @@ async fn retention_follows_tiers_and_tier_changes() {
         }
     };
 
-    // Through the binary, as an operator would run it.
+    // Through the binary, as an operator would run it. The free tenant's old
+    // event has no verified archive (compression never ran): it is kept.
     let c = &schema.config;
     let out = Command::new(env!("CARGO_BIN_EXE_workerd"))
         .args(["job", "run", "retention", "--now", "2024-06-01T00:00:00Z"])
         .env_remove("OVERWATCH_CONFIG")
         .env("OVERWATCH__CLICKHOUSE__URL", &c.clickhouse.url)
         .env("OVERWATCH__CLICKHOUSE__DATABASE", &c.clickhouse.database)
+        .env("OVERWATCH__TIERS__PAID__RETENTION_HOURS", "150")
         .output()
         .expect("run workerd");
     assert!(
@@ -248,21 +252,21 @@ async fn retention_follows_tiers_and_tier_changes() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("rows_affected 1"), "{stdout}");
-    assert!(stdout.contains(r#""free":1"#), "{stdout}");
-    assert_eq!((count(free).await, count(paid).await), (1, 2));
+    assert!(stdout.contains(r#""paid":1"#), "{stdout}");
+    assert_eq!((count(free).await, count(paid).await), (2, 1));
 
-    // A downgrade applies on the next run, and the deletion is counted in metrics.
+    // An upgrade applies on the next run, and the deletion is counted in metrics.
     admin
-        .tenant_set_tier(paid, Tier::Free)
+        .tenant_set_tier(free, Tier::Paid)
         .await
-        .expect("downgrade");
+        .expect("upgrade");
     shared::metrics::install();
     let deleted = || {
         shared::metrics::parse_exposition(&shared::metrics::render())
             .into_iter()
             .filter(|s| s.name == "overwatch_retention_deleted_rows_total")
             .filter(|s| {
-                s.labels.contains(&("tier".into(), "free".into()))
+                s.labels.contains(&("tier".into(), "paid".into()))
                     && s.labels.contains(&("table".into(), "events".into()))
             })
             .map(|s| s.value)
@@ -274,7 +278,7 @@ async fn retention_follows_tiers_and_tier_changes() {
         .expect("retention");
     assert_eq!(r.rows_affected, 1);
     assert_eq!((count(free).await, count(paid).await), (1, 1));
-    assert_eq!(deleted() - before, 1.0, "one free-tier event row counted");
+    assert_eq!(deleted() - before, 1.0, "one paid-tier event row counted");
 
     let audited = rows(
         &schema,
@@ -285,8 +289,8 @@ async fn retention_follows_tiers_and_tier_changes() {
     assert_eq!(
         audited,
         vec![
-            serde_json::json!({"t": free.to_string(), "events": 1, "tier": "free"}),
-            serde_json::json!({"t": paid.to_string(), "events": 1, "tier": "free"}),
+            serde_json::json!({"t": paid.to_string(), "events": 1, "tier": "paid"}),
+            serde_json::json!({"t": free.to_string(), "events": 1, "tier": "paid"}),
         ]
     );
 }

@@ -42,6 +42,8 @@ async fn migrate_is_versioned_and_idempotent() {
     assert!(first.already.is_empty());
     let expected = vec![
         "api_keys",
+        "archive_stage",
+        "archives",
         "audit_log",
         "backfill_jobs",
         "compression_verify",
@@ -51,6 +53,7 @@ async fn migrate_is_versioned_and_idempotent() {
         "events_mv",
         "events_queue",
         "internal_metrics",
+        "leases",
         "notifications_log",
         "rollups_daily",
         "rollups_hourly",
@@ -58,6 +61,8 @@ async fn migrate_is_versioned_and_idempotent() {
         "sessions",
         "tenant_usage",
         "tenants",
+        "usage_daily",
+        "usage_daily_mv",
     ];
     assert_eq!(tables(&schema).await, expected);
     assert_eq!(recorded(&schema).await, all);
@@ -98,7 +103,7 @@ async fn the_binary_migrates_with_env_overrides() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(tables(&schema).await.len(), 17);
+    assert_eq!(tables(&schema).await.len(), 22);
     // The topics exist: metadata lists all five.
     let topics = c.topics();
     let brokers = c.kafka.brokers.clone();

@@ -80,7 +80,7 @@ pub async fn days(
         .client
         .query(&format!(
             "SELECT toString(tenant_id), toString(day) FROM {} FINAL \
-             WHERE day >= toDate(?) AND day <= toDate(?) AND (? = '' OR tenant_id = toUUID(?))",
+             WHERE day >= toDate(?) AND day <= toDate(?) AND (? = '' OR toString(tenant_id) = ?)",
             ctx.table("archives")
         ))
         .bind(from.to_string())
@@ -133,7 +133,15 @@ pub async fn reconcile(
     cold: &ColdStore,
     tenant: Uuid,
 ) -> Result<BTreeSet<Date>, JobError> {
-    let known = days(ctx, Some(tenant), Date::MIN, Date::MAX)
+    // ClickHouse's Date range.
+    let (first, last) = (
+        Date::from_calendar_date(1970, time::Month::January, 1),
+        Date::from_calendar_date(2149, time::Month::June, 6),
+    );
+    let (Ok(first), Ok(last)) = (first, last) else {
+        return Err(JobError::Invalid("the Date range".into()));
+    };
+    let known = days(ctx, Some(tenant), first, last)
         .await?
         .remove(&tenant)
         .unwrap_or_default();
@@ -164,9 +172,9 @@ pub async fn clear_stage(ctx: &JobContext, tenant: Uuid) -> Result<(), JobError>
     Ok(())
 }
 
-/// Reads the archive of each of `days` back into the stage. A day in the
-/// catalogue whose file is missing is an error: aggregates computed without it
-/// would be wrong.
+/// Reads the archive of each of `days` back into the stage. A file that cannot
+/// be read is an error (nothing may overwrite it); one that is missing is
+/// logged and skipped.
 pub async fn stage(
     ctx: &JobContext,
     cold: &ColdStore,
@@ -175,8 +183,21 @@ pub async fn stage(
 ) -> Result<(), JobError> {
     for day in days {
         let key = cold.key(tenant, day);
-        let bytes = cold.get(&key).await?;
-        insert_parquet(ctx, "archive_stage", bytes).await?;
+        let Some(bytes) = cold.get_optional(&key).await? else {
+            // Catalogued, yet gone from cold storage (removed by hand): what it
+            // held is lost already; go on with what exists, loudly.
+            tracing::warn!(%tenant, %day, file = %cold.location(&key), "a catalogued archive is missing from cold storage");
+            continue;
+        };
+        insert_parquet(ctx, "archive_stage", bytes)
+            .await
+            .map_err(|e| {
+                JobError::Invalid(format!(
+                    "the archive {} cannot be read back ({e}); nothing of tenant {tenant} was changed: \
+                     repair or move the file aside, then run the job again",
+                    cold.location(&key)
+                ))
+            })?;
     }
     Ok(())
 }

@@ -112,6 +112,20 @@ impl ColdStore {
             .map_err(|e| JobError::Invalid(format!("writing {}: {e}", self.location(key))))
     }
 
+    /// The object at `key`, or `None` when there is none (any other failure is
+    /// an error: a flaky store must never look like an empty archive).
+    pub async fn get_optional(&self, key: &Path) -> Result<Option<Bytes>, JobError> {
+        let read = async { self.store.get(key).await?.bytes().await };
+        match read.await {
+            Ok(b) => Ok(Some(b)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(JobError::Invalid(format!(
+                "reading back {}: {e}",
+                self.location(key)
+            ))),
+        }
+    }
+
     pub async fn get(&self, key: &Path) -> Result<Bytes, JobError> {
         let read = async { self.store.get(key).await?.bytes().await };
         read.await
