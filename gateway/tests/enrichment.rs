@@ -91,7 +91,13 @@ async fn events_are_enriched_end_to_end() {
     let mut forwarded = event("click", 100, session);
     forwarded["ip"] = "198.51.100.23".into();
     // Skew: the SDK clock is 10 s behind the event's own clock.
-    forwarded["sent_at"] = "2024-01-01T00:01:50Z".into();
+    let event_ts = time::OffsetDateTime::parse(
+        forwarded["timestamp"].as_str().expect("ts"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .expect("rfc3339");
+    let sent = event_ts + time::Duration::seconds(10);
+    forwarded["sent_at"] = common::rfc3339(sent).into();
     events.push(forwarded.clone());
     let r = http
         .post(gw.url("/ingest"))
@@ -135,7 +141,7 @@ async fn events_are_enriched_end_to_end() {
     assert_eq!(f["region"], "Île-de-France");
     let ts = f["ts"].as_i64().expect("ts");
     let received = f["received"].as_i64().expect("received");
-    let sent_at = 1_704_067_310_000i64; // 2024-01-01T00:01:50Z
+    let sent_at = (sent.unix_timestamp_nanos() / 1_000_000) as i64;
     assert_eq!(
         f["corrected"].as_i64(),
         Some(ts + (received - sent_at)),

@@ -141,16 +141,15 @@ fn event_type(rng: &mut Rng) -> &'static str {
 /// One event of `kind` as an SDK sends it (≈ 450–650 bytes of JSON).
 pub fn event(rng: &mut Rng, kind: &str, session: Uuid, ts_ms: i64) -> Value {
     let n = rng.below(10_000);
-    let secs = ts_ms / 1000;
-    let ts = format!(
-        "2026-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        1 + (secs / 2_592_000) % 12,
-        1 + (secs / 86_400) % 28,
-        (secs / 3600) % 24,
-        (secs / 60) % 60,
-        secs % 60,
-        ts_ms % 1000
-    );
+    // The client's clock: the send time, as RFC 3339 (the gateway accepts
+    // times inside its window around the arrival, `limits.max_event_age_hours`).
+    let ts = time::OffsetDateTime::from_unix_timestamp_nanos(ts_ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".into());
     let mut e = json!({
         "id": Uuid::new_v4().to_string(),
         "session_id": session.to_string(),

@@ -117,8 +117,8 @@ async fn old_free_tier_days_move_to_rollups_and_parquet() {
         config: schema.config.clone(),
     };
     let now = datetime!(2024-05-03 12:00 UTC); // day 2 ended only 12 h ago
-    // An archive that cannot be read back is never overwritten (it may hold
-    // events that exist nowhere else): the run fails, naming it, and keeps raw.
+                                               // An archive that cannot be read back is never overwritten (it may hold
+                                               // events that exist nowhere else): the run fails, naming it, and keeps raw.
     let err = jobs::run(&ctx, JobName::Compression, now, None, None)
         .await
         .expect_err("an unreadable archive stops the day");
@@ -137,7 +137,10 @@ async fn old_free_tier_days_move_to_rollups_and_parquet() {
     let report = jobs::run(&ctx, JobName::Compression, now, None, None)
         .await
         .expect("compression");
-    assert_eq!(report.rows_affected, 5, "5 events, one of them stored twice");
+    assert_eq!(
+        report.rows_affected, 5,
+        "5 events, one of them stored twice"
+    );
 
     // Raw: day 1 of the free tenant gone; its day 2 and the paid tenant untouched.
     let left = select_json(

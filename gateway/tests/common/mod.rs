@@ -91,12 +91,29 @@ impl Drop for TestGateway {
     }
 }
 
+/// The start of the previous hour: test events are stamped from there on, well
+/// inside the gateway's accepted window (`limits.max_event_age_hours`).
+pub fn event_base() -> time::OffsetDateTime {
+    let now = time::OffsetDateTime::now_utc();
+    now.replace_minute(0)
+        .and_then(|t| t.replace_second(0))
+        .and_then(|t| t.replace_nanosecond(0))
+        .unwrap_or(now)
+        - time::Duration::hours(1)
+}
+
+/// RFC 3339 with milliseconds.
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .expect("formats")
+}
+
 /// A valid event of `kind` for `session`, with distinctive per-type fields.
 pub fn event(kind: &str, n: usize, session: Uuid) -> serde_json::Value {
     let mut e = serde_json::json!({
         "id": Uuid::new_v4().to_string(),
         "session_id": session.to_string(),
-        "timestamp": format!("2024-01-01T00:{:02}:{:02}.{:03}Z", (n / 60) % 60, n % 60, n % 1000),
+        "timestamp": rfc3339(event_base() + time::Duration::milliseconds((n % 3600 * 1000 + n % 1000) as i64)),
         "type": kind,
         "user_agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0",
         "screen": {"width": 1920, "height": 1080},

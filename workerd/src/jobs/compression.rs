@@ -226,7 +226,9 @@ async fn compress_day(
     lease.confirm().await?;
     let raw_before: u64 = ctx
         .client
-        .query(&format!("SELECT count() FROM {events} FINAL WHERE {day_filter}"))
+        .query(&format!(
+            "SELECT count() FROM {events} FINAL WHERE {day_filter}"
+        ))
         .bind(tenant.to_string())
         .bind(day.to_string())
         .fetch_one()
@@ -244,7 +246,9 @@ async fn compress_day(
         .await?;
     let raw_after: u64 = ctx
         .client
-        .query(&format!("SELECT count() FROM {events} FINAL WHERE {day_filter}"))
+        .query(&format!(
+            "SELECT count() FROM {events} FINAL WHERE {day_filter}"
+        ))
         .bind(tenant.to_string())
         .bind(day.to_string())
         .fetch_one()
