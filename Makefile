@@ -8,7 +8,7 @@ STACK := $(PYTHON) deploy/local/stack.py
 
 VENV_PY := $(OVERWATCH_CACHE)/venv/bin/python
 
-.PHONY: help provision build dev test lint lint-deploy fmt ch-query clean-data fuzz bench soak chaos release
+.PHONY: help provision build dev test lint lint-deploy fmt ch-query clean-data fuzz bench soak chaos release verify-data
 
 help:
 	@echo "make dev         run the whole local stack in the foreground (Ctrl-C stops it)"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench       load scenarios + criterion floor -> docs/benchmarks.md"
 	@echo "make soak        10 minutes at 20k events/s, RSS drift"
 	@echo "make chaos       kill broker, gateway, ClickHouse under load; check nothing acknowledged is lost"
+	@echo "make verify-data the reference-model test over many seeds (late data, concurrent and killed jobs)"
 
 provision:
 	@deploy/local/provision.sh
@@ -54,6 +55,16 @@ test: provision lint
 	cargo build --workspace --bins --tests
 	$(VENV_PY) deploy/lint.py --bin-dir target/debug
 	$(STACK) run -- cargo test --workspace --no-fail-fast
+
+# The reference-model test (gateway/tests/reference_model.rs) over more seeds
+# and rounds than make test runs: every acknowledged event once across raw and
+# archives, aggregates equal to an independent model.
+MODEL_SEEDS ?= 1,2,3,4,5,6,7,8,9,10
+MODEL_ROUNDS ?= 6
+verify-data: provision
+	cargo build --workspace --bins --tests
+	OVERWATCH_MODEL_SEEDS=$(MODEL_SEEDS) OVERWATCH_MODEL_ROUNDS=$(MODEL_ROUNDS) \
+	  $(STACK) run -- cargo test -p gateway --test reference_model -- --nocapture
 
 fmt:
 	cargo fmt --all

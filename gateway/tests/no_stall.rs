@@ -48,7 +48,7 @@ async fn hostile_times_never_stall_consumption() {
             let rows = select_json(
                 &schema.client,
                 &format!("SELECT count() AS n FROM {db}.events WHERE id = toUUID(?)"),
-                &[warm_id.clone()],
+                std::slice::from_ref(&warm_id),
             )
             .await;
             (rows[0]["n"] == 1).then_some(())

@@ -18,6 +18,9 @@
 //!    are deleted (lease confirmed first). Rows that arrived after the snapshot
 //!    stay raw until the next run merges them.
 //!
+//! Tenants on another tier are only visited for days archived while they were
+//! on the free tier, so late events for those days join their archive too.
+//!
 //! A run killed anywhere leaves every event in raw storage, the archive, or
 //! both; the next run merges again and converges to the same file.
 
@@ -52,11 +55,19 @@ pub async fn run(
     let (mut done, mut busy) = (Vec::new(), Vec::new());
     let mut deleted = 0u64;
     let cold = ColdStore::from_config(&ctx.config)?;
+    let catalogue = archive::days(ctx, only, epoch(), last_day).await?;
     for (tenant, tier) in ctx.tenants().await? {
-        if tier != Tier::Free || only.is_some_and(|o| o != tenant) {
+        if only.is_some_and(|o| o != tenant) {
             continue;
         }
-        let days: Vec<String> = ctx
+        // Other tiers keep raw events, except for days archived while the tenant
+        // was on the free tier: late events for those are merged there too, so
+        // an event is in one place only.
+        let archived_days = catalogue.get(&tenant);
+        if tier != Tier::Free && archived_days.is_none() {
+            continue;
+        }
+        let mut days: Vec<String> = ctx
             .client
             .query(&format!(
                 "SELECT DISTINCT toString(toDate(timestamp)) AS d FROM {events} \
@@ -66,6 +77,11 @@ pub async fn run(
             .bind(last_day.to_string())
             .fetch_all()
             .await?;
+        if tier != Tier::Free {
+            days.retain(|d| {
+                archive::parse_day(d).is_ok_and(|d| archived_days.is_some_and(|a| a.contains(&d)))
+            });
+        }
         if days.is_empty() {
             continue;
         }
@@ -96,6 +112,10 @@ pub async fn run(
         rows_affected: deleted,
         detail: json!({"days": done, "events_deleted": deleted, "busy": busy}),
     })
+}
+
+fn epoch() -> Date {
+    Date::from_calendar_date(1970, time::Month::January, 1).unwrap_or(Date::MIN)
 }
 
 /// Counts the distinct event keys of the tenant's day in `table`.
@@ -136,6 +156,7 @@ async fn compress_day(
     let location = cold.location(&key);
 
     // 1. The archive so far (if any) and a snapshot of the raw events.
+    lease.confirm().await?;
     archive::clear_stage(ctx, tenant).await?;
     if archived.contains(&day) {
         archive::stage(ctx, cold, tenant, [day]).await?;
