@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod backfill;
 pub mod health;
+pub mod import;
 pub mod jobs;
 pub mod lease;
 pub mod migrate;

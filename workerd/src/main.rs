@@ -43,6 +43,15 @@ enum Command {
         #[command(subcommand)]
         cmd: BackfillCmd,
     },
+    /// Load history older than the gateway's window (NDJSON of /ingest events)
+    /// straight into ClickHouse, one month per insert; checks every line first.
+    Import {
+        #[arg(long)]
+        tenant: Uuid,
+        /// NDJSON file: one event object per line.
+        #[arg(long)]
+        file: PathBuf,
+    },
     /// Manage tenants.
     Tenant {
         #[command(subcommand)]
@@ -197,6 +206,7 @@ async fn main() -> ExitCode {
         Command::Run => run(config).await,
         Command::Job { cmd } => job(&config, cmd).await,
         Command::Backfill { cmd } => backfill(&config, cmd).await,
+        Command::Import { tenant, file } => import(&config, tenant, &file).await,
         Command::Tenant { cmd } => report(tenant(&admin_for(&config), cmd).await),
         Command::Key { cmd } => report(key(&admin_for(&config), cmd).await),
     };
@@ -333,6 +343,33 @@ async fn job(config: &Config, cmd: JobCmd) -> ExitCode {
         }
         Err(e) => {
             eprintln!("workerd: job {} failed: {e}", name.as_str());
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn import(config: &Config, tenant: Uuid, file: &std::path::Path) -> ExitCode {
+    let ctx = JobContext {
+        client: shared::ch::client(&config.clickhouse),
+        config: config.clone(),
+    };
+    match workerd::import::run(&ctx, tenant, file).await {
+        Ok(r) => {
+            println!(
+                "imported {} events for tenant {tenant} ({} to {}, months {})",
+                r.events,
+                r.oldest.as_deref().unwrap_or("?"),
+                r.newest.as_deref().unwrap_or("?"),
+                r.months.join(", ")
+            );
+            println!(
+                "next: workerd backfill start --tenant {tenant} --from {} --to <now> (sessions, rollups)",
+                r.oldest.as_deref().unwrap_or("?")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("workerd: import failed: {e}");
             ExitCode::from(1)
         }
     }

@@ -629,3 +629,96 @@ async fn quotas_count_events_by_the_month_they_arrived() {
     .expect("quota in February");
     assert_eq!(february.detail["over_quota"], serde_json::json!([]));
 }
+
+#[tokio::test]
+async fn old_history_is_imported_month_by_month_without_the_broker() {
+    let schema = TestSchema::create(&services()).await;
+    let tenant = free_tenant(&schema).await;
+    let dir = std::env::temp_dir().join(format!("ow-import-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    // 150 months of history in one file (more partitions than one insert may
+    // touch), plus one line twice (a re-export): stored once.
+    let mut lines = Vec::new();
+    let mut months = std::collections::BTreeSet::new();
+    let start = datetime!(2012-01-15 12:00 UTC);
+    for m in 0..150i64 {
+        let at = start + time::Duration::days(m * 30);
+        months.insert((at.year(), at.month() as u8));
+        lines.push(
+            serde_json::json!({
+                "id": Uuid::new_v4().to_string(), "session_id": Uuid::new_v4().to_string(),
+                "timestamp": at.format(&time::format_description::well_known::Rfc3339).expect("ts"),
+                "type": "custom", "name": "legacy", "properties": {"source": "old system"},
+            })
+            .to_string(),
+        );
+    }
+    lines.push(lines[0].clone());
+    let good = dir.join("history.ndjson");
+    std::fs::write(&good, lines.join("\n")).expect("write");
+    let file = good.display().to_string();
+    let tenant_s = tenant.to_string();
+    let out = ok(
+        &workerd(&schema, &["import", "--tenant", &tenant_s, "--file", &file])
+            .output()
+            .expect("import"),
+    );
+    assert!(out.contains("imported 151 events"), "{out}");
+    let db = schema.database();
+    let count = || async {
+        select_json(
+            &schema.client,
+            &format!(
+                "SELECT (SELECT count() FROM `{db}`.events FINAL WHERE tenant_id = toUUID('{tenant}')) AS n, \
+                 (SELECT count() FROM `{db}`.usage_daily WHERE tenant_id = toUUID('{tenant}')) AS u, \
+                 (SELECT uniqExact(toYYYYMM(timestamp)) FROM `{db}`.events WHERE tenant_id = toUUID('{tenant}')) AS months"
+            ),
+            &[],
+        )
+        .await
+        .remove(0)
+    };
+    assert_eq!(
+        count().await,
+        serde_json::json!({"n": 150, "u": 0, "months": 150}),
+        "no quota usage"
+    );
+    // Importing again changes nothing (same ids, same client times).
+    ok(
+        &workerd(&schema, &["import", "--tenant", &tenant_s, "--file", &file])
+            .output()
+            .expect("again"),
+    );
+    assert_eq!(count().await["n"], 150);
+
+    // A file with one bad line imports nothing and names the line.
+    let bad = dir.join("bad.ndjson");
+    std::fs::write(
+        &bad,
+        format!(
+            "{}\n{{\"id\":\"nope\"}}\n",
+            lines[1].replace("legacy", "other")
+        ),
+    )
+    .expect("write");
+    let out = workerd(
+        &schema,
+        &[
+            "import",
+            "--tenant",
+            &tenant_s,
+            "--file",
+            &bad.display().to_string(),
+        ],
+    )
+    .output()
+    .expect("bad import");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 2") && err.contains("nothing was imported"),
+        "{err}"
+    );
+    assert_eq!(count().await["n"], 150);
+    let _ = std::fs::remove_dir_all(&dir);
+}
