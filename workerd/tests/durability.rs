@@ -678,10 +678,11 @@ async fn old_history_is_imported_month_by_month_without_the_broker() {
         .await
         .remove(0)
     };
+    assert!(months.len() > 100, "more months than one insert may touch");
     assert_eq!(
         count().await,
-        serde_json::json!({"n": 150, "u": 0, "months": 150}),
-        "no quota usage"
+        serde_json::json!({"n": 150, "u": 0, "months": months.len()}),
+        "every event, in its month, and no quota usage"
     );
     // Importing again changes nothing (same ids, same client times).
     ok(
