@@ -1018,5 +1018,36 @@ mod tests {
         );
         let e = Config::load_from(Some(&f.0), env(&[])).unwrap_err();
         assert_eq!(e.key, "auth.keys[0].secret_sha256");
+        // One tenant, one tier.
+        let key = |tier: &str| {
+            format!(
+                "[[auth.keys]]\ntenant_id = \"00000000-0000-0000-0000-000000000000\"\nsecret_sha256 = \"{}\"\ntier = \"{tier}\"\n",
+                "ab".repeat(32)
+            )
+        };
+        let f = file(&format!("{}{}", key("paid"), key("free")));
+        let e = Config::load_from(Some(&f.0), env(&[])).unwrap_err();
+        assert_eq!(e.key, "auth.keys[1].tier");
+    }
+
+    #[test]
+    fn the_time_window_is_bounded_by_what_clickhouse_enforces() {
+        let e = Config::load_from(
+            None,
+            env(&[("OVERWATCH__LIMITS__MAX_EVENT_AGE_HOURS", "9601")]),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "limits.max_event_age_hours");
+        let e = Config::load_from(
+            None,
+            env(&[("OVERWATCH__LIMITS__MAX_FUTURE_MINUTES", "1441")]),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "limits.max_future_minutes");
+        assert!(Config::load_from(
+            None,
+            env(&[("OVERWATCH__LIMITS__MAX_EVENT_AGE_HOURS", "9600")])
+        )
+        .is_ok());
     }
 }

@@ -128,4 +128,23 @@ mod tests {
             )
         );
     }
+
+    #[test]
+    fn one_tier_rule_for_both_binaries() {
+        use crate::config::{StaticKey, Tier};
+        let t = uuid::Uuid::new_v4();
+        let keys = vec![StaticKey {
+            tenant_id: t,
+            secret_sha256: "ab".repeat(32),
+            tier: Tier::Enterprise,
+            anonymize_ip: false,
+        }];
+        // A tenants row wins; a missing or empty row falls back to the config.
+        assert_eq!(resolve_tier(Some("paid"), &keys, t), Tier::Paid);
+        assert_eq!(resolve_tier(Some(""), &keys, t), Tier::Enterprise);
+        assert_eq!(resolve_tier(None, &keys, t), Tier::Enterprise);
+        // Neither: free.
+        assert_eq!(resolve_tier(None, &keys, uuid::Uuid::new_v4()), Tier::Free);
+        assert_eq!(resolve_tier(Some("bogus"), &[], t), Tier::Free);
+    }
 }

@@ -55,18 +55,38 @@ const MARGIN: time::Duration = time::Duration::days(2);
 
 /// Computes `kind` over `w`: one pass over raw events for tenants without
 /// archives nearby, then each tenant with archives from its merged events.
+///
+/// With `rebuild_archived` false (the periodic runs), a tenant with archives
+/// nearby but no raw event near the window is left as it is: nothing of it
+/// changed since compression computed it, so its archives are not read again.
 async fn over_sources(
     ctx: &JobContext,
     kind: Kind,
     w: Window,
     only: Option<Uuid>,
+    rebuild_archived: bool,
 ) -> Result<JobReport, JobError> {
-    let archived =
+    let mut archived =
         archive::days(ctx, only, (w.from - MARGIN).date(), (w.to + MARGIN).date()).await?;
     let excluded: Vec<Uuid> = archived.keys().copied().collect();
     let mut rows = 0;
     if only.is_none_or(|t| !archived.contains_key(&t)) {
         rows += compute(ctx, kind, w, only, &excluded, &Source::Raw).await?;
+    }
+    if !rebuild_archived && !archived.is_empty() {
+        let active: Vec<String> = ctx
+            .client
+            .query(&format!(
+                "SELECT DISTINCT toString(tenant_id) FROM {} \
+                 WHERE timestamp >= fromUnixTimestamp64Milli(toInt64(?), 'UTC') \
+                 AND timestamp < fromUnixTimestamp64Milli(toInt64(?), 'UTC')",
+                ctx.table("events")
+            ))
+            .bind(ms(w.from - MARGIN))
+            .bind(ms(w.to + MARGIN))
+            .fetch_all()
+            .await?;
+        archived.retain(|t, _| active.contains(&t.to_string()));
     }
     let mut busy = Vec::new();
     if !archived.is_empty() {
@@ -113,20 +133,38 @@ async fn compute(
     }
 }
 
+/// Sessions starting in `w`, every tenant rebuilt (archives read back).
 pub async fn sessions(
     ctx: &JobContext,
     w: Window,
     only: Option<Uuid>,
 ) -> Result<JobReport, JobError> {
-    over_sources(ctx, Kind::Sessions, w, only).await
+    over_sources(ctx, Kind::Sessions, w, only, true).await
 }
 
+/// Rollups of the buckets `w` touches, every tenant rebuilt.
 pub async fn rollups(
     ctx: &JobContext,
     w: Window,
     only: Option<Uuid>,
 ) -> Result<JobReport, JobError> {
-    over_sources(ctx, Kind::Rollups, w, only).await
+    over_sources(ctx, Kind::Rollups, w, only, true).await
+}
+
+/// The periodic form of [`sessions`] (or of [`rollups`] when `rollups`):
+/// tenants whose raw events lie nowhere near `w` are left as they are.
+pub async fn recent(
+    ctx: &JobContext,
+    rollups: bool,
+    w: Window,
+    only: Option<Uuid>,
+) -> Result<JobReport, JobError> {
+    let kind = if rollups {
+        Kind::Rollups
+    } else {
+        Kind::Sessions
+    };
+    over_sources(ctx, kind, w, only, false).await
 }
 
 fn floor_hour(t: OffsetDateTime) -> OffsetDateTime {

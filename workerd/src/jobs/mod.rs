@@ -224,6 +224,7 @@ pub async fn run(
     tenant: Option<Uuid>,
     window: Option<Window>,
 ) -> Result<JobReport, JobError> {
+    let periodic = window.is_none();
     let window = match window {
         Some(w) => w,
         None if matches!(job, JobName::Sessions | JobName::Rollups) => {
@@ -242,6 +243,8 @@ pub async fn run(
     let started = std::time::Instant::now();
     let report = match job {
         JobName::Retention => retention::run(ctx, now, tenant).await?,
+        JobName::Sessions if periodic => aggregates::recent(ctx, false, window, tenant).await?,
+        JobName::Rollups if periodic => aggregates::recent(ctx, true, window, tenant).await?,
         JobName::Sessions => aggregates::sessions(ctx, window, tenant).await?,
         JobName::Rollups => aggregates::rollups(ctx, window, tenant).await?,
         JobName::Quota => quota::run(ctx, now, tenant).await?,
