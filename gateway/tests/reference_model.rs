@@ -177,14 +177,26 @@ fn model(events: &[Ev], gap_ms: i64) -> Model {
     m
 }
 
-/// What the product holds for the test's tenants.
-async fn stored(schema: &TestSchema, tenants: &[Uuid]) -> Model {
-    let db = format!("`{}`", schema.database());
-    let list = tenants
+/// `toUUID('…'),…` for an `IN (…)` list.
+fn uuid_list(tenants: &[Uuid]) -> String {
+    tenants
         .iter()
         .map(|t| format!("toUUID('{t}')"))
         .collect::<Vec<_>>()
-        .join(",");
+        .join(",")
+}
+
+/// Reads a JSON number ClickHouse may have quoted (64-bit integers).
+fn num(r: &serde_json::Value, f: &str) -> i64 {
+    r[f].as_i64()
+        .or_else(|| r[f].as_str()?.parse().ok())
+        .expect(f)
+}
+
+/// What the product holds for the test's tenants.
+async fn stored(schema: &TestSchema, tenants: &[Uuid]) -> Model {
+    let db = format!("`{}`", schema.database());
+    let list = uuid_list(tenants);
     let mut m = Model::default();
     for (table, col, daily) in [
         ("rollups_hourly", "hour", false),
@@ -201,15 +213,8 @@ async fn stored(schema: &TestSchema, tenants: &[Uuid]) -> Model {
         )
         .await;
         for r in rows {
-            let n = |f: &str| {
-                r[f].as_u64()
-                    .or_else(|| r[f].as_str()?.parse().ok())
-                    .expect(f)
-            };
-            let b = r["b"]
-                .as_i64()
-                .or_else(|| r["b"].as_str()?.parse().ok())
-                .expect("b");
+            let n = |f: &str| num(&r, f) as u64;
+            let b = num(&r, "b");
             let key = (
                 r["t"].as_str().expect("t").into(),
                 r["k"].as_str().expect("k").into(),
@@ -230,11 +235,7 @@ async fn stored(schema: &TestSchema, tenants: &[Uuid]) -> Model {
     )
     .await;
     for r in rows {
-        let i = |f: &str| {
-            r[f].as_i64()
-                .or_else(|| r[f].as_str()?.parse().ok())
-                .expect(f)
-        };
+        let i = |f: &str| num(&r, f);
         m.sessions.insert(
             (
                 r["t"].as_str().expect("t").into(),
@@ -250,11 +251,7 @@ async fn stored(schema: &TestSchema, tenants: &[Uuid]) -> Model {
 /// How often each id is held, raw (deduplicated) and in every archive file.
 async fn locations(schema: &TestSchema, tenants: &[Uuid]) -> BTreeMap<String, (u64, u64)> {
     let db = format!("`{}`", schema.database());
-    let list = tenants
-        .iter()
-        .map(|t| format!("toUUID('{t}')"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let list = uuid_list(tenants);
     let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for r in select_json(
         &schema.client,
@@ -562,20 +559,7 @@ async fn run_seed(seed: u64, rounds: usize) -> Tally {
 
     // Settle: leases of killed runs expire, a last compression, then the
     // aggregates over the whole span (what an operator's backfill does).
-    let db = schema.database().to_string();
-    eventually("every lease free", Duration::from_secs(60), || async {
-        let rows = select_json(
-            &schema.client,
-            &format!(
-                "SELECT count() AS n FROM (SELECT holder FROM `{db}`.leases GROUP BY name, holder \
-                 HAVING argMax(expires_at, updated_at) > now64(3))"
-            ),
-            &[],
-        )
-        .await;
-        (rows[0]["n"] == 0).then_some(())
-    })
-    .await;
+    shared::testkit::leases_free(&schema.client, schema.database(), Duration::from_secs(60)).await;
     let out = workerd(&schema, "compression", now + time::Duration::hours(48))
         .output()
         .expect("workerd");

@@ -68,6 +68,23 @@ where
     }
 }
 
+/// Waits until no lease in `database` is held (a killed holder's lease expires
+/// by ClickHouse's clock after `jobs.lease_ttl_secs`).
+pub async fn leases_free(client: &clickhouse::Client, database: &str, timeout: Duration) {
+    eventually("every lease free", timeout, || async {
+        let n: u64 = client
+            .query(&format!(
+                "SELECT count() FROM (SELECT holder FROM `{database}`.leases GROUP BY name, holder \
+                 HAVING argMax(expires_at, updated_at) > now64(3))"
+            ))
+            .fetch_one()
+            .await
+            .ok()?;
+        (n == 0).then_some(())
+    })
+    .await
+}
+
 /// A free TCP port on loopback (bound then released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -398,24 +398,7 @@ async fn a_killed_run_loses_nothing_and_its_lease_expires() {
     );
     assert!(out.contains(&format!(r#""busy":["{tenant}"]"#)), "{out}");
     // Once the lease expired (ClickHouse's clock), the tenant is taken over.
-    let db = schema.database().to_string();
-    eventually(
-        "the dead holder's lease to expire",
-        Duration::from_secs(30),
-        || async {
-            let rows = select_json(
-                &schema.client,
-                &format!(
-                "SELECT count() AS n FROM (SELECT holder FROM `{db}`.leases GROUP BY name, holder \
-                 HAVING argMax(expires_at, updated_at) > now64(3))"
-            ),
-                &[],
-            )
-            .await;
-            (rows[0]["n"] == 0).then_some(())
-        },
-    )
-    .await;
+    shared::testkit::leases_free(&schema.client, schema.database(), Duration::from_secs(30)).await;
     ok(
         &workerd(&schema, &["job", "run", "compression", "--now", NOW])
             .output()

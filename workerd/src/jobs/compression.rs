@@ -118,6 +118,30 @@ fn epoch() -> Date {
     Date::from_calendar_date(1970, time::Month::January, 1).unwrap_or(Date::MIN)
 }
 
+/// Rows of the tenant's day in `table` (`FINAL`: deduplicated, for `events`).
+async fn count(
+    ctx: &JobContext,
+    table: &str,
+    fin: &str,
+    tenant: Uuid,
+    day: Date,
+) -> Result<u64, JobError> {
+    Ok(ctx
+        .client
+        .query(&format!(
+            "SELECT count() FROM {} {fin} WHERE tenant_id = toUUID(?) AND toDate(timestamp) = toDate(?)",
+            ctx.table(table)
+        ))
+        .bind(tenant.to_string())
+        .bind(day.to_string())
+        .fetch_one()
+        .await?)
+}
+
+async fn raw_count(ctx: &JobContext, tenant: Uuid, day: Date) -> Result<u64, JobError> {
+    count(ctx, "events", "FINAL", tenant, day).await
+}
+
 /// Counts the distinct event keys of the tenant's day in `table`.
 async fn distinct_keys(
     ctx: &JobContext,
@@ -191,13 +215,7 @@ async fn compress_day(
     let written = cold.get(&key).await?;
     archive::insert_parquet(ctx, "compression_verify", written).await?;
     let in_file = distinct_keys(ctx, "compression_verify", tenant, day).await?;
-    let rows_in_file: u64 = ctx
-        .client
-        .query(&format!("SELECT count() FROM {verify} WHERE {day_filter}"))
-        .bind(tenant.to_string())
-        .bind(day.to_string())
-        .fetch_one()
-        .await?;
+    let rows_in_file = count(ctx, "compression_verify", "", tenant, day).await?;
     let missing: u64 = ctx
         .client
         .query(&format!(
@@ -245,15 +263,7 @@ async fn compress_day(
 
     // 4. Delete exactly the raw rows now in the file.
     lease.confirm().await?;
-    let raw_before: u64 = ctx
-        .client
-        .query(&format!(
-            "SELECT count() FROM {events} FINAL WHERE {day_filter}"
-        ))
-        .bind(tenant.to_string())
-        .bind(day.to_string())
-        .fetch_one()
-        .await?;
+    let raw_before = raw_count(ctx, tenant, day).await?;
     ctx.client
         .query(&format!(
             "DELETE FROM {events} WHERE {day_filter} AND (type, timestamp, id) IN \
@@ -265,15 +275,7 @@ async fn compress_day(
         .bind(day.to_string())
         .execute()
         .await?;
-    let raw_after: u64 = ctx
-        .client
-        .query(&format!(
-            "SELECT count() FROM {events} FINAL WHERE {day_filter}"
-        ))
-        .bind(tenant.to_string())
-        .bind(day.to_string())
-        .fetch_one()
-        .await?;
+    let raw_after = raw_count(ctx, tenant, day).await?;
     let moved = raw_before.saturating_sub(raw_after);
     ctx.audit(
         "compression.day",
