@@ -305,20 +305,10 @@ fn workerd(schema: &TestSchema, job: &str, now: OffsetDateTime) -> Command {
         ));
     }
     std::fs::write(&file, toml).expect("write the keys file");
-    let mut cmd = Command::new(workerd_bin());
+    let mut cmd = shared::testkit::workerd_command(&workerd_bin(), c);
     cmd.arg("--config")
         .arg(&file)
         .args(["job", "run", job, "--now", &rfc3339(now)])
-        .env_remove("OVERWATCH_CONFIG")
-        .env("OVERWATCH__CLICKHOUSE__URL", &c.clickhouse.url)
-        .env("OVERWATCH__CLICKHOUSE__DATABASE", &c.clickhouse.database)
-        .env("OVERWATCH__JOBS__COLD_DIR", &c.jobs.cold_dir)
-        .env(
-            "OVERWATCH__JOBS__LEASE_TTL_SECS",
-            c.jobs.lease_ttl_secs.to_string(),
-        )
-        .env("OVERWATCH__LOG__LEVEL", "error")
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     cmd
@@ -591,7 +581,11 @@ async fn run_seed(seed: u64, rounds: usize) -> Tally {
             Some(_) => {}
         }
     }
-    let unknown = places.len() - sent.len().min(places.len());
+    let acknowledged: BTreeSet<String> = sent.iter().map(|e| e.id.to_string()).collect();
+    let unknown = places
+        .keys()
+        .filter(|id| !acknowledged.contains(*id))
+        .count();
     let archived = places.values().filter(|(_, c)| *c > 0).count();
     // 2. Aggregates equal the model.
     let want = model(&sent, gap_ms);

@@ -68,6 +68,23 @@ where
     }
 }
 
+/// `workerd` (the binary at `bin`) pointed at `cfg`'s ClickHouse database, cold
+/// directory and lease TTL through environment overrides, quiet but for warnings.
+pub fn workerd_command(bin: &Path, cfg: &Config) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.env_remove("OVERWATCH_CONFIG")
+        .env("OVERWATCH__CLICKHOUSE__URL", &cfg.clickhouse.url)
+        .env("OVERWATCH__CLICKHOUSE__DATABASE", &cfg.clickhouse.database)
+        .env("OVERWATCH__JOBS__COLD_DIR", &cfg.jobs.cold_dir)
+        .env(
+            "OVERWATCH__JOBS__LEASE_TTL_SECS",
+            cfg.jobs.lease_ttl_secs.to_string(),
+        )
+        .env("OVERWATCH__LOG__LEVEL", "warn")
+        .stdin(Stdio::null());
+    cmd
+}
+
 /// Waits until no lease in `database` is held (a killed holder's lease expires
 /// by ClickHouse's clock after `jobs.lease_ttl_secs`).
 pub async fn leases_free(client: &clickhouse::Client, database: &str, timeout: Duration) {

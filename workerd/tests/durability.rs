@@ -159,19 +159,11 @@ fn delete_pattern(schema: &TestSchema, tenant: Uuid) -> String {
 }
 
 fn workerd(schema: &TestSchema, args: &[&str]) -> Command {
-    let c = &schema.config;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_workerd"));
-    cmd.args(args)
-        .env_remove("OVERWATCH_CONFIG")
-        .env("OVERWATCH__CLICKHOUSE__URL", &c.clickhouse.url)
-        .env("OVERWATCH__CLICKHOUSE__DATABASE", &c.clickhouse.database)
-        .env("OVERWATCH__JOBS__COLD_DIR", &c.jobs.cold_dir)
-        .env(
-            "OVERWATCH__JOBS__LEASE_TTL_SECS",
-            c.jobs.lease_ttl_secs.to_string(),
-        )
-        .env("OVERWATCH__LOG__LEVEL", "warn")
-        .stdin(Stdio::null());
+    let mut cmd = shared::testkit::workerd_command(
+        std::path::Path::new(env!("CARGO_BIN_EXE_workerd")),
+        &schema.config,
+    );
+    cmd.args(args);
     cmd
 }
 
