@@ -126,25 +126,21 @@ pub async fn register(
     Ok(())
 }
 
-/// Registers archives found in cold storage but missing from the catalogue
-/// (written before the catalogue existed); returns the tenant's archived days.
+/// ClickHouse's `Date` range: every archived day lies inside it.
+pub const ALL_DAYS: (Date, Date) = (
+    time::macros::date!(1970 - 01 - 01),
+    time::macros::date!(2149 - 06 - 06),
+);
+
+/// Registers archives found in cold storage but missing from `known` (the
+/// tenant's catalogued days: files written before the catalogue existed);
+/// returns every archived day of the tenant.
 pub async fn reconcile(
     ctx: &JobContext,
     cold: &ColdStore,
     tenant: Uuid,
+    known: &BTreeSet<Date>,
 ) -> Result<BTreeSet<Date>, JobError> {
-    // ClickHouse's Date range.
-    let (first, last) = (
-        Date::from_calendar_date(1970, time::Month::January, 1),
-        Date::from_calendar_date(2149, time::Month::June, 6),
-    );
-    let (Ok(first), Ok(last)) = (first, last) else {
-        return Err(JobError::Invalid("the Date range".into()));
-    };
-    let known = days(ctx, Some(tenant), first, last)
-        .await?
-        .remove(&tenant)
-        .unwrap_or_default();
     let mut all = known.clone();
     for day in cold.days(tenant).await? {
         if !known.contains(&day) {

@@ -24,6 +24,8 @@
 //! A run killed anywhere leaves every event in raw storage, the archive, or
 //! both; the next run merges again and converges to the same file.
 
+use std::collections::BTreeSet;
+
 use bytes::Bytes;
 use serde_json::json;
 use time::{Date, OffsetDateTime};
@@ -55,7 +57,8 @@ pub async fn run(
     let (mut done, mut busy) = (Vec::new(), Vec::new());
     let mut deleted = 0u64;
     let cold = ColdStore::from_config(&ctx.config)?;
-    let catalogue = archive::days(ctx, only, epoch(), last_day).await?;
+    let (first, last) = archive::ALL_DAYS;
+    let catalogue = archive::days(ctx, only, first, last).await?;
     for (tenant, tier) in ctx.tenants().await? {
         if only.is_some_and(|o| o != tenant) {
             continue;
@@ -63,8 +66,9 @@ pub async fn run(
         // Other tiers keep raw events, except for days archived while the tenant
         // was on the free tier: late events for those are merged there too, so
         // an event is in one place only.
-        let archived_days = catalogue.get(&tenant);
-        if tier != Tier::Free && archived_days.is_none() {
+        let no_days = BTreeSet::new();
+        let catalogued = catalogue.get(&tenant).unwrap_or(&no_days);
+        if tier != Tier::Free && catalogued.is_empty() {
             continue;
         }
         let mut days: Vec<String> = ctx
@@ -78,9 +82,7 @@ pub async fn run(
             .fetch_all()
             .await?;
         if tier != Tier::Free {
-            days.retain(|d| {
-                archive::parse_day(d).is_ok_and(|d| archived_days.is_some_and(|a| a.contains(&d)))
-            });
+            days.retain(|d| archive::parse_day(d).is_ok_and(|d| catalogued.contains(&d)));
         }
         if days.is_empty() {
             continue;
@@ -90,7 +92,7 @@ pub async fn run(
             continue;
         };
         let result = async {
-            let mut archived = archive::reconcile(ctx, &cold, tenant).await?;
+            let mut archived = archive::reconcile(ctx, &cold, tenant, catalogued).await?;
             let mut n = 0;
             for d in &days {
                 let day = archive::parse_day(d)?;
@@ -114,11 +116,20 @@ pub async fn run(
     })
 }
 
-fn epoch() -> Date {
-    Date::from_calendar_date(1970, time::Month::January, 1).unwrap_or(Date::MIN)
+/// Rows of the tenant's day in `table` (`FINAL`: deduplicated, for `events`).
+/// The condition selecting one tenant's day; [`day_query`] binds it.
+const DAY: &str = "tenant_id = toUUID(?) AND toDate(timestamp) = toDate(?)";
+
+/// `sql` with the tenant and day bound to each [`DAY`] it contains.
+fn day_query(ctx: &JobContext, sql: &str, tenant: Uuid, day: Date) -> clickhouse::query::Query {
+    let mut q = ctx.client.query(sql);
+    for _ in 0..sql.matches(DAY).count() {
+        q = q.bind(tenant.to_string()).bind(day.to_string());
+    }
+    q
 }
 
-/// Rows of the tenant's day in `table` (`FINAL`: deduplicated, for `events`).
+/// Rows of the tenant's day in `table` (`fin` = `FINAL`: deduplicated).
 async fn count(
     ctx: &JobContext,
     table: &str,
@@ -126,16 +137,8 @@ async fn count(
     tenant: Uuid,
     day: Date,
 ) -> Result<u64, JobError> {
-    Ok(ctx
-        .client
-        .query(&format!(
-            "SELECT count() FROM {} {fin} WHERE tenant_id = toUUID(?) AND toDate(timestamp) = toDate(?)",
-            ctx.table(table)
-        ))
-        .bind(tenant.to_string())
-        .bind(day.to_string())
-        .fetch_one()
-        .await?)
+    let sql = format!("SELECT count() FROM {} {fin} WHERE {DAY}", ctx.table(table));
+    Ok(day_query(ctx, &sql, tenant, day).fetch_one().await?)
 }
 
 async fn raw_count(ctx: &JobContext, tenant: Uuid, day: Date) -> Result<u64, JobError> {
@@ -149,17 +152,11 @@ async fn distinct_keys(
     tenant: Uuid,
     day: Date,
 ) -> Result<u64, JobError> {
-    Ok(ctx
-        .client
-        .query(&format!(
-            "SELECT count() FROM (SELECT DISTINCT type, timestamp, id FROM {} \
-             WHERE tenant_id = toUUID(?) AND toDate(timestamp) = toDate(?))",
-            ctx.table(table)
-        ))
-        .bind(tenant.to_string())
-        .bind(day.to_string())
-        .fetch_one()
-        .await?)
+    let sql = format!(
+        "SELECT count() FROM (SELECT DISTINCT type, timestamp, id FROM {} WHERE {DAY})",
+        ctx.table(table)
+    );
+    Ok(day_query(ctx, &sql, tenant, day).fetch_one().await?)
 }
 
 async fn compress_day(
@@ -168,14 +165,13 @@ async fn compress_day(
     lease: &Lease,
     tenant: Uuid,
     day: Date,
-    archived: &std::collections::BTreeSet<Date>,
+    archived: &BTreeSet<Date>,
 ) -> Result<u64, JobError> {
     let (events, stage, verify) = (
         ctx.table("events"),
         ctx.table("archive_stage"),
         ctx.table("compression_verify"),
     );
-    let day_filter = "tenant_id = toUUID(?) AND toDate(timestamp) = toDate(?)";
     let key = cold.key(tenant, day);
     let location = cold.location(&key);
 
@@ -186,26 +182,16 @@ async fn compress_day(
         archive::stage(ctx, cold, tenant, [day]).await?;
     }
     let before = distinct_keys(ctx, "archive_stage", tenant, day).await?;
-    ctx.client
-        .query(&format!(
-            "INSERT INTO {stage} SELECT * FROM {events} FINAL WHERE {day_filter}"
-        ))
-        .bind(tenant.to_string())
-        .bind(day.to_string())
-        .execute()
-        .await?;
+    let snapshot = format!("INSERT INTO {stage} SELECT * FROM {events} FINAL WHERE {DAY}");
+    day_query(ctx, &snapshot, tenant, day).execute().await?;
     let expected = distinct_keys(ctx, "archive_stage", tenant, day).await?;
 
     // 2. Write the merged day, read it back, compare key sets.
-    let mut cursor = ctx
-        .client
-        .query(&format!(
-            "SELECT * FROM {stage} WHERE {day_filter} \
-             ORDER BY timestamp, id, type, received_at DESC LIMIT 1 BY type, timestamp, id"
-        ))
-        .bind(tenant.to_string())
-        .bind(day.to_string())
-        .fetch_bytes("Parquet")?;
+    let export = format!(
+        "SELECT * FROM {stage} WHERE {DAY} \
+         ORDER BY timestamp, id, type, received_at DESC LIMIT 1 BY type, timestamp, id"
+    );
+    let mut cursor = day_query(ctx, &export, tenant, day).fetch_bytes("Parquet")?;
     let mut parquet = Vec::new();
     while let Some(chunk) = cursor.next().await? {
         parquet.extend_from_slice(&chunk);
@@ -216,16 +202,11 @@ async fn compress_day(
     archive::insert_parquet(ctx, "compression_verify", written).await?;
     let in_file = distinct_keys(ctx, "compression_verify", tenant, day).await?;
     let rows_in_file = count(ctx, "compression_verify", "", tenant, day).await?;
-    let missing: u64 = ctx
-        .client
-        .query(&format!(
-            "SELECT count() FROM {stage} WHERE {day_filter} AND (type, timestamp, id) NOT IN \
-             (SELECT type, timestamp, id FROM {verify} WHERE {day_filter})"
-        ))
-        .bind(tenant.to_string())
-        .bind(day.to_string())
-        .bind(tenant.to_string())
-        .bind(day.to_string())
+    let missing_sql = format!(
+        "SELECT count() FROM {stage} WHERE {DAY} AND (type, timestamp, id) NOT IN \
+         (SELECT type, timestamp, id FROM {verify} WHERE {DAY})"
+    );
+    let missing: u64 = day_query(ctx, &missing_sql, tenant, day)
         .fetch_one()
         .await?;
     if in_file != expected || rows_in_file != expected || missing != 0 {
@@ -264,17 +245,11 @@ async fn compress_day(
     // 4. Delete exactly the raw rows now in the file.
     lease.confirm().await?;
     let raw_before = raw_count(ctx, tenant, day).await?;
-    ctx.client
-        .query(&format!(
-            "DELETE FROM {events} WHERE {day_filter} AND (type, timestamp, id) IN \
-             (SELECT type, timestamp, id FROM {verify} WHERE {day_filter})"
-        ))
-        .bind(tenant.to_string())
-        .bind(day.to_string())
-        .bind(tenant.to_string())
-        .bind(day.to_string())
-        .execute()
-        .await?;
+    let delete = format!(
+        "DELETE FROM {events} WHERE {DAY} AND (type, timestamp, id) IN \
+         (SELECT type, timestamp, id FROM {verify} WHERE {DAY})"
+    );
+    day_query(ctx, &delete, tenant, day).execute().await?;
     let raw_after = raw_count(ctx, tenant, day).await?;
     let moved = raw_before.saturating_sub(raw_after);
     ctx.audit(
