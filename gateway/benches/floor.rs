@@ -39,7 +39,7 @@ fn floor(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter(|| {
                 let mut buf =
-                    decode::decode(raw.clone(), encoding, cfg.limits.max_decompressed_bytes)
+                    decode::decode(&raw, encoding, cfg.limits.max_decompressed_bytes)
                         .expect("decode");
                 let batch = model::parse(&mut buf).expect("parse");
                 let ctx = validate::Context {
@@ -55,6 +55,7 @@ fn floor(c: &mut Criterion) {
                     client_ip: "203.0.113.7".parse().expect("ip"),
                     header_ua: None,
                     anonymize_ip: false,
+                    max_ua_parses: cfg.enrichment.max_ua_parses_per_request,
                 };
                 let out = validate::prepare(&batch, &ctx).expect("valid");
                 assert_eq!(out.len(), EVENTS);

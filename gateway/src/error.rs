@@ -45,7 +45,7 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("malformed request body: {0}")]
     MalformedBody(String),
-    #[error("{} event(s) failed validation", .0.len())]
+    #[error("{} event(s) failed validation", failing_events(.0))]
     Invalid(Vec<FieldError>),
     #[error("rate limit exceeded{}: retry in {} s", if .0.global { " (gateway-wide)" } else { "" }, .0.retry_after_secs)]
     RateLimited(crate::ratelimit::Refusal),
@@ -59,7 +59,26 @@ pub enum ApiError {
     Overloaded { limit: usize },
     #[error("reading the request failed: {0}")]
     BodyRead(String),
+    #[error("the request body did not arrive within {limit_ms} ms")]
+    BodyTimeout { limit_ms: u64 },
+    #[error("the API key cannot be checked right now ({0}); retry shortly")]
+    KeysUnavailable(String),
+    #[error("the gateway is at its limit of {limit} bytes of request bodies being read; retry shortly")]
+    BodyBudget { limit: u64 },
+    #[error("internal error: {0}")]
+    Internal(String),
 }
+
+/// Distinct events among `details` (batch-level problems count as one).
+fn failing_events(details: &[FieldError]) -> usize {
+    let mut seen: Vec<Option<usize>> = details.iter().map(|d| d.index).collect();
+    seen.sort_unstable();
+    seen.dedup();
+    seen.len()
+}
+
+/// Largest `details` list in an answer, as JSON bytes.
+pub const MAX_DETAIL_BYTES: usize = 32 * 1024;
 
 impl ApiError {
     pub fn status(&self) -> StatusCode {
@@ -81,6 +100,10 @@ impl ApiError {
             ApiError::BrokerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::KeysUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BodyBudget { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -104,6 +127,10 @@ impl ApiError {
             ApiError::BrokerUnavailable(_) => "broker_unavailable",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::Overloaded { .. } => "overloaded",
+            ApiError::BodyTimeout { .. } => "request_timeout",
+            ApiError::KeysUnavailable(_) => "keys_unavailable",
+            ApiError::BodyBudget { .. } => "overloaded",
+            ApiError::Internal(_) => "internal",
         }
     }
 
@@ -125,12 +152,23 @@ impl ApiError {
             | ApiError::QuotaExceeded { .. }
             | ApiError::BrokerUnavailable(_)
             | ApiError::ShuttingDown
-            | ApiError::Overloaded { .. } => &[],
+            | ApiError::Overloaded { .. }
+            | ApiError::BodyTimeout { .. }
+            | ApiError::KeysUnavailable(_)
+            | ApiError::BodyBudget { .. }
+            | ApiError::Internal(_) => &[],
         }
     }
 
-    /// The JSON error response; `retry_after_secs` goes into `Retry-After` on 503.
-    pub fn into_response(self, request_id: &str, retry_after_secs: u64) -> Response<Full<Bytes>> {
+    /// The JSON error response: `gateway.retry_after_secs` goes into
+    /// `Retry-After` on 503, and `details` are capped at
+    /// `gateway.max_error_details` entries and [`MAX_DETAIL_BYTES`].
+    pub fn into_response(
+        self,
+        request_id: &str,
+        gateway: &shared::config::GatewayConfig,
+    ) -> Response<Full<Bytes>> {
+        let retry_after_secs = gateway.retry_after_secs;
         #[derive(Serialize)]
         struct Body<'a> {
             error: Inner<'a>,
@@ -141,14 +179,22 @@ impl ApiError {
             message: String,
             request_id: &'a str,
             details: &'a [FieldError],
+            #[serde(skip_serializing_if = "is_zero")]
+            omitted: usize,
+        }
+        fn is_zero(n: &usize) -> bool {
+            *n == 0
         }
         let status = self.status();
+        let all = self.details();
+        let shown = capped(all, gateway.max_error_details, MAX_DETAIL_BYTES);
         let body = Body {
             error: Inner {
                 code: self.code(),
                 message: self.to_string(),
                 request_id,
-                details: self.details(),
+                details: &all[..shown],
+                omitted: all.len() - shown,
             },
         };
         let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
@@ -169,6 +215,12 @@ impl ApiError {
                 .insert(RETRY_AFTER, HeaderValue::from(r.retry_after_secs));
             rate_limit_headers(resp.headers_mut(), &r.quota);
         }
+        if status == StatusCode::REQUEST_TIMEOUT {
+            resp.headers_mut().insert(
+                hyper::header::CONNECTION,
+                HeaderValue::from_static("close"),
+            );
+        }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 hyper::header::WWW_AUTHENTICATE,
@@ -177,6 +229,19 @@ impl ApiError {
         }
         resp
     }
+}
+
+/// How many of `details` fit in `max` entries and `max_bytes` of JSON.
+fn capped(details: &[FieldError], max: usize, max_bytes: usize) -> usize {
+    let mut bytes = 0;
+    for (i, d) in details.iter().take(max).enumerate() {
+        // Field and reason dominate; 48 covers the index, code and punctuation.
+        bytes += d.field.len() + d.reason.len() + d.code.map_or(0, str::len) + 48;
+        if bytes > max_bytes {
+            return i;
+        }
+    }
+    details.len().min(max)
 }
 
 /// `X-RateLimit-Limit` (events per second), `-Remaining` (events left in the
@@ -192,4 +257,49 @@ pub fn rate_limit_headers(h: &mut hyper::HeaderMap, q: &crate::ratelimit::Quota)
     }
     h.insert("x-ratelimit-remaining", HeaderValue::from(q.remaining));
     h.insert("x-ratelimit-reset", HeaderValue::from(q.reset_secs));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn detail(index: usize) -> FieldError {
+        FieldError {
+            index: Some(index),
+            field: "url".into(),
+            code: None,
+            reason: "x".repeat(100),
+        }
+    }
+
+    #[test]
+    fn details_are_capped_in_count_and_bytes_and_events_are_counted_once() {
+        let mut gw = shared::Config::load_from(None, Vec::new())
+            .expect("defaults")
+            .gateway;
+        gw.max_error_details = 50;
+        // 1,000 events with 9 problems each.
+        let list: Vec<FieldError> = (0..1000).flat_map(|i| (0..9).map(move |_| detail(i))).collect();
+        let resp = ApiError::Invalid(list).into_response("rid", &gw);
+        let body = resp.into_body();
+        let bytes = futures_body(body);
+        let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+        assert_eq!(v["error"]["details"].as_array().map(Vec::len), Some(50));
+        assert_eq!(v["error"]["omitted"], 9000 - 50);
+        assert_eq!(v["error"]["message"], "1000 event(s) failed validation");
+        assert!(bytes.len() < 16 * 1024, "{} bytes", bytes.len());
+        // The byte cap holds whatever the count cap.
+        gw.max_error_details = 100_000;
+        let long: Vec<FieldError> = (0..2000).map(detail).collect();
+        let bytes = futures_body(ApiError::Invalid(long).into_response("rid", &gw).into_body());
+        assert!(bytes.len() <= MAX_DETAIL_BYTES + 1024, "{} bytes", bytes.len());
+    }
+
+    fn futures_body(body: Full<Bytes>) -> Bytes {
+        use http_body_util::BodyExt;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(body.collect()).expect("body").to_bytes()
+    }
 }

@@ -44,12 +44,22 @@ async fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let telemetry = shared::telemetry::init(&config.log, &config.telemetry, "gateway");
-    let listener = match bind(config.gateway.listen) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(listen = %config.gateway.listen, error = %e, "cannot bind gateway.listen");
-            return ExitCode::from(1);
+    let mut listeners = Vec::new();
+    for (key, addr) in [
+        ("gateway.listen", config.gateway.listen),
+        ("gateway.operations_listen", config.gateway.operations_listen),
+    ] {
+        match bind(addr) {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                tracing::error!(%addr, error = %e, "cannot bind {key}");
+                eprintln!("gateway: cannot bind {key} ({addr}): {e}");
+                return ExitCode::from(1);
+            }
         }
+    }
+    let (Some(operations), Some(listener)) = (listeners.pop(), listeners.pop()) else {
+        return ExitCode::from(1);
     };
     let app = match gateway::App::new(config) {
         Ok(a) => Arc::new(a),
@@ -59,11 +69,11 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match listener.local_addr() {
-        Ok(addr) => tracing::info!(%addr, brokers = %app.config.kafka.brokers, "gateway listening"),
-        Err(e) => tracing::warn!(error = %e, "gateway listening (address unknown)"),
+    match (listener.local_addr(), operations.local_addr()) {
+        (Ok(addr), Ok(ops)) => tracing::info!(%addr, operations = %ops, brokers = %app.config.kafka.brokers, "gateway listening"),
+        _ => tracing::warn!("gateway listening (address unknown)"),
     }
-    let code = match gateway::serve(listener, app, gateway::shutdown_signal()).await {
+    let code = match gateway::serve(listener, operations, app, gateway::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "server failed");

@@ -209,3 +209,40 @@ pub fn producer_statistics(s: &rdkafka::Statistics) {
         counter!(m::PRODUCER_BROKER_TX_ERRORS, "broker" => name.clone()).absolute(b.txerrs);
     }
 }
+
+/// A connection was refused at accept: its listener was at its limit.
+pub struct ConnectionRefused {
+    pub listener: crate::server::Listener,
+}
+
+impl ConnectionRefused {
+    pub fn emit(&self) {
+        let listener = match self.listener {
+            crate::server::Listener::Ingest => "ingest",
+            crate::server::Listener::Operations => "operations",
+        };
+        counter!(m::CONNECTIONS_REFUSED, "listener" => listener).increment(1);
+        tracing::debug!(listener, "connection refused: at the connection limit");
+    }
+}
+
+/// The gateway closed a connection (`header_timeout`: its request head was too
+/// slow; `idle`: no request for `gateway.idle_timeout_ms`).
+pub struct ConnectionClosed {
+    pub reason: &'static str,
+}
+
+impl ConnectionClosed {
+    pub fn emit(&self) {
+        counter!(m::CONNECTIONS_CLOSED, "reason" => self.reason).increment(1);
+        tracing::debug!(reason = self.reason, "connection closed by the gateway");
+    }
+}
+
+/// Events whose user agent was left for workerd's enrichment job.
+pub fn ua_deferred(n: u64) {
+    if n > 0 {
+        counter!(m::UA_DEFERRED).increment(n);
+        tracing::debug!(events = n, "user-agent parse budget spent; left for the enrichment job");
+    }
+}

@@ -333,46 +333,52 @@ async fn ip_allowlist_browser_keys_and_signing() {
         .expect("send");
     assert_eq!(r.status(), 415, "text/plain only for beacons");
 
-    // Signing.
+    // Signing (Ed25519): the gateway holds only the public key; the request
+    // carries the key id, never a secret.
+    let private = ed25519_dalek::SigningKey::from_bytes(uuid::Uuid::new_v4().as_u128().to_le_bytes().repeat(2)[..32].try_into().expect("32 bytes"));
+    let public_b64 = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(private.verifying_key().to_bytes())
+    };
     let signed = admin
         .key_issue(
             tenant,
             &KeySpec {
-                require_signature: true,
+                signing_public_key: Some(public_b64),
                 ..server()
             },
         )
         .await
         .expect("issue");
-    let hmac_key: [u8; 32] = {
-        use sha2::Digest;
-        sha2::Sha256::digest(signed.secret.as_bytes()).into()
-    };
     let payload = body().to_string();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let send_signed = |ts: i64, sig: Option<String>| {
+    let sign_with = |key: &ed25519_dalek::SigningKey, ts: i64, nonce: &str, body: &str| {
+        use base64::Engine as _;
+        use ed25519_dalek::Signer;
+        let msg = gateway::auth::sign::message("POST", "/ingest", &ts.to_string(), nonce, body.as_bytes());
+        base64::engine::general_purpose::STANDARD.encode(key.sign(msg.as_bytes()).to_bytes())
+    };
+    let send_signed = |ts: i64, nonce: String, sig: Option<String>| {
         let mut rb = http
             .post(gw.url("/ingest"))
-            .bearer_auth(signed.api_key())
+            .header("x-overwatch-key-id", signed.key_id.to_string())
             .header("content-type", "application/json")
             .header("x-overwatch-timestamp", ts.to_string())
+            .header("x-overwatch-nonce", nonce)
             .body(payload.clone());
         if let Some(s) = sig {
             rb = rb.header("x-overwatch-signature", s);
         }
         rb.send()
     };
-    let sig = |ts: i64, body: &str| {
-        use hmac::Mac;
-        let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(&hmac_key).expect("hmac key");
-        m.update(format!("{ts}.{body}").as_bytes());
-        hex::encode(m.finalize().into_bytes())
-    };
+    let fresh = || uuid::Uuid::new_v4().simple().to_string();
+    let first = fresh();
     eventually(
         "the signing key to load",
         Duration::from_secs(20),
         || async {
-            (send_signed(now, Some(sig(now, &payload)))
+            let n = fresh();
+            (send_signed(now, n.clone(), Some(sign_with(&private, now, &n, &payload)))
                 .await
                 .ok()?
                 .status()
@@ -381,28 +387,37 @@ async fn ip_allowlist_browser_keys_and_signing() {
         },
     )
     .await;
-    assert_eq!(
-        send_signed(now, None).await.expect("send").status(),
-        401,
-        "unsigned"
-    );
-    assert_eq!(
-        send_signed(now, Some(sig(now, "{}")))
-            .await
-            .expect("send")
-            .status(),
-        401,
-        "wrong body"
-    );
+    let ok = send_signed(now, first.clone(), Some(sign_with(&private, now, &first, &payload)))
+        .await
+        .expect("send");
+    assert_eq!(ok.status(), 200);
+    let replay = send_signed(now, first.clone(), Some(sign_with(&private, now, &first, &payload)))
+        .await
+        .expect("send");
+    assert_eq!(replay.status(), 401, "a replayed nonce");
+    let n = fresh();
+    assert_eq!(send_signed(now, n, None).await.expect("send").status(), 401, "unsigned");
+    let n = fresh();
+    let wrong_body = sign_with(&private, now, &n, "{}");
+    assert_eq!(send_signed(now, n, Some(wrong_body)).await.expect("send").status(), 401, "wrong body");
+    let n = fresh();
+    let other = ed25519_dalek::SigningKey::from_bytes(&[3u8; 32]);
+    let forged = sign_with(&other, now, &n, &payload);
+    assert_eq!(send_signed(now, n, Some(forged)).await.expect("send").status(), 401, "another private key");
     let stale = now - 301;
-    assert_eq!(
-        send_signed(stale, Some(sig(stale, &payload)))
-            .await
-            .expect("send")
-            .status(),
-        401,
-        "stale"
-    );
+    let n = fresh();
+    let old = sign_with(&private, stale, &n, &payload);
+    assert_eq!(send_signed(stale, n, Some(old)).await.expect("send").status(), 401, "stale");
+    // Its (unused) secret as a bearer key does not stand in for a signature.
+    let bearer = http
+        .post(gw.url("/ingest"))
+        .bearer_auth(signed.api_key())
+        .header("content-type", "application/json")
+        .body(payload.clone())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(bearer.status(), 401, "a signing key is never a bearer key");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,6 +48,87 @@ pub struct GatewayConfig {
     pub max_in_flight_requests: usize,
     pub broker_check_interval_ms: u64,
     pub trusted_proxies: Vec<String>,
+    /// The header the proxies in `trusted_proxies` write the client's address to.
+    pub forwarded_header: ForwardedHeader,
+    /// Address of `/metrics` and the detailed `/health` (keep it private).
+    pub operations_listen: SocketAddr,
+    /// Most open client connections on `listen`; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this, counted from its first byte.
+    pub header_read_timeout_ms: u64,
+    /// A request's body must arrive within this; else 408 and the connection closes.
+    pub body_read_timeout_ms: u64,
+    /// A keep-alive connection with no request for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// Largest request head (request line and headers), in bytes.
+    pub max_header_bytes: usize,
+    /// Most header fields in one request.
+    pub max_headers: usize,
+    /// Request bodies being read or decoded, over all connections, in bytes.
+    pub max_buffered_body_bytes: u64,
+    /// Requests decoded, parsed and validated at once (0: one per CPU core).
+    pub cpu_workers: usize,
+    /// Most entries in a 422's `details`; the rest are counted, not listed.
+    pub max_error_details: usize,
+}
+
+/// Which header carries the client's address through proxies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, …` (nginx, most load balancers).
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client;proto=https, for=proxy1`.
+    Forwarded,
+}
+
+impl ForwardedHeader {
+    pub fn name(self) -> &'static str {
+        match self {
+            ForwardedHeader::XForwardedFor => "x-forwarded-for",
+            ForwardedHeader::Forwarded => "forwarded",
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Connection limits and timeouts.
+    fn validate_connections(&self) -> Result<(), ConfigError> {
+        positive("gateway.max_connections", self.max_connections as u64)?;
+        positive("gateway.header_read_timeout_ms", self.header_read_timeout_ms)?;
+        positive("gateway.body_read_timeout_ms", self.body_read_timeout_ms)?;
+        positive("gateway.idle_timeout_ms", self.idle_timeout_ms)?;
+        positive("gateway.max_headers", self.max_headers as u64)?;
+        positive("gateway.max_error_details", self.max_error_details as u64)?;
+        if !(8192..=1 << 20).contains(&self.max_header_bytes) {
+            return Err(ConfigError::new(
+                "gateway.max_header_bytes",
+                "must be between 8192 and 1048576",
+            ));
+        }
+        if self.max_buffered_body_bytes < self.max_body_bytes {
+            return Err(ConfigError::new(
+                "gateway.max_buffered_body_bytes",
+                "must be at least gateway.max_body_bytes, or a largest body could never be read",
+            ));
+        }
+        if self.operations_listen == self.listen && self.listen.port() != 0 {
+            return Err(ConfigError::new(
+                "gateway.operations_listen",
+                "must differ from gateway.listen: /metrics and /health stay off the public port",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Decode workers: `cpu_workers`, or one per core.
+    pub fn cpu_workers(&self) -> usize {
+        if self.cpu_workers > 0 {
+            self.cpu_workers
+        } else {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        }
+    }
 }
 
 /// Per-request and per-event limits enforced by the gateway.
@@ -71,6 +152,9 @@ pub struct EnrichmentConfig {
     pub geoip_db: String,
     pub ua_cache_size: usize,
     pub bot_patterns: Vec<String>,
+    /// User agents parsed (cache misses) per request; further events keep their
+    /// `user_agent` and are enriched later by workerd's enrichment job.
+    pub max_ua_parses_per_request: usize,
 }
 
 /// How produced events are keyed (and so partitioned).
@@ -264,6 +348,8 @@ pub struct KafkaConfig {
     pub batch_num_messages: u64,
     pub partition_key: PartitionKey,
     pub queue_max_messages: u64,
+    /// Bound of the producer's in-memory queue (KiB of payload).
+    pub queue_max_kbytes: u64,
     pub partitions: i32,
     pub replication_factor: i32,
 }
@@ -315,6 +401,13 @@ pub struct AuthConfig {
     pub keys: Vec<StaticKey>,
     pub clickhouse_keys: bool,
     pub refresh_interval_ms: u64,
+    /// A ClickHouse key snapshot older than this (no reload succeeded) is no
+    /// longer trusted: keys that cannot be judged get 503, readiness says why.
+    pub max_snapshot_age_ms: u64,
+    /// Largest distance between a signed request's timestamp and the clock.
+    pub signature_max_skew_secs: u64,
+    /// Nonces of signed requests remembered (across the skew window) to refuse replays.
+    pub replay_cache_size: usize,
 }
 
 /// An API key from configuration. Only the SHA-256 of the secret is stored.
@@ -491,6 +584,7 @@ impl Config {
             g.broker_check_interval_ms,
         )?;
         positive("gateway.retry_after_secs", g.retry_after_secs)?;
+        g.validate_connections()?;
         if g.max_events_per_batch == 0 || g.max_events_per_batch > 10_000 {
             return Err(ConfigError::new(
                 "gateway.max_events_per_batch",
@@ -700,6 +794,16 @@ impl Config {
         not_blank("clickhouse.kafka_brokers", &c.kafka_brokers)?;
         not_blank("clickhouse.kafka_group", &c.kafka_group)?;
         positive("auth.refresh_interval_ms", self.auth.refresh_interval_ms)?;
+        let a = &self.auth;
+        if a.clickhouse_keys && a.max_snapshot_age_ms < 2 * a.refresh_interval_ms {
+            return Err(ConfigError::new(
+                "auth.max_snapshot_age_ms",
+                "must be at least twice auth.refresh_interval_ms, or one slow reload fails every key",
+            ));
+        }
+        positive("auth.signature_max_skew_secs", a.signature_max_skew_secs)?;
+        positive("auth.replay_cache_size", a.replay_cache_size as u64)?;
+        positive("kafka.queue_max_kbytes", self.kafka.queue_max_kbytes)?;
         for (i, key) in self.auth.keys.iter().enumerate() {
             let s = &key.secret_sha256;
             if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {

@@ -217,6 +217,14 @@ impl Enricher {
         info
     }
 
+    /// The parse of `ua` when it is cached (no parsing: it costs milliseconds).
+    pub fn user_agent_if_cached(&self, ua: &str) -> Option<Arc<UaInfo>> {
+        if ua.is_empty() {
+            return Some(Arc::new(UaInfo::default()));
+        }
+        self.cache().get(ua)
+    }
+
     fn cache(&self) -> std::sync::MutexGuard<'_, TwoGen<Arc<UaInfo>>> {
         self.ua_cache.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -29,6 +29,10 @@ pub fn producer_config(cfg: &KafkaConfig, delivery_timeout_ms: u64) -> ClientCon
             "queue.buffering.max.messages",
             cfg.queue_max_messages.to_string(),
         )
+        .set(
+            "queue.buffering.max.kbytes",
+            cfg.queue_max_kbytes.to_string(),
+        )
         // Reconnect quickly after a broker restart.
         .set("reconnect.backoff.ms", "50")
         .set("reconnect.backoff.max.ms", "1000");

@@ -21,6 +21,9 @@ pub struct KeyRecord {
     pub allowed_origins: Vec<String>,
     pub ip_allowlist: Vec<String>,
     pub require_signature: bool,
+    /// Base64 of the raw 32-byte Ed25519 public key that signs this key's
+    /// requests (empty: the key is presented as a bearer secret).
+    pub signing_public_key: String,
     /// Unix milliseconds; absent when the key does not expire.
     pub expires_at_ms: Option<i64>,
     /// The tenant's tier name (empty when the tenant row is missing: see
@@ -40,7 +43,7 @@ pub async fn load(
     client
         .query(&format!(
             "SELECT toString(k.key_id) AS key_id, toString(k.tenant_id) AS tenant_id, \
-             k.secret_sha256, k.kind, k.allowed_origins, k.ip_allowlist, k.require_signature, \
+             k.secret_sha256, k.kind, k.allowed_origins, k.ip_allowlist, k.require_signature, k.signing_public_key, \
              if(k.expires_at IS NULL, NULL, toUnixTimestamp64Milli(assumeNotNull(k.expires_at))) AS expires_at_ms, \
              t.tier AS tier, t.anonymize_ip, u.over_quota \
              FROM {db}.api_keys AS k FINAL \
@@ -146,5 +149,77 @@ mod tests {
         // Neither: free.
         assert_eq!(resolve_tier(None, &keys, uuid::Uuid::new_v4()), Tier::Free);
         assert_eq!(resolve_tier(Some("bogus"), &[], t), Tier::Free);
+    }
+}
+
+/// DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410), before the 32 key bytes.
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+
+/// Reads an Ed25519 public key: a PEM `PUBLIC KEY` block (what
+/// `openssl pkey -pubout` writes), or base64 of the SubjectPublicKeyInfo or of
+/// the raw 32 bytes. Returns the raw key.
+pub fn parse_ed25519_public(text: &str) -> Result<[u8; 32], String> {
+    use base64::Engine as _;
+    let text = text.trim();
+    let b64: String = if text.starts_with("-----BEGIN") {
+        let mut lines = text.lines().map(str::trim);
+        if lines.next() != Some("-----BEGIN PUBLIC KEY-----") {
+            return Err("expected a `-----BEGIN PUBLIC KEY-----` block".into());
+        }
+        let body: Vec<&str> = lines.take_while(|l| !l.starts_with("-----END")).collect();
+        body.concat()
+    } else {
+        text.to_string()
+    };
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(b64.as_bytes())
+        .map_err(|e| format!("not base64: {e}"))?;
+    let raw: &[u8] = match der.len() {
+        32 => &der,
+        44 if der[..12] == ED25519_SPKI_PREFIX => &der[12..],
+        44 => return Err("not an Ed25519 key (the key's algorithm is not 1.3.101.112)".into()),
+        n => {
+            return Err(format!(
+                "{n} bytes: an Ed25519 public key is 32 raw bytes or a 44-byte SubjectPublicKeyInfo"
+            ))
+        }
+    };
+    let mut key = [0u8; 32];
+    key.copy_from_slice(raw);
+    Ok(key)
+}
+
+/// The canonical (base64 of the raw 32 bytes) form stored in `api_keys`.
+pub fn encode_ed25519_public(key: &[u8; 32]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(key)
+}
+
+#[cfg(test)]
+mod ed25519_tests {
+    use super::*;
+
+    #[test]
+    fn pem_spki_and_raw_forms_give_the_same_key() {
+        // From `openssl genpkey -algorithm ed25519 | openssl pkey -pubout`.
+        let pem = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEADP/umylhcc2ZKmLq0Up2XQVIkz5YuK/mByid5XZW2bY=\n-----END PUBLIC KEY-----\n";
+        let key = parse_ed25519_public(pem).expect("pem");
+        let raw = encode_ed25519_public(&key);
+        assert_eq!(parse_ed25519_public(&raw).expect("raw"), key);
+        assert_eq!(
+            parse_ed25519_public("MCowBQYDK2VwAyEADP/umylhcc2ZKmLq0Up2XQVIkz5YuK/mByid5XZW2bY=")
+                .expect("spki"),
+            key
+        );
+        assert!(parse_ed25519_public("bm9wZQ==").is_err());
+        // An RSA/X25519 SPKI of the same length is refused by its algorithm.
+        let mut other = ED25519_SPKI_PREFIX.to_vec();
+        other[8] = 0x6e;
+        other.extend([0u8; 32]);
+        use base64::Engine as _;
+        let x = base64::engine::general_purpose::STANDARD.encode(other);
+        assert!(parse_ed25519_public(&x).unwrap_err().contains("algorithm"));
     }
 }

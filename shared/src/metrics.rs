@@ -37,6 +37,9 @@ pub const KEY_SNAPSHOT_AGE: &str = "overwatch_key_snapshot_age_seconds";
 pub const KEY_SNAPSHOT_KEYS: &str = "overwatch_key_snapshot_keys";
 pub const ENRICH_CACHE_LOOKUPS: &str = "overwatch_enrich_cache_lookups_total";
 pub const READY: &str = "overwatch_ready";
+pub const CONNECTIONS_REFUSED: &str = "overwatch_connections_refused_total";
+pub const CONNECTIONS_CLOSED: &str = "overwatch_connections_closed_total";
+pub const UA_DEFERRED: &str = "overwatch_enrich_ua_deferred_total";
 
 // --- workerd -------------------------------------------------------------------
 pub const JOB_RUNS: &str = "overwatch_job_runs_total";
@@ -103,6 +106,21 @@ pub fn render() -> String {
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 fn describe() {
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        Unit::Count,
+        "Connections answered 503 and closed at accept: the listener was at its connection limit"
+    );
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        Unit::Count,
+        "Connections the gateway closed, by reason (header_timeout, idle)"
+    );
+    describe_counter!(
+        UA_DEFERRED,
+        Unit::Count,
+        "Events whose user agent was left for workerd's enrichment job (per-request parse budget spent)"
+    );
     describe_counter!(
         HTTP_REQUESTS,
         "HTTP requests answered, by route and status code."

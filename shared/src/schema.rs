@@ -400,6 +400,16 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "bounded times, quota usage by arrival, leases and the archive catalogue",
         statements: durability::statements,
     },
+    Migration {
+        version: 10,
+        name: "Ed25519 public keys for signed requests",
+        statements: |c| {
+            vec![format!(
+                "ALTER TABLE {} ADD COLUMN IF NOT EXISTS `signing_public_key` String DEFAULT '' AFTER `require_signature`",
+                c.table("api_keys")
+            )]
+        },
+    },
 ];
 
 /// What a [`migrate`] run did.

@@ -55,6 +55,8 @@ pub struct KeyRow {
     pub allowed_origins: Vec<String>,
     pub ip_allowlist: Vec<String>,
     pub require_signature: bool,
+    /// Base64 Ed25519 public key of a signing key (empty otherwise).
+    pub signing_public_key: String,
     pub created_at_ms: i64,
     pub expires_at_ms: Option<i64>,
     pub revoked_at_ms: Option<i64>,
@@ -69,6 +71,9 @@ pub struct KeySpec {
     pub allowed_origins: Vec<String>,
     pub ip_allowlist: Vec<String>,
     pub require_signature: bool,
+    /// An Ed25519 public key (PEM or base64): the key then signs its requests
+    /// and is presented by id, never by a secret.
+    pub signing_public_key: Option<String>,
     pub expires_in: Option<Duration>,
 }
 
@@ -260,13 +265,20 @@ impl Admin {
         }
         let secret = new_secret()?;
         let key_id = Uuid::new_v4();
+        let public = match &spec.signing_public_key {
+            None => String::new(),
+            Some(text) => shared::keys::parse_ed25519_public(text)
+                .map(|k| shared::keys::encode_ed25519_public(&k))
+                .map_err(|e| AdminError::Invalid(format!("--signing-public-key: {e}")))?,
+        };
+        let require_signature = spec.require_signature || !public.is_empty();
         let expires_ms = spec.expires_in.map(|d| d.as_millis() as i64).unwrap_or(0);
         self.client
             .query(&format!(
                 "INSERT INTO {} (key_id, tenant_id, secret_sha256, kind, description, \
-                 allowed_origins, ip_allowlist, require_signature, created_at, expires_at, \
+                 allowed_origins, ip_allowlist, require_signature, signing_public_key, created_at, expires_at, \
                  revoked_at, updated_at) \
-                 SELECT toUUID(?), toUUID(?), ?, ?, ?, ?, ?, ?, now64(3), \
+                 SELECT toUUID(?), toUUID(?), ?, ?, ?, ?, ?, ?, ?, now64(3), \
                  if(? = 0, NULL, now64(3) + toIntervalMillisecond(?)), NULL, now64(3)",
                 self.table("api_keys")
             ))
@@ -277,7 +289,8 @@ impl Admin {
             .bind(&spec.description)
             .bind(&spec.allowed_origins)
             .bind(&spec.ip_allowlist)
-            .bind(spec.require_signature)
+            .bind(require_signature)
+            .bind(&public)
             .bind(expires_ms)
             .bind(expires_ms)
             .execute()
@@ -289,7 +302,8 @@ impl Admin {
             serde_json::json!({
                 "kind": spec.kind, "description": spec.description,
                 "allowed_origins": spec.allowed_origins, "ip_allowlist": spec.ip_allowlist,
-                "require_signature": spec.require_signature,
+                "require_signature": require_signature,
+                "signing_public_key": public,
                 "expires_in_ms": spec.expires_in.map(|d| d.as_millis() as u64),
             }),
         )
@@ -313,7 +327,7 @@ impl Admin {
     fn key_select(&self) -> String {
         format!(
             "SELECT toString(key_id) AS key_id, toString(tenant_id) AS tenant_id, kind, \
-             description, allowed_origins, ip_allowlist, require_signature, \
+             description, allowed_origins, ip_allowlist, require_signature, signing_public_key, \
              toUnixTimestamp64Milli(created_at) AS created_at_ms, \
              if(expires_at IS NULL, NULL, toUnixTimestamp64Milli(assumeNotNull(expires_at))) AS expires_at_ms, \
              if(revoked_at IS NULL, NULL, toUnixTimestamp64Milli(assumeNotNull(revoked_at))) AS revoked_at_ms \
@@ -356,9 +370,9 @@ impl Admin {
         let revoked = if revoke { "now64(3)" } else { "revoked_at" };
         let mut q = self.client.query(&format!(
             "INSERT INTO {t} (key_id, tenant_id, secret_sha256, kind, description, allowed_origins, \
-             ip_allowlist, require_signature, created_at, expires_at, revoked_at, updated_at) \
+             ip_allowlist, require_signature, signing_public_key, created_at, expires_at, revoked_at, updated_at) \
              SELECT key_id, tenant_id, secret_sha256, kind, description, allowed_origins, \
-             ip_allowlist, require_signature, created_at, {expires}, {revoked}, now64(3) \
+             ip_allowlist, require_signature, signing_public_key, created_at, {expires}, {revoked}, now64(3) \
              FROM {t} FINAL WHERE key_id = ?",
             t = self.table("api_keys")
         ));
@@ -400,6 +414,8 @@ impl Admin {
             allowed_origins: k.allowed_origins.clone(),
             ip_allowlist: k.ip_allowlist.clone(),
             require_signature: k.require_signature,
+            signing_public_key: (!k.signing_public_key.is_empty())
+                .then(|| k.signing_public_key.clone()),
             expires_in: None,
         };
         let issued = self.key_issue(tenant, &spec).await?;

@@ -161,9 +161,11 @@ enum KeyCmd {
         /// Client IP or CIDR allowed to use the key (repeatable; none = any).
         #[arg(long = "allow-ip")]
         allow_ip: Vec<String>,
-        /// Require X-Overwatch-Timestamp/X-Overwatch-Signature on every request.
-        #[arg(long)]
-        require_signature: bool,
+        /// An Ed25519 public key file (PEM, as `openssl pkey -pubout` writes, or
+        /// base64): requests are then signed with its private key and present
+        /// the key id, never a secret (docs/api.md, "Signed requests").
+        #[arg(long, value_name = "FILE")]
+        signing_public_key: Option<PathBuf>,
         /// Expire after this long, e.g. 90d.
         #[arg(long, value_parser = admin::parse_duration)]
         expires_in: Option<Duration>,
@@ -508,18 +510,34 @@ async fn key(admin: &Admin, cmd: KeyCmd) -> Result<(), admin::AdminError> {
             description,
             origins,
             allow_ip,
-            require_signature,
+            signing_public_key,
             expires_in,
         } => {
+            let public = match &signing_public_key {
+                None => None,
+                Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                    admin::AdminError::Invalid(format!(
+                        "--signing-public-key {}: {e}",
+                        path.display()
+                    ))
+                })?),
+            };
             let spec = KeySpec {
                 kind,
                 description,
                 allowed_origins: origins,
                 ip_allowlist: allow_ip,
-                require_signature,
+                require_signature: public.is_some(),
+                signing_public_key: public,
                 expires_in,
             };
-            print_issued(&admin.key_issue(tenant, &spec).await?);
+            let issued = admin.key_issue(tenant, &spec).await?;
+            if spec.signing_public_key.is_some() {
+                println!("key_id {}", issued.key_id);
+                eprintln!("Sign requests with the private key; send X-Overwatch-Key-Id: {}", issued.key_id);
+            } else {
+                print_issued(&issued);
+            }
         }
         KeyCmd::List { tenant } => {
             println!(

@@ -45,6 +45,7 @@ fuzz_target!(|data: &[u8]| {
         client_ip: "192.0.2.1".parse().expect("ip"),
         header_ua: None,
         anonymize_ip: flag & 2 == 2,
+        max_ua_parses: cfg.enrichment.max_ua_parses_per_request,
     };
     if let Ok(events) = validate::prepare(&batch, &ctx) {
         for e in events {

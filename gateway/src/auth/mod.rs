@@ -6,7 +6,10 @@
 //! are compared in constant time. The snapshot merges `auth.keys` from the
 //! configuration with the `api_keys`/`tenants` tables in ClickHouse, reloaded every
 //! `auth.refresh_interval_ms`; when ClickHouse is unreachable the last good
-//! snapshot keeps serving and `/health` reports its age.
+//! snapshot keeps serving for `auth.max_snapshot_age_ms`, and `/health` reports
+//! its age. A key the gateway cannot judge (no snapshot yet, or one past that
+//! age) gets 503 with `Retry-After`, never 401: 401 means the key is wrong.
+//! Signing keys present their id and an Ed25519 signature instead ([`sign`]).
 
 pub mod sign;
 
@@ -18,6 +21,7 @@ use std::time::{Duration, Instant};
 use hyper::header::{HeaderMap, AUTHORIZATION};
 use sha2::{Digest, Sha256};
 use shared::config::{parse_net, Config, StaticKey, Tier};
+use ed25519_dalek::VerifyingKey;
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -35,18 +39,35 @@ pub struct Principal {
     pub tier: Tier,
     pub anonymize_ip: bool,
     pub kind: KeyKind,
-    /// Requests must carry a valid HMAC signature (see [`sign`]).
-    pub require_signature: bool,
-    /// The HMAC key: the SHA-256 of the secret.
-    pub signing_key: [u8; 32],
+    /// A signed request: what its signature must be checked against once the
+    /// body is read (see [`sign`]).
+    pub signed: Option<SignedBy>,
     /// Origins a browser key may be used from (`*` for any).
     pub allowed_origins: Vec<String>,
     /// The tenant used up its monthly quota (marked by workerd's quota job).
     pub over_quota: bool,
 }
 
+/// A signed request's headers and the public key that must have signed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedBy {
+    pub presented: sign::Presented,
+    pub public: VerifyingKey,
+}
+
+impl PartialEq for sign::Presented {
+    fn eq(&self, other: &Self) -> bool {
+        self.key_id == other.key_id
+    }
+}
+impl Eq for sign::Presented {}
+
 #[derive(Debug, Clone)]
 struct Key {
+    /// From `auth.keys`: judged without ClickHouse.
+    from_config: bool,
+    key_id: Option<Uuid>,
+    public_key: Option<VerifyingKey>,
     digest: [u8; 32],
     kind: KeyKind,
     allowed_origins: Vec<String>,
@@ -66,6 +87,8 @@ struct Tenant {
 #[derive(Debug, Default)]
 struct Snapshot {
     by_tenant: HashMap<Uuid, Tenant>,
+    /// Signing keys by key id: (tenant, index in its keys).
+    by_key_id: HashMap<Uuid, (Uuid, usize)>,
     /// Every origin some browser key allows: answers CORS preflights, which
     /// carry no key.
     origins: HashSet<String>,
@@ -85,6 +108,9 @@ impl Snapshot {
         t.tier = tier;
         t.anonymize_ip = anonymize_ip;
         t.over_quota |= over_quota;
+        if let (Some(id), Some(_)) = (key.key_id, key.public_key) {
+            self.by_key_id.insert(id, (tenant, t.keys.len()));
+        }
         t.keys.push(key);
     }
 }
@@ -111,6 +137,10 @@ pub struct SnapshotStatus {
 
 pub struct KeyStore {
     static_keys: Vec<StaticKey>,
+    /// `auth.max_snapshot_age_ms`.
+    max_age: Duration,
+    /// Nonces of signed requests (`auth.replay_cache_size`).
+    pub replay: sign::ReplayCache,
     current: RwLock<Arc<Snapshot>>,
     source: Option<(clickhouse::Client, String)>,
     loaded_at: Mutex<Option<Instant>>,
@@ -131,7 +161,11 @@ impl KeyStore {
                 cfg.clickhouse.database.clone(),
             )
         });
-        Self::with_source(&cfg.auth.keys, source)
+        let mut store = Self::with_source(&cfg.auth.keys, source);
+        store.max_age = Duration::from_millis(cfg.auth.max_snapshot_age_ms);
+        store.replay =
+            sign::ReplayCache::new(cfg.auth.replay_cache_size, cfg.auth.signature_max_skew_secs);
+        store
     }
 
     /// Only configured keys, never reloaded.
@@ -142,6 +176,8 @@ impl KeyStore {
     fn with_source(keys: &[StaticKey], source: Option<(clickhouse::Client, String)>) -> KeyStore {
         let store = KeyStore {
             static_keys: keys.to_vec(),
+            max_age: Duration::from_secs(300),
+            replay: sign::ReplayCache::new(100_000, 300),
             current: RwLock::new(Arc::new(Snapshot::default())),
             source,
             loaded_at: Mutex::new(None),
@@ -161,6 +197,9 @@ impl KeyStore {
                     k.anonymize_ip,
                     false,
                     Key {
+                        from_config: true,
+                        key_id: None,
+                        public_key: None,
                         digest,
                         kind: KeyKind::Server,
                         allowed_origins: Vec::new(),
@@ -179,12 +218,28 @@ impl KeyStore {
                 tracing::warn!(key_id = %r.key_id, "skipping a malformed key row");
                 continue;
             };
+            let public_key = if r.signing_public_key.is_empty() {
+                None
+            } else {
+                match shared::keys::parse_ed25519_public(&r.signing_public_key)
+                    .and_then(|k| VerifyingKey::from_bytes(&k).map_err(|e| e.to_string()))
+                {
+                    Ok(k) => Some(k),
+                    Err(e) => {
+                        tracing::warn!(key_id = %r.key_id, error = %e, "skipping a key with an unusable signing key");
+                        continue;
+                    }
+                }
+            };
             snap.add(
                 tenant,
                 shared::keys::resolve_tier(Some(&r.tier), &self.static_keys, tenant),
                 r.anonymize_ip,
                 r.over_quota,
                 Key {
+                    from_config: false,
+                    key_id: Uuid::try_parse(&r.key_id).ok(),
+                    public_key,
                     digest,
                     kind: if r.kind == "browser" {
                         KeyKind::Browser
@@ -266,14 +321,23 @@ impl KeyStore {
         })
     }
 
-    /// Usable: configured keys only, or at least one ClickHouse load succeeded.
-    pub fn ready(&self) -> bool {
-        self.source.is_none()
-            || self
-                .loaded_at
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_some()
+    /// Whether the snapshot can judge keys: configured keys only, or a
+    /// ClickHouse load succeeded within `auth.max_snapshot_age_ms`.
+    pub fn usable(&self) -> Result<(), ApiError> {
+        if self.source.is_none() {
+            return Ok(());
+        }
+        let loaded = *self.loaded_at.lock().unwrap_or_else(|e| e.into_inner());
+        match loaded {
+            None => Err(ApiError::KeysUnavailable(
+                "the API key snapshot has not loaded from ClickHouse yet".into(),
+            )),
+            Some(at) if at.elapsed() > self.max_age => Err(ApiError::KeysUnavailable(format!(
+                "the API key snapshot is {} s old, past auth.max_snapshot_age_ms",
+                at.elapsed().as_secs()
+            ))),
+            Some(_) => Ok(()),
+        }
     }
 
     pub fn status(&self) -> SnapshotStatus {
@@ -304,13 +368,17 @@ impl KeyStore {
         snap.origins.contains(origin) || snap.origins.contains("*")
     }
 
-    /// Authenticates a request by its headers or `api_key` query parameter.
+    /// Authenticates a request by its headers or `api_key` query parameter;
+    /// the second value says whether the key came from the query.
     pub fn authenticate(
         &self,
         headers: &HeaderMap,
         query: Option<&str>,
         client_ip: IpAddr,
     ) -> Result<(Principal, bool), ApiError> {
+        if let Some(signed) = sign::presented(headers) {
+            return self.authenticate_signed(signed?, client_ip);
+        }
         let presented = presented_key(headers, query).ok_or(ApiError::Unauthorized(
             "missing API key: send `Authorization: Bearer <tenant_id>:<secret>` or `X-API-Key`",
         ))?;
@@ -321,43 +389,91 @@ impl KeyStore {
             .map_err(|_| ApiError::Unauthorized("malformed API key: tenant id is not a UUID"))?;
         let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
         let snap = self.snapshot();
-        let Some(t) = snap.by_tenant.get(&tenant) else {
-            return Err(ApiError::Unauthorized("unknown API key"));
-        };
+        let t = snap.by_tenant.get(&tenant);
         // Compare against every candidate so timing does not tell which matched.
         let mut found: Option<&Key> = None;
-        for k in &t.keys {
+        for k in t.map(|t| &t.keys[..]).unwrap_or_default() {
             if ct_eq(&k.digest, &digest) {
                 found = Some(k);
             }
         }
-        let key = found.ok_or(ApiError::Unauthorized("unknown API key"))?;
-        let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
-        if key.expires_at_ms.is_some_and(|exp| exp <= now_ms) {
-            return Err(ApiError::Unauthorized("API key expired"));
+        let (t, key) = self.judged(t.zip(found))?;
+        if key.public_key.is_some() || key.require_signature {
+            return Err(ApiError::Unauthorized(
+                "this key signs its requests: send X-Overwatch-Key-Id and an Ed25519 signature (docs/api.md)",
+            ));
         }
         if presented.from_query && key.kind != KeyKind::Browser {
             return Err(ApiError::Unauthorized(
                 "the api_key query parameter is accepted for browser keys only",
             ));
         }
+        let principal = self.principal(tenant, t, key, client_ip, None)?;
+        Ok((principal, presented.from_query))
+    }
+
+    fn authenticate_signed(
+        &self,
+        presented: sign::Presented,
+        client_ip: IpAddr,
+    ) -> Result<(Principal, bool), ApiError> {
+        let snap = self.snapshot();
+        let found = snap
+            .by_key_id
+            .get(&presented.key_id)
+            .and_then(|(tenant, i)| {
+                let t = snap.by_tenant.get(tenant)?;
+                Some((*tenant, t, t.keys.get(*i)?))
+            });
+        let Some((tenant, t, key)) = found else {
+            self.usable()?;
+            return Err(ApiError::Unauthorized("unknown API key"));
+        };
+        let (t, key) = self.judged(Some((t, key)))?;
+        let Some(public) = key.public_key else {
+            return Err(ApiError::Unauthorized("unknown API key"));
+        };
+        let signed = SignedBy { presented, public };
+        Ok((self.principal(tenant, t, key, client_ip, Some(signed))?, false))
+    }
+
+    /// A found key stands when it is configured or the snapshot is usable; a key
+    /// not found is wrong (401) only when the snapshot could have known it.
+    fn judged<'s>(&self, found: Option<(&'s Tenant, &'s Key)>) -> Result<(&'s Tenant, &'s Key), ApiError> {
+        match found {
+            Some((t, k)) if k.from_config => Ok((t, k)),
+            found => {
+                self.usable()?;
+                found.ok_or(ApiError::Unauthorized("unknown API key"))
+            }
+        }
+    }
+
+    fn principal(
+        &self,
+        tenant: Uuid,
+        t: &Tenant,
+        key: &Key,
+        client_ip: IpAddr,
+        signed: Option<SignedBy>,
+    ) -> Result<Principal, ApiError> {
+        let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+        if key.expires_at_ms.is_some_and(|exp| exp <= now_ms) {
+            return Err(ApiError::Unauthorized("API key expired"));
+        }
         if !key.ip_allowlist.is_empty() && !key.ip_allowlist.iter().any(|n| n.contains(&client_ip))
         {
             return Err(ApiError::IpNotAllowed(client_ip.to_string()));
         }
-        Ok((
-            Principal {
-                tenant,
-                tier: t.tier,
-                anonymize_ip: t.anonymize_ip,
-                kind: key.kind,
-                require_signature: key.require_signature,
-                signing_key: key.digest,
-                allowed_origins: key.allowed_origins.clone(),
-                over_quota: t.over_quota,
-            },
-            presented.from_query,
-        ))
+        Ok(Principal {
+            tenant,
+            tier: t.tier,
+            anonymize_ip: t.anonymize_ip,
+            kind: key.kind,
+            signed,
+            allowed_origins: key.allowed_origins.clone(),
+            over_quota: t.over_quota,
+        })
     }
 }
 

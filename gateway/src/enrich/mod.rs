@@ -1,5 +1,5 @@
-//! Enrichment at ingest: the client IP (X-Forwarded-For believed only from
-//! `gateway.trusted_proxies`) on top of the shared user-agent, bot and geo
+//! Enrichment at ingest: the client IP ([`forwarded`]: X-Forwarded-For or
+//! Forwarded, believed only from `gateway.trusted_proxies`) on top of the shared user-agent, bot and geo
 //! enrichment (`shared::enrich`, also used by workerd's enrichment backfill).
 
 use std::net::{IpAddr, SocketAddr};
@@ -8,11 +8,14 @@ use std::ops::Deref;
 use hyper::header::HeaderMap;
 use shared::config::Config;
 
+pub mod forwarded;
+
 pub use shared::enrich::{anonymize, EnrichError, GeoInfo, UaInfo};
 
 pub struct Enricher {
     inner: shared::enrich::Enricher,
     trusted: Vec<ipnet::IpNet>,
+    header: forwarded::ForwardedHeader,
 }
 
 impl Deref for Enricher {
@@ -34,6 +37,7 @@ impl Enricher {
         Ok(Enricher {
             inner: shared::enrich::Enricher::new(cfg)?,
             trusted,
+            header: cfg.gateway.forwarded_header,
         })
     }
 
@@ -41,27 +45,10 @@ impl Enricher {
         self.trusted.iter().any(|net| net.contains(&ip))
     }
 
-    /// The client's address: the peer's, unless the peer is a trusted proxy, in
-    /// which case the nearest untrusted hop of `X-Forwarded-For` (right to left).
+    /// The client's address: the peer's, unless the peer is a trusted proxy
+    /// (see [`forwarded::client_ip`]).
     pub fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
-        let peer_ip = peer.ip().to_canonical();
-        if !self.is_trusted(peer_ip) {
-            return peer_ip;
-        }
-        let hops: Vec<IpAddr> = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
-            .map(|ip| ip.to_canonical())
-            .collect();
-        hops.iter()
-            .rev()
-            .find(|ip| !self.is_trusted(**ip))
-            .or(hops.first())
-            .copied()
-            .unwrap_or(peer_ip)
+        forwarded::client_ip(peer.ip(), headers, self.header, |ip| self.is_trusted(ip))
     }
 }
 

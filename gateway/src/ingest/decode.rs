@@ -1,11 +1,14 @@
-//! Request body intake: content type and encoding checks, the compressed-size cap
-//! while reading, and gzip decoding under the decompressed-size cap (a gzip bomb
+//! Request body intake: content type and encoding checks, the compressed-size
+//! cap, the body timeout and the shared body budget while reading, and gzip decoding under the decompressed-size cap (a gzip bomb
 //! stops at the cap, so memory stays bounded).
 
 use std::io::Read;
+use std::sync::Arc;
+use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 
@@ -51,12 +54,30 @@ pub fn check_headers(headers: &HeaderMap, beacon: bool) -> Result<Encoding, ApiE
     }
 }
 
-/// Reads the body as sent (at most `max_body` bytes on the wire).
+/// A request body as sent, holding its share of
+/// `gateway.max_buffered_body_bytes` until it is dropped.
+pub struct RawBody {
+    pub bytes: Bytes,
+    _reserved: Option<OwnedSemaphorePermit>,
+}
+
+/// How a body may be read: its size, its time, and the shared byte budget.
+pub struct ReadLimits<'a> {
+    pub max_body: u64,
+    pub timeout: Duration,
+    pub budget: &'a Arc<Semaphore>,
+}
+
+/// Reads the body as sent: at most `max_body` bytes on the wire, within
+/// `timeout` (408 otherwise), reserving each chunk from the budget as it
+/// arrives, so a slow upload holds only what it has sent (503 when the
+/// budget is spent).
 pub async fn read_raw(
-    body: Incoming,
+    mut body: Incoming,
     headers: &HeaderMap,
-    max_body: u64,
-) -> Result<Bytes, ApiError> {
+    limits: ReadLimits<'_>,
+) -> Result<RawBody, ApiError> {
+    let max_body = limits.max_body;
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -64,25 +85,46 @@ pub async fn read_raw(
     if declared.is_some_and(|len| len > max_body) {
         return Err(ApiError::PayloadTooLarge { limit: max_body });
     }
-    let raw: Bytes = Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX))
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                ApiError::PayloadTooLarge { limit: max_body }
-            } else {
-                ApiError::BodyRead(e.to_string())
+    let budget_total = limits.budget.available_permits() as u64;
+    let read = async {
+        // Never allocate for what has not arrived: a declared length is a hint.
+        let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(64 * 1024) as usize);
+        let mut reserved: Option<OwnedSemaphorePermit> = None;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ApiError::BodyRead(e.to_string()))?;
+            let Ok(data) = frame.into_data() else { continue };
+            if buf.len() as u64 + data.len() as u64 > max_body {
+                return Err(ApiError::PayloadTooLarge { limit: max_body });
             }
+            let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
+            let permit = Arc::clone(limits.budget)
+                .try_acquire_many_owned(n)
+                .map_err(|_| ApiError::BodyBudget {
+                    limit: budget_total,
+                })?;
+            match &mut reserved {
+                Some(r) => r.merge(permit),
+                None => reserved = Some(permit),
+            }
+            buf.extend_from_slice(&data);
+        }
+        Ok(RawBody {
+            bytes: buf.freeze(),
+            _reserved: reserved,
+        })
+    };
+    tokio::time::timeout(limits.timeout, read)
+        .await
+        .map_err(|_| ApiError::BodyTimeout {
+            limit_ms: limits.timeout.as_millis() as u64,
         })?
-        .to_bytes();
-    Ok(raw)
 }
 
 /// Decodes a raw body (at most `max_decoded` bytes after decompression).
-pub fn decode(raw: Bytes, encoding: Encoding, max_decoded: u64) -> Result<Vec<u8>, ApiError> {
+pub fn decode(raw: &Bytes, encoding: Encoding, max_decoded: u64) -> Result<Vec<u8>, ApiError> {
     match encoding {
-        Encoding::Identity => Ok(Vec::from(raw)),
-        Encoding::Gzip => gunzip(&raw, max_decoded),
+        Encoding::Identity => Ok(raw.to_vec()),
+        Encoding::Gzip => gunzip(raw, max_decoded),
     }
 }
 

@@ -1,22 +1,36 @@
-//! `POST /ingest`: authenticate → check content type and size → parse (simd-json)
-//! → validate → produce → answer once the broker acknowledged every event.
+//! `POST /ingest`, in order of cost:
+//!
+//! 1. on the network threads, from the head alone: authenticate, quota, origin,
+//!    content type, and the request's entry token (so refused and invalid
+//!    requests cost the tenant too);
+//! 2. read the body under its size cap, its timeout and the shared body budget;
+//! 3. admission (`gateway.max_in_flight_requests`), then on a bounded worker
+//!    pool (`gateway.cpu_workers`), off the network threads: signature, gzip,
+//!    the structure scan, parsing, the rate-limit charge for the remaining
+//!    events, validation and enrichment;
+//! 4. produce, and answer once the broker acknowledged every event.
 
 pub mod decode;
 pub mod model;
+pub mod shape;
 pub mod validate;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use std::net::SocketAddr;
-
 use hyper::header::{HeaderValue, CONTENT_TYPE, ORIGIN, USER_AGENT};
 use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
-
 use shared::config::Tier;
+use uuid::Uuid;
 
+use crate::auth::{sign, SignedBy};
 use crate::error::ApiError;
+use crate::ratelimit::Quota;
 use crate::server::App;
 
 #[derive(Serialize)]
@@ -33,7 +47,7 @@ struct Seen {
 }
 
 pub async fn handle(
-    app: &App,
+    app: &Arc<App>,
     req: Request<Incoming>,
     request_id: &str,
     peer: SocketAddr,
@@ -52,7 +66,7 @@ pub async fn handle(
 }
 
 async fn accept(
-    app: &App,
+    app: &Arc<App>,
     req: Request<Incoming>,
     request_id: &str,
     peer: SocketAddr,
@@ -73,46 +87,50 @@ async fn accept(
     }
     who.check_origin(headers.get(ORIGIN).and_then(|v| v.to_str().ok()))?;
     let encoding = decode::check_headers(headers, beacon)?;
-    let raw = decode::read_raw(body, headers, app.config.gateway.max_body_bytes).await?;
-    if who.require_signature {
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        crate::auth::sign::verify(headers, &raw, &who.signing_key, now)?;
-    }
-    let wire = raw.len();
-    let mut buf = decode::decode(raw, encoding, app.config.limits.max_decompressed_bytes)?;
-    crate::telemetry::BodyReceived {
-        wire,
-        decoded: buf.len(),
-    }
-    .emit();
-    let batch = model::parse(&mut buf).map_err(ApiError::MalformedBody)?;
-    seen.events = Some(batch.events.len());
-    let received_at_ms =
-        (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
-    let ctx = validate::Context {
-        tenant,
-        received_at_ms,
-        window: shared::event::TimeWindow {
-            past_hours: app.config.limits.max_event_age_hours,
-            future_minutes: app.config.limits.max_future_minutes,
-        },
-        max_events: app.config.gateway.max_events_per_batch,
-        limits: &app.config.limits,
-        enricher: &app.enricher,
-        client_ip,
-        header_ua: headers.get(USER_AGENT).and_then(|v| v.to_str().ok()),
-        anonymize_ip: who.anonymize_ip,
-    };
-    let events = validate::prepare(&batch, &ctx)?;
-    let quota = app
-        .limiter
-        .check(tenant, who.tier, events.len())
+    // The entry token, before any work on the body.
+    app.limiter
+        .check(tenant, who.tier, 1)
         .map_err(ApiError::RateLimited)?;
-    app.sink.send(tenant, &events).await.map_err(|e| {
+    let g = &app.config.gateway;
+    let raw = decode::read_raw(
+        body,
+        headers,
+        decode::ReadLimits {
+            max_body: g.max_body_bytes,
+            timeout: Duration::from_millis(g.body_read_timeout_ms),
+            budget: &app.body_budget,
+        },
+    )
+    .await?;
+    let _admitted = app.admit()?;
+    let job = Job {
+        app: Arc::clone(app),
+        raw,
+        encoding,
+        tenant,
+        tier: who.tier,
+        anonymize_ip: who.anonymize_ip,
+        client_ip,
+        header_ua: headers
+            .get(USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        signed: who.signed,
+        method: parts.method.to_string(),
+        path_and_query: parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string()),
+    };
+    let (outcome, events) = on_worker(app, move || job.run()).await?;
+    seen.events = events;
+    let (events, quota) = outcome?;
+    let n = events.len();
+    app.sink.send(tenant, events).await.map_err(|e| {
         crate::telemetry::ProduceFailed {
             kind: e.kind(),
             tenant,
-            events: events.len(),
+            events: n,
             error: &e,
         }
         .emit();
@@ -121,20 +139,113 @@ async fn accept(
     crate::telemetry::EventsAccepted {
         tenant,
         tier: who.tier,
-        events: events.len(),
+        events: n,
     }
     .emit();
     let body = serde_json::to_vec(&Accepted {
-        accepted: events.len(),
+        accepted: n,
         request_id,
     })
-    .map_err(|e| ApiError::BodyRead(e.to_string()))?;
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = StatusCode::OK;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     crate::error::rate_limit_headers(resp.headers_mut(), &quota);
     Ok(resp)
+}
+
+/// Runs `work` on the blocking pool once a `gateway.cpu_workers` slot is free,
+/// so decoding and parsing never hold a network thread.
+async fn on_worker<T: Send + 'static>(
+    app: &App,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let _slot = app
+        .cpu
+        .acquire()
+        .await
+        .map_err(|_| ApiError::ShuttingDown)?;
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::Internal(format!("the decoding task failed: {e}")))
+}
+
+/// Everything the worker needs, owned.
+struct Job {
+    app: Arc<App>,
+    raw: decode::RawBody,
+    encoding: decode::Encoding,
+    tenant: Uuid,
+    tier: Tier,
+    anonymize_ip: bool,
+    client_ip: IpAddr,
+    header_ua: Option<String>,
+    signed: Option<SignedBy>,
+    method: String,
+    path_and_query: String,
+}
+
+type Prepared = Result<(Vec<validate::Outgoing>, Quota), ApiError>;
+
+impl Job {
+    /// The outcome, and how many events the body held (when it parsed).
+    fn run(self) -> (Prepared, Option<usize>) {
+        let mut events = None;
+        let outcome = self.prepare(&mut events);
+        (outcome, events)
+    }
+
+    fn prepare(self, events: &mut Option<usize>) -> Prepared {
+        let app = &*self.app;
+        if let Some(s) = &self.signed {
+            let now_secs = time::OffsetDateTime::now_utc().unix_timestamp();
+            let req = sign::Request {
+                method: &self.method,
+                path_and_query: &self.path_and_query,
+                body: &self.raw.bytes,
+                now_secs,
+            };
+            sign::verify(&s.presented, &s.public, &req, &app.keys.replay)?;
+        }
+        let limits = &app.config.limits;
+        let wire = self.raw.bytes.len();
+        let mut buf = decode::decode(&self.raw.bytes, self.encoding, limits.max_decompressed_bytes)?;
+        // Decoded: the body's share of the budget goes back.
+        drop(self.raw);
+        crate::telemetry::BodyReceived {
+            wire,
+            decoded: buf.len(),
+        }
+        .emit();
+        let max_events = app.config.gateway.max_events_per_batch;
+        let batch = model::parse_bounded(&mut buf, shape::ShapeLimits::new(max_events, limits))?;
+        *events = Some(batch.events.len());
+        // The rest of the batch's tokens, before the costly validation.
+        let quota = app
+            .limiter
+            .check(self.tenant, self.tier, batch.events.len().saturating_sub(1))
+            .map_err(ApiError::RateLimited)?;
+        let received_at_ms =
+            (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+        let ctx = validate::Context {
+            tenant: self.tenant,
+            received_at_ms,
+            window: shared::event::TimeWindow {
+                past_hours: limits.max_event_age_hours,
+                future_minutes: limits.max_future_minutes,
+            },
+            max_events,
+            limits,
+            enricher: &app.enricher,
+            client_ip: self.client_ip,
+            header_ua: self.header_ua.as_deref(),
+            anonymize_ip: self.anonymize_ip,
+            max_ua_parses: app.config.enrichment.max_ua_parses_per_request,
+        };
+        let out = validate::prepare(&batch, &ctx)?;
+        Ok((out, quota))
+    }
 }
 
 /// Seconds until the next calendar month (UTC), when monthly quotas reset.

@@ -12,6 +12,9 @@ use garde::Validate;
 use serde::Deserialize;
 use shared::config::LimitsConfig;
 
+use super::shape::{self, ShapeError, ShapeLimits};
+use crate::error::{ApiError, FieldError};
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Batch<'a> {
@@ -136,7 +139,8 @@ pub struct EventIn<'a> {
     pub properties: Option<simd_json::OwnedValue>,
 }
 
-/// Checks that `properties` is an object within the configured key count and depth.
+/// Checks that `properties` is an object within the configured count of keys
+/// and array items (at every level) and depth.
 fn properties_shape(v: &Option<simd_json::OwnedValue>, limits: &LimitsConfig) -> garde::Result {
     use simd_json::OwnedValue;
     fn walk(v: &OwnedValue, depth: usize, keys: &mut usize, deepest: &mut usize) {
@@ -151,6 +155,7 @@ fn properties_shape(v: &Option<simd_json::OwnedValue>, limits: &LimitsConfig) ->
             OwnedValue::Array(items) => {
                 *deepest = (*deepest).max(depth);
                 for child in items.iter() {
+                    *keys += 1;
                     walk(child, depth + 1, keys, deepest);
                 }
             }
@@ -165,7 +170,7 @@ fn properties_shape(v: &Option<simd_json::OwnedValue>, limits: &LimitsConfig) ->
     walk(v, 1, &mut keys, &mut deepest);
     if keys > limits.max_properties {
         return Err(garde::Error::new(format!(
-            "has {keys} keys, more than {}",
+            "has {keys} keys and array items, more than {}",
             limits.max_properties
         )));
     }
@@ -178,7 +183,48 @@ fn properties_shape(v: &Option<simd_json::OwnedValue>, limits: &LimitsConfig) ->
     Ok(())
 }
 
-/// Parses a JSON body in place (simd-json rewrites `buf`).
+/// Parses a JSON body in place (simd-json rewrites `buf`), with no bound on
+/// what it builds: requests go through [`parse_bounded`].
 pub fn parse(buf: &mut [u8]) -> Result<Batch<'_>, String> {
     simd_json::serde::from_slice::<Batch<'_>>(buf).map_err(|e| e.to_string())
+}
+
+/// Scans the body's structure against `limits` ([`super::shape`]), then parses
+/// it: what the parser builds is bounded by the limits, not by the body.
+pub fn parse_bounded(buf: &mut [u8], limits: ShapeLimits) -> Result<Batch<'_>, ApiError> {
+    shape::scan(buf, limits).map_err(|e| shape_error(e, limits))?;
+    parse(buf).map_err(ApiError::MalformedBody)
+}
+
+fn shape_error(e: ShapeError, limits: ShapeLimits) -> ApiError {
+    let at = |index: usize, reason: String| {
+        ApiError::Invalid(vec![FieldError {
+            index: Some(index),
+            field: "properties".into(),
+            code: None,
+            reason,
+        }])
+    };
+    match e {
+        ShapeError::TooManyEvents { limit } => ApiError::Invalid(vec![FieldError {
+            index: None,
+            field: "events".into(),
+            code: None,
+            reason: format!("must contain between 1 and {limit} events, got more"),
+        }]),
+        ShapeError::TooDeep {
+            index: Some(index),
+            limit,
+        } => at(index, format!("nests more than {limit} levels deep")),
+        ShapeError::TooDeep { index: None, limit } => ApiError::MalformedBody(format!(
+            "the document nests deeper than an event with properties {limit} levels deep can"
+        )),
+        ShapeError::EventTooLarge { index } => at(
+            index,
+            format!(
+                "has more than {} keys and array items",
+                limits.max_properties
+            ),
+        ),
+    }
 }

@@ -118,6 +118,8 @@ pub struct Context<'r> {
     /// The request's `User-Agent`, for events that carry none.
     pub header_ua: Option<&'r str>,
     pub anonymize_ip: bool,
+    /// User agents this request may parse (`enrichment.max_ua_parses_per_request`).
+    pub max_ua_parses: usize,
 }
 
 /// Per-request memo: a batch usually repeats one user agent and one IP.
@@ -128,10 +130,13 @@ struct Memo {
     /// Hits and misses (ua, geo), reported once per request.
     ua_stats: (u64, u64),
     geo_stats: (u64, u64),
+    /// User agents parsed, and left for workerd's enrichment job past the budget.
+    ua_parsed: usize,
+    ua_deferred: u64,
 }
 
 impl Memo {
-    fn ua(&mut self, e: &Enricher, ua: &str) -> Arc<UaInfo> {
+    fn ua(&mut self, e: &Enricher, ua: &str, budget: usize) -> Arc<UaInfo> {
         match &self.ua {
             Some((k, v)) if k == ua => {
                 self.ua_stats.0 += 1;
@@ -139,7 +144,17 @@ impl Memo {
             }
             _ => {
                 self.ua_stats.1 += 1;
-                let v = e.user_agent(ua);
+                let v = match e.user_agent_if_cached(ua) {
+                    Some(v) => v,
+                    None if self.ua_parsed < budget => {
+                        self.ua_parsed += 1;
+                        e.user_agent(ua)
+                    }
+                    None => {
+                        self.ua_deferred += 1;
+                        return Arc::new(UaInfo::default());
+                    }
+                };
                 self.ua = Some((ua.to_string(), Arc::clone(&v)));
                 v
             }
@@ -201,6 +216,7 @@ pub fn prepare(batch: &Batch<'_>, ctx: &Context<'_>) -> Result<Vec<Outgoing>, Ap
         memo.geo_stats.0,
         memo.geo_stats.1,
     );
+    crate::telemetry::ua_deferred(memo.ua_deferred);
     if p.list.is_empty() {
         Ok(out)
     } else {
@@ -296,6 +312,7 @@ fn prepare_one(
     let ua = memo.ua(
         ctx.enricher,
         e.user_agent.as_deref().or(ctx.header_ua).unwrap_or(""),
+        ctx.max_ua_parses,
     );
     let geo = memo.geo(ctx.enricher, event_ip.unwrap_or(ctx.client_ip));
     let shown = |ip: IpAddr| {
@@ -476,7 +493,11 @@ mod tests {
         body: &str,
     ) -> Result<Vec<Outgoing>, ApiError> {
         let mut buf = body.as_bytes().to_vec();
-        let batch = parse(&mut buf).expect("parses");
+        let shape = crate::ingest::shape::ShapeLimits::new(max_events, limits);
+        let batch = match crate::ingest::model::parse_bounded(&mut buf, shape) {
+            Ok(b) => b,
+            Err(e) => return Err(e),
+        };
         let ctx = Context {
             tenant: Uuid::nil(),
             received_at_ms: RECEIVED,
@@ -490,6 +511,7 @@ mod tests {
             client_ip: "192.0.2.10".parse().expect("ip"),
             header_ua: Some("curl/8.0.1"),
             anonymize_ip: false,
+            max_ua_parses: 32,
         };
         prepare(&batch, &ctx)
     }

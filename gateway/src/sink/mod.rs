@@ -134,7 +134,7 @@ impl Sink {
     }
 
     /// Produces every event of `tenant` and returns once all are acknowledged.
-    pub async fn send(&self, tenant: Uuid, events: &[Outgoing]) -> Result<(), SinkError> {
+    pub async fn send(&self, tenant: Uuid, events: Vec<Outgoing>) -> Result<(), SinkError> {
         let (generation, producer) = self.producer();
         let result = self.send_with(&producer, tenant, events).await;
         drop(producer);
@@ -151,11 +151,11 @@ impl Sink {
         &self,
         producer: &GatewayProducer,
         tenant: Uuid,
-        events: &[Outgoing],
+        events: Vec<Outgoing>,
     ) -> Result<(), SinkError> {
         let started = std::time::Instant::now();
         let mut pending = Vec::with_capacity(events.len());
-        for e in events {
+        for e in &events {
             let record = FutureRecord::to(self.topic(e.kind)).payload(&e.payload[..]);
             let record = match self.partition_key {
                 PartitionKey::Session => record.key(&e.session.as_bytes()[..]),
@@ -167,6 +167,9 @@ impl Sink {
                 Err((err, _)) => return Err(SinkError::Enqueue(err)),
             }
         }
+        // librdkafka holds its own copies now (bounded by kafka.queue_max_kbytes):
+        // the request's payloads are freed before the wait for acknowledgements.
+        drop(events);
         let wait = async {
             for f in pending {
                 match f.await {

@@ -14,6 +14,8 @@ pub const SECRET: &str = "test-secret-0123456789";
 
 pub struct TestGateway {
     pub addr: SocketAddr,
+    /// The operations listener (`/metrics`, detailed `/health`).
+    pub ops_addr: SocketAddr,
     pub tenant: Uuid,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -40,13 +42,19 @@ impl TestGateway {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let ops = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind operations");
+        let ops_addr = ops.local_addr().expect("addr");
+        config.gateway.operations_listen = ops_addr;
         let app = Arc::new(gateway::App::new(config).expect("app"));
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(gateway::serve(listener, app, async move {
+        let task = tokio::spawn(gateway::serve(listener, ops, app, async move {
             let _ = rx.await;
         }));
         TestGateway {
             addr,
+            ops_addr,
             tenant,
             stop: Some(tx),
             task: Some(task),
@@ -55,6 +63,11 @@ impl TestGateway {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// A URL on the operations listener.
+    pub fn ops_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.ops_addr, path)
     }
 
     pub fn key(&self) -> String {

@@ -15,6 +15,8 @@ use super::SECRET;
 pub struct GatewayProcess {
     pub child: Child,
     pub url: String,
+    /// The operations listener (`/metrics`, detailed `/health`).
+    pub ops_url: String,
     pub tenant: Uuid,
     /// Every line the process wrote to stderr so far.
     pub stderr: Arc<Mutex<Vec<String>>>,
@@ -38,6 +40,7 @@ impl GatewayProcess {
     pub async fn start_with_auth(cfg: &Config, auth: Option<&str>, extra: &str) -> GatewayProcess {
         let tenant = Uuid::new_v4();
         let port = shared::testkit::free_port();
+        let ops_port = shared::testkit::free_port();
         let auth = auth.map(str::to_string).unwrap_or_else(|| {
             format!(
                 "[auth]\nclickhouse_keys = false\nkeys = [{{ tenant_id = \"{tenant}\", secret_sha256 = \"{}\", tier = \"paid\" }}]\n\n",
@@ -47,7 +50,7 @@ impl GatewayProcess {
         let mut text = String::new();
         let _ = write!(
             text,
-            "[gateway]\nlisten = \"127.0.0.1:{port}\"\nbroker_check_interval_ms = 200\n\
+            "[gateway]\nlisten = \"127.0.0.1:{port}\"\noperations_listen = \"127.0.0.1:{ops_port}\"\nbroker_check_interval_ms = 200\n\
              shutdown_timeout_ms = 10000\n\n\
              [kafka]\nbrokers = {}\ntopic_prefix = {}\npartitions = {}\n\n\
              [clickhouse]\nurl = {}\ndatabase = {}\n\n{auth}",
@@ -71,6 +74,7 @@ impl GatewayProcess {
         let mut gw = GatewayProcess {
             child,
             url: format!("http://127.0.0.1:{port}"),
+            ops_url: format!("http://127.0.0.1:{ops_port}"),
             tenant,
             stderr,
             config_file,
