@@ -57,6 +57,7 @@ class Env:
         self.with_clickhouse = clickhouse
         self.gateway = None
         self.gw_port = stack.free_port()
+        self.ops_port = stack.free_port()
         self.workerd = None
 
     def start_services(self):
@@ -81,12 +82,13 @@ class Env:
         tiers = "".join("[tiers.%s]\nevents_per_second = 100000000.0\nburst = 100000000\n"
                         "monthly_event_quota = 0\n\n" % t for t in ("free", "paid", "enterprise"))
         text = (
-            "[gateway]\nlisten = \"127.0.0.1:%d\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n\n"
+            "[gateway]\nlisten = \"127.0.0.1:%d\"\noperations_listen = \"127.0.0.1:%d\"\n"
+            "trusted_proxies = [\"127.0.0.1/32\"]\n\n"
             "[kafka]\nbrokers = \"%s\"\npartitions = 3\n\n"
             "[clickhouse]\nurl = \"%s\"\nkafka_brokers = \"%s\"\nkafka_group = \"overwatch-%s\"\n\n"
             "[telemetry]\nsnapshot_interval_secs = 0\n\n"
             "[log]\nlevel = \"warn\"\n\n%s%s%s"
-            % (self.gw_port, self.stack.kafka,
+            % (self.gw_port, self.ops_port, self.stack.kafka,
                self.stack.clickhouse if self.with_clickhouse else "http://127.0.0.1:9",
                self.stack.kafka, os.path.basename(self.dir), tiers, keys, extra))
         path = os.path.join(self.dir, "overwatch.toml")

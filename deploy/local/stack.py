@@ -310,7 +310,8 @@ def cmd_dev(args):
 
 DEV_BANNER = """
 Overwatch is up.
-  gateway     http://127.0.0.1:%(gw)d   (POST /ingest, GET /health)
+  gateway     http://127.0.0.1:%(gw)d   (POST /ingest, GET /health/live, /health/ready)
+              http://127.0.0.1:9090   (operations: GET /metrics, /health)
   workerd     http://127.0.0.1:%(wk)d   (GET /health)
   broker      127.0.0.1:%(k)d
   ClickHouse  http://127.0.0.1:%(ch)d   (make ch-query Q="SELECT count() FROM overwatch.events")

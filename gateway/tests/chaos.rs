@@ -18,7 +18,7 @@ use shared::testkit::{eventually, services, Broker, ClickHouse};
 const TENANTS: usize = 5;
 
 async fn accepted(gw: &GatewayProcess) -> f64 {
-    match reqwest::get(format!("{}/metrics", gw.url)).await {
+    match reqwest::get(format!("{}/metrics", gw.ops_url)).await {
         Ok(r) => metric_sum(
             &r.text().await.unwrap_or_default(),
             "overwatch_events_accepted_total",

@@ -176,43 +176,33 @@ async fn status_table() {
 }
 
 /// Past `gateway.max_in_flight_requests` the gateway sheds load with 503
-/// `overloaded` and Retry-After, and serves again once the load is gone.
+/// `overloaded` and Retry-After, and serves again once the load is gone. The
+/// load here is a request waiting for a broker that went away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sheds_load_past_the_in_flight_limit() {
-    use tokio::io::AsyncWriteExt;
     let svc = services();
+    let mut broker = shared::testkit::Broker::start(&svc);
     let mut cfg = shared::testkit::config(&svc);
+    cfg.kafka.brokers = broker.address();
     cfg.gateway.max_in_flight_requests = 1;
+    cfg.gateway.delivery_timeout_ms = 4000;
     shared::testkit::create_topics(&cfg, 1).await;
     let gw = TestGateway::start(cfg).await;
-    let body =
-        serde_json::to_vec(&serde_json::json!({"events": [event("click", 1, Uuid::new_v4())]}))
-            .expect("json");
-    // A client that sends its headers and half its body, then stalls.
-    let mut slow = tokio::net::TcpStream::connect(gw.addr)
-        .await
-        .expect("connect");
-    let head = format!(
-        "POST /ingest HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-        gw.key(),
-        body.len()
-    );
-    slow.write_all(head.as_bytes()).await.expect("head");
-    slow.write_all(&body[..body.len() / 2]).await.expect("half");
+    let body = serde_json::json!({"events": [event("click", 1, Uuid::new_v4())]});
+    assert_eq!(gw.ingest(&body).await.status(), 200);
+    broker.kill();
     let http = reqwest::Client::new();
-    let post = |body: Vec<u8>| {
-        http.post(gw.url("/ingest"))
-            .bearer_auth(gw.key())
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
+    let waiting = {
+        let (url, key, body) = (gw.url("/ingest"), gw.key(), body.clone());
+        let http = http.clone();
+        tokio::spawn(async move { http.post(url).bearer_auth(key).json(&body).send().await })
     };
     shared::testkit::eventually(
-        "the stalled request in progress",
+        "the request waiting for the broker",
         std::time::Duration::from_secs(10),
         || {
             let http = http.clone();
-            let url = gw.url("/health");
+            let url = gw.ops_url("/health");
             async move {
                 let h: serde_json::Value = http.get(url).send().await.ok()?.json().await.ok()?;
                 (h["ingest_in_progress"] == 1).then_some(())
@@ -220,19 +210,61 @@ async fn sheds_load_past_the_in_flight_limit() {
         },
     )
     .await;
-    let shed = post(body.clone()).await.expect("send");
+    let shed = gw.ingest(&body).await;
     assert_eq!(shed.headers()["retry-after"], "5");
     let (status, err) = error_code(shed).await;
     assert_eq!(
         (status, err["error"]["code"].as_str()),
         (503, Some("overloaded"))
     );
-    // The stalled client finishes: its request is served, and capacity returns.
-    slow.write_all(&body[body.len() / 2..]).await.expect("rest");
-    let mut answer = vec![0u8; 12];
-    tokio::io::AsyncReadExt::read_exact(&mut slow, &mut answer)
-        .await
-        .expect("answer");
-    assert_eq!(&answer, b"HTTP/1.1 200");
-    assert_eq!(post(body).await.expect("send").status(), 200);
+    // The waiting request ends (the broker is gone): capacity returns.
+    let first = waiting.await.expect("task").expect("answer");
+    assert_eq!(first.status(), 503);
+    let (_, err) = error_code(gw.ingest(&body).await).await;
+    assert_eq!(err["error"]["code"], "broker_unavailable", "admitted again");
+    gw.shutdown().await;
+}
+
+/// A client that stalls mid-body holds no admission slot: others are served
+/// meanwhile, and the stalled one gets 408 once `gateway.body_read_timeout_ms`
+/// has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_never_starves_other_clients() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let svc = services();
+    let mut cfg = shared::testkit::config(&svc);
+    cfg.gateway.max_in_flight_requests = 1;
+    cfg.gateway.body_read_timeout_ms = 1500;
+    shared::testkit::create_topics(&cfg, 1).await;
+    let gw = TestGateway::start(cfg).await;
+    let body =
+        serde_json::to_vec(&serde_json::json!({"events": [event("click", 1, Uuid::new_v4())]}))
+            .expect("json");
+    let head = format!(
+        "POST /ingest HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        gw.key(),
+        body.len()
+    );
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let mut slow = tokio::net::TcpStream::connect(gw.addr).await.expect("connect");
+        slow.write_all(head.as_bytes()).await.expect("head");
+        slow.write_all(&body[..body.len() / 2]).await.expect("half");
+        stalled.push(slow);
+    }
+    let fast = gw
+        .ingest(&serde_json::json!({"events": [event("click", 2, Uuid::new_v4())]}))
+        .await;
+    assert_eq!(fast.status(), 200, "{:?}", fast.text().await);
+    for mut slow in stalled {
+        let mut answer = String::new();
+        let read = slow.read_to_string(&mut answer);
+        tokio::time::timeout(std::time::Duration::from_secs(10), read)
+            .await
+            .expect("answered in time")
+            .expect("read");
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("request_timeout"), "{answer}");
+    }
+    gw.shutdown().await;
 }

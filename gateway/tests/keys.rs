@@ -452,7 +452,7 @@ async fn last_snapshot_serves_while_clickhouse_is_down() {
         Duration::from_secs(20),
         || async {
             let h: serde_json::Value = http
-                .get(gw.url("/health"))
+                .get(gw.ops_url("/health"))
                 .send()
                 .await
                 .ok()?

@@ -56,7 +56,7 @@ async fn accepted_events_counter_rises_by_exactly_what_was_accepted() {
     let cfg = shared::testkit::config(&svc);
     shared::testkit::create_topics(&cfg, 2).await;
     let gw = GatewayProcess::start(&cfg, "[telemetry]\nsnapshot_interval_secs = 0\n").await;
-    let before = scrape(&gw.url).await;
+    let before = scrape(&gw.ops_url).await;
     let accepted = |text: &str| metric_sum(text, "overwatch_events_accepted_total", &[]);
     let session = Uuid::new_v4();
     let mut sent = 0;
@@ -79,7 +79,7 @@ async fn accepted_events_counter_rises_by_exactly_what_was_accepted() {
         .expect("post");
     assert_eq!(unauthorized.status(), 401);
 
-    let after = scrape(&gw.url).await;
+    let after = scrape(&gw.ops_url).await;
     assert_eq!(accepted(&after) - accepted(&before), sent as f64);
     assert_eq!(
         metric_sum(
@@ -170,7 +170,7 @@ async fn producer_statistics_reach_metrics() {
     assert_eq!(post(&gw, &body).await.expect("post").status(), 200);
     let text =
         shared::testkit::eventually("librdkafka statistics", Duration::from_secs(10), || async {
-            let t = scrape(&gw.url).await;
+            let t = scrape(&gw.ops_url).await;
             (t.contains("overwatch_producer_queue_messages")
                 && t.contains("overwatch_producer_broker_rtt_seconds"))
             .then_some(t)

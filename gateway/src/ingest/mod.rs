@@ -1,13 +1,13 @@
 //! `POST /ingest`, in order of cost:
 //!
 //! 1. on the network threads, from the head alone: authenticate, quota, origin,
-//!    content type, and the request's entry token (so refused and invalid
-//!    requests cost the tenant too);
+//!    content type, and a drained tenant's refusal (429, before any body work);
 //! 2. read the body under its size cap, its timeout and the shared body budget;
 //! 3. admission (`gateway.max_in_flight_requests`), then on a bounded worker
 //!    pool (`gateway.cpu_workers`), off the network threads: signature, gzip,
-//!    the structure scan, parsing, the rate-limit charge for the remaining
-//!    events, validation and enrichment;
+//!    the structure scan that counts the events, the rate-limit charge for all
+//!    of them (before the costly parse, validation and enrichment, so invalid
+//!    batches cost the tenant too; a failure before counting costs one token);
 //! 4. produce, and answer once the broker acknowledged every event.
 
 pub mod decode;
@@ -87,12 +87,12 @@ async fn accept(
     }
     who.check_origin(headers.get(ORIGIN).and_then(|v| v.to_str().ok()))?;
     let encoding = decode::check_headers(headers, beacon)?;
-    // The entry token, before any work on the body.
+    // A drained tenant is refused before any work on its body.
     app.limiter
-        .check(tenant, who.tier, 1)
+        .peek(tenant, who.tier)
         .map_err(ApiError::RateLimited)?;
     let g = &app.config.gateway;
-    let raw = decode::read_raw(
+    let raw = match decode::read_raw(
         body,
         headers,
         decode::ReadLimits {
@@ -101,7 +101,11 @@ async fn accept(
             budget: &app.body_budget,
         },
     )
-    .await?;
+    .await
+    {
+        Ok(raw) => raw,
+        Err(e) => return Err(debit_unless_refused(app, tenant, who.tier, e)),
+    };
     let _admitted = app.admit()?;
     let job = Job {
         app: Arc::clone(app),
@@ -124,7 +128,12 @@ async fn accept(
     };
     let (outcome, events) = on_worker(app, move || job.run()).await?;
     seen.events = events;
-    let (events, quota) = outcome?;
+    let (events, quota) = match outcome {
+        Ok(ok) => ok,
+        // Counted events were charged before parsing; an uncounted failure pays one.
+        Err(e) if events.is_none() => return Err(debit_unless_refused(app, tenant, who.tier, e)),
+        Err(e) => return Err(e),
+    };
     let n = events.len();
     app.sink.send(tenant, events).await.map_err(|e| {
         crate::telemetry::ProduceFailed {
@@ -153,6 +162,26 @@ async fn accept(
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     crate::error::rate_limit_headers(resp.headers_mut(), &quota);
     Ok(resp)
+}
+
+/// A request that failed after costing work, before its events were counted,
+/// pays one token; one refused for load or limits pays nothing, nor does a
+/// signature that does not verify (its sender is not the tenant).
+fn debit_unless_refused(app: &App, tenant: Uuid, tier: Tier, e: ApiError) -> ApiError {
+    let refused = matches!(
+        e,
+        ApiError::Unauthorized(_)
+            | ApiError::RateLimited(_)
+            | ApiError::Overloaded { .. }
+            | ApiError::BodyBudget { .. }
+            | ApiError::KeysUnavailable(_)
+            | ApiError::ShuttingDown
+            | ApiError::Internal(_)
+    );
+    if !refused {
+        app.limiter.debit(tenant, tier, 1);
+    }
+    e
 }
 
 /// Runs `work` on the blocking pool once a `gateway.cpu_workers` slot is free,
@@ -219,13 +248,15 @@ impl Job {
         }
         .emit();
         let max_events = app.config.gateway.max_events_per_batch;
-        let batch = model::parse_bounded(&mut buf, shape::ShapeLimits::new(max_events, limits))?;
-        *events = Some(batch.events.len());
-        // The rest of the batch's tokens, before the costly validation.
+        let shape = model::scan(&buf, shape::ShapeLimits::new(max_events, limits))?;
+        // The batch's tokens, all or none, before the costly parse and validation.
         let quota = app
             .limiter
-            .check(self.tenant, self.tier, batch.events.len().saturating_sub(1))
+            .check(self.tenant, self.tier, shape.events)
             .map_err(ApiError::RateLimited)?;
+        *events = Some(shape.events);
+        let batch = model::parse(&mut buf).map_err(ApiError::MalformedBody)?;
+        *events = Some(batch.events.len());
         let received_at_ms =
             (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
         let ctx = validate::Context {

@@ -192,8 +192,13 @@ pub fn parse(buf: &mut [u8]) -> Result<Batch<'_>, String> {
 /// Scans the body's structure against `limits` ([`super::shape`]), then parses
 /// it: what the parser builds is bounded by the limits, not by the body.
 pub fn parse_bounded(buf: &mut [u8], limits: ShapeLimits) -> Result<Batch<'_>, ApiError> {
-    shape::scan(buf, limits).map_err(|e| shape_error(e, limits))?;
+    scan(buf, limits)?;
     parse(buf).map_err(ApiError::MalformedBody)
+}
+
+/// The structure scan alone ([`super::shape::scan`]), its refusal as an answer.
+pub fn scan(buf: &[u8], limits: ShapeLimits) -> Result<shape::Shape, ApiError> {
+    shape::scan(buf, limits).map_err(|e| shape_error(e, limits))
 }
 
 fn shape_error(e: ShapeError, limits: ShapeLimits) -> ApiError {

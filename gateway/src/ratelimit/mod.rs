@@ -5,6 +5,12 @@
 //! from its tenant's bucket and from the global bucket, or none at all. Buckets
 //! live in a sharded map bounded by `rate_limits.max_tenants`; idle buckets are
 //! full, equivalent to new ones, and are dropped first.
+//!
+//! The gateway asks in three steps: [`RateLimiter::peek`] before reading a body
+//! (a drained tenant costs no work), [`RateLimiter::check`] for the batch's
+//! events once they are counted and before they are parsed and validated, and
+//! [`RateLimiter::debit`] of one token for a request that failed after costing
+//! work but before it was counted.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -77,12 +83,17 @@ impl Bucket {
             self.tokens -= n;
             Ok(self.quota(rate))
         } else {
-            let wait = (n - self.tokens) / rate.per_second;
-            Err(Refusal {
-                retry_after_secs: wait.ceil().max(1.0) as u64,
-                quota: self.quota(rate),
-                global: false,
-            })
+            Err(self.refusal(n, rate, false))
+        }
+    }
+
+    /// Why `n` tokens cannot be taken now, and when they could.
+    fn refusal(&self, n: f64, rate: Rate, global: bool) -> Refusal {
+        let wait = (n - self.tokens) / rate.per_second;
+        Refusal {
+            retry_after_secs: wait.ceil().max(1.0) as u64,
+            quota: self.quota(rate),
+            global,
         }
     }
 }
@@ -141,6 +152,48 @@ impl RateLimiter {
     /// Takes `events` tokens for `tenant`, or refuses without taking any.
     pub fn check(&self, tenant: Uuid, tier: Tier, events: usize) -> Result<Quota, Refusal> {
         self.check_at(tenant, tier, events, Instant::now())
+    }
+
+    /// Refuses, taking nothing, when `tenant` has not one token left: a drained
+    /// tenant's requests are turned away before any work on their body.
+    pub fn peek(&self, tenant: Uuid, tier: Tier) -> Result<(), Refusal> {
+        let now = Instant::now();
+        let rate = self.rate_for(tenant, tier);
+        let shard = &self.shards[(tenant.as_u128() as usize) % SHARDS];
+        let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(bucket) = map.get_mut(&tenant) {
+            bucket.refill(rate, now);
+            if bucket.tokens < 1.0 {
+                return Err(bucket.refusal(1.0, rate, false));
+            }
+        }
+        drop(map);
+        if let Some((g, global)) = &self.global {
+            let mut gb = global.lock().unwrap_or_else(|e| e.into_inner());
+            gb.refill(*g, now);
+            if gb.tokens < 1.0 {
+                return Err(gb.refusal(1.0, *g, true));
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes `events` tokens whatever is left (never below zero): what a request
+    /// that failed after costing work pays.
+    pub fn debit(&self, tenant: Uuid, tier: Tier, events: usize) {
+        self.debit_at(tenant, tier, events as f64, Instant::now());
+    }
+
+    fn debit_at(&self, tenant: Uuid, tier: Tier, n: f64, now: Instant) {
+        let rate = self.rate_for(tenant, tier);
+        let shard = &self.shards[(tenant.as_u128() as usize) % SHARDS];
+        let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
+        if !map.contains_key(&tenant) && map.len() >= self.per_shard {
+            evict(&mut map, now);
+        }
+        let bucket = map.entry(tenant).or_insert_with(|| Bucket::full(rate, now));
+        bucket.refill(rate, now);
+        bucket.tokens = (bucket.tokens - n).clamp(0.0, rate.burst);
     }
 
     fn check_at(
@@ -277,5 +330,21 @@ mod tests {
             .map(|s| s.lock().expect("lock").len())
             .sum();
         assert!(total <= 32, "{total} buckets kept");
+    }
+
+    #[test]
+    fn peek_takes_nothing_and_debit_never_goes_below_zero() {
+        let rl = limiter(|_| {});
+        let t = Uuid::new_v4();
+        assert!(rl.peek(t, Tier::Free).is_ok(), "a new tenant has a full bucket");
+        rl.check(t, Tier::Free, 20).expect("the whole burst");
+        let r = rl.peek(t, Tier::Free).unwrap_err();
+        assert_eq!(r.quota.remaining, 0);
+        // Debits of a drained bucket leave it at zero: refills still arrive.
+        rl.debit(t, Tier::Free, 5);
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(rl.peek(t, Tier::Free).is_ok(), "refilled past one token");
+        rl.debit(t, Tier::Free, 1);
+        assert!(rl.check(t, Tier::Free, 1).is_err(), "the debit took the refilled token");
     }
 }
