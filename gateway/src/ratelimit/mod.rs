@@ -157,7 +157,10 @@ impl RateLimiter {
     /// Refuses, taking nothing, when `tenant` has not one token left: a drained
     /// tenant's requests are turned away before any work on their body.
     pub fn peek(&self, tenant: Uuid, tier: Tier) -> Result<(), Refusal> {
-        let now = Instant::now();
+        self.peek_at(tenant, tier, Instant::now())
+    }
+
+    fn peek_at(&self, tenant: Uuid, tier: Tier, now: Instant) -> Result<(), Refusal> {
         let rate = self.rate_for(tenant, tier);
         let shard = &self.shards[(tenant.as_u128() as usize) % SHARDS];
         let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
@@ -336,15 +339,16 @@ mod tests {
     fn peek_takes_nothing_and_debit_never_goes_below_zero() {
         let rl = limiter(|_| {});
         let t = Uuid::new_v4();
-        assert!(rl.peek(t, Tier::Free).is_ok(), "a new tenant has a full bucket");
-        rl.check(t, Tier::Free, 20).expect("the whole burst");
-        let r = rl.peek(t, Tier::Free).unwrap_err();
+        let now = Instant::now();
+        assert!(rl.peek_at(t, Tier::Free, now).is_ok(), "a new tenant has a full bucket");
+        rl.check_at(t, Tier::Free, 20, now).expect("the whole burst");
+        let r = rl.peek_at(t, Tier::Free, now).unwrap_err();
         assert_eq!(r.quota.remaining, 0);
         // Debits of a drained bucket leave it at zero: refills still arrive.
-        rl.debit(t, Tier::Free, 5);
-        std::thread::sleep(Duration::from_millis(150));
-        assert!(rl.peek(t, Tier::Free).is_ok(), "refilled past one token");
-        rl.debit(t, Tier::Free, 1);
-        assert!(rl.check(t, Tier::Free, 1).is_err(), "the debit took the refilled token");
+        rl.debit_at(t, Tier::Free, 5.0, now);
+        let later = now + Duration::from_millis(150);
+        assert!(rl.peek_at(t, Tier::Free, later).is_ok(), "1.5 tokens refilled");
+        rl.debit_at(t, Tier::Free, 1.0, later);
+        assert!(rl.check_at(t, Tier::Free, 1, later).is_err(), "the debit took a token");
     }
 }
