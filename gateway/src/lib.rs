@@ -2,6 +2,7 @@
 //! telemetry, binds and calls [`serve`], so tests can run the same server on port 0.
 
 pub mod auth;
+pub mod budget;
 pub mod enrich;
 pub mod error;
 pub mod ingest;

@@ -6,7 +6,7 @@ use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use hyper::body::Incoming;
@@ -87,29 +87,36 @@ pub async fn read_raw(
     }
     let budget_total = limits.budget.available_permits() as u64;
     let read = async {
-        // Never allocate for what has not arrived: a declared length is a hint.
-        let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(64 * 1024) as usize);
+        // The buffer's capacity is what is reserved: a declared length is only
+        // a hint, and memory follows what has arrived (at most doubling).
+        let mut buf: Vec<u8> = Vec::new();
         let mut reserved: Option<OwnedSemaphorePermit> = None;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| ApiError::BodyRead(e.to_string()))?;
             let Ok(data) = frame.into_data() else { continue };
-            if buf.len() as u64 + data.len() as u64 > max_body {
+            let needed = buf.len() + data.len();
+            if needed as u64 > max_body {
                 return Err(ApiError::PayloadTooLarge { limit: max_body });
             }
-            let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
-            let permit = Arc::clone(limits.budget)
-                .try_acquire_many_owned(n)
-                .map_err(|_| ApiError::BodyBudget {
-                    limit: budget_total,
-                })?;
-            match &mut reserved {
-                Some(r) => r.merge(permit),
-                None => reserved = Some(permit),
+            if needed > buf.capacity() {
+                let cap = needed.max((2 * buf.capacity()).min(max_body as usize));
+                let more = cap - reserved.as_ref().map_or(0, |r| r.num_permits());
+                let n = u32::try_from(more).unwrap_or(u32::MAX);
+                let permit = Arc::clone(limits.budget)
+                    .try_acquire_many_owned(n)
+                    .map_err(|_| ApiError::BodyBudget {
+                        limit: budget_total,
+                    })?;
+                match &mut reserved {
+                    Some(r) => r.merge(permit),
+                    None => reserved = Some(permit),
+                }
+                buf.reserve_exact(cap - buf.len());
             }
             buf.extend_from_slice(&data);
         }
         Ok(RawBody {
-            bytes: buf.freeze(),
+            bytes: Bytes::from(buf),
             _reserved: reserved,
         })
     };

@@ -83,6 +83,8 @@ pub fn scan(body: &[u8], limits: ShapeLimits) -> Result<Shape, ShapeError> {
     // Commas in the events array (depth 2): after k of them there are k + 1
     // elements, and the open event (if any) has index k.
     let mut separators = 0usize;
+    // The brackets that opened depths 1 to 3: `{`, `[`, `{` means an event.
+    let mut outer = [0u8; 3];
     let mut event_items = 0usize;
     let mut items = 0usize;
     for &b in body {
@@ -101,9 +103,12 @@ pub fn scan(body: &[u8], limits: ShapeLimits) -> Result<Shape, ShapeError> {
             b'{' | b'[' => {
                 depth += 1;
                 items += 1;
+                if depth <= 3 {
+                    outer[depth - 1] = b;
+                }
                 if depth > max_depth {
                     return Err(ShapeError::TooDeep {
-                        index: (depth > 3).then_some(separators),
+                        index: (outer == *b"{[{").then_some(separators),
                         limit: limits.max_properties_depth,
                     });
                 }
@@ -185,10 +190,14 @@ mod tests {
             })
         );
         let outside = b"[[[[[[[[[[[[1]]]]]]]]]]]]";
-        assert!(matches!(
+        assert_eq!(
             scan(outside, LIMITS),
-            Err(ShapeError::TooDeep { .. })
-        ));
+            Err(ShapeError::TooDeep {
+                index: None,
+                limit: 2
+            }),
+            "not inside an event"
+        );
     }
 
     #[test]

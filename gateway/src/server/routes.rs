@@ -114,6 +114,13 @@ async fn route(
     }
 }
 
+/// This process's resident memory (Linux; absent elsewhere).
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
 fn health_response(app: &App) -> Response<Full<Bytes>> {
     let broker = app.sink.broker_up();
     let why = app.not_ready();
@@ -132,6 +139,10 @@ fn health_response(app: &App) -> Response<Full<Bytes>> {
             "ingest_in_progress": app.in_progress.load(Ordering::Relaxed),
             "connections": app.connections.load(Ordering::Relaxed),
             "body_budget_free_bytes": app.body_budget.available_permits(),
+            "memory": {
+                "rss_bytes": resident_bytes(),
+                "bound_bytes": crate::budget::MemoryBound::of(&app.config).total(),
+            },
             "components": {
                 "broker": {
                     "status": if broker { "up" } else { "down" },

@@ -38,6 +38,16 @@ impl GatewayProcess {
     /// As [`GatewayProcess::start`], with `auth` (an `[auth]` TOML section) in
     /// place of the one fresh tenant's key.
     pub async fn start_with_auth(cfg: &Config, auth: Option<&str>, extra: &str) -> GatewayProcess {
+        Self::start_full(cfg, auth, "", extra).await
+    }
+
+    /// As [`GatewayProcess::start`], with `gateway` (lines of the `[gateway]`
+    /// section) added to the test's own.
+    pub async fn start_tuned(cfg: &Config, gateway: &str, extra: &str) -> GatewayProcess {
+        Self::start_full(cfg, None, gateway, extra).await
+    }
+
+    async fn start_full(cfg: &Config, auth: Option<&str>, gateway: &str, extra: &str) -> GatewayProcess {
         let tenant = Uuid::new_v4();
         let port = shared::testkit::free_port();
         let ops_port = shared::testkit::free_port();
@@ -51,7 +61,7 @@ impl GatewayProcess {
         let _ = write!(
             text,
             "[gateway]\nlisten = \"127.0.0.1:{port}\"\noperations_listen = \"127.0.0.1:{ops_port}\"\nbroker_check_interval_ms = 200\n\
-             shutdown_timeout_ms = 10000\n\n\
+             shutdown_timeout_ms = 10000\n{gateway}\n\
              [kafka]\nbrokers = {}\ntopic_prefix = {}\npartitions = {}\n\n\
              [clickhouse]\nurl = {}\ndatabase = {}\n\n{auth}",
             toml_str(&cfg.kafka.brokers),

@@ -1,0 +1,87 @@
+//! The gateway's worst-case memory, as a formula of its configuration.
+//!
+//! Every allocation that grows with what clients send is bounded by a setting:
+//!
+//! - request bodies being read or waiting to be decoded: their buffers'
+//!   capacity is reserved from `gateway.max_buffered_body_bytes`;
+//! - decoding, parsing and validation run on at most `gateway.cpu_workers`
+//!   requests at once; each holds the inflated body (its buffer may double
+//!   while it grows), simd-json's copy, string buffer and tape, and the parsed
+//!   events: at most [`WORKER_BODY_FACTOR`] × `limits.max_decompressed_bytes`
+//!   plus [`per_event_bytes`] per event, because the structure scan refuses a
+//!   body with more events or values than the limits allow before any of it is
+//!   built;
+//! - each connection holds hyper's read and write buffers, bounded by
+//!   `gateway.max_header_bytes`;
+//! - produced events wait in librdkafka's queue (`kafka.queue_max_kbytes`);
+//! - each request in flight holds its answer (422 details are capped).
+//!
+//! Baseline memory (code, the user-agent regexes and cache, a GeoIP database)
+//! comes on top; `/health` on the operations listener shows it as
+//! `memory.baseline_bytes` next to this bound.
+
+use shared::config::Config;
+
+/// Inflated body, its growth headroom, simd-json's input copy, string buffer
+/// and structural index, in units of `limits.max_decompressed_bytes`.
+pub const WORKER_BODY_FACTOR: u64 = 6;
+/// Per connection beyond its read buffer: the write buffer, the task, the timers.
+pub const CONNECTION_OVERHEAD: u64 = 8 * 1024;
+/// The largest answer a request in flight holds (details capped at 32 KiB).
+pub const ANSWER_BYTES: u64 = 64 * 1024;
+
+/// The parsed form of one event: its fields, its tape nodes, and its
+/// `properties` (at most `limits.max_properties` values).
+pub fn per_event_bytes(max_properties: usize) -> u64 {
+    2048 + 96 * max_properties as u64
+}
+
+/// Bytes each term of the bound contributes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryBound {
+    pub bodies: u64,
+    pub workers: u64,
+    pub connections: u64,
+    pub producer: u64,
+    pub answers: u64,
+}
+
+impl MemoryBound {
+    pub fn of(cfg: &Config) -> MemoryBound {
+        let g = &cfg.gateway;
+        let l = &cfg.limits;
+        let per_worker = WORKER_BODY_FACTOR * l.max_decompressed_bytes
+            + g.max_events_per_batch as u64 * per_event_bytes(l.max_properties);
+        MemoryBound {
+            bodies: g.max_buffered_body_bytes,
+            workers: g.cpu_workers() as u64 * per_worker,
+            connections: g.max_connections as u64 * (2 * g.max_header_bytes as u64 + CONNECTION_OVERHEAD),
+            producer: cfg.kafka.queue_max_kbytes * 1024,
+            answers: g.max_in_flight_requests as u64 * ANSWER_BYTES,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.bodies + self.workers + self.connections + self.producer + self.answers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_fit_the_helm_memory_limit() {
+        let mut cfg = Config::load_from(None, Vec::new()).expect("defaults");
+        // The chart's pods get two CPUs' worth of workers.
+        cfg.gateway.cpu_workers = 2;
+        let bound = MemoryBound::of(&cfg);
+        // helm/overwatch/values.yaml: gateway.resources.limits.memory = 512Mi,
+        // of which up to 64 MiB are the baseline.
+        assert!(
+            bound.total() <= (512 - 64) << 20,
+            "{bound:?} = {} MiB",
+            bound.total() >> 20
+        );
+    }
+}
