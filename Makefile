@@ -75,9 +75,20 @@ ch-query:
 clean-data:
 	rm -rf .data
 
-# Fuzz request-body handling (decode, parse, validate, enrich) for FUZZ_SECONDS.
+# Fuzz every target in gateway/fuzz for FUZZ_SECONDS each, one after another:
+# ingest_body (decode, structure scan, parse, validate, enrich) and request_head
+# (keys, signature headers, content type, X-Forwarded-For/Forwarded). Corpora
+# grow in $(OVERWATCH_CACHE)/fuzz/<target>, seeded from gateway/fuzz/corpus.
 # No sanitizer: ASan flags break the bundled librdkafka build (its configure
 # links against an instrumented libzstd); coverage guidance and panics still apply.
 FUZZ_SECONDS ?= 300
+FUZZ_TARGETS ?= ingest_body request_head
 fuzz:
-	cd gateway && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none ingest_body -- -max_total_time=$(FUZZ_SECONDS)
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(OVERWATCH_CACHE)/fuzz/$$t; \
+	  seeds=gateway/fuzz/corpus/$$t; [ -d $$seeds ] || seeds=; \
+	  echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+	  (cd gateway && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none $$t \
+	    $(OVERWATCH_CACHE)/fuzz/$$t $${seeds:+../$$seeds} -- -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1) || exit 1; \
+	done

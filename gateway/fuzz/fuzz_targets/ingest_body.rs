@@ -1,5 +1,6 @@
 //! Fuzzes everything the gateway does with an untrusted request body before it
-//! reaches the broker: gzip decoding under the cap, simd-json parsing, garde
+//! reaches the broker: gzip decoding under the cap, the structure scan,
+//! simd-json parsing, garde
 //! validation, enrichment and serialization. Nothing may panic, and an accepted
 //! event must serialize to JSON that parses again.
 //!
@@ -34,7 +35,8 @@ fuzz_target!(|data: &[u8]| {
     } else {
         rest.to_vec()
     };
-    let Ok(batch) = model::parse(&mut buf) else { return };
+    let shape = gateway::ingest::shape::ShapeLimits::new(cfg.gateway.max_events_per_batch, &cfg.limits);
+    let Ok(batch) = model::parse_bounded(&mut buf, shape) else { return };
     let ctx = validate::Context {
         tenant: uuid::Uuid::nil(),
         received_at_ms: 1_700_000_000_000,
