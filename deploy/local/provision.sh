@@ -40,6 +40,13 @@ if [ ! -f "$STAMP" ]; then
   "$VENV/bin/python" -c 'from chdb import _chdb; import lz4.block, yaml'
   touch "$STAMP"
 fi
+# The Python signing client of docs/api.md (run by gateway/tests/signing_clients.rs).
+CRYPTOGRAPHY_VERSION=46.0.3
+if [ ! -f "$VENV/.overwatch-cryptography-$CRYPTOGRAPHY_VERSION" ]; then
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "cryptography==$CRYPTOGRAPHY_VERSION"
+  "$VENV/bin/python" -c 'from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey'
+  touch "$VENV/.overwatch-cryptography-$CRYPTOGRAPHY_VERSION"
+fi
 S3S="$CACHE/s3s-fs-$S3S_VERSION/bin/s3s-fs"
 if [ ! -x "$S3S" ]; then
   echo "provision: building the s3s-fs S3 test server $S3S_VERSION (first time only; ~7 min on 2 cores)"

@@ -483,3 +483,78 @@ async fn last_snapshot_serves_while_clickhouse_is_down() {
         200
     );
 }
+
+/// A key the gateway cannot judge gets 503 with Retry-After, never 401 (SDKs
+/// drop events on 401): when ClickHouse has not answered since the start, and
+/// once the last snapshot is older than `auth.max_snapshot_age_ms`. Readiness
+/// says why. Configured keys are judged without ClickHouse; 401 still means a
+/// wrong key when the snapshot is fresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_that_cannot_be_judged_get_503_not_401() {
+    let svc = services();
+    let mut ch = shared::testkit::ClickHouse::start(&svc);
+    let mut cfg = shared::testkit::config(&svc);
+    cfg.clickhouse.url = ch.url();
+    cfg.auth.clickhouse_keys = true;
+    cfg.auth.refresh_interval_ms = 200;
+    cfg.auth.max_snapshot_age_ms = 1500;
+    shared::testkit::create_topics(&cfg, 1).await;
+    let client = shared::ch::client(&cfg.clickhouse);
+    shared::schema::migrate(&client, &shared::schema::SchemaContext::from_config(&cfg))
+        .await
+        .expect("migrate");
+    let admin = Admin::new(client, &cfg.clickhouse.database, "keys-test");
+    let tenant = admin
+        .tenant_create(None, "judged", Tier::Free, false)
+        .await
+        .expect("tenant");
+    let key = admin.key_issue(tenant, &server()).await.expect("issue").api_key();
+    let http = reqwest::Client::new();
+    let ready_reasons = |gw: &TestGateway| {
+        let (http, url) = (http.clone(), gw.url("/health/ready"));
+        async move {
+            let r = http.get(url).send().await.expect("ready");
+            let status = r.status().as_u16();
+            let v: serde_json::Value = r.json().await.expect("json");
+            (status, v["reasons"].to_string())
+        }
+    };
+
+    // ClickHouse down from the start: nothing is known about this key.
+    ch.kill();
+    let gw = TestGateway::start(cfg.clone()).await;
+    let r = http
+        .post(gw.url("/ingest"))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"events": [event("click", 1, Uuid::new_v4())]}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 503, "not 401: the key may well be valid");
+    assert_eq!(r.headers()["retry-after"], "5");
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "keys_unavailable");
+    assert_eq!(post(&gw, &format!("{}:wrong", Uuid::new_v4())).await, 503, "unknown either way");
+    assert_eq!(post(&gw, &gw.key()).await, 200, "a configured key needs no ClickHouse");
+    assert_eq!(post(&gw, "nocolon").await, 401, "a malformed key is wrong whatever the snapshot");
+    let (status, why) = ready_reasons(&gw).await;
+    assert_eq!(status, 503);
+    assert!(why.contains("has not loaded"), "{why}");
+
+    // ClickHouse back: the key works and a wrong one is 401 again.
+    ch.restart();
+    until_status(&gw, &key, 200, "the key to load").await;
+    assert_eq!(post(&gw, &format!("{tenant}:wrong")).await, 401);
+    assert_eq!(ready_reasons(&gw).await.0, 200);
+
+    // ClickHouse gone longer than max_snapshot_age_ms: fail closed with 503.
+    ch.kill();
+    until_status(&gw, &key, 503, "the snapshot to age out").await;
+    assert_eq!(post(&gw, &format!("{tenant}:wrong")).await, 503);
+    assert_eq!(post(&gw, &gw.key()).await, 200, "configured keys still stand");
+    let (status, why) = ready_reasons(&gw).await;
+    assert_eq!(status, 503);
+    assert!(why.contains("s old"), "{why}");
+    ch.restart();
+    until_status(&gw, &key, 200, "fresh again").await;
+}
