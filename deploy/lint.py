@@ -131,7 +131,7 @@ def run(cmd, where, cwd=None, env=None):
     if r.returncode != 0:
         problem(where, "`%s` failed:\n%s%s" % (" ".join(cmd), r.stdout, r.stderr))
         return False
-    return True
+    return r.stdout
 
 
 # --- helm ------------------------------------------------------------------------
@@ -216,12 +216,38 @@ def check_helm(bins):
         env = clean_env({"OVERWATCH__GATEWAY__LISTEN": "0.0.0.0:8080",
                          "OVERWATCH__WORKERD__LISTEN": "0.0.0.0:9091",
                          "OVERWATCH__JOBS__COLD_DIR": "/var/lib/overwatch/cold"})
-        run([os.path.join(bins, "gateway"), "--config", name, "--check-config"],
-            os.path.join(chart, "values.yaml"), env=env)
+        gw = values.get("gateway") or {}
+        gw_env = dict(env, OVERWATCH__GATEWAY__CPU_WORKERS=str(gw.get("cpuWorkers", 0)))
+        out = run([os.path.join(bins, "gateway"), "--config", name, "--check-config"],
+                  os.path.join(chart, "values.yaml"), env=gw_env)
+        if out is not False:
+            check_memory_limit(out, gw, os.path.join(chart, "values.yaml"))
         run([os.path.join(bins, "workerd"), "--config", name, "check-config"],
             os.path.join(chart, "values.yaml"), env=env)
     finally:
         os.unlink(name)
+
+
+# Baseline memory beside the gateway's bound: code, the user-agent regexes and
+# cache (measured at about 70 MiB RSS by gateway/tests/hostile.rs).
+GATEWAY_BASELINE_MIB = 96
+UNITS = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
+
+
+def check_memory_limit(check_output, gw, where):
+    """The chart's gateway memory limit holds the bound the gateway reports."""
+    m = re.search(r"memory bound (\d+) bytes", check_output)
+    limit = ((gw.get("resources") or {}).get("limits") or {}).get("memory", "")
+    u = re.fullmatch(r"(\d+)(Ki|Mi|Gi)", str(limit))
+    if not m or not u:
+        problem(where, "cannot compare the gateway's memory bound with resources.limits.memory %r" % limit)
+        return
+    need = int(m.group(1)) + GATEWAY_BASELINE_MIB * (1 << 20)
+    have = int(u.group(1)) * UNITS[u.group(2)]
+    if need > have:
+        problem(where, "gateway.resources.limits.memory %s is below the configured worst case "
+                "(%d MiB bound + %d MiB baseline): lower gateway.cpuWorkers or the limits, or raise it"
+                % (limit, int(m.group(1)) >> 20, GATEWAY_BASELINE_MIB))
 
 
 def clean_env(extra):
@@ -281,6 +307,12 @@ def self_test():
     undocumented = check_chart_text({}, values, "`gateway.resources` `config`", "t")
     assert [p for p in undocumented if "documented" in p] == [
         "t/README.md: value `gateway.port` is not documented"], undocumented
+    before = len(PROBLEMS)
+    check_memory_limit("memory bound %d bytes" % (100 << 20), {"resources": {"limits": {"memory": "512Mi"}}}, "t")
+    assert len(PROBLEMS) == before, PROBLEMS[before:]
+    check_memory_limit("memory bound %d bytes" % (500 << 20), {"resources": {"limits": {"memory": "512Mi"}}}, "t")
+    assert len(PROBLEMS) == before + 1 and "below the configured worst case" in PROBLEMS[-1]
+    del PROBLEMS[before:]
     print("lint.py self-test: ok")
 
 

@@ -40,7 +40,12 @@ async fn main() -> ExitCode {
         Err(code) => return code,
     };
     if args.check_config {
+        let bound = gateway::budget::MemoryBound::of(&config);
         println!("gateway: configuration OK");
+        println!(
+            "gateway: memory bound {} bytes beyond the baseline ({bound:?})",
+            bound.total()
+        );
         return ExitCode::SUCCESS;
     }
     let telemetry = shared::telemetry::init(&config.log, &config.telemetry, "gateway");
