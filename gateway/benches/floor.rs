@@ -38,9 +38,8 @@ fn floor(c: &mut Criterion) {
         };
         group.bench_function(name, |b| {
             b.iter(|| {
-                let mut buf =
-                    decode::decode(&raw, encoding, cfg.limits.max_decompressed_bytes)
-                        .expect("decode");
+                let mut buf = decode::decode(&raw, encoding, cfg.limits.max_decompressed_bytes)
+                    .expect("decode");
                 let batch = model::parse(&mut buf).expect("parse");
                 let ctx = validate::Context {
                     tenant: uuid::Uuid::nil(),

@@ -55,7 +55,8 @@ impl MemoryBound {
         MemoryBound {
             bodies: g.max_buffered_body_bytes,
             workers: g.cpu_workers() as u64 * per_worker,
-            connections: g.max_connections as u64 * (2 * g.max_header_bytes as u64 + CONNECTION_OVERHEAD),
+            connections: g.max_connections as u64
+                * (2 * g.max_header_bytes as u64 + CONNECTION_OVERHEAD),
             producer: cfg.kafka.queue_max_kbytes * 1024,
             answers: g.max_in_flight_requests as u64 * ANSWER_BYTES,
         }

@@ -63,7 +63,9 @@ pub enum ApiError {
     BodyTimeout { limit_ms: u64 },
     #[error("the API key cannot be checked right now ({0}); retry shortly")]
     KeysUnavailable(String),
-    #[error("the gateway is at its limit of {limit} bytes of request bodies being read; retry shortly")]
+    #[error(
+        "the gateway is at its limit of {limit} bytes of request bodies being read; retry shortly"
+    )]
     BodyBudget { limit: u64 },
     #[error("internal error: {0}")]
     Internal(String),
@@ -216,10 +218,8 @@ impl ApiError {
             rate_limit_headers(resp.headers_mut(), &r.quota);
         }
         if status == StatusCode::REQUEST_TIMEOUT {
-            resp.headers_mut().insert(
-                hyper::header::CONNECTION,
-                HeaderValue::from_static("close"),
-            );
+            resp.headers_mut()
+                .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
         }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
@@ -279,7 +279,9 @@ mod tests {
             .gateway;
         gw.max_error_details = 50;
         // 1,000 events with 9 problems each.
-        let list: Vec<FieldError> = (0..1000).flat_map(|i| (0..9).map(move |_| detail(i))).collect();
+        let list: Vec<FieldError> = (0..1000)
+            .flat_map(|i| (0..9).map(move |_| detail(i)))
+            .collect();
         let resp = ApiError::Invalid(list).into_response("rid", &gw);
         let body = resp.into_body();
         let bytes = futures_body(body);
@@ -291,8 +293,16 @@ mod tests {
         // The byte cap holds whatever the count cap.
         gw.max_error_details = 100_000;
         let long: Vec<FieldError> = (0..2000).map(detail).collect();
-        let bytes = futures_body(ApiError::Invalid(long).into_response("rid", &gw).into_body());
-        assert!(bytes.len() <= MAX_DETAIL_BYTES + 1024, "{} bytes", bytes.len());
+        let bytes = futures_body(
+            ApiError::Invalid(long)
+                .into_response("rid", &gw)
+                .into_body(),
+        );
+        assert!(
+            bytes.len() <= MAX_DETAIL_BYTES + 1024,
+            "{} bytes",
+            bytes.len()
+        );
     }
 
     fn futures_body(body: Full<Bytes>) -> Bytes {

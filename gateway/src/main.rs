@@ -52,7 +52,10 @@ async fn main() -> ExitCode {
     let mut listeners = Vec::new();
     for (key, addr) in [
         ("gateway.listen", config.gateway.listen),
-        ("gateway.operations_listen", config.gateway.operations_listen),
+        (
+            "gateway.operations_listen",
+            config.gateway.operations_listen,
+        ),
     ] {
         match bind(addr) {
             Ok(l) => listeners.push(l),
@@ -75,7 +78,9 @@ async fn main() -> ExitCode {
         }
     };
     match (listener.local_addr(), operations.local_addr()) {
-        (Ok(addr), Ok(ops)) => tracing::info!(%addr, operations = %ops, brokers = %app.config.kafka.brokers, "gateway listening"),
+        (Ok(addr), Ok(ops)) => {
+            tracing::info!(%addr, operations = %ops, brokers = %app.config.kafka.brokers, "gateway listening")
+        }
         _ => tracing::warn!("gateway listening (address unknown)"),
     }
     let code = match gateway::serve(listener, operations, app, gateway::shutdown_signal()).await {

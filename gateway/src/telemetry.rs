@@ -243,6 +243,9 @@ impl ConnectionClosed {
 pub fn ua_deferred(n: u64) {
     if n > 0 {
         counter!(m::UA_DEFERRED).increment(n);
-        tracing::debug!(events = n, "user-agent parse budget spent; left for the enrichment job");
+        tracing::debug!(
+            events = n,
+            "user-agent parse budget spent; left for the enrichment job"
+        );
     }
 }

@@ -152,7 +152,12 @@ impl Suite {
     }
 
     /// Runs one probe: its answer, the peak RSS after it, liveness during it.
-    async fn probe(&mut self, name: &str, expect: Expect, answer: impl std::future::Future<Output = Answer>) {
+    async fn probe(
+        &mut self,
+        name: &str,
+        expect: Expect,
+        answer: impl std::future::Future<Output = Answer>,
+    ) {
         let started = Instant::now();
         let got = answer.await;
         let took = started.elapsed();
@@ -162,7 +167,9 @@ impl Suite {
         let (peak, _) = rss(self.gw.child.id());
         let ok_answer = match expect {
             Expect::Status(s) => got.first() == Some(s),
-            Expect::All(s, n) => matches!(&got, Answer::Responses(v, _) if v.len() == n && v.iter().all(|x| *x == s)),
+            Expect::All(s, n) => {
+                matches!(&got, Answer::Responses(v, _) if v.len() == n && v.iter().all(|x| *x == s))
+            }
             Expect::ClosedWithin(d) => matches!(got, Answer::Closed) && took <= d,
             Expect::Sequence(want) => matches!(&got, Answer::Responses(v, _) if v == want),
         };
@@ -170,11 +177,19 @@ impl Suite {
             Expect::Status(s) => s.to_string(),
             Expect::All(s, n) => format!("{n}×{s}"),
             Expect::ClosedWithin(d) => format!("closed ≤ {} ms", d.as_millis()),
-            Expect::Sequence(want) => want.iter().map(u16::to_string).collect::<Vec<_>>().join("+"),
+            Expect::Sequence(want) => want
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join("+"),
         };
         let actual = match (&got, expect) {
-            (Answer::Responses(v, _), Expect::All(..)) => format!("{}×{}", v.len(), v.first().copied().unwrap_or(0)),
-            (Answer::Closed, Expect::ClosedWithin(_)) => format!("closed after {} ms", took.as_millis()),
+            (Answer::Responses(v, _), Expect::All(..)) => {
+                format!("{}×{}", v.len(), v.first().copied().unwrap_or(0))
+            }
+            (Answer::Closed, Expect::ClosedWithin(_)) => {
+                format!("closed after {} ms", took.as_millis())
+            }
             _ => got.show(),
         };
         let mem_ok = peak <= self.base + self.bound;
@@ -236,7 +251,9 @@ async fn hostile_clients_get_clear_answers_in_bounded_memory() {
         "max_connections = {MAX_CONNECTIONS}\nheader_read_timeout_ms = {HEADER_TIMEOUT_MS}\n\
          body_read_timeout_ms = {BODY_TIMEOUT_MS}\nidle_timeout_ms = {IDLE_TIMEOUT_MS}\n"
     );
-    let gw = GatewayProcess::start_tuned(&cfg, &tuning, "[telemetry]\nsnapshot_interval_secs = 0\n").await;
+    let gw =
+        GatewayProcess::start_tuned(&cfg, &tuning, "[telemetry]\nsnapshot_interval_secs = 0\n")
+            .await;
     let addr = gw.url.trim_start_matches("http://").to_string();
     // The bound for this configuration, and the baseline after one request.
     let mut bound_cfg = shared::config::Config::load_from(None, Vec::new()).expect("defaults");
@@ -252,9 +269,16 @@ async fn hostile_clients_get_clear_answers_in_bounded_memory() {
         failures: Vec::new(),
     };
     let warm = s.json(&valid(10));
-    assert_eq!(raw::exchange(&addr, &warm, 1, WAIT).await.first(), Some(200));
+    assert_eq!(
+        raw::exchange(&addr, &warm, 1, WAIT).await.first(),
+        Some(200)
+    );
     s.base = rss(s.gw.child.id()).1;
-    eprintln!("baseline RSS {} MiB, bound {} MiB on top", s.base >> 20, bound >> 20);
+    eprintln!(
+        "baseline RSS {} MiB, bound {} MiB on top",
+        s.base >> 20,
+        bound >> 20
+    );
 
     let a = addr.clone();
     let x = |bytes: Vec<u8>| {
@@ -265,19 +289,87 @@ async fn hostile_clients_get_clear_answers_in_bounded_memory() {
 
     // Routes and methods on the public port.
     s.probe("GET /", Expect::Status(404), x(get("/"))).await;
-    s.probe("GET /metrics on the public port", Expect::Status(404), x(get("/metrics"))).await;
-    s.probe("GET /health on the public port", Expect::Status(404), x(get("/health"))).await;
-    s.probe("GET /health/live", Expect::Status(200), x(get("/health/live"))).await;
-    s.probe("GET /health/ready", Expect::Status(200), x(get("/health/ready"))).await;
-    s.probe("HEAD /health/live", Expect::Status(200), x(raw::request("HEAD /health/live HTTP/1.1", &[], b""))).await;
-    s.probe("DELETE /ingest", Expect::Status(405), x(raw::request("DELETE /ingest HTTP/1.1", &[], b""))).await;
-    s.probe("PUT /ingest", Expect::Status(405), x(raw::request("PUT /ingest HTTP/1.1", &[("content-length", "0".into())], b""))).await;
-    s.probe("OPTIONS /ingest without Origin", Expect::Status(403), x(raw::request("OPTIONS /ingest HTTP/1.1", &[], b""))).await;
-    s.probe("garbage request line", Expect::Status(400), x(b"GARBAGE\r\n\r\n".to_vec())).await;
-    s.probe("HTTP/2 preface on HTTP/1", Expect::ClosedWithin(Duration::from_secs(1)), x(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec())).await;
-    s.probe("absolute-form URI", Expect::Status(401), x(raw::request("POST http://evil.example/ingest HTTP/1.1", &[("content-length", "0".into())], b""))).await;
+    s.probe(
+        "GET /metrics on the public port",
+        Expect::Status(404),
+        x(get("/metrics")),
+    )
+    .await;
+    s.probe(
+        "GET /health on the public port",
+        Expect::Status(404),
+        x(get("/health")),
+    )
+    .await;
+    s.probe(
+        "GET /health/live",
+        Expect::Status(200),
+        x(get("/health/live")),
+    )
+    .await;
+    s.probe(
+        "GET /health/ready",
+        Expect::Status(200),
+        x(get("/health/ready")),
+    )
+    .await;
+    s.probe(
+        "HEAD /health/live",
+        Expect::Status(200),
+        x(raw::request("HEAD /health/live HTTP/1.1", &[], b"")),
+    )
+    .await;
+    s.probe(
+        "DELETE /ingest",
+        Expect::Status(405),
+        x(raw::request("DELETE /ingest HTTP/1.1", &[], b"")),
+    )
+    .await;
+    s.probe(
+        "PUT /ingest",
+        Expect::Status(405),
+        x(raw::request(
+            "PUT /ingest HTTP/1.1",
+            &[("content-length", "0".into())],
+            b"",
+        )),
+    )
+    .await;
+    s.probe(
+        "OPTIONS /ingest without Origin",
+        Expect::Status(403),
+        x(raw::request("OPTIONS /ingest HTTP/1.1", &[], b"")),
+    )
+    .await;
+    s.probe(
+        "garbage request line",
+        Expect::Status(400),
+        x(b"GARBAGE\r\n\r\n".to_vec()),
+    )
+    .await;
+    s.probe(
+        "HTTP/2 preface on HTTP/1",
+        Expect::ClosedWithin(Duration::from_secs(1)),
+        x(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec()),
+    )
+    .await;
+    s.probe(
+        "absolute-form URI",
+        Expect::Status(401),
+        x(raw::request(
+            "POST http://evil.example/ingest HTTP/1.1",
+            &[("content-length", "0".into())],
+            b"",
+        )),
+    )
+    .await;
     let long_uri = format!("GET /{} HTTP/1.1", "a".repeat(20_000));
-    s.probe("20 KB request URI", Expect::Status(431), x(raw::request(&long_uri, &[], b""))).await;
+    s.probe(
+        "20 KB request URI",
+        Expect::Status(431),
+        x(raw::request(&long_uri, &[], b"")),
+    )
+    .await;
 
     // Keys.
     let body = valid(1);
@@ -287,58 +379,296 @@ async fn hostile_clients_get_clear_answers_in_bounded_memory() {
         h.push(("content-type", "application/json".into()));
         raw::request("POST /ingest HTTP/1.1", &h, b)
     };
-    s.probe("no key", Expect::Status(401), x(with(vec![], &body))).await;
-    s.probe("wrong secret", Expect::Status(401), x(with(vec![("authorization", format!("Bearer {}:wrong", s.gw.tenant))], &body))).await;
-    s.probe("malformed key", Expect::Status(401), x(with(vec![("authorization", "Bearer nocolon".into())], &body))).await;
-    s.probe("Basic auth", Expect::Status(401), x(with(vec![("authorization", "Basic YTpi".into())], &body))).await;
-    s.probe("server key in the query", Expect::Status(401), x(raw::request(&format!("POST /ingest?api_key={} HTTP/1.1", s.gw.key()), &[("content-length", body.len().to_string())], &body))).await;
-    s.probe("garbage key id", Expect::Status(401), x(with(vec![("x-overwatch-key-id", "not-a-uuid".into())], &body))).await;
-    s.probe("unknown key id, forged signature", Expect::Status(401), x(with(vec![
-        ("x-overwatch-key-id", Uuid::new_v4().to_string()),
-        ("x-overwatch-timestamp", "1700000000".into()),
-        ("x-overwatch-nonce", "0123456789abcdef".into()),
-        ("x-overwatch-signature", "A".repeat(86) + "=="),
-    ], &body))).await;
-    s.probe("10 KB Authorization", Expect::Status(401), x(with(vec![("authorization", format!("Bearer {}:{}", s.gw.tenant, "x".repeat(10_000)))], &body))).await;
+    s.probe("no key", Expect::Status(401), x(with(vec![], &body)))
+        .await;
+    s.probe(
+        "wrong secret",
+        Expect::Status(401),
+        x(with(
+            vec![("authorization", format!("Bearer {}:wrong", s.gw.tenant))],
+            &body,
+        )),
+    )
+    .await;
+    s.probe(
+        "malformed key",
+        Expect::Status(401),
+        x(with(
+            vec![("authorization", "Bearer nocolon".into())],
+            &body,
+        )),
+    )
+    .await;
+    s.probe(
+        "Basic auth",
+        Expect::Status(401),
+        x(with(vec![("authorization", "Basic YTpi".into())], &body)),
+    )
+    .await;
+    s.probe(
+        "server key in the query",
+        Expect::Status(401),
+        x(raw::request(
+            &format!("POST /ingest?api_key={} HTTP/1.1", s.gw.key()),
+            &[("content-length", body.len().to_string())],
+            &body,
+        )),
+    )
+    .await;
+    s.probe(
+        "garbage key id",
+        Expect::Status(401),
+        x(with(
+            vec![("x-overwatch-key-id", "not-a-uuid".into())],
+            &body,
+        )),
+    )
+    .await;
+    s.probe(
+        "unknown key id, forged signature",
+        Expect::Status(401),
+        x(with(
+            vec![
+                ("x-overwatch-key-id", Uuid::new_v4().to_string()),
+                ("x-overwatch-timestamp", "1700000000".into()),
+                ("x-overwatch-nonce", "0123456789abcdef".into()),
+                ("x-overwatch-signature", "A".repeat(86) + "=="),
+            ],
+            &body,
+        )),
+    )
+    .await;
+    s.probe(
+        "10 KB Authorization",
+        Expect::Status(401),
+        x(with(
+            vec![(
+                "authorization",
+                format!("Bearer {}:{}", s.gw.tenant, "x".repeat(10_000)),
+            )],
+            &body,
+        )),
+    )
+    .await;
 
     // Heads.
     let flood: Vec<(&str, String)> = (0..200).map(|_| ("x-flood", "1".to_string())).collect();
-    s.probe("200 header fields", Expect::Status(431), x(raw::request("GET /health/live HTTP/1.1", &flood, b""))).await;
-    s.probe("20 KB header", Expect::Status(431), x(raw::request("GET /health/live HTTP/1.1", &[("x-big", "y".repeat(20_000))], b""))).await;
-    s.probe("header with a NUL byte", Expect::Status(400), x(b"GET /health/live HTTP/1.1\r\nhost: a\r\nx-a: b\x00c\r\n\r\n".to_vec())).await;
-    s.probe("text/html body", Expect::Status(415), x(s.post(&[("content-type", "text/html".into())], &body))).await;
-    s.probe("brotli encoding", Expect::Status(415), x(s.post(&[("content-type", "application/json".into()), ("content-encoding", "br".into())], &body))).await;
-    let smuggle = raw::request("POST /ingest HTTP/1.1", &[s.key(), ("content-length", "4".into()), ("transfer-encoding", "chunked".into())], b"0\r\n\r\nGET /health/live HTTP/1.1\r\nhost: a\r\n\r\n");
-    s.probe("Content-Length with Transfer-Encoding", Expect::Status(400), x(smuggle)).await;
-    s.probe("two different Content-Lengths", Expect::Status(400), x(raw::request("POST /ingest HTTP/1.1", &[s.key(), ("content-length", "2".into()), ("content-length", "3".into())], b"{}"))).await;
-    s.probe("Content-Length: -1", Expect::Status(400), x(raw::request("POST /ingest HTTP/1.1", &[s.key(), ("content-length", "-1".into())], b""))).await;
-    s.probe("Content-Length: abc", Expect::Status(400), x(raw::request("POST /ingest HTTP/1.1", &[s.key(), ("content-length", "abc".into())], b""))).await;
-    s.probe("Content-Length past the limit, no body", Expect::Status(413), x(raw::request("POST /ingest HTTP/1.1", &[s.key(), ("content-type", "application/json".into()), ("content-length", "999999999".into())], b""))).await;
-    let mut chunked = raw::request("POST /ingest HTTP/1.1", &[s.key(), ("content-type", "application/json".into()), ("transfer-encoding", "chunked".into())], b"");
+    s.probe(
+        "200 header fields",
+        Expect::Status(431),
+        x(raw::request("GET /health/live HTTP/1.1", &flood, b"")),
+    )
+    .await;
+    s.probe(
+        "20 KB header",
+        Expect::Status(431),
+        x(raw::request(
+            "GET /health/live HTTP/1.1",
+            &[("x-big", "y".repeat(20_000))],
+            b"",
+        )),
+    )
+    .await;
+    s.probe(
+        "header with a NUL byte",
+        Expect::Status(400),
+        x(b"GET /health/live HTTP/1.1\r\nhost: a\r\nx-a: b\x00c\r\n\r\n".to_vec()),
+    )
+    .await;
+    s.probe(
+        "text/html body",
+        Expect::Status(415),
+        x(s.post(&[("content-type", "text/html".into())], &body)),
+    )
+    .await;
+    s.probe(
+        "brotli encoding",
+        Expect::Status(415),
+        x(s.post(
+            &[
+                ("content-type", "application/json".into()),
+                ("content-encoding", "br".into()),
+            ],
+            &body,
+        )),
+    )
+    .await;
+    let smuggle = raw::request(
+        "POST /ingest HTTP/1.1",
+        &[
+            s.key(),
+            ("content-length", "4".into()),
+            ("transfer-encoding", "chunked".into()),
+        ],
+        b"0\r\n\r\nGET /health/live HTTP/1.1\r\nhost: a\r\n\r\n",
+    );
+    s.probe(
+        "Content-Length with Transfer-Encoding",
+        Expect::Status(400),
+        x(smuggle),
+    )
+    .await;
+    s.probe(
+        "two different Content-Lengths",
+        Expect::Status(400),
+        x(raw::request(
+            "POST /ingest HTTP/1.1",
+            &[
+                s.key(),
+                ("content-length", "2".into()),
+                ("content-length", "3".into()),
+            ],
+            b"{}",
+        )),
+    )
+    .await;
+    s.probe(
+        "Content-Length: -1",
+        Expect::Status(400),
+        x(raw::request(
+            "POST /ingest HTTP/1.1",
+            &[s.key(), ("content-length", "-1".into())],
+            b"",
+        )),
+    )
+    .await;
+    s.probe(
+        "Content-Length: abc",
+        Expect::Status(400),
+        x(raw::request(
+            "POST /ingest HTTP/1.1",
+            &[s.key(), ("content-length", "abc".into())],
+            b"",
+        )),
+    )
+    .await;
+    s.probe(
+        "Content-Length past the limit, no body",
+        Expect::Status(413),
+        x(raw::request(
+            "POST /ingest HTTP/1.1",
+            &[
+                s.key(),
+                ("content-type", "application/json".into()),
+                ("content-length", "999999999".into()),
+            ],
+            b"",
+        )),
+    )
+    .await;
+    let mut chunked = raw::request(
+        "POST /ingest HTTP/1.1",
+        &[
+            s.key(),
+            ("content-type", "application/json".into()),
+            ("transfer-encoding", "chunked".into()),
+        ],
+        b"",
+    );
     for _ in 0..20 {
         chunked.extend_from_slice(format!("{:x}\r\n{}\r\n", 65536, " ".repeat(65536)).as_bytes());
     }
     chunked.extend_from_slice(b"0\r\n\r\n");
-    s.probe("chunked body past the limit", Expect::Status(413), x(chunked)).await;
-    let bad_chunk = raw::request("POST /ingest HTTP/1.1", &[s.key(), ("content-type", "application/json".into()), ("transfer-encoding", "chunked".into())], b"zz\r\n{}\r\n0\r\n\r\n");
-    s.probe("invalid chunk size", Expect::Status(400), x(bad_chunk)).await;
-    s.probe("Transfer-Encoding: gzip only", Expect::Status(400), x(raw::request("POST /ingest HTTP/1.1", &[s.key(), ("transfer-encoding", "gzip".into())], b"{}"))).await;
-    let cont = s.post(&[("content-type", "application/json".into()), ("expect", "100-continue".into())], &valid(1));
+    s.probe(
+        "chunked body past the limit",
+        Expect::Status(413),
+        x(chunked),
+    )
+    .await;
+    let bad_chunk = raw::request(
+        "POST /ingest HTTP/1.1",
+        &[
+            s.key(),
+            ("content-type", "application/json".into()),
+            ("transfer-encoding", "chunked".into()),
+        ],
+        b"zz\r\n{}\r\n0\r\n\r\n",
+    );
+    s.probe("invalid chunk size", Expect::Status(400), x(bad_chunk))
+        .await;
+    s.probe(
+        "Transfer-Encoding: gzip only",
+        Expect::Status(400),
+        x(raw::request(
+            "POST /ingest HTTP/1.1",
+            &[s.key(), ("transfer-encoding", "gzip".into())],
+            b"{}",
+        )),
+    )
+    .await;
+    let cont = s.post(
+        &[
+            ("content-type", "application/json".into()),
+            ("expect", "100-continue".into()),
+        ],
+        &valid(1),
+    );
     let ac = addr.clone();
-    s.probe("Expect: 100-continue", Expect::Sequence(&[100, 200]), async move { raw::exchange(&ac, &cont, 2, WAIT).await }).await;
+    s.probe(
+        "Expect: 100-continue",
+        Expect::Sequence(&[100, 200]),
+        async move { raw::exchange(&ac, &cont, 2, WAIT).await },
+    )
+    .await;
 
     // Bodies.
-    s.probe("empty body", Expect::Status(400), x(s.json(b""))).await;
+    s.probe("empty body", Expect::Status(400), x(s.json(b"")))
+        .await;
     s.probe("{}", Expect::Status(400), x(s.json(b"{}"))).await;
-    s.probe("no events", Expect::Status(422), x(s.json(br#"{"events":[]}"#))).await;
-    s.probe("1001 empty events", Expect::Status(422), x(s.json(&repeated(r#"{"events":["#, "{}", 1001, "]}")))).await;
+    s.probe(
+        "no events",
+        Expect::Status(422),
+        x(s.json(br#"{"events":[]}"#)),
+    )
+    .await;
+    s.probe(
+        "1001 empty events",
+        Expect::Status(422),
+        x(s.json(&repeated(r#"{"events":["#, "{}", 1001, "]}"))),
+    )
+    .await;
     let bomb = gz(&repeated(r#"{"events":["#, "{}", 1_300_000, "]}"));
-    s.probe(&format!("gzip bomb: {} KB inflating to 1.3 M events", bomb.len() / 1024), Expect::Status(422), x(s.post(&[("content-type", "application/json".into()), ("content-encoding", "gzip".into())], &bomb))).await;
+    s.probe(
+        &format!(
+            "gzip bomb: {} KB inflating to 1.3 M events",
+            bomb.len() / 1024
+        ),
+        Expect::Status(422),
+        x(s.post(
+            &[
+                ("content-type", "application/json".into()),
+                ("content-encoding", "gzip".into()),
+            ],
+            &bomb,
+        )),
+    )
+    .await;
     let scalars = gz(&repeated(r#"{"events":["#, "1", 2_000_000, "]}"));
-    s.probe("gzip bomb: 2 M scalar events", Expect::Status(422), x(s.post(&[("content-type", "application/json".into()), ("content-encoding", "gzip".into())], &scalars))).await;
-    s.probe("gzip bomb: 100 MB of spaces", Expect::Status(413), x(s.gzip(&vec![b' '; 100 << 20]))).await;
+    s.probe(
+        "gzip bomb: 2 M scalar events",
+        Expect::Status(422),
+        x(s.post(
+            &[
+                ("content-type", "application/json".into()),
+                ("content-encoding", "gzip".into()),
+            ],
+            &scalars,
+        )),
+    )
+    .await;
+    s.probe(
+        "gzip bomb: 100 MB of spaces",
+        Expect::Status(413),
+        x(s.gzip(&vec![b' '; 100 << 20])),
+    )
+    .await;
     let deep_root = format!("{}{}", "[".repeat(1_000_000), "]".repeat(1_000_000));
-    s.probe("gzip bomb: 1 M nested arrays", Expect::Status(400), x(s.gzip(deep_root.as_bytes()))).await;
+    s.probe(
+        "gzip bomb: 1 M nested arrays",
+        Expect::Status(400),
+        x(s.gzip(deep_root.as_bytes())),
+    )
+    .await;
     let base_event = |props: &str| {
         format!(
             r#"{{"events":[{{"id":"{}","session_id":"{}","timestamp":"{}","type":"custom","name":"n","properties":{props}}}]}}"#,
@@ -348,45 +678,148 @@ async fn hostile_clients_get_clear_answers_in_bounded_memory() {
         )
     };
     let deep = format!("{}1{}", r#"{"a":"#.repeat(1000), "}".repeat(1000));
-    s.probe("properties 1000 levels deep", Expect::Status(422), x(s.json(base_event(&deep).as_bytes()))).await;
+    s.probe(
+        "properties 1000 levels deep",
+        Expect::Status(422),
+        x(s.json(base_event(&deep).as_bytes())),
+    )
+    .await;
     let wide = String::from_utf8(repeated(r#"{"a":["#, "1", 400_000, "]}")).expect("utf8");
-    s.probe("properties array of 400 k items", Expect::Status(422), x(s.json(base_event(&wide).as_bytes()))).await;
+    s.probe(
+        "properties array of 400 k items",
+        Expect::Status(422),
+        x(s.json(base_event(&wide).as_bytes())),
+    )
+    .await;
     let keys: Vec<String> = (0..20_000).map(|i| format!(r#""k{i}":1"#)).collect();
-    s.probe("properties with 20 k keys", Expect::Status(422), x(s.json(base_event(&format!("{{{}}}", keys.join(","))).as_bytes()))).await;
+    s.probe(
+        "properties with 20 k keys",
+        Expect::Status(422),
+        x(s.json(base_event(&format!("{{{}}}", keys.join(","))).as_bytes())),
+    )
+    .await;
     let bad: Vec<serde_json::Value> = (0..1000)
         .map(|_| serde_json::json!({"id": "x", "session_id": "y", "timestamp": "z", "type": "w", "url": "u".repeat(3000), "depth": 500, "x": -1, "lcp": -1, "screen": {"width": 1_000_000, "height": 1_000_000}}))
         .collect();
     let bad_body = batch(&bad);
     let a2 = addr.clone();
     let many = s.gzip(&bad_body);
-    s.probe("1000 events × 10 problems: capped 422", Expect::Status(422), async move {
-        let got = raw::exchange(&a2, &many, 1, WAIT).await;
-        let text = String::from_utf8_lossy(got.body()).to_string();
-        let json_start = text.find('{').unwrap_or(0);
-        let v: serde_json::Value = serde_json::from_str(&text[json_start..]).unwrap_or_default();
-        let shown = v["error"]["details"].as_array().map_or(0, Vec::len);
-        let ok = shown <= 100
-            && v["error"]["omitted"].as_u64().unwrap_or(0) > 0
-            && v["error"]["message"] == "1000 event(s) failed validation"
-            && got.body().len() < 64 * 1024;
-        if ok { got } else { Answer::Silent }
-    })
+    s.probe(
+        "1000 events × 10 problems: capped 422",
+        Expect::Status(422),
+        async move {
+            let got = raw::exchange(&a2, &many, 1, WAIT).await;
+            let text = String::from_utf8_lossy(got.body()).to_string();
+            let json_start = text.find('{').unwrap_or(0);
+            let v: serde_json::Value =
+                serde_json::from_str(&text[json_start..]).unwrap_or_default();
+            let shown = v["error"]["details"].as_array().map_or(0, Vec::len);
+            let ok = shown <= 100
+                && v["error"]["omitted"].as_u64().unwrap_or(0) > 0
+                && v["error"]["message"] == "1000 event(s) failed validation"
+                && got.body().len() < 64 * 1024;
+            if ok {
+                got
+            } else {
+                Answer::Silent
+            }
+        },
+    )
     .await;
-    s.probe("unknown field", Expect::Status(400), x(s.json(br#"{"events":[{"idd":1}]}"#))).await;
-    s.probe("duplicate field", Expect::Status(400), x(s.json(format!(r#"{{"events":[{{"id":"{0}","id":"{0}"}}]}}"#, Uuid::new_v4()).as_bytes()))).await;
-    s.probe("invalid UTF-8", Expect::Status(400), x(s.json(b"{\"events\":[{\"url\":\"\xff\xfe\"}]}"))).await;
-    s.probe("lone surrogate escape", Expect::Status(400), x(s.json(br#"{"events":[{"url":"\ud800"}]}"#))).await;
-    s.probe("1e999 number", Expect::Status(400), x(s.json(br#"{"events":[{"x":1e999}]}"#))).await;
-    s.probe("NaN literal", Expect::Status(400), x(s.json(br#"{"events":[{"x":NaN}]}"#))).await;
-    s.probe("1 MB of whitespace", Expect::Status(400), x(s.json(&vec![b' '; 1_000_000]))).await;
-    s.probe("not gzip", Expect::Status(400), x(s.post(&[("content-type", "application/json".into()), ("content-encoding", "gzip".into())], b"definitely not gzip"))).await;
+    s.probe(
+        "unknown field",
+        Expect::Status(400),
+        x(s.json(br#"{"events":[{"idd":1}]}"#)),
+    )
+    .await;
+    s.probe(
+        "duplicate field",
+        Expect::Status(400),
+        x(s.json(
+            format!(
+                r#"{{"events":[{{"id":"{0}","id":"{0}"}}]}}"#,
+                Uuid::new_v4()
+            )
+            .as_bytes(),
+        )),
+    )
+    .await;
+    s.probe(
+        "invalid UTF-8",
+        Expect::Status(400),
+        x(s.json(b"{\"events\":[{\"url\":\"\xff\xfe\"}]}")),
+    )
+    .await;
+    s.probe(
+        "lone surrogate escape",
+        Expect::Status(400),
+        x(s.json(br#"{"events":[{"url":"\ud800"}]}"#)),
+    )
+    .await;
+    s.probe(
+        "1e999 number",
+        Expect::Status(400),
+        x(s.json(br#"{"events":[{"x":1e999}]}"#)),
+    )
+    .await;
+    s.probe(
+        "NaN literal",
+        Expect::Status(400),
+        x(s.json(br#"{"events":[{"x":NaN}]}"#)),
+    )
+    .await;
+    s.probe(
+        "1 MB of whitespace",
+        Expect::Status(400),
+        x(s.json(&vec![b' '; 1_000_000])),
+    )
+    .await;
+    s.probe(
+        "not gzip",
+        Expect::Status(400),
+        x(s.post(
+            &[
+                ("content-type", "application/json".into()),
+                ("content-encoding", "gzip".into()),
+            ],
+            b"definitely not gzip",
+        )),
+    )
+    .await;
     let full = gz(&valid(5));
-    s.probe("truncated gzip", Expect::Status(400), x(s.post(&[("content-type", "application/json".into()), ("content-encoding", "gzip".into())], &full[..full.len() / 2]))).await;
-    s.probe("trailing data after the JSON", Expect::Status(400), x(s.json(&[valid(1), b"garbage".to_vec()].concat()))).await;
+    s.probe(
+        "truncated gzip",
+        Expect::Status(400),
+        x(s.post(
+            &[
+                ("content-type", "application/json".into()),
+                ("content-encoding", "gzip".into()),
+            ],
+            &full[..full.len() / 2],
+        )),
+    )
+    .await;
+    s.probe(
+        "trailing data after the JSON",
+        Expect::Status(400),
+        x(s.json(&[valid(1), b"garbage".to_vec()].concat())),
+    )
+    .await;
     let future = serde_json::json!({"id": Uuid::new_v4().to_string(), "session_id": Uuid::new_v4().to_string(), "timestamp": "2999-01-01T00:00:00Z", "type": "click"});
-    s.probe("a timestamp in 2999", Expect::Status(422), x(s.json(&batch(&[future])))).await;
-    s.probe("one valid event", Expect::Status(200), x(s.json(&valid(1)))).await;
-    s.probe("1000 valid events, gzip", Expect::Status(200), x(s.gzip(&valid(1000)))).await;
+    s.probe(
+        "a timestamp in 2999",
+        Expect::Status(422),
+        x(s.json(&batch(&[future]))),
+    )
+    .await;
+    s.probe("one valid event", Expect::Status(200), x(s.json(&valid(1))))
+        .await;
+    s.probe(
+        "1000 valid events, gzip",
+        Expect::Status(200),
+        x(s.gzip(&valid(1000))),
+    )
+    .await;
     let uas: Vec<serde_json::Value> = {
         let sess = Uuid::new_v4();
         (0..1000)
@@ -397,20 +830,33 @@ async fn hostile_clients_get_clear_answers_in_bounded_memory() {
             })
             .collect()
     };
-    s.probe("1000 distinct user agents", Expect::Status(200), x(s.gzip(&batch(&uas)))).await;
+    s.probe(
+        "1000 distinct user agents",
+        Expect::Status(200),
+        x(s.gzip(&batch(&uas))),
+    )
+    .await;
 
     // Connections.
     let two = [s.json(&valid(1)), s.json(&valid(1))].concat();
     let a3 = addr.clone();
-    s.probe("two pipelined requests", Expect::All(200, 2), async move { raw::exchange(&a3, &two, 2, WAIT).await }).await;
+    s.probe("two pipelined requests", Expect::All(200, 2), async move {
+        raw::exchange(&a3, &two, 2, WAIT).await
+    })
+    .await;
     let fifty = get("/health/live").repeat(50);
     let a4 = addr.clone();
-    s.probe("50 pipelined probes", Expect::All(200, 50), async move { raw::exchange(&a4, &fifty, 50, WAIT).await }).await;
+    s.probe("50 pipelined probes", Expect::All(200, 50), async move {
+        raw::exchange(&a4, &fifty, 50, WAIT).await
+    })
+    .await;
     let head = get("/health/live");
     let a5 = addr.clone();
-    s.probe("headers at 1 byte / 100 ms", Expect::ClosedWithin(Duration::from_millis(HEADER_TIMEOUT_MS + 1500)), async move {
-        raw::trickle(&a5, &head, 1, Duration::from_millis(100), WAIT).await
-    })
+    s.probe(
+        "headers at 1 byte / 100 ms",
+        Expect::ClosedWithin(Duration::from_millis(HEADER_TIMEOUT_MS + 1500)),
+        async move { raw::trickle(&a5, &head, 1, Duration::from_millis(100), WAIT).await },
+    )
     .await;
     let a6 = addr.clone();
     let half = {
@@ -427,25 +873,35 @@ async fn hostile_clients_get_clear_answers_in_bounded_memory() {
     .await;
     let a7 = addr.clone();
     let slow_body = s.json(&valid(20));
-    s.probe("body at 10 bytes / 100 ms", Expect::Status(408), async move {
-        raw::trickle(&a7, &slow_body, 10, Duration::from_millis(100), WAIT).await
-    })
+    s.probe(
+        "body at 10 bytes / 100 ms",
+        Expect::Status(408),
+        async move { raw::trickle(&a7, &slow_body, 10, Duration::from_millis(100), WAIT).await },
+    )
     .await;
     let a8 = addr.clone();
-    s.probe("connect and send nothing", Expect::ClosedWithin(Duration::from_millis(IDLE_TIMEOUT_MS + 1500)), async move {
-        let mut c = TcpStream::connect(&a8).await.expect("connect");
-        raw::read_answer(&mut c, 1, WAIT).await
-    })
+    s.probe(
+        "connect and send nothing",
+        Expect::ClosedWithin(Duration::from_millis(IDLE_TIMEOUT_MS + 1500)),
+        async move {
+            let mut c = TcpStream::connect(&a8).await.expect("connect");
+            raw::read_answer(&mut c, 1, WAIT).await
+        },
+    )
     .await;
     let a9 = addr.clone();
     let one = get("/health/live");
-    s.probe("idle keep-alive after an answer", Expect::ClosedWithin(Duration::from_millis(IDLE_TIMEOUT_MS + 1500)), async move {
-        let mut c = TcpStream::connect(&a9).await.expect("connect");
-        c.write_all(&one).await.expect("write");
-        let first = raw::read_answer(&mut c, 1, WAIT).await;
-        assert_eq!(first.first(), Some(200));
-        raw::read_answer(&mut c, 1, WAIT).await
-    })
+    s.probe(
+        "idle keep-alive after an answer",
+        Expect::ClosedWithin(Duration::from_millis(IDLE_TIMEOUT_MS + 1500)),
+        async move {
+            let mut c = TcpStream::connect(&a9).await.expect("connect");
+            c.write_all(&one).await.expect("write");
+            let first = raw::read_answer(&mut c, 1, WAIT).await;
+            assert_eq!(first.first(), Some(200));
+            raw::read_answer(&mut c, 1, WAIT).await
+        },
+    )
     .await;
     // Slow clients in numbers never starve a fast one.
     let mut held = Vec::new();
@@ -461,7 +917,12 @@ async fn hostile_clients_get_clear_answers_in_bounded_memory() {
         c.write_all(&part).await.expect("write");
         held.push(c);
     }
-    s.probe(&format!("fast client beside {} slow ones", MAX_CONNECTIONS / 2), Expect::Status(200), x(s.json(&valid(5)))).await;
+    s.probe(
+        &format!("fast client beside {} slow ones", MAX_CONNECTIONS / 2),
+        Expect::Status(200),
+        x(s.json(&valid(5))),
+    )
+    .await;
     drop(held);
     // Past max_connections: 503 at accept, then service again.
     let mut full_house = Vec::new();
@@ -470,26 +931,52 @@ async fn hostile_clients_get_clear_answers_in_bounded_memory() {
     }
     // The liveness monitor's connection is one of them: wait for the slots to fill.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    s.probe("connection past max_connections", Expect::Status(503), x(get("/health/live"))).await;
+    s.probe(
+        "connection past max_connections",
+        Expect::Status(503),
+        x(get("/health/live")),
+    )
+    .await;
     drop(full_house);
     let a10 = addr.clone();
-    s.probe("served again once connections close", Expect::Status(200), async move {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let got = raw::exchange(&a10, &raw::request("GET /health/live HTTP/1.1", &[], b""), 1, WAIT).await;
-            if got.first() == Some(200) || Instant::now() > deadline {
-                return got;
+    s.probe(
+        "served again once connections close",
+        Expect::Status(200),
+        async move {
+            let deadline = Instant::now() + WAIT;
+            loop {
+                let got = raw::exchange(
+                    &a10,
+                    &raw::request("GET /health/live HTTP/1.1", &[], b""),
+                    1,
+                    WAIT,
+                )
+                .await;
+                if got.first() == Some(200) || Instant::now() > deadline {
+                    return got;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
+        },
+    )
     .await;
 
     // The worst CPU attack: many clients at once with distinct user agents,
     // full batches and gzip bombs, while liveness is measured.
     let attack_started = Instant::now();
     let mut attackers = Vec::new();
-    let loads = vec![s.gzip(&batch(&uas)), s.gzip(&valid(1000)), s.post(&[("content-type", "application/json".into()), ("content-encoding", "gzip".into())], &bomb), s.gzip(&bad_body)];
+    let loads = [
+        s.gzip(&batch(&uas)),
+        s.gzip(&valid(1000)),
+        s.post(
+            &[
+                ("content-type", "application/json".into()),
+                ("content-encoding", "gzip".into()),
+            ],
+            &bomb,
+        ),
+        s.gzip(&bad_body),
+    ];
     for i in 0..12 {
         let req = loads[i % loads.len()].clone();
         let a = addr.clone();
@@ -518,7 +1005,10 @@ async fn hostile_clients_get_clear_answers_in_bounded_memory() {
         p99.as_millis()
     ));
     if p99 >= Duration::from_millis(50) || samples < 50 || peak > s.base + s.bound {
-        s.failures.push(format!("CPU attack: liveness p99 {p99:?} over {samples} samples, peak {} MiB", peak >> 20));
+        s.failures.push(format!(
+            "CPU attack: liveness p99 {p99:?} over {samples} samples, peak {} MiB",
+            peak >> 20
+        ));
     }
 
     s.live.task.abort();
@@ -530,6 +1020,15 @@ async fn hostile_clients_get_clear_answers_in_bounded_memory() {
     if let Ok(path) = std::env::var("OVERWATCH_HOSTILE_REPORT") {
         let _ = std::fs::write(path, &table);
     }
-    assert!(s.rows.len() >= 60, "at least 60 probes, ran {}", s.rows.len());
-    assert!(s.failures.is_empty(), "{} probe(s) failed:\n{}", s.failures.len(), s.failures.join("\n"));
+    assert!(
+        s.rows.len() >= 60,
+        "at least 60 probes, ran {}",
+        s.rows.len()
+    );
+    assert!(
+        s.failures.is_empty(),
+        "{} probe(s) failed:\n{}",
+        s.failures.len(),
+        s.failures.join("\n")
+    );
 }

@@ -247,7 +247,9 @@ async fn a_stalled_body_never_starves_other_clients() {
     );
     let mut stalled = Vec::new();
     for _ in 0..4 {
-        let mut slow = tokio::net::TcpStream::connect(gw.addr).await.expect("connect");
+        let mut slow = tokio::net::TcpStream::connect(gw.addr)
+            .await
+            .expect("connect");
         slow.write_all(head.as_bytes()).await.expect("head");
         slow.write_all(&body[..body.len() / 2]).await.expect("half");
         stalled.push(slow);

@@ -335,7 +335,11 @@ async fn ip_allowlist_browser_keys_and_signing() {
 
     // Signing (Ed25519): the gateway holds only the public key; the request
     // carries the key id, never a secret.
-    let private = ed25519_dalek::SigningKey::from_bytes(uuid::Uuid::new_v4().as_u128().to_le_bytes().repeat(2)[..32].try_into().expect("32 bytes"));
+    let private = ed25519_dalek::SigningKey::from_bytes(
+        uuid::Uuid::new_v4().as_u128().to_le_bytes().repeat(2)[..32]
+            .try_into()
+            .expect("32 bytes"),
+    );
     let public_b64 = {
         use base64::Engine as _;
         base64::engine::general_purpose::STANDARD.encode(private.verifying_key().to_bytes())
@@ -355,7 +359,13 @@ async fn ip_allowlist_browser_keys_and_signing() {
     let sign_with = |key: &ed25519_dalek::SigningKey, ts: i64, nonce: &str, body: &str| {
         use base64::Engine as _;
         use ed25519_dalek::Signer;
-        let msg = gateway::auth::sign::message("POST", "/ingest", &ts.to_string(), nonce, body.as_bytes());
+        let msg = gateway::auth::sign::message(
+            "POST",
+            "/ingest",
+            &ts.to_string(),
+            nonce,
+            body.as_bytes(),
+        );
         base64::engine::general_purpose::STANDARD.encode(key.sign(msg.as_bytes()).to_bytes())
     };
     let send_signed = |ts: i64, nonce: String, sig: Option<String>| {
@@ -387,27 +397,60 @@ async fn ip_allowlist_browser_keys_and_signing() {
         },
     )
     .await;
-    let ok = send_signed(now, first.clone(), Some(sign_with(&private, now, &first, &payload)))
-        .await
-        .expect("send");
+    let ok = send_signed(
+        now,
+        first.clone(),
+        Some(sign_with(&private, now, &first, &payload)),
+    )
+    .await
+    .expect("send");
     assert_eq!(ok.status(), 200);
-    let replay = send_signed(now, first.clone(), Some(sign_with(&private, now, &first, &payload)))
-        .await
-        .expect("send");
+    let replay = send_signed(
+        now,
+        first.clone(),
+        Some(sign_with(&private, now, &first, &payload)),
+    )
+    .await
+    .expect("send");
     assert_eq!(replay.status(), 401, "a replayed nonce");
     let n = fresh();
-    assert_eq!(send_signed(now, n, None).await.expect("send").status(), 401, "unsigned");
+    assert_eq!(
+        send_signed(now, n, None).await.expect("send").status(),
+        401,
+        "unsigned"
+    );
     let n = fresh();
     let wrong_body = sign_with(&private, now, &n, "{}");
-    assert_eq!(send_signed(now, n, Some(wrong_body)).await.expect("send").status(), 401, "wrong body");
+    assert_eq!(
+        send_signed(now, n, Some(wrong_body))
+            .await
+            .expect("send")
+            .status(),
+        401,
+        "wrong body"
+    );
     let n = fresh();
     let other = ed25519_dalek::SigningKey::from_bytes(&[3u8; 32]);
     let forged = sign_with(&other, now, &n, &payload);
-    assert_eq!(send_signed(now, n, Some(forged)).await.expect("send").status(), 401, "another private key");
+    assert_eq!(
+        send_signed(now, n, Some(forged))
+            .await
+            .expect("send")
+            .status(),
+        401,
+        "another private key"
+    );
     let stale = now - 301;
     let n = fresh();
     let old = sign_with(&private, stale, &n, &payload);
-    assert_eq!(send_signed(stale, n, Some(old)).await.expect("send").status(), 401, "stale");
+    assert_eq!(
+        send_signed(stale, n, Some(old))
+            .await
+            .expect("send")
+            .status(),
+        401,
+        "stale"
+    );
     // Its (unused) secret as a bearer key does not stand in for a signature.
     let bearer = http
         .post(gw.url("/ingest"))
@@ -508,7 +551,11 @@ async fn keys_that_cannot_be_judged_get_503_not_401() {
         .tenant_create(None, "judged", Tier::Free, false)
         .await
         .expect("tenant");
-    let key = admin.key_issue(tenant, &server()).await.expect("issue").api_key();
+    let key = admin
+        .key_issue(tenant, &server())
+        .await
+        .expect("issue")
+        .api_key();
     let http = reqwest::Client::new();
     let ready_reasons = |gw: &TestGateway| {
         let (http, url) = (http.clone(), gw.url("/health/ready"));
@@ -534,9 +581,21 @@ async fn keys_that_cannot_be_judged_get_503_not_401() {
     assert_eq!(r.headers()["retry-after"], "5");
     let body: serde_json::Value = r.json().await.expect("json");
     assert_eq!(body["error"]["code"], "keys_unavailable");
-    assert_eq!(post(&gw, &format!("{}:wrong", Uuid::new_v4())).await, 503, "unknown either way");
-    assert_eq!(post(&gw, &gw.key()).await, 200, "a configured key needs no ClickHouse");
-    assert_eq!(post(&gw, "nocolon").await, 401, "a malformed key is wrong whatever the snapshot");
+    assert_eq!(
+        post(&gw, &format!("{}:wrong", Uuid::new_v4())).await,
+        503,
+        "unknown either way"
+    );
+    assert_eq!(
+        post(&gw, &gw.key()).await,
+        200,
+        "a configured key needs no ClickHouse"
+    );
+    assert_eq!(
+        post(&gw, "nocolon").await,
+        401,
+        "a malformed key is wrong whatever the snapshot"
+    );
     let (status, why) = ready_reasons(&gw).await;
     assert_eq!(status, 503);
     assert!(why.contains("has not loaded"), "{why}");
@@ -551,7 +610,11 @@ async fn keys_that_cannot_be_judged_get_503_not_401() {
     ch.kill();
     until_status(&gw, &key, 503, "the snapshot to age out").await;
     assert_eq!(post(&gw, &format!("{tenant}:wrong")).await, 503);
-    assert_eq!(post(&gw, &gw.key()).await, 200, "configured keys still stand");
+    assert_eq!(
+        post(&gw, &gw.key()).await,
+        200,
+        "configured keys still stand"
+    );
     let (status, why) = ready_reasons(&gw).await;
     assert_eq!(status, 503);
     assert!(why.contains("s old"), "{why}");

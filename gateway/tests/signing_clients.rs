@@ -77,7 +77,13 @@ async fn the_documented_shell_and_python_clients_sign_requests() {
     assert!(ok, "openssl pkey -pubout");
 
     let issued = shared::testkit::workerd_command(&workerd_bin(), &schema.config)
-        .args(["key", "issue", "--tenant", &tenant.to_string(), "--signing-public-key"])
+        .args([
+            "key",
+            "issue",
+            "--tenant",
+            &tenant.to_string(),
+            "--signing-public-key",
+        ])
         .arg(&public)
         .output()
         .expect("workerd key issue");
@@ -87,7 +93,10 @@ async fn the_documented_shell_and_python_clients_sign_requests() {
         "{stdout}{}",
         String::from_utf8_lossy(&issued.stderr)
     );
-    assert!(!stdout.contains("api_key"), "a signing key has no secret to show: {stdout}");
+    assert!(
+        !stdout.contains("api_key"),
+        "a signing key has no secret to show: {stdout}"
+    );
     let key_id = stdout
         .lines()
         .find_map(|l| l.strip_prefix("key_id "))
@@ -160,12 +169,19 @@ async fn the_documented_shell_and_python_clients_sign_requests() {
             .body(body.clone())
             .send()
     };
-    assert_eq!(send().await.expect("send").status(), 200, "signed by openssl");
+    assert_eq!(
+        send().await.expect("send").status(),
+        200,
+        "signed by openssl"
+    );
     let replay = send().await.expect("send");
     assert_eq!(replay.status(), 401);
     let v: serde_json::Value = replay.json().await.expect("json");
     assert!(
-        v["error"]["message"].as_str().unwrap_or("").contains("replayed"),
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("replayed"),
         "{v}"
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -95,7 +95,10 @@ impl GatewayConfig {
     /// Connection limits and timeouts.
     fn validate_connections(&self) -> Result<(), ConfigError> {
         positive("gateway.max_connections", self.max_connections as u64)?;
-        positive("gateway.header_read_timeout_ms", self.header_read_timeout_ms)?;
+        positive(
+            "gateway.header_read_timeout_ms",
+            self.header_read_timeout_ms,
+        )?;
         positive("gateway.body_read_timeout_ms", self.body_read_timeout_ms)?;
         positive("gateway.idle_timeout_ms", self.idle_timeout_ms)?;
         positive("gateway.max_headers", self.max_headers as u64)?;

@@ -534,7 +534,10 @@ async fn key(admin: &Admin, cmd: KeyCmd) -> Result<(), admin::AdminError> {
             let issued = admin.key_issue(tenant, &spec).await?;
             if spec.signing_public_key.is_some() {
                 println!("key_id {}", issued.key_id);
-                eprintln!("Sign requests with the private key; send X-Overwatch-Key-Id: {}", issued.key_id);
+                eprintln!(
+                    "Sign requests with the private key; send X-Overwatch-Key-Id: {}",
+                    issued.key_id
+                );
             } else {
                 print_issued(&issued);
             }

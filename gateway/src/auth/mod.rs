@@ -18,10 +18,10 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use ed25519_dalek::VerifyingKey;
 use hyper::header::{HeaderMap, AUTHORIZATION};
 use sha2::{Digest, Sha256};
 use shared::config::{parse_net, Config, StaticKey, Tier};
-use ed25519_dalek::VerifyingKey;
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -434,12 +434,18 @@ impl KeyStore {
             return Err(ApiError::Unauthorized("unknown API key"));
         };
         let signed = SignedBy { presented, public };
-        Ok((self.principal(tenant, t, key, client_ip, Some(signed))?, false))
+        Ok((
+            self.principal(tenant, t, key, client_ip, Some(signed))?,
+            false,
+        ))
     }
 
     /// A found key stands when it is configured or the snapshot is usable; a key
     /// not found is wrong (401) only when the snapshot could have known it.
-    fn judged<'s>(&self, found: Option<(&'s Tenant, &'s Key)>) -> Result<(&'s Tenant, &'s Key), ApiError> {
+    fn judged<'s>(
+        &self,
+        found: Option<(&'s Tenant, &'s Key)>,
+    ) -> Result<(&'s Tenant, &'s Key), ApiError> {
         match found {
             Some((t, k)) if k.from_config => Ok((t, k)),
             found => {

@@ -178,9 +178,7 @@ pub fn verify(
     let msg = message(req.method, req.path_and_query, &p.ts, &p.nonce, req.body);
     public
         .verify_strict(msg.as_bytes(), &p.signature)
-        .map_err(|_| {
-            ApiError::Unauthorized("X-Overwatch-Signature does not match this request")
-        })?;
+        .map_err(|_| ApiError::Unauthorized("X-Overwatch-Signature does not match this request"))?;
     replay.remember(p.key_id, &p.nonce, p.when, req.now_secs)
 }
 
@@ -192,7 +190,8 @@ mod tests {
 
     fn signed(key: &SigningKey, id: Uuid, ts: &str, nonce: &str, body: &[u8]) -> HeaderMap {
         let msg = message("POST", "/ingest", ts, nonce, body);
-        let sig = base64::engine::general_purpose::STANDARD.encode(key.sign(msg.as_bytes()).to_bytes());
+        let sig =
+            base64::engine::general_purpose::STANDARD.encode(key.sign(msg.as_bytes()).to_bytes());
         let mut h = HeaderMap::new();
         for (n, v) in [
             (KEY_ID_HEADER, id.to_string()),
@@ -205,9 +204,20 @@ mod tests {
         h
     }
 
-    fn check(h: &HeaderMap, public: &VerifyingKey, body: &[u8], now: i64, cache: &ReplayCache) -> Result<(), ApiError> {
+    fn check(
+        h: &HeaderMap,
+        public: &VerifyingKey,
+        body: &[u8],
+        now: i64,
+        cache: &ReplayCache,
+    ) -> Result<(), ApiError> {
         let p = presented(h).expect("key id")?;
-        let req = Request { method: "POST", path_and_query: "/ingest", body, now_secs: now };
+        let req = Request {
+            method: "POST",
+            path_and_query: "/ingest",
+            body,
+            now_secs: now,
+        };
         verify(&p, public, &req, cache)
     }
 
@@ -224,11 +234,20 @@ mod tests {
         let replay = check(&h, &public, body, now + 1, &cache);
         assert!(matches!(replay, Err(ApiError::Unauthorized(m)) if m.contains("replayed")));
         let h2 = signed(&key, id, "1700000000", "nonce-other-012345", body);
-        assert!(check(&h2, &public, body, now + 301, &cache).is_err(), "stale");
-        assert!(check(&h2, &public, b"{}", now, &cache).is_err(), "other body");
+        assert!(
+            check(&h2, &public, body, now + 301, &cache).is_err(),
+            "stale"
+        );
+        assert!(
+            check(&h2, &public, b"{}", now, &cache).is_err(),
+            "other body"
+        );
         let other = SigningKey::from_bytes(&[8u8; 32]).verifying_key();
         assert!(check(&h2, &other, body, now, &cache).is_err(), "other key");
-        assert!(check(&h2, &public, body, now, &cache).is_ok(), "still unused");
+        assert!(
+            check(&h2, &public, body, now, &cache).is_ok(),
+            "still unused"
+        );
         let mut short = h2.clone();
         short.insert(NONCE_HEADER, HeaderValue::from_static("short"));
         assert!(check(&short, &public, body, now, &cache).is_err());
@@ -250,7 +269,10 @@ mod tests {
             check(&h, &public, b"x", now, &cache).expect("fresh");
         }
         let h = signed(&key, id, "1700000000", "cccccccccccccccc", b"x");
-        assert!(matches!(check(&h, &public, b"x", now, &cache), Err(ApiError::KeysUnavailable(_))));
+        assert!(matches!(
+            check(&h, &public, b"x", now, &cache),
+            Err(ApiError::KeysUnavailable(_))
+        ));
         // Once the first two timestamps leave the window, their nonces go.
         let later = 1_700_000_400;
         let h = signed(&key, id, "1700000400", "dddddddddddddddd", b"x");

@@ -32,7 +32,10 @@ pub fn parse_hop(hop: &str) -> Option<IpAddr> {
         return Some(sa.ip().to_canonical());
     }
     let inner = hop.strip_prefix('[')?.strip_suffix(']')?;
-    inner.parse::<std::net::Ipv6Addr>().ok().map(|ip| IpAddr::V6(ip).to_canonical())
+    inner
+        .parse::<std::net::Ipv6Addr>()
+        .ok()
+        .map(|ip| IpAddr::V6(ip).to_canonical())
 }
 
 /// The `for=` value of one `Forwarded` element (`None`: it has none or it is
@@ -109,11 +112,17 @@ mod tests {
     }
 
     fn trusted(ip: IpAddr) -> bool {
-        ip == "10.0.0.1".parse::<IpAddr>().expect("ip") || ip == "10.0.0.2".parse::<IpAddr>().expect("ip")
+        ip == "10.0.0.1".parse::<IpAddr>().expect("ip")
+            || ip == "10.0.0.2".parse::<IpAddr>().expect("ip")
     }
 
     fn xff(values: &[&str]) -> IpAddr {
-        client_ip(ip("10.0.0.1"), &h("x-forwarded-for", values), ForwardedHeader::XForwardedFor, trusted)
+        client_ip(
+            ip("10.0.0.1"),
+            &h("x-forwarded-for", values),
+            ForwardedHeader::XForwardedFor,
+            trusted,
+        )
     }
 
     #[test]
@@ -125,7 +134,16 @@ mod tests {
         assert_eq!(parse_hop("2001:db8::1"), Some(ip("2001:db8::1")));
         assert_eq!(parse_hop("\"[2001:db8::1]:1\""), Some(ip("2001:db8::1")));
         assert_eq!(parse_hop("::ffff:198.51.100.1"), Some(ip("198.51.100.1")));
-        for junk in ["", "unknown", "_hidden", "1.2.3", "1.2.3.4:port", "[1.2.3.4]", "[::1", "1.2.3.4 5.6.7.8"] {
+        for junk in [
+            "",
+            "unknown",
+            "_hidden",
+            "1.2.3",
+            "1.2.3.4:port",
+            "[1.2.3.4]",
+            "[::1",
+            "1.2.3.4 5.6.7.8",
+        ] {
             assert_eq!(parse_hop(junk), None, "{junk:?}");
         }
     }
@@ -135,7 +153,10 @@ mod tests {
         // The proxy 10.0.0.1 saw 198.51.100.7; the leftmost hop is the client's claim.
         assert_eq!(xff(&["203.0.113.9, 198.51.100.7"]), ip("198.51.100.7"));
         // Through two trusted proxies, across header lines.
-        assert_eq!(xff(&["203.0.113.9, 198.51.100.7", "10.0.0.2"]), ip("198.51.100.7"));
+        assert_eq!(
+            xff(&["203.0.113.9, 198.51.100.7", "10.0.0.2"]),
+            ip("198.51.100.7")
+        );
         // A port on the hop the proxy wrote does not let an earlier hop win.
         assert_eq!(xff(&["1.1.1.1, 198.51.100.7:5555"]), ip("198.51.100.7"));
         // Garbage where a trusted proxy wrote means: believe no hop.
@@ -145,7 +166,12 @@ mod tests {
         assert_eq!(xff(&["10.0.0.2"]), ip("10.0.0.2"));
         assert_eq!(xff(&[]), ip("10.0.0.1"));
         // An untrusted peer's header is ignored.
-        let untrusted = client_ip(ip("192.0.2.1"), &h("x-forwarded-for", &["198.51.100.7"]), ForwardedHeader::XForwardedFor, trusted);
+        let untrusted = client_ip(
+            ip("192.0.2.1"),
+            &h("x-forwarded-for", &["198.51.100.7"]),
+            ForwardedHeader::XForwardedFor,
+            trusted,
+        );
         assert_eq!(untrusted, ip("192.0.2.1"));
         // Too long a chain is not believed.
         let long = vec!["198.51.100.7"; MAX_HOPS + 1].join(",");
@@ -154,13 +180,28 @@ mod tests {
 
     #[test]
     fn forwarded_header_for_values() {
-        let f = |v: &[&str]| client_ip(ip("10.0.0.1"), &h("forwarded", v), ForwardedHeader::Forwarded, trusted);
-        assert_eq!(f(&["for=203.0.113.9;proto=https, for=\"[2001:db8:cafe::17]:4711\""]), ip("2001:db8:cafe::17"));
+        let f = |v: &[&str]| {
+            client_ip(
+                ip("10.0.0.1"),
+                &h("forwarded", v),
+                ForwardedHeader::Forwarded,
+                trusted,
+            )
+        };
+        assert_eq!(
+            f(&["for=203.0.113.9;proto=https, for=\"[2001:db8:cafe::17]:4711\""]),
+            ip("2001:db8:cafe::17")
+        );
         assert_eq!(f(&["for=198.51.100.7;by=10.0.0.1"]), ip("198.51.100.7"));
         assert_eq!(f(&["for=_hidden"]), ip("10.0.0.1"));
         assert_eq!(f(&["proto=https"]), ip("10.0.0.1"));
         // The other header is not read.
-        let other = client_ip(ip("10.0.0.1"), &h("x-forwarded-for", &["198.51.100.7"]), ForwardedHeader::Forwarded, trusted);
+        let other = client_ip(
+            ip("10.0.0.1"),
+            &h("x-forwarded-for", &["198.51.100.7"]),
+            ForwardedHeader::Forwarded,
+            trusted,
+        );
         assert_eq!(other, ip("10.0.0.1"));
     }
 }

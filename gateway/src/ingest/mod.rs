@@ -239,7 +239,11 @@ impl Job {
         }
         let limits = &app.config.limits;
         let wire = self.raw.bytes.len();
-        let mut buf = decode::decode(&self.raw.bytes, self.encoding, limits.max_decompressed_bytes)?;
+        let mut buf = decode::decode(
+            &self.raw.bytes,
+            self.encoding,
+            limits.max_decompressed_bytes,
+        )?;
         // Decoded: the body's share of the budget goes back.
         drop(self.raw);
         crate::telemetry::BodyReceived {

@@ -494,10 +494,7 @@ mod tests {
     ) -> Result<Vec<Outgoing>, ApiError> {
         let mut buf = body.as_bytes().to_vec();
         let shape = crate::ingest::shape::ShapeLimits::new(max_events, limits);
-        let batch = match crate::ingest::model::parse_bounded(&mut buf, shape) {
-            Ok(b) => b,
-            Err(e) => return Err(e),
-        };
+        let batch = crate::ingest::model::parse_bounded(&mut buf, shape)?;
         let ctx = Context {
             tenant: Uuid::nil(),
             received_at_ms: RECEIVED,

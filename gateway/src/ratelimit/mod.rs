@@ -340,15 +340,25 @@ mod tests {
         let rl = limiter(|_| {});
         let t = Uuid::new_v4();
         let now = Instant::now();
-        assert!(rl.peek_at(t, Tier::Free, now).is_ok(), "a new tenant has a full bucket");
-        rl.check_at(t, Tier::Free, 20, now).expect("the whole burst");
+        assert!(
+            rl.peek_at(t, Tier::Free, now).is_ok(),
+            "a new tenant has a full bucket"
+        );
+        rl.check_at(t, Tier::Free, 20, now)
+            .expect("the whole burst");
         let r = rl.peek_at(t, Tier::Free, now).unwrap_err();
         assert_eq!(r.quota.remaining, 0);
         // Debits of a drained bucket leave it at zero: refills still arrive.
         rl.debit_at(t, Tier::Free, 5.0, now);
         let later = now + Duration::from_millis(150);
-        assert!(rl.peek_at(t, Tier::Free, later).is_ok(), "1.5 tokens refilled");
+        assert!(
+            rl.peek_at(t, Tier::Free, later).is_ok(),
+            "1.5 tokens refilled"
+        );
         rl.debit_at(t, Tier::Free, 1.0, later);
-        assert!(rl.check_at(t, Tier::Free, 1, later).is_err(), "the debit took a token");
+        assert!(
+            rl.check_at(t, Tier::Free, 1, later).is_err(),
+            "the debit took a token"
+        );
     }
 }

@@ -56,12 +56,9 @@ impl Activity {
         let now = self.now_ms();
         self.last_read_ms.store(now, Ordering::Relaxed);
         if self.active.load(Ordering::Acquire) == 0 {
-            let _ = self.head_since_ms.compare_exchange(
-                0,
-                now,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            );
+            let _ =
+                self.head_since_ms
+                    .compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed);
         }
     }
 
@@ -196,7 +193,10 @@ mod tests {
         std::thread::sleep(Duration::from_millis(2));
         assert_eq!(a.judge(head, idle), Verdict::HeadTimeout);
         let req = a.begin();
-        assert!(matches!(a.judge(head, idle), Verdict::Wait(_)), "in a request");
+        assert!(
+            matches!(a.judge(head, idle), Verdict::Wait(_)),
+            "in a request"
+        );
         drop(req);
         std::thread::sleep(Duration::from_millis(2));
         assert_eq!(a.judge(head, idle), Verdict::Idle);

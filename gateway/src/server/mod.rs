@@ -263,7 +263,10 @@ async fn watch<C>(
         let wake = match activity.judge(header_timeout, idle_timeout) {
             Verdict::Wait(at) => at,
             Verdict::HeadTimeout => {
-                crate::telemetry::ConnectionClosed { reason: "header_timeout" }.emit();
+                crate::telemetry::ConnectionClosed {
+                    reason: "header_timeout",
+                }
+                .emit();
                 return;
             }
             Verdict::Idle => {

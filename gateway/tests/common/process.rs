@@ -47,7 +47,12 @@ impl GatewayProcess {
         Self::start_full(cfg, None, gateway, extra).await
     }
 
-    async fn start_full(cfg: &Config, auth: Option<&str>, gateway: &str, extra: &str) -> GatewayProcess {
+    async fn start_full(
+        cfg: &Config,
+        auth: Option<&str>,
+        gateway: &str,
+        extra: &str,
+    ) -> GatewayProcess {
         let tenant = Uuid::new_v4();
         let port = shared::testkit::free_port();
         let ops_port = shared::testkit::free_port();

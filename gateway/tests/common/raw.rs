@@ -115,7 +115,13 @@ pub async fn exchange(addr: &str, bytes: &[u8], want: usize, wait: Duration) -> 
 }
 
 /// Sends `bytes` a few at a time, `pause` apart, then reads the answer.
-pub async fn trickle(addr: &str, bytes: &[u8], step: usize, pause: Duration, wait: Duration) -> Answer {
+pub async fn trickle(
+    addr: &str,
+    bytes: &[u8],
+    step: usize,
+    pause: Duration,
+    wait: Duration,
+) -> Answer {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     for piece in bytes.chunks(step) {
         if s.write_all(piece).await.is_err() {
