@@ -12,8 +12,8 @@
 //! Signing keys present their id and an Ed25519 signature instead ([`sign`]).
 
 pub mod sign;
+mod snapshot;
 
-use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -21,10 +21,11 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::VerifyingKey;
 use hyper::header::{HeaderMap, AUTHORIZATION};
 use sha2::{Digest, Sha256};
-use shared::config::{parse_net, Config, StaticKey, Tier};
+use shared::config::{Config, StaticKey, Tier};
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use snapshot::{Key, Snapshot, Tenant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyKind {
@@ -53,76 +54,6 @@ pub struct Principal {
 pub struct SignedBy {
     pub presented: sign::Presented,
     pub public: VerifyingKey,
-}
-
-impl PartialEq for sign::Presented {
-    fn eq(&self, other: &Self) -> bool {
-        self.key_id == other.key_id
-    }
-}
-impl Eq for sign::Presented {}
-
-#[derive(Debug, Clone)]
-struct Key {
-    /// From `auth.keys`: judged without ClickHouse.
-    from_config: bool,
-    key_id: Option<Uuid>,
-    public_key: Option<VerifyingKey>,
-    digest: [u8; 32],
-    kind: KeyKind,
-    allowed_origins: Vec<String>,
-    ip_allowlist: Vec<ipnet::IpNet>,
-    require_signature: bool,
-    expires_at_ms: Option<i64>,
-}
-
-#[derive(Debug, Clone)]
-struct Tenant {
-    tier: Tier,
-    anonymize_ip: bool,
-    over_quota: bool,
-    keys: Vec<Key>,
-}
-
-#[derive(Debug, Default)]
-struct Snapshot {
-    by_tenant: HashMap<Uuid, Tenant>,
-    /// Signing keys by key id: (tenant, index in its keys).
-    by_key_id: HashMap<Uuid, (Uuid, usize)>,
-    /// Every origin some browser key allows: answers CORS preflights, which
-    /// carry no key.
-    origins: HashSet<String>,
-}
-
-impl Snapshot {
-    fn add(&mut self, tenant: Uuid, tier: Tier, anonymize_ip: bool, over_quota: bool, key: Key) {
-        for o in &key.allowed_origins {
-            self.origins.insert(o.clone());
-        }
-        let t = self.by_tenant.entry(tenant).or_insert(Tenant {
-            tier,
-            anonymize_ip,
-            over_quota,
-            keys: Vec::new(),
-        });
-        t.tier = tier;
-        t.anonymize_ip = anonymize_ip;
-        t.over_quota |= over_quota;
-        if let (Some(id), Some(_)) = (key.key_id, key.public_key) {
-            self.by_key_id.insert(id, (tenant, t.keys.len()));
-        }
-        t.keys.push(key);
-    }
-}
-
-fn parse_digest(hex_digest: &str) -> Option<[u8; 32]> {
-    let mut d = [0u8; 32];
-    hex::decode_to_slice(hex_digest.trim(), &mut d).ok()?;
-    Some(d)
-}
-
-fn parse_nets(list: &[String]) -> Vec<ipnet::IpNet> {
-    list.iter().filter_map(|s| parse_net(s)).collect()
 }
 
 /// Where a snapshot stands, for `/health`.
@@ -188,80 +119,7 @@ impl KeyStore {
     }
 
     fn install(&self, records: Vec<shared::keys::KeyRecord>, over_quota: &[String]) {
-        let mut snap = Snapshot::default();
-        for k in &self.static_keys {
-            if let Some(digest) = parse_digest(&k.secret_sha256) {
-                snap.add(
-                    k.tenant_id,
-                    k.tier,
-                    k.anonymize_ip,
-                    false,
-                    Key {
-                        from_config: true,
-                        key_id: None,
-                        public_key: None,
-                        digest,
-                        kind: KeyKind::Server,
-                        allowed_origins: Vec::new(),
-                        ip_allowlist: Vec::new(),
-                        require_signature: false,
-                        expires_at_ms: None,
-                    },
-                );
-            }
-        }
-        for r in records {
-            let (Ok(tenant), Some(digest)) = (
-                Uuid::try_parse(&r.tenant_id),
-                parse_digest(&r.secret_sha256),
-            ) else {
-                tracing::warn!(key_id = %r.key_id, "skipping a malformed key row");
-                continue;
-            };
-            let public_key = if r.signing_public_key.is_empty() {
-                None
-            } else {
-                match shared::keys::parse_ed25519_public(&r.signing_public_key)
-                    .and_then(|k| VerifyingKey::from_bytes(&k).map_err(|e| e.to_string()))
-                {
-                    Ok(k) => Some(k),
-                    Err(e) => {
-                        tracing::warn!(key_id = %r.key_id, error = %e, "skipping a key with an unusable signing key");
-                        continue;
-                    }
-                }
-            };
-            snap.add(
-                tenant,
-                shared::keys::resolve_tier(Some(&r.tier), &self.static_keys, tenant),
-                r.anonymize_ip,
-                r.over_quota,
-                Key {
-                    from_config: false,
-                    key_id: Uuid::try_parse(&r.key_id).ok(),
-                    public_key,
-                    digest,
-                    kind: if r.kind == "browser" {
-                        KeyKind::Browser
-                    } else {
-                        KeyKind::Server
-                    },
-                    allowed_origins: r.allowed_origins,
-                    ip_allowlist: parse_nets(&r.ip_allowlist),
-                    require_signature: r.require_signature,
-                    expires_at_ms: r.expires_at_ms,
-                },
-            );
-        }
-        // Quota marks apply to every tenant, whichever way it is defined.
-        for id in over_quota {
-            if let Some(t) = Uuid::try_parse(id)
-                .ok()
-                .and_then(|id| snap.by_tenant.get_mut(&id))
-            {
-                t.over_quota = true;
-            }
-        }
+        let snap = Snapshot::build(&self.static_keys, records, over_quota);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snap);
     }
 

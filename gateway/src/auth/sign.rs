@@ -57,6 +57,18 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
+/// Two presentations are the same request when key, time, nonce and signature agree.
+impl PartialEq for Presented {
+    fn eq(&self, other: &Self) -> bool {
+        self.key_id == other.key_id
+            && self.when == other.when
+            && self.nonce == other.nonce
+            && self.signature == other.signature
+    }
+}
+
+impl Eq for Presented {}
+
 /// Reads the signature headers: `None` when the request presents no key id
 /// (it uses a bearer key), an error when they are incomplete or malformed.
 pub fn presented(headers: &HeaderMap) -> Option<Result<Presented, ApiError>> {
