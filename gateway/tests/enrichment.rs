@@ -187,3 +187,59 @@ fn crawler_list_instances_are_bots() {
         assert_eq!(e.user_agent(ua).is_bot, *bot, "{ua}");
     }
 }
+
+/// Past `enrichment.max_ua_parses_per_request` distinct user agents in one
+/// request, events are accepted with their `user_agent` kept and no parsed
+/// fields; workerd's enrichment job then fills those fields, so the budget
+/// loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_user_agent_budget_is_made_up_by_the_enrichment_job() {
+    let svc = services();
+    let schema = TestSchema::create(&svc).await;
+    let mut cfg = schema.config.clone();
+    cfg.enrichment.max_ua_parses_per_request = 2;
+    let gw = TestGateway::start(cfg.clone()).await;
+    let session = Uuid::new_v4();
+    let events: Vec<serde_json::Value> = USER_AGENTS
+        .iter()
+        .enumerate()
+        .map(|(n, (ua, ..))| {
+            let mut e = event("pageview", n, session);
+            e["user_agent"] = (*ua).into();
+            e
+        })
+        .collect();
+    let r = gw.ingest(&serde_json::json!({ "events": events })).await;
+    assert_eq!(r.status(), 200);
+    let rows = stored(&schema, gw.tenant, events.len() as u64).await;
+    let parsed = rows.values().filter(|r| r["browser"] != "").count();
+    assert_eq!(parsed, 2, "two parses, the rest deferred: {rows:?}");
+
+    let ctx = workerd::jobs::JobContext {
+        client: schema.client.clone(),
+        config: cfg,
+    };
+    workerd::jobs::run(
+        &ctx,
+        workerd::jobs::JobName::Enrichment,
+        time::OffsetDateTime::now_utc(),
+        None,
+        None,
+    )
+    .await
+    .expect("enrichment job");
+    let rows = stored(&schema, gw.tenant, events.len() as u64).await;
+    for (e, (ua, browser, os, device, bot)) in events.iter().zip(USER_AGENTS) {
+        let row = &rows[e["id"].as_str().expect("id")];
+        assert_eq!(
+            (&row["browser"], &row["os"], &row["device"], &row["is_bot"]),
+            (
+                &(*browser).into(),
+                &(*os).into(),
+                &(*device).into(),
+                &(*bot).into()
+            ),
+            "{ua}"
+        );
+    }
+}
