@@ -621,3 +621,54 @@ async fn keys_that_cannot_be_judged_get_503_not_401() {
     ch.restart();
     until_status(&gw, &key, 200, "fresh again").await;
 }
+
+/// A reload that suddenly returns no keys (a table recreated, a database
+/// half-restored) is not believed on its own: the snapshot keeps serving until a
+/// second reload agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_empty_reload_does_not_revoke_every_key() {
+    let svc = services();
+    let schema = TestSchema::create(&svc).await;
+    let admin = admin(&schema);
+    let tenant = admin
+        .tenant_create(None, "steady", Tier::Free, false)
+        .await
+        .expect("tenant");
+    let key = admin
+        .key_issue(tenant, &server())
+        .await
+        .expect("issue")
+        .api_key();
+    let store = gateway::auth::KeyStore::new(&schema.config);
+    let mut headers = hyper::HeaderMap::new();
+    headers.insert(
+        "authorization",
+        format!("Bearer {key}").parse().expect("header"),
+    );
+    let ip: std::net::IpAddr = "192.0.2.1".parse().expect("ip");
+    store.refresh().await.expect("first load");
+    assert!(store.authenticate(&headers, None, ip).is_ok());
+    schema
+        .client
+        .query(&format!("TRUNCATE TABLE `{}`.api_keys", schema.database()))
+        .execute()
+        .await
+        .expect("truncate");
+    let first = store
+        .refresh()
+        .await
+        .expect_err("an empty reload is doubted");
+    assert!(first.contains("no keys"), "{first}");
+    assert!(
+        store.authenticate(&headers, None, ip).is_ok(),
+        "still served"
+    );
+    store
+        .refresh()
+        .await
+        .expect("a second empty reload is believed");
+    assert!(matches!(
+        store.authenticate(&headers, None, ip),
+        Err(gateway::error::ApiError::Unauthorized(_))
+    ));
+}

@@ -76,6 +76,10 @@ pub struct KeyStore {
     source: Option<(clickhouse::Client, String)>,
     loaded_at: Mutex<Option<Instant>>,
     last_error: Mutex<Option<String>>,
+    /// Keys the last installed ClickHouse load held (see [`KeyStore::refresh`]).
+    loaded_keys: std::sync::atomic::AtomicUsize,
+    /// The previous reload came back empty while the snapshot held keys.
+    empty_once: std::sync::atomic::AtomicBool,
 }
 
 /// The key a request presents, and where it came from.
@@ -113,6 +117,8 @@ impl KeyStore {
             source,
             loaded_at: Mutex::new(None),
             last_error: Mutex::new(None),
+            loaded_keys: std::sync::atomic::AtomicUsize::new(0),
+            empty_once: std::sync::atomic::AtomicBool::new(false),
         };
         store.install(Vec::new(), &[]);
         store
@@ -127,7 +133,11 @@ impl KeyStore {
         Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Loads the keys from ClickHouse once; on failure the previous snapshot stays.
+    /// Loads the keys from ClickHouse once; on failure the previous snapshot
+    /// stays. A reload that comes back empty while the snapshot holds keys (a
+    /// table being recreated, a half-restored database) is believed only when
+    /// the next reload agrees: until then the previous snapshot keeps serving
+    /// and ages, so valid keys are never turned away on one odd answer.
     pub async fn refresh(&self) -> Result<(), String> {
         let Some((client, db)) = &self.source else {
             return Ok(());
@@ -139,7 +149,19 @@ impl KeyStore {
         };
         match loaded.await {
             Ok((records, over)) => {
+                use std::sync::atomic::Ordering;
                 let n = records.len();
+                let had = self.loaded_keys.load(Ordering::Relaxed);
+                if n == 0 && had > 0 && !self.empty_once.swap(true, Ordering::Relaxed) {
+                    let msg = format!(
+                        "the reload returned no keys where the snapshot has {had}; kept the snapshot until a second reload agrees"
+                    );
+                    tracing::warn!("{msg}");
+                    *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg.clone());
+                    return Err(msg);
+                }
+                self.empty_once.store(false, Ordering::Relaxed);
+                self.loaded_keys.store(n, Ordering::Relaxed);
                 self.install(records, &over);
                 let first = self
                     .loaded_at
