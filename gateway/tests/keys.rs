@@ -463,13 +463,22 @@ async fn ip_allowlist_browser_keys_and_signing() {
     assert_eq!(bearer.status(), 401, "a signing key is never a bearer key");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn last_snapshot_serves_while_clickhouse_is_down() {
-    let svc = services();
-    let mut ch = shared::testkit::ClickHouse::start(&svc);
-    let mut cfg = shared::testkit::config(&svc);
+/// A ClickHouse of the test's own (so it can be killed), migrated, with one
+/// tenant and one issued server key; the config (edited by `edit`) points at it.
+async fn private_clickhouse_with_a_key(
+    svc: &shared::testkit::Services,
+    edit: impl FnOnce(&mut shared::config::Config),
+) -> (
+    shared::testkit::ClickHouse,
+    shared::config::Config,
+    Uuid,
+    String,
+) {
+    let ch = shared::testkit::ClickHouse::start(svc);
+    let mut cfg = shared::testkit::config(svc);
     cfg.clickhouse.url = ch.url();
     cfg.auth.clickhouse_keys = true;
+    edit(&mut cfg);
     shared::testkit::create_topics(&cfg, 1).await;
     let client = shared::ch::client(&cfg.clickhouse);
     shared::schema::migrate(&client, &shared::schema::SchemaContext::from_config(&cfg))
@@ -485,6 +494,13 @@ async fn last_snapshot_serves_while_clickhouse_is_down() {
         .await
         .expect("issue")
         .api_key();
+    (ch, cfg, tenant, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_snapshot_serves_while_clickhouse_is_down() {
+    let svc = services();
+    let (mut ch, cfg, _, key) = private_clickhouse_with_a_key(&svc, |_| {}).await;
     let gw = TestGateway::start(cfg).await;
     until_status(&gw, &key, 200, "the key to work").await;
 
@@ -535,27 +551,11 @@ async fn last_snapshot_serves_while_clickhouse_is_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_that_cannot_be_judged_get_503_not_401() {
     let svc = services();
-    let mut ch = shared::testkit::ClickHouse::start(&svc);
-    let mut cfg = shared::testkit::config(&svc);
-    cfg.clickhouse.url = ch.url();
-    cfg.auth.clickhouse_keys = true;
-    cfg.auth.refresh_interval_ms = 200;
-    cfg.auth.max_snapshot_age_ms = 1500;
-    shared::testkit::create_topics(&cfg, 1).await;
-    let client = shared::ch::client(&cfg.clickhouse);
-    shared::schema::migrate(&client, &shared::schema::SchemaContext::from_config(&cfg))
-        .await
-        .expect("migrate");
-    let admin = Admin::new(client, &cfg.clickhouse.database, "keys-test");
-    let tenant = admin
-        .tenant_create(None, "judged", Tier::Free, false)
-        .await
-        .expect("tenant");
-    let key = admin
-        .key_issue(tenant, &server())
-        .await
-        .expect("issue")
-        .api_key();
+    let (mut ch, cfg, tenant, key) = private_clickhouse_with_a_key(&svc, |cfg| {
+        cfg.auth.refresh_interval_ms = 200;
+        cfg.auth.max_snapshot_age_ms = 1500;
+    })
+    .await;
     let http = reqwest::Client::new();
     let ready_reasons = |gw: &TestGateway| {
         let (http, url) = (http.clone(), gw.url("/health/ready"));
