@@ -24,6 +24,8 @@ pub struct Activity {
     head_since_ms: AtomicU64,
     /// Requests handed to the service and not answered yet.
     active: AtomicUsize,
+    /// Wakes the watchdog when a request head starts (its deadline is sooner).
+    head_started: tokio::sync::Notify,
 }
 
 /// What the watchdog decides about a connection.
@@ -44,6 +46,7 @@ impl Activity {
             last_read_ms: AtomicU64::new(0),
             head_since_ms: AtomicU64::new(0),
             active: AtomicUsize::new(0),
+            head_started: tokio::sync::Notify::new(),
         })
     }
 
@@ -55,11 +58,19 @@ impl Activity {
     fn read_bytes(&self) {
         let now = self.now_ms();
         self.last_read_ms.store(now, Ordering::Relaxed);
-        if self.active.load(Ordering::Acquire) == 0 {
-            let _ =
-                self.head_since_ms
-                    .compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed);
+        if self.active.load(Ordering::Acquire) == 0
+            && self
+                .head_since_ms
+                .compare_exchange(0, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.head_started.notify_one();
         }
+    }
+
+    /// Resolves when a request head starts arriving.
+    pub async fn head_started(&self) {
+        self.head_started.notified().await
     }
 
     /// hyper parsed a request head: the header clock stops until the answer.

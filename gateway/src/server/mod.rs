@@ -282,6 +282,7 @@ async fn watch<C>(
                 return;
             }
             () = tokio::time::sleep_until(wake.into()) => {}
+            () = activity.head_started() => {}
         }
     }
 }

@@ -114,24 +114,29 @@ pub async fn exchange(addr: &str, bytes: &[u8], want: usize, wait: Duration) -> 
     read_answer(&mut s, want, wait).await
 }
 
-/// Sends `bytes` a few at a time, `pause` apart, then reads the answer.
+/// Sends `at_once`, then `slowly` a few bytes at a time, `pause` apart
+/// (stopping once the gateway answers or closes), then reads the answer.
 pub async fn trickle(
     addr: &str,
-    bytes: &[u8],
+    at_once: &[u8],
+    slowly: &[u8],
     step: usize,
     pause: Duration,
     wait: Duration,
 ) -> Answer {
     let mut s = TcpStream::connect(addr).await.expect("connect");
-    for piece in bytes.chunks(step) {
-        if s.write_all(piece).await.is_err() {
-            break;
-        }
-        // Stop writing once the gateway gave up on us.
-        let mut probe = [0u8; 1];
-        if let Ok(Ok(n)) = tokio::time::timeout(pause, s.peek(&mut probe)).await {
-            let _ = n;
-            break;
+    if s.write_all(at_once).await.is_ok() {
+        for piece in slowly.chunks(step) {
+            if s.write_all(piece).await.is_err() {
+                break;
+            }
+            let mut probe = [0u8; 1];
+            if tokio::time::timeout(pause, s.peek(&mut probe))
+                .await
+                .is_ok()
+            {
+                break;
+            }
         }
     }
     read_answer(&mut s, 1, wait).await
