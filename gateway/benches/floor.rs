@@ -55,6 +55,7 @@ fn floor(c: &mut Criterion) {
                     header_ua: None,
                     anonymize_ip: false,
                     max_ua_parses: cfg.enrichment.max_ua_parses_per_request,
+                    max_details: 100,
                 };
                 let out = validate::prepare(&batch, &ctx).expect("valid");
                 assert_eq!(out.len(), EVENTS);

@@ -23,6 +23,40 @@ pub struct FieldError {
     pub reason: String,
 }
 
+/// A batch's validation problems: the first ones in full (collection stops at
+/// `gateway.max_error_details`, so a hostile batch cannot grow this), how many
+/// more there were, and how many events failed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Problems {
+    pub details: Vec<FieldError>,
+    pub omitted: usize,
+    pub events: usize,
+}
+
+impl Problems {
+    /// One problem of the batch as a whole (no event index).
+    pub fn batch(field: &str, reason: String) -> Problems {
+        Problems::of(vec![FieldError {
+            index: None,
+            field: field.to_string(),
+            code: None,
+            reason,
+        }])
+    }
+
+    /// These problems, nothing omitted; events counted by distinct index.
+    pub fn of(details: Vec<FieldError>) -> Problems {
+        let mut seen: Vec<Option<usize>> = details.iter().map(|d| d.index).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        Problems {
+            events: seen.len(),
+            details,
+            omitted: 0,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("no route for {0}")]
@@ -45,8 +79,8 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("malformed request body: {0}")]
     MalformedBody(String),
-    #[error("{} event(s) failed validation", failing_events(.0))]
-    Invalid(Vec<FieldError>),
+    #[error("{} event(s) failed validation", .0.events)]
+    Invalid(Problems),
     #[error("rate limit exceeded{}: retry in {} s", if .0.global { " (gateway-wide)" } else { "" }, .0.retry_after_secs)]
     RateLimited(crate::ratelimit::Refusal),
     #[error("the tenant used up its monthly event quota; it resets in {retry_after_secs} s")]
@@ -69,14 +103,6 @@ pub enum ApiError {
     BodyBudget { limit: u64 },
     #[error("internal error: {0}")]
     Internal(String),
-}
-
-/// Distinct events among `details` (batch-level problems count as one).
-fn failing_events(details: &[FieldError]) -> usize {
-    let mut seen: Vec<Option<usize>> = details.iter().map(|d| d.index).collect();
-    seen.sort_unstable();
-    seen.dedup();
-    seen.len()
 }
 
 /// Largest `details` list in an answer, as JSON bytes.
@@ -136,9 +162,17 @@ impl ApiError {
         }
     }
 
+    /// Problems counted but not collected.
+    fn omitted(&self) -> usize {
+        match self {
+            ApiError::Invalid(p) => p.omitted,
+            _ => 0,
+        }
+    }
+
     fn details(&self) -> &[FieldError] {
         match self {
-            ApiError::Invalid(d) => d,
+            ApiError::Invalid(p) => &p.details,
             ApiError::NotFound(_)
             | ApiError::MethodNotAllowed(_)
             | ApiError::Unauthorized(_)
@@ -196,7 +230,7 @@ impl ApiError {
                 message: self.to_string(),
                 request_id,
                 details: &all[..shown],
-                omitted: all.len() - shown,
+                omitted: all.len() - shown + self.omitted(),
             },
         };
         let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
@@ -282,7 +316,7 @@ mod tests {
         let list: Vec<FieldError> = (0..1000)
             .flat_map(|i| (0..9).map(move |_| detail(i)))
             .collect();
-        let resp = ApiError::Invalid(list).into_response("rid", &gw);
+        let resp = ApiError::Invalid(Problems::of(list)).into_response("rid", &gw);
         let body = resp.into_body();
         let bytes = futures_body(body);
         let v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
@@ -294,7 +328,7 @@ mod tests {
         gw.max_error_details = 100_000;
         let long: Vec<FieldError> = (0..2000).map(detail).collect();
         let bytes = futures_body(
-            ApiError::Invalid(long)
+            ApiError::Invalid(Problems::of(long))
                 .into_response("rid", &gw)
                 .into_body(),
         );

@@ -32,6 +32,7 @@ fn ctx(s: &'static (Config, Enricher)) -> validate::Context<'static> {
         header_ua: Some("Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0"),
         anonymize_ip: false,
         max_ua_parses: s.0.enrichment.max_ua_parses_per_request,
+        max_details: 100,
     }
 }
 

@@ -48,6 +48,7 @@ fuzz_target!(|data: &[u8]| {
         header_ua: None,
         anonymize_ip: flag & 2 == 2,
         max_ua_parses: cfg.enrichment.max_ua_parses_per_request,
+        max_details: 100,
     };
     if let Ok(events) = validate::prepare(&batch, &ctx) {
         for e in events {

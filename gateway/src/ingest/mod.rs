@@ -277,6 +277,7 @@ impl Job {
             header_ua: self.header_ua.as_deref(),
             anonymize_ip: self.anonymize_ip,
             max_ua_parses: app.config.enrichment.max_ua_parses_per_request,
+            max_details: app.config.gateway.max_error_details,
         };
         let out = validate::prepare(&batch, &ctx)?;
         Ok((out, quota))

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use shared::config::LimitsConfig;
 
 use super::shape::{self, ShapeError, ShapeLimits};
-use crate::error::{ApiError, FieldError};
+use crate::error::{ApiError, FieldError, Problems};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -203,20 +203,18 @@ pub fn scan(buf: &[u8], limits: ShapeLimits) -> Result<shape::Shape, ApiError> {
 
 fn shape_error(e: ShapeError, limits: ShapeLimits) -> ApiError {
     let at = |index: usize, reason: String| {
-        ApiError::Invalid(vec![FieldError {
+        ApiError::Invalid(Problems::of(vec![FieldError {
             index: Some(index),
             field: "properties".into(),
             code: None,
             reason,
-        }])
+        }]))
     };
     match e {
-        ShapeError::TooManyEvents { limit } => ApiError::Invalid(vec![FieldError {
-            index: None,
-            field: "events".into(),
-            code: None,
-            reason: format!("must contain between 1 and {limit} events, got more"),
-        }]),
+        ShapeError::TooManyEvents { limit } => ApiError::Invalid(Problems::batch(
+            "events",
+            format!("must contain between 1 and {limit} events, got more"),
+        )),
         ShapeError::TooDeep {
             index: Some(index),
             limit,

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::model::{Batch, EventIn};
 use crate::enrich::{anonymize, Enricher, GeoInfo, UaInfo};
-use crate::error::{ApiError, FieldError};
+use crate::error::{ApiError, FieldError, Problems};
 
 /// One event ready for the broker.
 #[derive(Debug)]
@@ -25,13 +25,40 @@ pub struct Outgoing {
     pub payload: Vec<u8>,
 }
 
-struct Problems {
-    list: Vec<FieldError>,
+/// Collects a batch's problems, keeping at most `cap` in full.
+struct Collector {
+    found: Problems,
+    cap: usize,
+    /// Problems seen, kept or not.
+    total: usize,
+    last_event: Option<usize>,
 }
 
-impl Problems {
+impl Collector {
+    fn new(cap: usize) -> Collector {
+        Collector {
+            found: Problems::default(),
+            cap,
+            total: 0,
+            last_event: None,
+        }
+    }
+
+    fn push(&mut self, problem: FieldError) {
+        self.total += 1;
+        if problem.index != self.last_event {
+            self.found.events += 1;
+            self.last_event = problem.index;
+        }
+        if self.found.details.len() < self.cap {
+            self.found.details.push(problem);
+        } else {
+            self.found.omitted += 1;
+        }
+    }
+
     fn add(&mut self, index: usize, field: &str, reason: impl Into<String>) {
-        self.list.push(FieldError {
+        self.push(FieldError {
             index: Some(index),
             field: field.to_string(),
             code: None,
@@ -40,7 +67,7 @@ impl Problems {
     }
 
     fn add_coded(&mut self, index: usize, field: &str, code: &'static str, reason: String) {
-        self.list.push(FieldError {
+        self.push(FieldError {
             index: Some(index),
             field: field.to_string(),
             code: Some(code),
@@ -49,7 +76,7 @@ impl Problems {
     }
 }
 
-fn required_uuid(p: &mut Problems, i: usize, field: &str, v: Option<&str>) -> Option<Uuid> {
+fn required_uuid(p: &mut Collector, i: usize, field: &str, v: Option<&str>) -> Option<Uuid> {
     match v {
         None => {
             p.add(i, field, "is required");
@@ -59,7 +86,7 @@ fn required_uuid(p: &mut Problems, i: usize, field: &str, v: Option<&str>) -> Op
     }
 }
 
-fn optional_uuid(p: &mut Problems, i: usize, field: &str, v: Option<&str>) -> Option<Uuid> {
+fn optional_uuid(p: &mut Collector, i: usize, field: &str, v: Option<&str>) -> Option<Uuid> {
     let s = v?;
     match Uuid::try_parse(s) {
         Ok(u) => Some(u),
@@ -70,7 +97,7 @@ fn optional_uuid(p: &mut Problems, i: usize, field: &str, v: Option<&str>) -> Op
     }
 }
 
-fn time_ms(p: &mut Problems, i: usize, field: &str, v: Option<&str>) -> Option<i64> {
+fn time_ms(p: &mut Collector, i: usize, field: &str, v: Option<&str>) -> Option<i64> {
     let s = v?;
     match OffsetDateTime::parse(s, &Rfc3339) {
         Ok(t) => Some((t.unix_timestamp_nanos() / 1_000_000) as i64),
@@ -120,6 +147,8 @@ pub struct Context<'r> {
     pub anonymize_ip: bool,
     /// User agents this request may parse (`enrichment.max_ua_parses_per_request`).
     pub max_ua_parses: usize,
+    /// Problems kept in full for the 422 (`gateway.max_error_details`).
+    pub max_details: usize,
 }
 
 /// Per-request memo: a batch usually repeats one user agent and one IP.
@@ -182,12 +211,10 @@ pub fn prepare(batch: &Batch<'_>, ctx: &Context<'_>) -> Result<Vec<Outgoing>, Ap
     let (tenant, max_events) = (ctx.tenant, ctx.max_events);
     let n = batch.events.len();
     if n == 0 || n > max_events {
-        return Err(ApiError::Invalid(vec![FieldError {
-            index: None,
-            field: "events".into(),
-            code: None,
-            reason: format!("must contain between 1 and {max_events} events, got {n}"),
-        }]));
+        return Err(ApiError::Invalid(Problems::batch(
+            "events",
+            format!("must contain between 1 and {max_events} events, got {n}"),
+        )));
     }
     // Tenant isolation first: a foreign tenant is a 403 whatever else is wrong.
     for (index, e) in batch.events.iter().enumerate() {
@@ -202,7 +229,7 @@ pub fn prepare(batch: &Batch<'_>, ctx: &Context<'_>) -> Result<Vec<Outgoing>, Ap
             }
         }
     }
-    let mut p = Problems { list: Vec::new() };
+    let mut p = Collector::new(ctx.max_details);
     let mut out = Vec::with_capacity(n);
     let mut memo = Memo::default();
     for (i, e) in batch.events.iter().enumerate() {
@@ -217,22 +244,22 @@ pub fn prepare(batch: &Batch<'_>, ctx: &Context<'_>) -> Result<Vec<Outgoing>, Ap
         memo.geo_stats.1,
     );
     crate::telemetry::ua_deferred(memo.ua_deferred);
-    if p.list.is_empty() {
+    if p.total == 0 {
         Ok(out)
     } else {
-        Err(ApiError::Invalid(p.list))
+        Err(ApiError::Invalid(p.found))
     }
 }
 
 fn prepare_one(
-    p: &mut Problems,
+    p: &mut Collector,
     i: usize,
     e: &EventIn<'_>,
     ctx: &Context<'_>,
     memo: &mut Memo,
 ) -> Option<Outgoing> {
     let (tenant, received_at_ms, limits) = (ctx.tenant, ctx.received_at_ms, ctx.limits);
-    let before = p.list.len();
+    let before = p.total;
     if let Err(report) = e.validate_with(limits) {
         for (path, err) in report.iter() {
             p.add(i, &path.to_string(), err.message());
@@ -303,7 +330,7 @@ fn prepare_one(
             None
         }
     };
-    if p.list.len() != before {
+    if p.total != before {
         return None;
     }
     let (id, session, ts, kind) = (id?, session?, ts?, kind?);
@@ -408,7 +435,7 @@ mod tests {
     }
 
     fn fields(err: ApiError) -> Vec<(usize, String)> {
-        let ApiError::Invalid(list) = err else {
+        let ApiError::Invalid(Problems { details: list, .. }) = err else {
             panic!("expected 422, got {err:?}")
         };
         list.into_iter()
@@ -460,7 +487,7 @@ mod tests {
             let body = format!(
                 r#"{{"events":[{{{BASE},"type":"custom","name":"n","properties":{props}}}]}}"#
             );
-            let ApiError::Invalid(list) = run(&body).unwrap_err() else {
+            let ApiError::Invalid(Problems { details: list, .. }) = run(&body).unwrap_err() else {
                 panic!("expected 422 for {why}")
             };
             assert_eq!(list.len(), 1, "{list:?}");
@@ -509,6 +536,7 @@ mod tests {
             header_ua: Some("curl/8.0.1"),
             anonymize_ip: false,
             max_ua_parses: 32,
+            max_details: 100,
         };
         prepare(&batch, &ctx)
     }
@@ -533,7 +561,7 @@ mod tests {
     #[test]
     fn every_problem_is_listed_with_index_and_field() {
         let err = run(r#"{"events":[{"type":"pageview"},{"id":"x","session_id":"11111111-1111-1111-1111-111111111111","timestamp":"yesterday","type":"bogus"}]}"#).unwrap_err();
-        let ApiError::Invalid(list) = err else {
+        let ApiError::Invalid(Problems { details: list, .. }) = err else {
             panic!("expected 422, got {err:?}")
         };
         let got: Vec<(Option<usize>, &str)> =
@@ -654,7 +682,7 @@ mod tests {
             at("2024-01-01T00:00:00Z", Some("1970-01-01T00:00:00Z")),
         ];
         let body = format!(r#"{{"events":[{},{}]}}"#, ok[0], bad.join(","));
-        let ApiError::Invalid(list) = run(&body).unwrap_err() else {
+        let ApiError::Invalid(Problems { details: list, .. }) = run(&body).unwrap_err() else {
             panic!("expected 422")
         };
         let got: Vec<(Option<usize>, &str, Option<&str>)> = list
@@ -707,5 +735,38 @@ mod tests {
         ] {
             assert!(!w.contains(t, RECEIVED), "{t}");
         }
+    }
+
+    #[test]
+    fn problems_are_collected_up_to_the_cap_and_the_rest_counted() {
+        let bad = r#"{"id":"x","session_id":"y","timestamp":"z","type":"w"}"#;
+        let body = format!("{{\"events\":[{}]}}", vec![bad; 300].join(","));
+        let mut buf = body.into_bytes();
+        let l = limits();
+        let batch = parse(&mut buf).expect("parses");
+        let ctx = Context {
+            tenant: Uuid::nil(),
+            received_at_ms: RECEIVED,
+            window: TimeWindow {
+                past_hours: l.max_event_age_hours,
+                future_minutes: l.max_future_minutes,
+            },
+            max_events: 1000,
+            limits: &l,
+            enricher: enricher(),
+            client_ip: "192.0.2.10".parse().expect("ip"),
+            header_ua: None,
+            anonymize_ip: false,
+            max_ua_parses: 32,
+            max_details: 5,
+        };
+        let Err(ApiError::Invalid(p)) = prepare(&batch, &ctx) else {
+            panic!("expected 422")
+        };
+        // Four problems per event: id, session_id, timestamp, type.
+        assert_eq!(
+            (p.details.len(), p.omitted, p.events),
+            (5, 4 * 300 - 5, 300)
+        );
     }
 }
