@@ -819,13 +819,29 @@ async fn hostile_clients_get_clear_answers_in_bounded_memory() {
     )
     .await;
     drop(held);
-    // Past max_connections: 503 at accept, then service again.
+    // Past max_connections: 503 at accept, then service again. First the slow
+    // clients' slots must be free (the gateway counts its connections in the
+    // operations listener's /health), then every slot is taken.
+    let ops = s.gw.ops_url.clone();
+    let open_connections = || {
+        let url = format!("{ops}/health");
+        async move {
+            let h: serde_json::Value = reqwest::get(url).await.ok()?.json().await.ok()?;
+            h["connections"].as_u64()
+        }
+    };
+    shared::testkit::eventually("the slow clients' slots free", WAIT, || async {
+        (open_connections().await? <= 1).then_some(())
+    })
+    .await;
     let mut full_house = Vec::new();
     for _ in 0..MAX_CONNECTIONS {
         full_house.push(TcpStream::connect(&addr).await.expect("connect"));
     }
-    // The liveness monitor's connection is one of them: wait for the slots to fill.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    shared::testkit::eventually("every slot taken", WAIT, || async {
+        (open_connections().await? >= MAX_CONNECTIONS as u64).then_some(())
+    })
+    .await;
     s.probe(
         "connection past max_connections",
         Expect::Status(503),

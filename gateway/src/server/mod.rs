@@ -48,7 +48,7 @@ pub struct App {
     started: Instant,
     /// `/ingest` requests past their body (load shedding past the limit).
     in_progress: AtomicUsize,
-    /// Open connections on the ingest listener.
+    /// Open connections on the ingest (public) listener.
     connections: AtomicUsize,
 }
 
@@ -215,10 +215,15 @@ pub async fn serve(
             Duration::from_millis(g.idle_timeout_ms),
         );
         let counter = Arc::clone(&app);
+        let public = which == Listener::Ingest;
         tokio::spawn(async move {
-            counter.connections.fetch_add(1, Ordering::Relaxed);
+            if public {
+                counter.connections.fetch_add(1, Ordering::Relaxed);
+            }
             watch(conn, &activity, timeouts, peer).await;
-            counter.connections.fetch_sub(1, Ordering::Relaxed);
+            if public {
+                counter.connections.fetch_sub(1, Ordering::Relaxed);
+            }
             drop(slot);
         });
     }
