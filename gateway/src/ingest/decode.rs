@@ -83,6 +83,7 @@ pub async fn read_raw(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > max_body) {
+        discard(&mut body, max_body).await;
         return Err(ApiError::PayloadTooLarge { limit: max_body });
     }
     let budget_total = limits.budget.available_permits() as u64;
@@ -122,11 +123,32 @@ pub async fn read_raw(
             _reserved: reserved,
         })
     };
-    tokio::time::timeout(limits.timeout, read)
-        .await
-        .map_err(|_| ApiError::BodyTimeout {
+    match tokio::time::timeout(limits.timeout, read).await {
+        Err(_) => Err(ApiError::BodyTimeout {
             limit_ms: limits.timeout.as_millis() as u64,
-        })?
+        }),
+        Ok(Err(e @ (ApiError::BodyBudget { .. } | ApiError::PayloadTooLarge { .. }))) => {
+            discard(&mut body, max_body).await;
+            Err(e)
+        }
+        Ok(outcome) => outcome,
+    }
+}
+
+/// Reads and drops what is left of a refused request's body (at most `max`
+/// bytes, for at most a second, nothing kept), so the client reads the answer
+/// instead of a reset connection.
+pub async fn discard(body: &mut Incoming, max: u64) {
+    let drain = async {
+        let mut seen = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if seen > max {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
 }
 
 /// Decodes a raw body (at most `max_decoded` bytes after decompression).

@@ -72,25 +72,17 @@ async fn accept(
     peer: SocketAddr,
     seen: &mut Seen,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let (parts, body) = req.into_parts();
+    let (parts, mut body) = req.into_parts();
     let headers = &parts.headers;
     let client_ip = app.enricher.client_ip(peer, headers);
-    let (who, beacon) = app
-        .keys
-        .authenticate(headers, parts.uri.query(), client_ip)?;
+    let (who, encoding) = match judge_head(app, &parts, client_ip, seen) {
+        Ok(judged) => judged,
+        Err(e) => {
+            decode::discard(&mut body, app.config.gateway.max_body_bytes).await;
+            return Err(e);
+        }
+    };
     let tenant = who.tenant;
-    seen.tier = Some(who.tier);
-    if who.over_quota {
-        return Err(ApiError::QuotaExceeded {
-            retry_after_secs: secs_to_next_month(time::OffsetDateTime::now_utc()),
-        });
-    }
-    who.check_origin(headers.get(ORIGIN).and_then(|v| v.to_str().ok()))?;
-    let encoding = decode::check_headers(headers, beacon)?;
-    // A drained tenant is refused before any work on its body.
-    app.limiter
-        .peek(tenant, who.tier)
-        .map_err(ApiError::RateLimited)?;
     let g = &app.config.gateway;
     let raw = match decode::read_raw(
         body,
@@ -162,6 +154,33 @@ async fn accept(
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     crate::error::rate_limit_headers(resp.headers_mut(), &quota);
     Ok(resp)
+}
+
+/// Everything decided from the request head alone: who, whether they may send
+/// now, and how the body is encoded. A drained tenant is refused here, before
+/// any work on its body.
+fn judge_head(
+    app: &App,
+    parts: &hyper::http::request::Parts,
+    client_ip: IpAddr,
+    seen: &mut Seen,
+) -> Result<(crate::auth::Principal, decode::Encoding), ApiError> {
+    let headers = &parts.headers;
+    let (who, beacon) = app
+        .keys
+        .authenticate(headers, parts.uri.query(), client_ip)?;
+    seen.tier = Some(who.tier);
+    if who.over_quota {
+        return Err(ApiError::QuotaExceeded {
+            retry_after_secs: secs_to_next_month(time::OffsetDateTime::now_utc()),
+        });
+    }
+    who.check_origin(headers.get(ORIGIN).and_then(|v| v.to_str().ok()))?;
+    let encoding = decode::check_headers(headers, beacon)?;
+    app.limiter
+        .peek(who.tenant, who.tier)
+        .map_err(ApiError::RateLimited)?;
+    Ok((who, encoding))
 }
 
 /// A request that failed after costing work, before its events were counted,
