@@ -40,7 +40,11 @@ fn floor(c: &mut Criterion) {
             b.iter(|| {
                 let mut buf = decode::decode(&raw, encoding, cfg.limits.max_decompressed_bytes)
                     .expect("decode");
-                let batch = model::parse(&mut buf).expect("parse");
+                let shape = gateway::ingest::shape::ShapeLimits::new(
+                    cfg.gateway.max_events_per_batch,
+                    &cfg.limits,
+                );
+                let batch = model::parse_bounded(&mut buf, shape).expect("parse");
                 let ctx = validate::Context {
                     tenant: uuid::Uuid::nil(),
                     received_at_ms: 1_790_000_000_000,

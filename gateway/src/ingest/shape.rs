@@ -79,7 +79,6 @@ pub fn scan(body: &[u8], limits: ShapeLimits) -> Result<Shape, ShapeError> {
     };
     let mut depth = 0usize;
     let mut in_string = false;
-    let mut escaped = false;
     // Commas in the events array (depth 2): after k of them there are k + 1
     // elements, and the open event (if any) has index k.
     let mut separators = 0usize;
@@ -87,17 +86,24 @@ pub fn scan(body: &[u8], limits: ShapeLimits) -> Result<Shape, ShapeError> {
     let mut outer = [0u8; 3];
     let mut event_items = 0usize;
     let mut items = 0usize;
-    for &b in body {
+    let mut i = 0;
+    while i < body.len() {
         if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
+            // Jump to the next quote or backslash: strings are most of a body.
+            match memchr::memchr2(b'"', b'\\', &body[i..]) {
+                None => break,
+                Some(at) => i += at,
+            }
+            if body[i] == b'\\' {
+                i += 2; // the escaped byte cannot end the string
+            } else {
                 in_string = false;
+                i += 1;
             }
             continue;
         }
+        let b = body[i];
+        i += 1;
         match b {
             b'"' => in_string = true,
             b'{' | b'[' => {
@@ -160,6 +166,11 @@ mod tests {
         let body = br#"{"events":[{"a":"{[,:]}\"{"},{"b":1},{}]}"#;
         let shape = scan(body, LIMITS).expect("fits");
         assert_eq!(shape.events, 3);
+        // An escaped backslash ends before the quote; an escaped quote does not end.
+        let body = br#"{"events":[{"a":"x\\"},{"b":"}\"]"},{"c":"\\\""}]}"#;
+        assert_eq!(scan(body, LIMITS).expect("fits").events, 3);
+        let parsed: serde_json::Value = serde_json::from_slice(body).expect("valid JSON");
+        assert_eq!(parsed["events"].as_array().map(Vec::len), Some(3));
     }
 
     #[test]
