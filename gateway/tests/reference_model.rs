@@ -291,6 +291,17 @@ fn workerd_bin() -> PathBuf {
     bin
 }
 
+/// Runs `cmd` to the end; it must exit 0 (its stderr is the failure message).
+fn succeed(mut cmd: Command) -> std::process::Output {
+    let out = cmd.output().expect("run workerd");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn workerd(schema: &TestSchema, job: &str, now: OffsetDateTime) -> Command {
     let c = &schema.config;
     // The tenants' keys (and so their configured tiers) as a config file.
@@ -520,14 +531,7 @@ async fn run_seed(seed: u64, rounds: usize) -> Tally {
                     reached.is_ok(),
                     "seed {seed}: the victim neither held nor exited"
                 );
-                let out = workerd(&schema, "compression", job_now)
-                    .output()
-                    .expect("workerd");
-                assert!(
-                    out.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                let out = succeed(workerd(&schema, "compression", job_now));
                 tally.busy += String::from_utf8_lossy(&out.stdout).contains("\"busy\":[\"") as u64;
                 tally.killed += 1;
                 tally.jobs += 2;
@@ -550,14 +554,11 @@ async fn run_seed(seed: u64, rounds: usize) -> Tally {
     // Settle: leases of killed runs expire, a last compression, then the
     // aggregates over the whole span (what an operator's backfill does).
     shared::testkit::leases_free(&schema.client, schema.database(), Duration::from_secs(60)).await;
-    let out = workerd(&schema, "compression", now + time::Duration::hours(48))
-        .output()
-        .expect("workerd");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeed(workerd(
+        &schema,
+        "compression",
+        now + time::Duration::hours(48),
+    ));
     let w = Window {
         from: now - time::Duration::hours(max_age + 48),
         to: now + time::Duration::hours(48),
