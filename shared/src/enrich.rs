@@ -41,6 +41,15 @@ pub struct UaInfo {
     pub is_bot: bool,
 }
 
+/// What [`Enricher::user_agent_if`] did.
+#[derive(Debug, Clone)]
+pub enum UaLookup {
+    Cached(Arc<UaInfo>),
+    Parsed(Arc<UaInfo>),
+    /// Not cached, and parsing was not allowed.
+    Skipped,
+}
+
 /// Where an IP address is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GeoInfo {
@@ -202,27 +211,32 @@ impl Enricher {
 
     /// Parses (or recalls) `ua`.
     pub fn user_agent(&self, ua: &str) -> Arc<UaInfo> {
+        match self.user_agent_if(ua, true) {
+            UaLookup::Cached(v) | UaLookup::Parsed(v) => v,
+            UaLookup::Skipped => Arc::new(UaInfo::default()),
+        }
+    }
+
+    /// Recalls `ua` from the cache, or parses it when `may_parse` (a parse
+    /// costs milliseconds, so callers may budget them). Every lookup counts as
+    /// a cache hit or miss.
+    pub fn user_agent_if(&self, ua: &str, may_parse: bool) -> UaLookup {
         if ua.is_empty() {
-            return Arc::new(UaInfo::default());
+            return UaLookup::Cached(Arc::new(UaInfo::default()));
         }
         if let Some(hit) = self.cache().get(ua) {
             metrics::counter!(crate::metrics::ENRICH_CACHE_LOOKUPS, "cache" => "ua", "result" => "hit")
                 .increment(1);
-            return hit;
+            return UaLookup::Cached(hit);
         }
         metrics::counter!(crate::metrics::ENRICH_CACHE_LOOKUPS, "cache" => "ua", "result" => "miss")
             .increment(1);
+        if !may_parse {
+            return UaLookup::Skipped;
+        }
         let info = Arc::new(self.parse_ua(ua));
         self.cache().insert(ua, Arc::clone(&info));
-        info
-    }
-
-    /// The parse of `ua` when it is cached (no parsing: it costs milliseconds).
-    pub fn user_agent_if_cached(&self, ua: &str) -> Option<Arc<UaInfo>> {
-        if ua.is_empty() {
-            return Some(Arc::new(UaInfo::default()));
-        }
-        self.cache().get(ua)
+        UaLookup::Parsed(info)
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, TwoGen<Arc<UaInfo>>> {

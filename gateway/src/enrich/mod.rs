@@ -10,7 +10,7 @@ use shared::config::Config;
 
 pub mod forwarded;
 
-pub use shared::enrich::{anonymize, EnrichError, GeoInfo, UaInfo};
+pub use shared::enrich::{anonymize, EnrichError, GeoInfo, UaInfo, UaLookup};
 
 pub struct Enricher {
     inner: shared::enrich::Enricher,

@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::model::{Batch, EventIn};
-use crate::enrich::{anonymize, Enricher, GeoInfo, UaInfo};
+use crate::enrich::{anonymize, Enricher, GeoInfo, UaInfo, UaLookup};
 use crate::error::{ApiError, FieldError, Problems};
 
 /// One event ready for the broker.
@@ -173,17 +173,18 @@ impl Memo {
             }
             _ => {
                 self.ua_stats.1 += 1;
-                let v = match e.user_agent_if_cached(ua) {
-                    Some(v) => v,
-                    None if self.ua_parsed < budget => {
+                let v = match e.user_agent_if(ua, self.ua_parsed < budget) {
+                    UaLookup::Cached(v) => v,
+                    UaLookup::Parsed(v) => {
                         self.ua_parsed += 1;
-                        e.user_agent(ua)
+                        v
                     }
-                    None => {
+                    UaLookup::Skipped => {
                         self.ua_deferred += 1;
                         return Arc::new(UaInfo::default());
                     }
                 };
+
                 self.ua = Some((ua.to_string(), Arc::clone(&v)));
                 v
             }
