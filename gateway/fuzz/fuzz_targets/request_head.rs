@@ -27,12 +27,16 @@ const TENANT: uuid::Uuid = uuid::Uuid::from_u128(0x1234);
 fn store() -> &'static KeyStore {
     static S: OnceLock<KeyStore> = OnceLock::new();
     S.get_or_init(|| {
-        KeyStore::from_config(&[StaticKey {
+        let mut auth = shared::config::Config::load_from(None, Vec::new())
+            .expect("defaults")
+            .auth;
+        auth.keys = vec![StaticKey {
             tenant_id: TENANT,
             secret_sha256: gateway::auth::hash_secret("secret"),
             tier: Tier::Paid,
             anonymize_ip: false,
-        }])
+        }];
+        KeyStore::from_config(&auth)
     })
 }
 

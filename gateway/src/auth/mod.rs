@@ -96,23 +96,22 @@ impl KeyStore {
                 cfg.clickhouse.database.clone(),
             )
         });
-        let mut store = Self::with_source(&cfg.auth.keys, source);
-        store.max_age = Duration::from_millis(cfg.auth.max_snapshot_age_ms);
-        store.replay =
-            sign::ReplayCache::new(cfg.auth.replay_cache_size, cfg.auth.signature_max_skew_secs);
-        store
+        Self::with_source(&cfg.auth, source)
     }
 
-    /// Only configured keys, never reloaded.
-    pub fn from_config(keys: &[StaticKey]) -> KeyStore {
-        Self::with_source(keys, None)
+    /// Only the keys in `auth.keys`, never reloaded from ClickHouse.
+    pub fn from_config(auth: &shared::config::AuthConfig) -> KeyStore {
+        Self::with_source(auth, None)
     }
 
-    fn with_source(keys: &[StaticKey], source: Option<(clickhouse::Client, String)>) -> KeyStore {
+    fn with_source(
+        auth: &shared::config::AuthConfig,
+        source: Option<(clickhouse::Client, String)>,
+    ) -> KeyStore {
         let store = KeyStore {
-            static_keys: keys.to_vec(),
-            max_age: Duration::from_secs(300),
-            replay: sign::ReplayCache::new(100_000, 300),
+            static_keys: auth.keys.clone(),
+            max_age: Duration::from_millis(auth.max_snapshot_age_ms),
+            replay: sign::ReplayCache::new(auth.replay_cache_size, auth.signature_max_skew_secs),
             current: RwLock::new(Arc::new(Snapshot::default())),
             source,
             loaded_at: Mutex::new(None),
@@ -421,12 +420,14 @@ mod tests {
     use hyper::header::HeaderValue;
 
     fn store() -> KeyStore {
-        KeyStore::from_config(&[StaticKey {
+        let mut auth = Config::load_from(None, Vec::new()).expect("defaults").auth;
+        auth.keys = vec![StaticKey {
             tenant_id: Uuid::nil(),
             secret_sha256: hash_secret("secret"),
             tier: Tier::Paid,
             anonymize_ip: false,
-        }])
+        }];
+        KeyStore::from_config(&auth)
     }
 
     fn headers(name: &'static str, value: &str) -> HeaderMap {
