@@ -7,7 +7,8 @@
 Checks:
   - every YAML file parses; the Grafana dashboard is valid JSON;
   - promtool check config / check rules / test rules on deploy/prometheus;
-  - every metric an alert rule or dashboard queries is defined in shared/src/metrics.rs;
+  - every metric an alert rule or dashboard queries is defined where it is emitted
+    (see METRIC_SOURCES);
   - Helm: templates parse as YAML once template actions are blanked; every
     `.Values.x` path a template uses exists in values.yaml; every value in
     values.yaml is documented in the chart's README;
@@ -50,9 +51,21 @@ def load_yaml(file, multi=False):
 
 # --- metrics -------------------------------------------------------------------
 
+# Metric names live with the code that emits them: `pub const NAME: &str = "overwatch_…"`.
+METRIC_SOURCES = [
+    ("shared", "src", "runtime", "metrics.rs"),
+    ("shared", "src", "enrich.rs"),
+    ("gateway", "src", "telemetry.rs"),
+    ("workerd", "src", "telemetry.rs"),
+]
+
+
 def known_metrics():
-    with open(path("shared", "src", "metrics.rs")) as f:
-        return set(re.findall(r'"(overwatch_[a-z0-9_]+)"', f.read()))
+    names = set()
+    for parts in METRIC_SOURCES:
+        with open(path(*parts)) as f:
+            names |= set(re.findall(r'pub const [A-Z_]+: &str = "(overwatch_[a-z0-9_]+)"', f.read()))
+    return names
 
 
 def metrics_in(text):
@@ -214,8 +227,7 @@ def check_helm(bins):
         name = f.name
     try:
         env = clean_env({"OVERWATCH__GATEWAY__LISTEN": "0.0.0.0:8080",
-                         "OVERWATCH__WORKERD__LISTEN": "0.0.0.0:9091",
-                         "OVERWATCH__JOBS__COLD_DIR": "/var/lib/overwatch/cold"})
+                         "OVERWATCH__WORKERD__LISTEN": "0.0.0.0:9091"})
         gw = values.get("gateway") or {}
         gw_env = dict(env, OVERWATCH__GATEWAY__CPU_WORKERS=str(gw.get("cpuWorkers", 0)))
         out = run([os.path.join(bins, "gateway"), "--config", name, "--check-config"],

@@ -26,7 +26,7 @@ fn body(gzip: bool) -> Bytes {
 
 fn floor(c: &mut Criterion) {
     let cfg = Config::load_from(None, Vec::new()).expect("default config");
-    let enricher = Enricher::new(&cfg).expect("enricher");
+    let enricher = Enricher::new(&cfg.gateway, &cfg.enrichment).expect("enricher");
     let mut group = c.benchmark_group("floor");
     group.throughput(Throughput::Elements(EVENTS as u64));
     for (name, gzip) in [("plain_1000", false), ("gzip_1000", true)] {

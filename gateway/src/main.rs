@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use shared::config::Config;
+use shared::runtime::exit::Exit;
 
 #[derive(Parser)]
 #[command(version, about = "Overwatch ingestion gateway")]
@@ -19,25 +20,12 @@ struct Args {
     check_config: bool,
 }
 
-/// Binds with a deep accept backlog, so a connection storm waits in the kernel
-/// (and is answered, or shed with 503) instead of being refused.
-fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(4096)
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match Config::load_or_exit_code("gateway", args.config.as_deref()) {
+    let config = match Config::load_or_exit("gateway", args.config.as_deref()) {
         Ok(c) => c,
-        Err(code) => return code,
+        Err(exit) => return exit.code(),
     };
     if args.check_config {
         let bound = gateway::budget::MemoryBound::of(&config);
@@ -46,50 +34,47 @@ async fn main() -> ExitCode {
             "gateway: memory bound {} bytes beyond the baseline ({bound:?})",
             bound.total()
         );
-        return ExitCode::SUCCESS;
+        return Exit::Ok.code();
     }
-    let telemetry = shared::telemetry::init(&config.log, &config.telemetry, "gateway");
-    let mut listeners = Vec::new();
-    for (key, addr) in [
-        ("gateway.listen", config.gateway.listen),
-        (
-            "gateway.operations_listen",
-            config.gateway.operations_listen,
-        ),
-    ] {
-        match bind(addr) {
-            Ok(l) => listeners.push(l),
-            Err(e) => {
-                tracing::error!(%addr, error = %e, "cannot bind {key}");
-                eprintln!("gateway: cannot bind {key} ({addr}): {e}");
-                return ExitCode::from(1);
-            }
-        }
-    }
-    let (Some(operations), Some(listener)) = (listeners.pop(), listeners.pop()) else {
-        return ExitCode::from(1);
+    let telemetry = shared::runtime::telemetry::init(&config.log, &config.telemetry, "gateway");
+    let exit = run(config).await;
+    telemetry.shutdown();
+    exit.code()
+}
+
+async fn run(config: Config) -> Exit {
+    let g = &config.gateway;
+    let (ingest, operations) = match (
+        gateway::server::bind(g.listen),
+        gateway::server::bind(g.operations_listen),
+    ) {
+        (Ok(i), Ok(o)) => (i, o),
+        (Err(e), _) => return cannot_bind("gateway.listen", g.listen, e),
+        (_, Err(e)) => return cannot_bind("gateway.operations_listen", g.operations_listen, e),
     };
     let app = match gateway::App::new(config) {
         Ok(a) => Arc::new(a),
         Err(e) => {
             tracing::error!(error = %e, "cannot start the gateway");
             eprintln!("gateway: {e}");
-            return ExitCode::from(1);
+            return Exit::Failure;
         }
     };
-    match (listener.local_addr(), operations.local_addr()) {
-        (Ok(addr), Ok(ops)) => {
-            tracing::info!(%addr, operations = %ops, brokers = %app.config.kafka.brokers, "gateway listening")
-        }
-        _ => tracing::warn!("gateway listening (address unknown)"),
+    if let (Ok(addr), Ok(ops)) = (ingest.local_addr(), operations.local_addr()) {
+        tracing::info!(%addr, operations = %ops, brokers = %app.config.kafka.brokers, "gateway listening");
     }
-    let code = match gateway::serve(listener, operations, app, gateway::shutdown_signal()).await {
-        Ok(()) => ExitCode::SUCCESS,
+    let stop = shared::runtime::shutdown::signal();
+    match gateway::serve(ingest, operations, app, stop).await {
+        Ok(()) => Exit::Ok,
         Err(e) => {
             tracing::error!(error = %e, "server failed");
-            ExitCode::from(1)
+            Exit::Failure
         }
-    };
-    telemetry.shutdown();
-    code
+    }
+}
+
+fn cannot_bind(key: &str, addr: std::net::SocketAddr, e: std::io::Error) -> Exit {
+    tracing::error!(%addr, error = %e, "cannot bind {key}");
+    eprintln!("gateway: cannot bind {key} ({addr}): {e}");
+    Exit::Failure
 }

@@ -5,11 +5,23 @@
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
-use shared::config::Tier;
-use shared::metrics as m;
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use shared::domain::Tier;
+use shared::runtime::metrics as m;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+
+/// Installs the metrics recorder with the gateway's metrics.
+pub fn install_metrics() {
+    m::install(&m::Catalogue {
+        describe: || {
+            describe();
+            shared::enrich::describe_metrics();
+        },
+        buckets: &[],
+    });
+}
 
 /// The `route` label: a closed set, whatever path was asked for.
 pub fn route_label(path: &str) -> &'static str {
@@ -34,8 +46,7 @@ impl RequestDone {
     pub fn emit(&self) {
         counter!(m::HTTP_REQUESTS, "route" => self.route, "status" => status_label(self.status))
             .increment(1);
-        histogram!(m::HTTP_REQUEST_DURATION, "route" => self.route)
-            .record(self.elapsed.as_secs_f64());
+        histogram!(HTTP_REQUEST_DURATION, "route" => self.route).record(self.elapsed.as_secs_f64());
         tracing::debug!(
             status = self.status,
             elapsed_ms = self.elapsed.as_millis() as u64,
@@ -74,8 +85,8 @@ pub struct BodyReceived {
 
 impl BodyReceived {
     pub fn emit(&self) {
-        counter!(m::INGEST_RECEIVED_BYTES).increment(self.wire as u64);
-        counter!(m::INGEST_DECODED_BYTES).increment(self.decoded as u64);
+        counter!(INGEST_RECEIVED_BYTES).increment(self.wire as u64);
+        counter!(INGEST_DECODED_BYTES).increment(self.decoded as u64);
     }
 }
 
@@ -88,7 +99,7 @@ pub struct EventsAccepted {
 
 impl EventsAccepted {
     pub fn emit(&self) {
-        counter!(m::EVENTS_ACCEPTED, "tier" => self.tier.as_str()).increment(self.events as u64);
+        counter!(EVENTS_ACCEPTED, "tier" => self.tier.as_str()).increment(self.events as u64);
         tracing::debug!(tenant = %self.tenant, tier = self.tier.as_str(), events = self.events, "events accepted");
     }
 }
@@ -105,17 +116,17 @@ impl IngestRejected<'_> {
     pub fn emit(&self) {
         let reason = self.error.code();
         let tier = self.tier.map(Tier::as_str).unwrap_or("unknown");
-        counter!(m::INGEST_REJECTIONS, "reason" => reason, "tier" => tier).increment(1);
+        counter!(INGEST_REJECTIONS, "reason" => reason, "tier" => tier).increment(1);
         if let Some(n) = self.events {
-            counter!(m::EVENTS_REJECTED, "reason" => reason, "tier" => tier).increment(n as u64);
+            counter!(EVENTS_REJECTED, "reason" => reason, "tier" => tier).increment(n as u64);
         }
         match self.error {
             ApiError::RateLimited(r) => {
                 let scope = if r.global { "global" } else { "tenant" };
-                counter!(m::RATE_LIMIT_REJECTIONS, "tier" => tier, "scope" => scope).increment(1);
+                counter!(RATE_LIMIT_REJECTIONS, "tier" => tier, "scope" => scope).increment(1);
             }
             ApiError::QuotaExceeded { .. } => {
-                counter!(m::QUOTA_REJECTIONS, "tier" => tier).increment(1);
+                counter!(QUOTA_REJECTIONS, "tier" => tier).increment(1);
             }
             _ => {}
         }
@@ -141,19 +152,19 @@ pub struct ProduceFailed<'a> {
 
 impl ProduceFailed<'_> {
     pub fn emit(&self) {
-        counter!(m::PRODUCER_ERRORS, "kind" => self.kind).increment(1);
+        counter!(PRODUCER_ERRORS, "kind" => self.kind).increment(1);
         tracing::warn!(tenant = %self.tenant, events = self.events, kind = self.kind, error = %self.error, "events not acknowledged by the broker");
     }
 }
 
 /// The broker acknowledged a request's events after `elapsed`.
 pub fn delivered(elapsed: Duration) {
-    histogram!(m::PRODUCER_DELIVERY_DURATION).record(elapsed.as_secs_f64());
+    histogram!(PRODUCER_DELIVERY_DURATION).record(elapsed.as_secs_f64());
 }
 
 /// The producer was replaced after a failed delivery.
 pub fn producer_replaced(generation: u64) {
-    counter!(m::PRODUCER_REPLACEMENTS).increment(1);
+    counter!(PRODUCER_REPLACEMENTS).increment(1);
     tracing::warn!(generation, "producer replaced after a failed delivery");
 }
 
@@ -161,7 +172,8 @@ pub fn producer_replaced(generation: u64) {
 pub fn enrich_memo(ua_hits: u64, ua_misses: u64, geo_hits: u64, geo_misses: u64) {
     let c = |cache: &'static str, result: &'static str, n: u64| {
         if n > 0 {
-            counter!(m::ENRICH_CACHE_LOOKUPS, "cache" => cache, "result" => result).increment(n);
+            counter!(shared::enrich::ENRICH_CACHE_LOOKUPS, "cache" => cache, "result" => result)
+                .increment(n);
         }
     };
     c("ua_request", "hit", ua_hits);
@@ -182,19 +194,19 @@ pub struct ScrapeState {
 impl ScrapeState {
     pub fn emit(&self) {
         gauge!(m::READY).set(if self.ready { 1.0 } else { 0.0 });
-        gauge!(m::BROKER_UP).set(if self.broker_up { 1.0 } else { 0.0 });
-        gauge!(m::PRODUCER_IN_FLIGHT).set(self.in_flight as f64);
-        gauge!(m::KEY_SNAPSHOT_KEYS).set(self.keys as f64);
+        gauge!(BROKER_UP).set(if self.broker_up { 1.0 } else { 0.0 });
+        gauge!(PRODUCER_IN_FLIGHT).set(self.in_flight as f64);
+        gauge!(KEY_SNAPSHOT_KEYS).set(self.keys as f64);
         if let Some(age) = self.snapshot_age {
-            gauge!(m::KEY_SNAPSHOT_AGE).set(age.as_secs_f64());
+            gauge!(KEY_SNAPSHOT_AGE).set(age.as_secs_f64());
         }
     }
 }
 
 /// librdkafka statistics: queue depth, broker round trips and errors.
 pub fn producer_statistics(s: &rdkafka::Statistics) {
-    gauge!(m::PRODUCER_QUEUE_MESSAGES).set(s.msg_cnt as f64);
-    gauge!(m::PRODUCER_QUEUE_BYTES).set(s.msg_size as f64);
+    gauge!(PRODUCER_QUEUE_MESSAGES).set(s.msg_cnt as f64);
+    gauge!(PRODUCER_QUEUE_BYTES).set(s.msg_size as f64);
     for (name, b) in &s.brokers {
         // Bootstrap pseudo-brokers carry no traffic.
         if b.nodeid < 0 {
@@ -202,27 +214,22 @@ pub fn producer_statistics(s: &rdkafka::Statistics) {
         }
         if let Some(rtt) = &b.rtt {
             for (q, v) in [("50", rtt.p50), ("99", rtt.p99)] {
-                gauge!(m::PRODUCER_BROKER_RTT, "broker" => name.clone(), "percentile" => q)
+                gauge!(PRODUCER_BROKER_RTT, "broker" => name.clone(), "percentile" => q)
                     .set(v as f64 / 1e6);
             }
         }
-        counter!(m::PRODUCER_BROKER_TX_ERRORS, "broker" => name.clone()).absolute(b.txerrs);
+        counter!(PRODUCER_BROKER_TX_ERRORS, "broker" => name.clone()).absolute(b.txerrs);
     }
 }
 
-/// A connection was refused at accept: its listener was at its limit.
-pub struct ConnectionRefused {
-    pub listener: crate::server::Listener,
-}
+/// A connection to the public port was refused at accept: the listener was
+/// at `gateway.max_connections`.
+pub struct ConnectionRefused;
 
 impl ConnectionRefused {
     pub fn emit(&self) {
-        let listener = match self.listener {
-            crate::server::Listener::Ingest => "ingest",
-            crate::server::Listener::Operations => "operations",
-        };
-        counter!(m::CONNECTIONS_REFUSED, "listener" => listener).increment(1);
-        tracing::debug!(listener, "connection refused: at the connection limit");
+        counter!(CONNECTIONS_REFUSED, "listener" => "ingest").increment(1);
+        tracing::debug!("connection refused: at the connection limit");
     }
 }
 
@@ -234,7 +241,7 @@ pub struct ConnectionClosed {
 
 impl ConnectionClosed {
     pub fn emit(&self) {
-        counter!(m::CONNECTIONS_CLOSED, "reason" => self.reason).increment(1);
+        counter!(CONNECTIONS_CLOSED, "reason" => self.reason).increment(1);
         tracing::debug!(reason = self.reason, "connection closed by the gateway");
     }
 }
@@ -242,10 +249,133 @@ impl ConnectionClosed {
 /// Events whose user agent was left for workerd's enrichment job.
 pub fn ua_deferred(n: u64) {
     if n > 0 {
-        counter!(m::UA_DEFERRED).increment(n);
+        counter!(UA_DEFERRED).increment(n);
         tracing::debug!(
             events = n,
             "user-agent parse budget spent; left for the enrichment job"
         );
     }
+}
+
+// The metrics emitted here, by name (their descriptions below).
+pub const HTTP_REQUEST_DURATION: &str = "overwatch_http_request_duration_seconds";
+pub const INGEST_RECEIVED_BYTES: &str = "overwatch_ingest_received_bytes_total";
+pub const INGEST_DECODED_BYTES: &str = "overwatch_ingest_decoded_bytes_total";
+pub const EVENTS_ACCEPTED: &str = "overwatch_events_accepted_total";
+pub const EVENTS_REJECTED: &str = "overwatch_events_rejected_total";
+pub const INGEST_REJECTIONS: &str = "overwatch_ingest_rejections_total";
+pub const RATE_LIMIT_REJECTIONS: &str = "overwatch_rate_limit_rejections_total";
+pub const QUOTA_REJECTIONS: &str = "overwatch_quota_rejections_total";
+pub const PRODUCER_QUEUE_MESSAGES: &str = "overwatch_producer_queue_messages";
+pub const PRODUCER_QUEUE_BYTES: &str = "overwatch_producer_queue_bytes";
+pub const PRODUCER_IN_FLIGHT: &str = "overwatch_producer_in_flight_messages";
+pub const PRODUCER_DELIVERY_DURATION: &str = "overwatch_producer_delivery_duration_seconds";
+pub const PRODUCER_ERRORS: &str = "overwatch_producer_errors_total";
+pub const PRODUCER_REPLACEMENTS: &str = "overwatch_producer_replacements_total";
+pub const PRODUCER_BROKER_RTT: &str = "overwatch_producer_broker_rtt_seconds";
+pub const PRODUCER_BROKER_TX_ERRORS: &str = "overwatch_producer_broker_tx_errors_total";
+pub const BROKER_UP: &str = "overwatch_broker_up";
+pub const KEY_SNAPSHOT_AGE: &str = "overwatch_key_snapshot_age_seconds";
+pub const KEY_SNAPSHOT_KEYS: &str = "overwatch_key_snapshot_keys";
+pub const CONNECTIONS_REFUSED: &str = "overwatch_connections_refused_total";
+pub const CONNECTIONS_CLOSED: &str = "overwatch_connections_closed_total";
+pub const UA_DEFERRED: &str = "overwatch_enrich_ua_deferred_total";
+
+/// Describes the metrics above to the recorder.
+fn describe() {
+    describe_histogram!(
+        HTTP_REQUEST_DURATION,
+        Unit::Seconds,
+        "Time from request head to response, by route."
+    );
+    describe_counter!(
+        INGEST_RECEIVED_BYTES,
+        Unit::Bytes,
+        "Request body bytes received on /ingest, as sent (compressed or not)."
+    );
+    describe_counter!(
+        INGEST_DECODED_BYTES,
+        Unit::Bytes,
+        "Request body bytes on /ingest after decompression."
+    );
+    describe_counter!(
+        EVENTS_ACCEPTED,
+        "Events the broker acknowledged (answered 200), by tier."
+    );
+    describe_counter!(
+        EVENTS_REJECTED,
+        "Events in refused batches whose size was known, by reason (error code) and tier."
+    );
+    describe_counter!(
+        INGEST_REJECTIONS,
+        "Refused /ingest requests, by reason (error code) and tier (unknown before authentication)."
+    );
+    describe_counter!(
+        RATE_LIMIT_REJECTIONS,
+        "Requests refused by a rate limit, by tier and scope (tenant or global)."
+    );
+    describe_counter!(
+        QUOTA_REJECTIONS,
+        "Requests refused because the tenant used up its monthly quota, by tier."
+    );
+    describe_gauge!(
+        PRODUCER_QUEUE_MESSAGES,
+        "Messages in the producer's queue, waiting or in flight (librdkafka statistics msg_cnt)."
+    );
+    describe_gauge!(
+        PRODUCER_QUEUE_BYTES,
+        Unit::Bytes,
+        "Bytes in the producer's queue (librdkafka statistics msg_size)."
+    );
+    describe_gauge!(
+        PRODUCER_IN_FLIGHT,
+        "Messages produced but not yet acknowledged, read at scrape time."
+    );
+    describe_histogram!(
+        PRODUCER_DELIVERY_DURATION,
+        Unit::Seconds,
+        "Time from producing a request's events to the last delivery report."
+    );
+    describe_counter!(
+        PRODUCER_ERRORS,
+        "Failed produce calls, by kind (enqueue, delivery, timeout, canceled)."
+    );
+    describe_counter!(
+        PRODUCER_REPLACEMENTS,
+        "Producers replaced after a failed delivery."
+    );
+    describe_gauge!(
+        PRODUCER_BROKER_RTT,
+        Unit::Seconds,
+        "Broker round-trip time seen by the producer (librdkafka statistics), by broker and percentile (50, 99)."
+    );
+    describe_counter!(
+        PRODUCER_BROKER_TX_ERRORS,
+        "Transmission errors towards a broker (librdkafka statistics txerrs), by broker."
+    );
+    describe_gauge!(
+        BROKER_UP,
+        "1 when the last metadata probe reached a broker, else 0."
+    );
+    describe_gauge!(
+        KEY_SNAPSHOT_AGE,
+        Unit::Seconds,
+        "Age of the API-key snapshot loaded from ClickHouse (absent when keys come from config only)."
+    );
+    describe_gauge!(KEY_SNAPSHOT_KEYS, "API keys in the current snapshot.");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        Unit::Count,
+        "Connections answered 503 and closed at accept: the listener was at its connection limit"
+    );
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        Unit::Count,
+        "Connections the gateway closed, by reason (header_timeout, idle)"
+    );
+    describe_counter!(
+        UA_DEFERRED,
+        Unit::Count,
+        "Events whose user agent was left for workerd's enrichment job (per-request parse budget spent)"
+    );
 }

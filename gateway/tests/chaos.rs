@@ -111,7 +111,7 @@ async fn nothing_acknowledged_is_lost_when_broker_gateway_and_clickhouse_die() {
     let acked = loadtest::check::read_ids(&ids).expect("acknowledged ids");
     assert!(acked.len() >= 4500, "only {} acknowledged", acked.len());
     let tenants: Vec<uuid::Uuid> = (0..TENANTS).map(|i| Tenant::nth(i).id).collect();
-    let client = shared::ch::client(&cfg.clickhouse);
+    let client = shared::store::client(&cfg.clickhouse);
     let verdict = eventually(
         "every acknowledged event in ClickHouse",
         Duration::from_secs(240),

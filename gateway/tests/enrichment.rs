@@ -176,7 +176,7 @@ async fn events_are_enriched_end_to_end() {
 #[test]
 fn crawler_list_instances_are_bots() {
     let cfg = shared::Config::load_from(None, Vec::new()).expect("defaults");
-    let e = gateway::enrich::Enricher::new(&cfg).expect("enricher");
+    let e = gateway::enrich::Enricher::new(&cfg.gateway, &cfg.enrichment).expect("enricher");
     let uas: Vec<String> =
         serde_json::from_str(include_str!("data/bot-user-agents.json")).expect("json");
     assert!(uas.len() >= 30);
@@ -215,10 +215,7 @@ async fn a_spent_user_agent_budget_is_made_up_by_the_enrichment_job() {
     let parsed = rows.values().filter(|r| r["browser"] != "").count();
     assert_eq!(parsed, 2, "two parses, the rest deferred: {rows:?}");
 
-    let ctx = workerd::jobs::JobContext {
-        client: schema.client.clone(),
-        config: cfg,
-    };
+    let ctx = workerd::jobs::JobContext::new(cfg);
     workerd::jobs::run(
         &ctx,
         workerd::jobs::JobName::Enrichment,

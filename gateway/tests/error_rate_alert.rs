@@ -9,6 +9,7 @@ use common::{event, TestGateway};
 use shared::testkit::{services, TestSchema};
 use uuid::Uuid;
 use workerd::jobs::{self, JobContext, JobName};
+use workerd::notify::Rule;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_ingest_requests_raise_the_error_rate_alert() {
@@ -21,13 +22,11 @@ async fn failed_ingest_requests_raise_the_error_rate_alert() {
     shared::testkit::create_topics(&config, 2).await;
     let gw = TestGateway::start(config.clone()).await;
     let db = schema.database().to_string();
-    let snapshot = || shared::metrics::snapshot(&schema.client, &db, "gateway", "gw-test:1");
-    let ctx = JobContext {
-        client: schema.client.clone(),
-        config: config.clone(),
-    };
+    let snapshot =
+        || shared::runtime::metrics::snapshot(&schema.client, &db, "gateway", "gw-test:1");
+    let ctx = JobContext::new(config.clone());
     let alerts = || async {
-        let r = jobs::run(
+        jobs::run(
             &ctx,
             JobName::Alerts,
             time::OffsetDateTime::now_utc(),
@@ -35,8 +34,7 @@ async fn failed_ingest_requests_raise_the_error_rate_alert() {
             None,
         )
         .await
-        .expect("alerts job");
-        r.detail
+        .expect("alerts job")
     };
     snapshot().await.expect("baseline snapshot");
 
@@ -53,13 +51,18 @@ async fn failed_ingest_requests_raise_the_error_rate_alert() {
     snapshot().await.expect("snapshot");
     let quiet = alerts().await;
     assert_eq!(
-        (&quiet["ingest_requests"], &quiet["ingest_errors"]),
+        (
+            &quiet.detail["ingest_requests"],
+            &quiet.detail["ingest_errors"]
+        ),
         (&serde_json::json!(10), &serde_json::json!(1)),
-        "{quiet}"
+        "{}",
+        quiet.detail
     );
-    assert!(workerd::notify::alerts_for("alerts", &Ok(quiet.clone()))
+    assert!(quiet
+        .alerts
         .iter()
-        .all(|a| a.rule != "ingest_error_rate"));
+        .all(|a| a.rule() != Rule::IngestErrorRate));
 
     // Five more failures (bad key, bad body, rate limits don't count): 6 of 15.
     for _ in 0..3 {
@@ -85,14 +88,15 @@ async fn failed_ingest_requests_raise_the_error_rate_alert() {
     }
     snapshot().await.expect("snapshot");
     let loud = alerts().await;
-    assert_eq!(loud["ingest_requests"], 15, "{loud}");
-    assert_eq!(loud["ingest_errors"], 6, "{loud}");
-    let raised: Vec<_> = workerd::notify::alerts_for("alerts", &Ok(loud))
+    assert_eq!(loud.detail["ingest_requests"], 15, "{}", loud.detail);
+    assert_eq!(loud.detail["ingest_errors"], 6, "{}", loud.detail);
+    let raised: Vec<_> = loud
+        .alerts
         .into_iter()
-        .filter(|a| a.rule == "ingest_error_rate")
+        .filter(|a| a.rule() == Rule::IngestErrorRate)
         .collect();
     assert_eq!(raised.len(), 1);
-    assert_eq!(raised[0].detail["value"], 0.4);
-    assert!(raised[0].title.contains("40.0%"), "{}", raised[0].title);
+    assert_eq!(raised[0].detail()["value"], 0.4);
+    assert!(raised[0].title().contains("40.0%"), "{}", raised[0].title());
     gw.shutdown().await;
 }

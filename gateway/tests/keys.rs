@@ -8,13 +8,17 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{event, TestGateway};
-use shared::config::Tier;
+use shared::domain::Tier;
 use shared::testkit::{eventually, services, TestSchema};
 use uuid::Uuid;
 use workerd::admin::{Admin, KeySpec};
 
 fn admin(schema: &TestSchema) -> Admin {
-    Admin::new(schema.client.clone(), schema.database(), "keys-test")
+    Admin::new(
+        schema.client.clone(),
+        shared::store::Db::new(schema.database()),
+        "keys-test",
+    )
 }
 
 fn server() -> KeySpec {
@@ -480,11 +484,18 @@ async fn private_clickhouse_with_a_key(
     cfg.auth.clickhouse_keys = true;
     edit(&mut cfg);
     shared::testkit::create_topics(&cfg, 1).await;
-    let client = shared::ch::client(&cfg.clickhouse);
-    shared::schema::migrate(&client, &shared::schema::SchemaContext::from_config(&cfg))
-        .await
-        .expect("migrate");
-    let admin = Admin::new(client, &cfg.clickhouse.database, "keys-test");
+    let client = shared::store::client(&cfg.clickhouse);
+    shared::store::schema::migrate(
+        &client,
+        &shared::store::schema::SchemaContext::from_config(&cfg),
+    )
+    .await
+    .expect("migrate");
+    let admin = Admin::new(
+        client,
+        shared::store::Db::new(&cfg.clickhouse.database),
+        "keys-test",
+    );
     let tenant = admin
         .tenant_create(None, "steady", Tier::Free, false)
         .await
@@ -639,7 +650,7 @@ async fn one_empty_reload_does_not_revoke_every_key() {
         .await
         .expect("issue")
         .api_key();
-    let store = gateway::auth::KeyStore::new(&schema.config);
+    let store = gateway::auth::KeyStore::new(&schema.config.auth, &schema.config.clickhouse);
     let mut headers = hyper::HeaderMap::new();
     headers.insert(
         "authorization",
@@ -658,7 +669,10 @@ async fn one_empty_reload_does_not_revoke_every_key() {
         .refresh()
         .await
         .expect_err("an empty reload is doubted");
-    assert!(first.contains("no keys"), "{first}");
+    assert!(
+        matches!(first, gateway::auth::RefreshError::Emptied { had: 1 }),
+        "{first}"
+    );
     assert!(
         store.authenticate(&headers, None, ip).is_ok(),
         "still served"

@@ -39,7 +39,7 @@ impl Gateway {
         let secret = "limits-secret";
         let keys = format!(
             "[{{tenant_id = \"{tenant}\", secret_sha256 = \"{}\"}}]",
-            gateway::auth::hash_secret(secret)
+            shared::credential::hash_secret(secret)
         );
         let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
             .env_remove("OVERWATCH_CONFIG")

@@ -122,7 +122,7 @@ async fn accepted_events_counter_rises_by_exactly_what_was_accepted() {
         5.0
     );
     // The roadmap's eleven latency buckets, 1 ms … 10 s, plus +Inf.
-    let buckets: Vec<String> = shared::metrics::parse_exposition(&after)
+    let buckets: Vec<String> = shared::runtime::metrics::parse_exposition(&after)
         .into_iter()
         .filter(|s| s.name == "overwatch_http_request_duration_seconds_bucket")
         .filter(|s| s.labels.iter().any(|(k, v)| k == "route" && v == "/ingest"))
@@ -188,7 +188,7 @@ async fn ids_on_topics(cfg: &shared::Config, want: &HashSet<String>) -> HashSet<
         .set("auto.offset.reset", "earliest")
         .create()
         .expect("consumer");
-    let topics = cfg.topics();
+    let topics = cfg.kafka.topics();
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics).expect("subscribe");
     let mut seen = HashSet::new();

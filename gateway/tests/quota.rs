@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{event, TestGateway};
-use shared::config::Tier;
+use shared::domain::Tier;
 use shared::testkit::{eventually, services, TestSchema};
 use uuid::Uuid;
 use workerd::admin::{Admin, KeySpec};
@@ -19,7 +19,11 @@ async fn over_quota_tenants_get_429() {
     let schema = TestSchema::create(&svc).await;
     let mut cfg = schema.config.clone();
     cfg.tiers.free.monthly_event_quota = 5;
-    let admin = Admin::new(schema.client.clone(), schema.database(), "quota-test");
+    let admin = Admin::new(
+        schema.client.clone(),
+        shared::store::Db::new(schema.database()),
+        "quota-test",
+    );
     let small = admin
         .tenant_create(None, "small", Tier::Free, false)
         .await
@@ -84,10 +88,7 @@ async fn over_quota_tenants_get_429() {
     )
     .await;
 
-    let ctx = JobContext {
-        client: schema.client.clone(),
-        config: cfg,
-    };
+    let ctx = JobContext::new(cfg);
     let window = Window {
         from: now - time::Duration::hours(1),
         to: now + time::Duration::hours(1),

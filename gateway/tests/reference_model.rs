@@ -25,7 +25,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{event, rfc3339, SECRET};
-use shared::config::{StaticKey, Tier};
+use shared::config::StaticKey;
+use shared::domain::Tier;
 use shared::testkit::{eventually, select_json, services, TestSchema};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -264,7 +265,7 @@ async fn locations(schema: &TestSchema, tenants: &[Uuid]) -> BTreeMap<String, (u
             .or_default()
             .0 += 1;
     }
-    let cold = PathBuf::from(&schema.config.jobs.cold_dir);
+    let cold = shared::testkit::cold_dir(&schema.config);
     let any = std::fs::read_dir(&cold)
         .map(|mut d| d.next().is_some())
         .unwrap_or(false);
@@ -305,7 +306,10 @@ fn succeed(mut cmd: Command) -> std::process::Output {
 fn workerd(schema: &TestSchema, job: &str, now: OffsetDateTime) -> Command {
     let c = &schema.config;
     // The tenants' keys (and so their configured tiers) as a config file.
-    let file = PathBuf::from(format!("{}.keys.toml", c.jobs.cold_dir));
+    let file = PathBuf::from(format!(
+        "{}.keys.toml",
+        shared::testkit::cold_dir(c).display()
+    ));
     let mut toml = String::new();
     for k in &c.auth.keys {
         toml.push_str(&format!(
@@ -376,7 +380,7 @@ async fn run_seed(seed: u64, rounds: usize) -> Tally {
     for (t, tier) in tenants.iter().zip([Tier::Free, Tier::Free, Tier::Paid]) {
         schema.config.auth.keys.push(StaticKey {
             tenant_id: *t,
-            secret_sha256: gateway::auth::hash_secret(SECRET),
+            secret_sha256: shared::credential::hash_secret(SECRET),
             tier,
             anonymize_ip: false,
         });
@@ -396,10 +400,7 @@ async fn run_seed(seed: u64, rounds: usize) -> Tally {
     let per_round = all.len().div_ceil(rounds);
     let mut sent: Vec<Ev> = Vec::new();
     let mut tally = Tally::default();
-    let ctx = JobContext {
-        client: schema.client.clone(),
-        config: schema.config.clone(),
-    };
+    let ctx = JobContext::new(schema.config.clone());
     let export_stmt = format!(
         r"FROM `?{}`?\.`?archive_stage`? WHERE tenant_id = .*LIMIT 1 BY",
         schema.database()
@@ -617,8 +618,11 @@ async fn run_seed(seed: u64, rounds: usize) -> Tally {
     assert_eq!(got.hourly, want.hourly, "{verdict}");
     assert_eq!(got.sessions, want.sessions, "{verdict}");
     gw.shutdown().await;
-    let _ = std::fs::remove_dir_all(&schema.config.jobs.cold_dir);
-    let _ = std::fs::remove_file(format!("{}.keys.toml", schema.config.jobs.cold_dir));
+    let _ = std::fs::remove_dir_all(shared::testkit::cold_dir(&schema.config));
+    let _ = std::fs::remove_file(format!(
+        "{}.keys.toml",
+        shared::testkit::cold_dir(&schema.config).display()
+    ));
     tally
 }
 

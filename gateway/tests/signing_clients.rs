@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{event, TestGateway};
-use shared::config::Tier;
+use shared::domain::Tier;
 use shared::testkit::{eventually, services, TestSchema};
 use uuid::Uuid;
 use workerd::admin::Admin;
@@ -51,7 +51,11 @@ fn run(cmd: &mut Command) -> (bool, String) {
 async fn the_documented_shell_and_python_clients_sign_requests() {
     let svc = services();
     let schema = TestSchema::create(&svc).await;
-    let admin = Admin::new(schema.client.clone(), schema.database(), "signing-test");
+    let admin = Admin::new(
+        schema.client.clone(),
+        shared::store::Db::new(schema.database()),
+        "signing-test",
+    );
     let tenant = admin
         .tenant_create(None, "signer", Tier::Paid, false)
         .await

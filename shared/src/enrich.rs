@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::config::Config;
+use crate::config::EnrichmentConfig;
 use serde::Deserialize;
 use uaparser::{Parser, UserAgentParser};
 
@@ -169,8 +169,7 @@ pub struct Enricher {
 }
 
 impl Enricher {
-    pub fn new(cfg: &Config) -> Result<Enricher, EnrichError> {
-        let e = &cfg.enrichment;
+    pub fn new(e: &EnrichmentConfig) -> Result<Enricher, EnrichError> {
         let extra_bots = if e.bot_patterns.is_empty() {
             None
         } else {
@@ -225,12 +224,11 @@ impl Enricher {
             return UaLookup::Cached(Arc::new(UaInfo::default()));
         }
         if let Some(hit) = self.cache().get(ua) {
-            metrics::counter!(crate::metrics::ENRICH_CACHE_LOOKUPS, "cache" => "ua", "result" => "hit")
+            metrics::counter!(ENRICH_CACHE_LOOKUPS, "cache" => "ua", "result" => "hit")
                 .increment(1);
             return UaLookup::Cached(hit);
         }
-        metrics::counter!(crate::metrics::ENRICH_CACHE_LOOKUPS, "cache" => "ua", "result" => "miss")
-            .increment(1);
+        metrics::counter!(ENRICH_CACHE_LOOKUPS, "cache" => "ua", "result" => "miss").increment(1);
         if !may_parse {
             return UaLookup::Skipped;
         }
@@ -346,14 +344,25 @@ pub fn anonymize(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Lookups of the user-agent cache, by result (`hit`, `miss`).
+pub const ENRICH_CACHE_LOOKUPS: &str = "overwatch_enrich_cache_lookups_total";
+
+/// Describes the enrichment metrics (both binaries enrich).
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        ENRICH_CACHE_LOOKUPS,
+        "Enrichment lookups, by cache (ua: the shared user-agent cache; ua_request, geo_request: the per-request memo) and result (hit, miss)."
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn enricher(edit: impl FnOnce(&mut Config)) -> Enricher {
-        let mut cfg = Config::load_from(None, Vec::new()).expect("defaults");
+    fn enricher(edit: impl FnOnce(&mut crate::Config)) -> Enricher {
+        let mut cfg = crate::Config::load_from(None, Vec::new()).expect("defaults");
         edit(&mut cfg);
-        Enricher::new(&cfg).expect("enricher")
+        Enricher::new(&cfg.enrichment).expect("enricher")
     }
 
     #[test]

@@ -1,42 +1,28 @@
-//! Overwatch's shared library: configuration, the event contract, the ClickHouse
-//! schema and migrations, broker helpers and telemetry set-up used by both the
-//! gateway and workerd.
+//! Overwatch's shared library, by concern:
+//!
+//! - [`event`] and [`domain`]: the event contract between gateway, broker and
+//!   ClickHouse, and the domain types both binaries use;
+//! - [`config`]: the layered configuration, one module per section;
+//! - [`store`]: ClickHouse — client, SQL fragments, schema and migrations,
+//!   tenants and keys, audit log;
+//! - [`credential`]: API-key secrets and signing keys;
+//! - [`kafka`]: the producer's settings and topic administration;
+//! - [`enrich`]: user agent, GeoIP and IP anonymisation;
+//! - [`runtime`]: telemetry, the metrics recorder, operations endpoints,
+//!   ordered shutdown and exit statuses.
+//!
+//! The test kit (`testkit`, behind the feature of that name) is enabled only by
+//! the crates' dev-dependencies: production builds never link it.
 
-pub mod ch;
 pub mod config;
+pub mod credential;
+pub mod domain;
 pub mod enrich;
 pub mod event;
 pub mod kafka;
-pub mod keys;
-pub mod metrics;
-pub mod schema;
-pub mod telemetry;
+pub mod runtime;
+pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
 pub use config::{Config, ConfigError};
-
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-    tracing::info!("shutdown signal received");
-}

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
-use crate::schema::{migrate, SchemaContext};
+use crate::config::{ColdStorageConfig, Config, LocalColdStorage, S3ColdStorage};
+use crate::store::schema::{migrate, SchemaContext};
 
 /// Addresses of the shared services started by `make test`.
 #[derive(Debug, Clone)]
@@ -68,6 +68,14 @@ where
     }
 }
 
+/// The local cold-storage directory of a test configuration.
+pub fn cold_dir(cfg: &Config) -> PathBuf {
+    match &cfg.cold_storage {
+        ColdStorageConfig::Local(l) => PathBuf::from(&l.dir),
+        ColdStorageConfig::S3(_) => panic!("this test's cold storage is a bucket, not a directory"),
+    }
+}
+
 /// `workerd` (the binary at `bin`) pointed at `cfg`'s ClickHouse database, cold
 /// directory and lease TTL through environment overrides, quiet but for warnings.
 pub fn workerd_command(bin: &Path, cfg: &Config) -> Command {
@@ -75,7 +83,8 @@ pub fn workerd_command(bin: &Path, cfg: &Config) -> Command {
     cmd.env_remove("OVERWATCH_CONFIG")
         .env("OVERWATCH__CLICKHOUSE__URL", &cfg.clickhouse.url)
         .env("OVERWATCH__CLICKHOUSE__DATABASE", &cfg.clickhouse.database)
-        .env("OVERWATCH__JOBS__COLD_DIR", &cfg.jobs.cold_dir)
+        .env("OVERWATCH__COLD_STORAGE__KIND", "local")
+        .env("OVERWATCH__COLD_STORAGE__DIR", cold_dir(cfg))
         .env(
             "OVERWATCH__JOBS__LEASE_TTL_SECS",
             cfg.jobs.lease_ttl_secs.to_string(),
@@ -127,10 +136,12 @@ pub fn config(svc: &Services) -> Config {
     cfg.clickhouse.database = format!("ow_t{short}");
     cfg.clickhouse.kafka_brokers = svc.kafka.clone();
     cfg.clickhouse.kafka_group = format!("ow-ch-{short}");
-    cfg.jobs.cold_dir = std::env::temp_dir()
-        .join(format!("ow-cold-{short}"))
-        .display()
-        .to_string();
+    cfg.cold_storage = ColdStorageConfig::Local(LocalColdStorage {
+        dir: std::env::temp_dir()
+            .join(format!("ow-cold-{short}"))
+            .display()
+            .to_string(),
+    });
     // Keys come from the test's configuration unless it has a migrated schema.
     cfg.auth.clickhouse_keys = false;
     cfg.auth.refresh_interval_ms = 200;
@@ -150,7 +161,7 @@ pub fn config(svc: &Services) -> Config {
 pub async fn create_topics(cfg: &Config, partitions: i32) {
     crate::kafka::ensure_topics(
         &cfg.kafka.brokers,
-        &cfg.topics(),
+        &cfg.kafka.topics(),
         partitions,
         1,
         Duration::from_secs(10),
@@ -192,7 +203,7 @@ impl TestSchema {
     /// with nothing created yet (for tests of the migrations themselves).
     pub fn empty(svc: &Services) -> TestSchema {
         let config = config(svc);
-        let client = crate::ch::client(&config.clickhouse);
+        let client = crate::store::client(&config.clickhouse);
         TestSchema { config, client }
     }
 
@@ -202,14 +213,14 @@ impl TestSchema {
         config.auth.clickhouse_keys = true;
         crate::kafka::ensure_topics(
             &config.kafka.brokers,
-            &config.topics(),
+            &config.kafka.topics(),
             config.kafka.partitions,
             1,
             Duration::from_secs(10),
         )
         .await
         .expect("create test topics");
-        let client = crate::ch::client(&config.clickhouse);
+        let client = crate::store::client(&config.clickhouse);
         migrate(&client, &SchemaContext::from_config(&config))
             .await
             .expect("migrate test database");
@@ -231,8 +242,8 @@ impl Drop for TestSchema {
                 .build()
                 .expect("cleanup runtime");
             rt.block_on(async {
-                let client = crate::ch::client(&config.clickhouse);
-                let db = crate::ch::ident(&config.clickhouse.database);
+                let client = crate::store::client(&config.clickhouse);
+                let db = crate::store::ident(&config.clickhouse.database);
                 if let Err(e) = client
                     .query(&format!("DROP DATABASE IF EXISTS {db} SYNC"))
                     .execute()
@@ -242,7 +253,7 @@ impl Drop for TestSchema {
                 }
                 if let Err(e) = crate::kafka::delete_topics(
                     &config.kafka.brokers,
-                    &config.topics(),
+                    &config.kafka.topics(),
                     Duration::from_secs(10),
                 )
                 .await
@@ -382,14 +393,15 @@ impl S3Server {
 
     /// Points `cfg`'s cold storage at this server's bucket under `prefix`.
     pub fn configure(&self, cfg: &mut Config, prefix: &str) {
-        let c = &mut cfg.cold_storage;
-        c.s3_bucket = self.bucket.clone();
-        c.s3_prefix = prefix.to_string();
-        c.s3_endpoint = format!("http://127.0.0.1:{}", self.port);
-        c.s3_region = "us-east-1".into();
-        c.s3_access_key_id = self.access_key.clone();
-        c.s3_secret_access_key = self.secret_key.clone();
-        c.s3_allow_http = true;
+        cfg.cold_storage = ColdStorageConfig::S3(S3ColdStorage {
+            bucket: self.bucket.clone(),
+            prefix: prefix.to_string(),
+            endpoint: format!("http://127.0.0.1:{}", self.port),
+            region: "us-east-1".into(),
+            access_key_id: self.access_key.clone(),
+            secret_access_key: self.secret_key.as_str().into(),
+            allow_http: true,
+        });
     }
 
     /// Where the server keeps `key` of the bucket on disk.

@@ -146,9 +146,9 @@ async fn restart_keeps_kafka_tables_working() {
     let mut cfg = shared::testkit::config(&svc);
     cfg.clickhouse.url = ch.url();
     shared::testkit::create_topics(&cfg, 1).await;
-    let client = shared::ch::client(&cfg.clickhouse);
-    let ctx = shared::schema::SchemaContext::from_config(&cfg);
-    shared::schema::migrate(&client, &ctx)
+    let client = shared::store::client(&cfg.clickhouse);
+    let ctx = shared::store::schema::SchemaContext::from_config(&cfg);
+    shared::store::schema::migrate(&client, &ctx)
         .await
         .expect("migrate");
 
@@ -166,7 +166,7 @@ async fn restart_keeps_kafka_tables_working() {
         engines.contains(&("events_queue".to_string(), "Kafka".to_string())),
         "{engines:?}"
     );
-    let report = shared::schema::migrate(&client, &ctx)
+    let report = shared::store::schema::migrate(&client, &ctx)
         .await
         .expect("migrate again");
     assert!(report.applied.is_empty(), "{report:?}");

@@ -6,6 +6,7 @@
 //! done. Each chunk's work replaces what it computes, so redoing a chunk that was
 //! interrupted half-way neither loses nor double-counts anything.
 
+use shared::store::sql::AT_MS;
 use std::io::Write;
 
 use serde::Deserialize;
@@ -13,6 +14,17 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::jobs::{self, ms, JobContext, JobError, Window};
+
+/// A backfill that cannot start or go on.
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError {
+    #[error("--from must be before --to")]
+    EmptyRange,
+    #[error("--chunk-hours must be at least 1")]
+    NoChunk,
+    #[error("no backfill {0}")]
+    Unknown(Uuid),
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, clickhouse::Row, Deserialize)]
 pub struct BackfillRow {
@@ -53,8 +65,8 @@ async fn save(ctx: &JobContext, row: &BackfillRow) -> Result<(), JobError> {
         .query(&format!(
             "INSERT INTO {} (job_id, kind, tenant_id, range_start, range_end, chunk_hours, \
              chunks_total, chunks_done, status, error, created_at, updated_at) \
-             SELECT toUUID(?), ?, toUUID(?), fromUnixTimestamp64Milli(toInt64(?), 'UTC'), \
-             fromUnixTimestamp64Milli(toInt64(?), 'UTC'), ?, ?, ?, ?, ?, now64(3), now64(3)",
+             SELECT toUUID(?), ?, toUUID(?), {AT_MS}, \
+             {AT_MS}, ?, ?, ?, ?, ?, now64(3), now64(3)",
             ctx.table("backfill_jobs")
         ))
         .bind(&row.job_id)
@@ -108,10 +120,10 @@ pub async fn create(
     chunk_hours: u32,
 ) -> Result<BackfillRow, JobError> {
     if from >= to {
-        return Err(JobError::Invalid("--from must be before --to".into()));
+        return Err(BackfillError::EmptyRange.into());
     }
     if chunk_hours == 0 {
-        return Err(JobError::Invalid("--chunk-hours must be at least 1".into()));
+        return Err(BackfillError::NoChunk.into());
     }
     let chunk_ms = chunk_hours as i64 * 3_600_000;
     let span = ms(to) - ms(from);
@@ -139,8 +151,10 @@ pub async fn run(
     max_chunks: Option<u32>,
     progress: &mut dyn Write,
 ) -> Result<BackfillRow, JobError> {
-    let tenant = Uuid::try_parse(&row.tenant_id)
-        .map_err(|e| JobError::Invalid(format!("stored tenant id: {e}")))?;
+    let tenant = Uuid::try_parse(&row.tenant_id).map_err(|_| JobError::Stored {
+        what: "backfill tenant id",
+        value: row.tenant_id.clone(),
+    })?;
     let chunk_ms = row.chunk_hours as i64 * 3_600_000;
     let mut budget = max_chunks.unwrap_or(u32::MAX);
     let _ = writeln!(
@@ -162,10 +176,8 @@ pub async fn run(
             ] {
                 // The tenant's archives were in use by another job: nothing was
                 // changed for it; `backfill resume` redoes the chunk later.
-                if report.detail["busy"].as_array().is_some_and(|b| !b.is_empty()) {
-                    return Err(JobError::Invalid(format!(
-                        "tenant {tenant}'s archives are in use by another job; resume the backfill later"
-                    )));
+                if !report.busy.is_empty() {
+                    return Err(JobError::Busy(tenant));
                 }
             }
             Ok(())

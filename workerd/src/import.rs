@@ -23,6 +23,31 @@ use uuid::Uuid;
 
 use crate::jobs::{JobContext, JobError};
 
+/// Why an import wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} has invalid events; nothing was imported:\n  {}", problems.join("\n  "))]
+    Invalid { path: String, problems: Vec<String> },
+    #[error("{path} holds no events")]
+    Empty { path: String },
+}
+
+fn read_error(path: &std::path::Path) -> impl Fn(std::io::Error) -> JobError + '_ {
+    move |source| {
+        ImportError::Read {
+            path: path.display().to_string(),
+            source,
+        }
+        .into()
+    }
+}
+
 /// Fields an imported event may carry (the `/ingest` event model).
 const STRINGS: &[&str] = &[
     "user_agent",
@@ -190,7 +215,8 @@ async fn insert(ctx: &JobContext, rows: &mut Vec<Map<String, Value>>) -> Result<
     }
     let mut body = Vec::new();
     for r in rows.drain(..) {
-        serde_json::to_writer(&mut body, &r).map_err(|e| JobError::Invalid(e.to_string()))?;
+        // A map of JSON values always serializes.
+        body.extend_from_slice(Value::Object(r).to_string().as_bytes());
         body.push(b'\n');
     }
     let mut insert = ctx.client.insert_formatted_with(format!(
@@ -211,7 +237,7 @@ pub async fn run(
     let open = || {
         std::fs::File::open(path)
             .map(std::io::BufReader::new)
-            .map_err(|e| JobError::Invalid(format!("opening {}: {e}", path.display())))
+            .map_err(read_error(path))
     };
     let now = OffsetDateTime::now_utc();
     let latest = ms(now) + ctx.config.limits.max_future_minutes as i64 * 60_000;
@@ -220,8 +246,7 @@ pub async fn run(
     let mut problems = Vec::new();
     let mut total = 0usize;
     for (n, line) in open()?.lines().enumerate() {
-        let line =
-            line.map_err(|e| JobError::Invalid(format!("reading {}: {e}", path.display())))?;
+        let line = line.map_err(read_error(path))?;
         if line.trim().is_empty() {
             continue;
         }
@@ -235,29 +260,35 @@ pub async fn run(
         }
     }
     if !problems.is_empty() {
-        return Err(JobError::Invalid(format!(
-            "{} has invalid events; nothing was imported:\n  {}",
-            path.display(),
-            problems.join("\n  ")
-        )));
+        return Err(ImportError::Invalid {
+            path: path.display().to_string(),
+            problems,
+        }
+        .into());
     }
     if total == 0 {
-        return Err(JobError::Invalid(format!(
-            "{} holds no events",
-            path.display()
-        )));
+        return Err(ImportError::Empty {
+            path: path.display().to_string(),
+        }
+        .into());
     }
     // Pass 2: one month per insert, in chunks.
     let mut by_month: BTreeMap<String, Vec<Map<String, Value>>> = BTreeMap::new();
     let mut report = ImportReport::default();
     let (mut lo, mut hi) = (i64::MAX, i64::MIN);
     for line in open()?.lines() {
-        let line =
-            line.map_err(|e| JobError::Invalid(format!("reading {}: {e}", path.display())))?;
+        let line = line.map_err(read_error(path))?;
         if line.trim().is_empty() {
             continue;
         }
-        let (ts, r) = row(&line, tenant, latest, received).map_err(JobError::Invalid)?;
+        // Pass 1 checked every line of this file.
+        let Ok((ts, r)) = row(&line, tenant, latest, received) else {
+            return Err(ImportError::Invalid {
+                path: path.display().to_string(),
+                problems: vec!["the file changed while it was imported".into()],
+            }
+            .into());
+        };
         (lo, hi) = (lo.min(ts), hi.max(ts));
         let m = month(ts);
         let rows = by_month.entry(m.clone()).or_default();

@@ -1,10 +1,10 @@
 //! `workerd migrate`: creates the broker topics, then applies the ClickHouse
-//! schema migrations (see `shared::schema`). Idempotent: a second run changes nothing.
+//! schema migrations (see `shared::store::schema`). Idempotent: a second run changes nothing.
 
 use std::time::Duration;
 
 use shared::config::Config;
-use shared::schema::{MigrationReport, SchemaContext};
+use shared::store::schema::{MigrationReport, SchemaContext};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
@@ -15,13 +15,13 @@ pub enum MigrateError {
         source: shared::kafka::KafkaError,
     },
     #[error(transparent)]
-    Schema(#[from] shared::schema::MigrationError),
+    Schema(#[from] shared::store::schema::MigrationError),
 }
 
 pub async fn run(cfg: &Config) -> Result<MigrationReport, MigrateError> {
     shared::kafka::ensure_topics(
         &cfg.kafka.brokers,
-        &cfg.topics(),
+        &cfg.kafka.topics(),
         cfg.kafka.partitions,
         cfg.kafka.replication_factor,
         Duration::from_secs(15),
@@ -31,7 +31,7 @@ pub async fn run(cfg: &Config) -> Result<MigrationReport, MigrateError> {
         brokers: cfg.kafka.brokers.clone(),
         source,
     })?;
-    let client = shared::ch::client(&cfg.clickhouse);
-    let report = shared::schema::migrate(&client, &SchemaContext::from_config(cfg)).await?;
+    let client = shared::store::client(&cfg.clickhouse);
+    let report = shared::store::schema::migrate(&client, &SchemaContext::from_config(cfg)).await?;
     Ok(report)
 }

@@ -18,12 +18,13 @@ use serde_json::json;
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 
 use crate::jobs::{self, JobContext, JobError, JobName, JobReport};
+use crate::notify::{Alert, Notifier};
 use crate::telemetry::JobFinished;
 
-/// What one tick did.
+/// What one tick did: the run's report (with the alerts it raised) or its error.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Tick {
-    Ran(Result<u64, String>),
+    Ran(Result<JobReport, String>),
     SkippedOverlap,
     SkippedBackoff,
 }
@@ -41,8 +42,8 @@ pub struct JobState {
 
 pub struct Runner {
     pub ctx: Arc<JobContext>,
-    /// Where job failures and quota alerts go.
-    pub notifier: Option<Arc<crate::notify::Notifier>>,
+    /// Where the alerts of runs go (none: they are only logged by the jobs).
+    notifier: Option<Notifier>,
     states: BTreeMap<&'static str, Arc<JobState>>,
     backoff_base: Duration,
     backoff_max: Duration,
@@ -58,12 +59,12 @@ impl Drop for Running<'_> {
 }
 
 impl Runner {
-    pub fn new(ctx: Arc<JobContext>) -> Runner {
+    pub fn new(ctx: Arc<JobContext>, notifier: Option<Notifier>) -> Runner {
         let backoff_base = Duration::from_millis(ctx.config.jobs.backoff_base_ms);
         let backoff_max = Duration::from_millis(ctx.config.jobs.backoff_max_ms);
         Runner {
             ctx,
-            notifier: None,
+            notifier,
             states: JobName::ALL
                 .iter()
                 .map(|j| (j.as_str(), Arc::new(JobState::default())))
@@ -80,25 +81,17 @@ impl Runner {
             .unwrap_or_else(|| Arc::new(JobState::default()))
     }
 
-    /// Runs `job` now (real clock), guarded, and raises the alerts its outcome calls for.
+    /// Runs `job` now (real clock), guarded, and hands the alerts of the run
+    /// (or its failure) to the notifier.
     pub async fn tick(&self, job: JobName) -> Tick {
         let ctx = Arc::clone(&self.ctx);
-        let outcome: Arc<Mutex<Option<Result<serde_json::Value, String>>>> = Arc::default();
-        let seen = Arc::clone(&outcome);
         let tick = self
             .guarded(job.as_str(), || async move {
-                let r = jobs::run(&ctx, job, time::OffsetDateTime::now_utc(), None, None).await;
-                *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(
-                    r.as_ref()
-                        .map(|r| r.detail.clone())
-                        .map_err(|e| e.to_string()),
-                );
-                r
+                jobs::run(&ctx, job, time::OffsetDateTime::now_utc(), None, None).await
             })
             .await;
-        let outcome = outcome.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let (Some(n), Some(outcome)) = (&self.notifier, outcome) {
-            for alert in crate::notify::alerts_for(job.as_str(), &outcome) {
+        if let Some(n) = &self.notifier {
+            for alert in tick.alerts(job) {
                 n.notify(&alert).await;
             }
         }
@@ -150,7 +143,7 @@ impl Runner {
                     consecutive_failures: 0,
                 }
                 .emit();
-                Tick::Ran(Ok(report.rows_affected))
+                Tick::Ran(Ok(report))
             }
             Err(e) => {
                 st.failures.fetch_add(1, Ordering::Relaxed);
@@ -214,90 +207,55 @@ impl Runner {
     }
 }
 
-/// Why the schedule could not be set up; `key` names the setting.
-#[derive(Debug, thiserror::Error)]
-#[error("`{key}`: {source}")]
-pub struct ScheduleError {
-    pub key: String,
-    #[source]
-    pub source: JobSchedulerError,
-}
-
-/// Checks every non-empty cron expression of `jobs` (at boot, before anything runs).
-pub fn validate(cfg: &shared::config::JobsConfig) -> Result<(), ScheduleError> {
-    for (_, key, cron) in schedules(cfg) {
-        if cron.trim().is_empty() {
-            continue;
+impl Tick {
+    /// The alerts of a tick of `job`: those its run raised, or its failure.
+    pub fn alerts(&self, job: JobName) -> Vec<Alert> {
+        match self {
+            Tick::Ran(Ok(report)) => report.alerts.clone(),
+            Tick::Ran(Err(error)) => vec![Alert::JobFailed {
+                job: job.as_str(),
+                error: error.clone(),
+            }],
+            Tick::SkippedOverlap | Tick::SkippedBackoff => Vec::new(),
         }
-        Job::new_async(cron.as_str(), |_id, _sched| Box::pin(async {})).map_err(|source| {
-            ScheduleError {
-                key: key.into(),
-                source,
-            }
-        })?;
     }
-    Ok(())
 }
 
-/// Each job with the key and value of its cron setting.
-fn schedules(cfg: &shared::config::JobsConfig) -> [(JobName, &'static str, &String); 7] {
-    [
-        (
-            JobName::Retention,
-            "jobs.retention_cron",
-            &cfg.retention_cron,
-        ),
-        (JobName::Sessions, "jobs.sessions_cron", &cfg.sessions_cron),
-        (JobName::Rollups, "jobs.rollups_cron", &cfg.rollups_cron),
-        (JobName::Quota, "jobs.quota_cron", &cfg.quota_cron),
-        (
-            JobName::Compression,
-            "jobs.compression_cron",
-            &cfg.compression_cron,
-        ),
-        (
-            JobName::Enrichment,
-            "jobs.enrichment_cron",
-            &cfg.enrichment_cron,
-        ),
-        (JobName::Alerts, "jobs.alerts_cron", &cfg.alerts_cron),
-    ]
-}
+/// The scheduler could not be set up (the schedules themselves were checked
+/// when the configuration loaded).
+#[derive(Debug, thiserror::Error)]
+#[error("the job scheduler: {0}")]
+pub struct ScheduleError(#[from] JobSchedulerError);
 
 /// Schedules every job with a non-empty cron expression and starts the scheduler.
 pub async fn start(runner: Arc<Runner>) -> Result<JobScheduler, ScheduleError> {
-    let sched = JobScheduler::new().await.map_err(|source| ScheduleError {
-        key: "jobs".into(),
-        source,
-    })?;
-    let cfg = &runner.ctx.config.jobs;
-    for (job, key, cron) in schedules(cfg) {
-        if cron.trim().is_empty() {
+    let sched = JobScheduler::new().await?;
+    for job in JobName::ALL {
+        let Some(cron) = job.schedule(&runner.ctx.config.jobs).cron() else {
             tracing::info!(job = job.as_str(), "not scheduled (empty cron)");
             continue;
-        }
+        };
         let r = Arc::clone(&runner);
-        let j = Job::new_async(cron.as_str(), move |_id, _sched| {
+        let j = Job::new_async(cron, move |_id, _sched| {
             let r = Arc::clone(&r);
             Box::pin(async move {
                 r.tick(job).await;
             })
-        })
-        .map_err(|source| ScheduleError {
-            key: key.into(),
-            source,
         })?;
-        sched.add(j).await.map_err(|source| ScheduleError {
-            key: key.into(),
-            source,
-        })?;
-        tracing::info!(job = job.as_str(), cron = %cron, "scheduled");
+        sched.add(j).await?;
+        tracing::info!(job = job.as_str(), cron, "scheduled");
     }
-    sched.start().await.map_err(|source| ScheduleError {
-        key: "jobs".into(),
-        source,
-    })?;
+    sched.start().await?;
     Ok(sched)
+}
+
+impl Runner {
+    /// Whether any job is running now.
+    pub fn busy(&self) -> bool {
+        self.states
+            .values()
+            .any(|st| st.running.load(Ordering::Acquire))
+    }
 }
 
 #[cfg(test)]
@@ -308,10 +266,7 @@ mod tests {
         let mut config = shared::Config::load_from(None, Vec::new()).expect("defaults");
         config.jobs.backoff_base_ms = 50;
         config.jobs.backoff_max_ms = 200;
-        Runner::new(Arc::new(JobContext {
-            client: clickhouse::Client::default(),
-            config,
-        }))
+        Runner::new(Arc::new(JobContext::new(config)), None)
     }
 
     fn ok() -> Result<JobReport, JobError> {
@@ -343,13 +298,16 @@ mod tests {
         // Other jobs are independent.
         assert_eq!(
             r.guarded("rollups", || async { ok() }).await,
-            Tick::Ran(Ok(0))
+            Tick::Ran(Ok(JobReport::default()))
         );
         let _ = tx.send(());
-        assert_eq!(slow.await.expect("join"), Tick::Ran(Ok(0)));
+        assert_eq!(
+            slow.await.expect("join"),
+            Tick::Ran(Ok(JobReport::default()))
+        );
         assert_eq!(
             r.guarded("sessions", || async { ok() }).await,
-            Tick::Ran(Ok(0))
+            Tick::Ran(Ok(JobReport::default()))
         );
         assert_eq!(r.report()["sessions"]["skipped"], 1);
     }
@@ -357,7 +315,7 @@ mod tests {
     #[tokio::test]
     async fn failures_back_off_exponentially_and_reset_on_success() {
         let r = runner(); // backoff 50 ms, doubling, at most 200 ms
-        let fail = || async { Err(JobError::Invalid("ClickHouse is down".into())) };
+        let fail = || async { Err(JobError::EmptyWindow) };
         assert!(matches!(
             r.guarded("retention", fail).await,
             Tick::Ran(Err(_))
@@ -385,7 +343,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(110)).await;
         assert_eq!(
             r.guarded("retention", || async { ok() }).await,
-            Tick::Ran(Ok(0))
+            Tick::Ran(Ok(JobReport::default()))
         );
         let rep = r.report();
         assert_eq!(rep["retention"]["failures"], 2);

@@ -4,7 +4,24 @@
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
-use shared::metrics as m;
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use shared::runtime::metrics as m;
+
+use crate::notify::{Outcome, Rule};
+
+/// Job duration buckets (seconds): 100 ms … 1 h.
+const JOB_BUCKETS: [f64; 10] = [0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
+
+/// Installs the metrics recorder with workerd's metrics.
+pub fn install_metrics() {
+    m::install(&m::Catalogue {
+        describe: || {
+            describe();
+            shared::enrich::describe_metrics();
+        },
+        buckets: &[(JOB_DURATION, &JOB_BUCKETS)],
+    });
+}
 
 /// A job run ended (or was skipped).
 pub struct JobFinished<'a> {
@@ -19,18 +36,18 @@ pub struct JobFinished<'a> {
 impl JobFinished<'_> {
     pub fn emit(&self) {
         let job = self.job.to_string();
-        counter!(m::JOB_RUNS, "job_name" => job.clone(), "outcome" => self.outcome).increment(1);
+        counter!(JOB_RUNS, "job_name" => job.clone(), "outcome" => self.outcome).increment(1);
         if let Some(d) = self.elapsed {
-            histogram!(m::JOB_DURATION, "job_name" => job.clone()).record(d.as_secs_f64());
+            histogram!(JOB_DURATION, "job_name" => job.clone()).record(d.as_secs_f64());
         }
         if self.rows > 0 {
-            counter!(m::JOB_ROWS, "job_name" => job.clone()).increment(self.rows);
+            counter!(JOB_ROWS, "job_name" => job.clone()).increment(self.rows);
         }
-        gauge!(m::JOB_CONSECUTIVE_FAILURES, "job_name" => job.clone())
+        gauge!(JOB_CONSECUTIVE_FAILURES, "job_name" => job.clone())
             .set(self.consecutive_failures as f64);
         if self.outcome == "success" {
             let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as f64 / 1e9;
-            gauge!(m::JOB_LAST_SUCCESS, "job_name" => job).set(now);
+            gauge!(JOB_LAST_SUCCESS, "job_name" => job).set(now);
         }
     }
 }
@@ -38,18 +55,80 @@ impl JobFinished<'_> {
 /// Retention deleted `rows` of `table` for a tenant on `tier`.
 pub fn retention_deleted(tier: &'static str, table: &'static str, rows: u64) {
     if rows > 0 {
-        counter!(m::RETENTION_DELETED_ROWS, "tier" => tier, "table" => table).increment(rows);
+        counter!(RETENTION_DELETED_ROWS, "tier" => tier, "table" => table).increment(rows);
     }
 }
 
 /// An alert went (or did not go) to a channel.
-pub fn notification(rule: &str, channel: &str, outcome: &'static str) {
-    counter!(m::NOTIFICATIONS, "rule" => rule.to_string(), "channel" => channel.to_string(), "outcome" => outcome)
-        .increment(1);
+pub struct Notified<'a> {
+    pub rule: Rule,
+    pub channel: &'a str,
+    pub outcome: &'a Outcome,
+}
+
+impl Notified<'_> {
+    pub fn emit(&self) {
+        let rule = self.rule.as_str();
+        match self.outcome {
+            Outcome::Sent => tracing::info!(rule, channel = %self.channel, "alert sent"),
+            Outcome::Suppressed => {
+                tracing::info!(rule, channel = %self.channel, "alert suppressed (cooldown)")
+            }
+            Outcome::Failed(e) => {
+                tracing::error!(rule, channel = %self.channel, error = %e, "alert delivery failed")
+            }
+        }
+        counter!(NOTIFICATIONS, "rule" => rule, "channel" => self.channel.to_string(), "outcome" => self.outcome.as_str())
+            .increment(1);
+    }
 }
 
 /// The health check's view of ClickHouse.
 pub fn clickhouse_up(up: bool, ready: bool) {
-    gauge!(m::CLICKHOUSE_UP).set(if up { 1.0 } else { 0.0 });
+    gauge!(CLICKHOUSE_UP).set(if up { 1.0 } else { 0.0 });
     gauge!(m::READY).set(if ready { 1.0 } else { 0.0 });
+}
+
+// The metrics emitted here, by name (their descriptions below).
+pub const JOB_RUNS: &str = "overwatch_job_runs_total";
+pub const JOB_DURATION: &str = "overwatch_job_duration_seconds";
+pub const JOB_ROWS: &str = "overwatch_job_rows_affected_total";
+pub const JOB_CONSECUTIVE_FAILURES: &str = "overwatch_job_consecutive_failures";
+pub const JOB_LAST_SUCCESS: &str = "overwatch_job_last_success_timestamp_seconds";
+pub const RETENTION_DELETED_ROWS: &str = "overwatch_retention_deleted_rows_total";
+pub const NOTIFICATIONS: &str = "overwatch_notifications_total";
+pub const CLICKHOUSE_UP: &str = "overwatch_clickhouse_up";
+
+/// Describes the metrics above to the recorder.
+fn describe() {
+    describe_counter!(
+        JOB_RUNS,
+        "Job runs, by job_name and outcome (success, failure, skipped_overlap, skipped_backoff)."
+    );
+    describe_histogram!(JOB_DURATION, Unit::Seconds, "Job run time, by job_name.");
+    describe_counter!(
+        JOB_ROWS,
+        "Rows a job inserted, deleted or rewrote, by job_name."
+    );
+    describe_gauge!(
+        JOB_CONSECUTIVE_FAILURES,
+        "Failed runs of a job since its last success."
+    );
+    describe_gauge!(
+        JOB_LAST_SUCCESS,
+        Unit::Seconds,
+        "Unix time of a job's last successful run."
+    );
+    describe_counter!(
+        RETENTION_DELETED_ROWS,
+        "Rows the retention job deleted, by tier and table."
+    );
+    describe_counter!(
+        NOTIFICATIONS,
+        "Alert deliveries, by rule, channel and outcome (sent, suppressed, failed)."
+    );
+    describe_gauge!(
+        CLICKHOUSE_UP,
+        "1 when ClickHouse answered the last health check, else 0."
+    );
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use shared::testkit::{services, TestSchema};
 use workerd::jobs::{self, JobContext, JobName};
-use workerd::notify;
+use workerd::notify::{Alert, Rule};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_and_consumer_lag_raise_alerts() {
@@ -17,10 +17,7 @@ async fn dead_letters_and_consumer_lag_raise_alerts() {
     config.clickhouse.kafka_group = format!("nobody-{}", uuid::Uuid::new_v4());
     config.notifications.consumer_lag_threshold = 3;
     config.notifications.dead_letter_threshold = 2;
-    let ctx = JobContext {
-        client: schema.client.clone(),
-        config: config.clone(),
-    };
+    let ctx = JobContext::new(config.clone());
     let now = time::OffsetDateTime::now_utc();
 
     let quiet = jobs::run(&ctx, JobName::Alerts, now, None, None)
@@ -33,7 +30,7 @@ async fn dead_letters_and_consumer_lag_raise_alerts() {
         ),
         (Some(0), Some(0))
     );
-    assert!(notify::alerts_for("alerts", &Ok(quiet.detail)).is_empty());
+    assert!(quiet.alerts.is_empty(), "{:?}", quiet.alerts);
 
     let producer: FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &config.kafka.brokers)
@@ -72,9 +69,10 @@ async fn dead_letters_and_consumer_lag_raise_alerts() {
     .expect("alerts");
     assert_eq!(loud.detail["consumer_lag"], 3);
     assert_eq!(loud.detail["dead_letters"], 2);
-    let rules: Vec<String> = notify::alerts_for("alerts", &Ok(loud.detail))
-        .into_iter()
-        .map(|a| a.rule)
-        .collect();
-    assert_eq!(rules, ["dead_letter_growth", "consumer_lag"]);
+    let rules: Vec<Rule> = loud.alerts.iter().map(|a| a.rule()).collect();
+    assert_eq!(rules, [Rule::DeadLetterGrowth, Rule::ConsumerLag]);
+    assert!(loud.alerts.contains(&Alert::ConsumerLag {
+        lag: 3,
+        threshold: 3
+    }));
 }

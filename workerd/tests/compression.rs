@@ -3,7 +3,7 @@
 //! other tiers and recent days stay, and a run after a half-finished one ends
 //! with the right result and no double counting.
 
-use shared::config::Tier;
+use shared::domain::Tier;
 use shared::testkit::{select_json, services, TestSchema};
 use time::macros::{date, datetime};
 use uuid::Uuid;
@@ -38,7 +38,11 @@ async fn ids(schema: &TestSchema, sql: &str) -> Vec<String> {
 }
 
 fn admin(schema: &TestSchema) -> Admin {
-    Admin::new(schema.client.clone(), schema.database(), "compression-test")
+    Admin::new(
+        schema.client.clone(),
+        shared::store::Db::new(schema.database()),
+        "compression-test",
+    )
 }
 
 #[tokio::test]
@@ -98,7 +102,11 @@ async fn old_free_tier_days_move_to_rollups_and_parquet() {
     assert_eq!(day1_ids.len(), 5);
 
     // A stale rollup and a broken file for day 1 (a disk fault, a hand edit).
-    let file = compression::parquet_path(&schema.config.jobs.cold_dir, free, date!(2024 - 05 - 01));
+    let file = compression::parquet_path(
+        &shared::testkit::cold_dir(&schema.config),
+        free,
+        date!(2024 - 05 - 01),
+    );
     std::fs::create_dir_all(file.parent().expect("dir")).expect("mkdir");
     std::fs::write(&file, b"PAR1 truncated").expect("stale file");
     schema
@@ -112,10 +120,7 @@ async fn old_free_tier_days_move_to_rollups_and_parquet() {
         .await
         .expect("stale rollup");
 
-    let ctx = JobContext {
-        client: schema.client.clone(),
-        config: schema.config.clone(),
-    };
+    let ctx = JobContext::new(schema.config.clone());
     let now = datetime!(2024-05-03 12:00 UTC); // day 2 ended only 12 h ago
                                                // An archive that cannot be read back is never overwritten (it may hold
                                                // events that exist nowhere else): the run fails, naming it, and keeps raw.
@@ -195,7 +200,7 @@ async fn old_free_tier_days_move_to_rollups_and_parquet() {
     )
     .await;
     assert_eq!(after, rollup);
-    let _ = std::fs::remove_dir_all(&schema.config.jobs.cold_dir);
+    let _ = std::fs::remove_dir_all(shared::testkit::cold_dir(&schema.config));
 }
 
 #[tokio::test]
@@ -228,11 +233,10 @@ async fn compressed_days_go_to_an_s3_compatible_bucket() {
     // Wrong credentials: the upload fails, the job fails, nothing is deleted.
     let mut config = schema.config.clone();
     s3.configure(&mut config, "prod/overwatch");
-    config.cold_storage.s3_secret_access_key = "wrong".into();
-    let ctx = JobContext {
-        client: schema.client.clone(),
-        config: config.clone(),
-    };
+    if let shared::config::ColdStorageConfig::S3(c) = &mut config.cold_storage {
+        c.secret_access_key = "wrong".into();
+    }
+    let ctx = JobContext::new(config.clone());
     let err = jobs::run(&ctx, JobName::Compression, now, None, None)
         .await
         .expect_err("a refused upload fails the job");
@@ -252,10 +256,7 @@ async fn compressed_days_go_to_an_s3_compatible_bucket() {
 
     // Right credentials: the day lands in the bucket, verified, then deleted.
     s3.configure(&mut config, "prod/overwatch");
-    let ctx = JobContext {
-        client: schema.client.clone(),
-        config,
-    };
+    let ctx = JobContext::new(config);
     let report = jobs::run(&ctx, JobName::Compression, now, None, None)
         .await
         .expect("compression to S3");
@@ -275,7 +276,7 @@ async fn compressed_days_go_to_an_s3_compatible_bucket() {
         day1_ids
     );
     assert!(
-        !std::path::Path::new(&schema.config.jobs.cold_dir)
+        !shared::testkit::cold_dir(&schema.config)
             .join(format!("tenant={free}"))
             .exists(),
         "nothing written to the local cold_dir"

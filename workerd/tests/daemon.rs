@@ -82,7 +82,7 @@ async fn runs_scheduled_jobs_and_stops_on_sigterm() {
         .text()
         .await
         .expect("body");
-    let samples = shared::metrics::parse_exposition(&metrics);
+    let samples = shared::runtime::metrics::parse_exposition(&metrics);
     let value = |name: &str, label: Option<(&str, &str)>| {
         samples
             .iter()

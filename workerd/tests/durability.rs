@@ -12,7 +12,8 @@
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use shared::config::{StaticKey, Tier};
+use shared::config::StaticKey;
+use shared::domain::Tier;
 use shared::testkit::{eventually, select_json, services, TestSchema};
 use time::macros::datetime;
 use time::OffsetDateTime;
@@ -74,7 +75,8 @@ async fn raw_ids(schema: &TestSchema, tenant: Uuid) -> Vec<String> {
 
 /// Ids in the tenant's archive of `day` (local cold storage), as stored.
 async fn archived_ids(schema: &TestSchema, tenant: Uuid, day: time::Date) -> Vec<String> {
-    let path = jobs::compression::parquet_path(&schema.config.jobs.cold_dir, tenant, day);
+    let path =
+        jobs::compression::parquet_path(&shared::testkit::cold_dir(&schema.config), tenant, day);
     if !path.exists() {
         return Vec::new();
     }
@@ -89,10 +91,7 @@ async fn archived_ids(schema: &TestSchema, tenant: Uuid, day: time::Date) -> Vec
 }
 
 fn ctx(schema: &TestSchema) -> JobContext {
-    JobContext {
-        client: schema.client.clone(),
-        config: schema.config.clone(),
-    }
+    JobContext::new(schema.config.clone())
 }
 
 fn ids(n: usize) -> Vec<Uuid> {
@@ -183,10 +182,14 @@ fn now() -> OffsetDateTime {
 }
 
 async fn free_tenant(schema: &TestSchema) -> Uuid {
-    Admin::new(schema.client.clone(), schema.database(), "durability-test")
-        .tenant_create(None, "free", Tier::Free, false)
-        .await
-        .expect("tenant")
+    Admin::new(
+        schema.client.clone(),
+        shared::store::Db::new(schema.database()),
+        "durability-test",
+    )
+    .tenant_create(None, "free", Tier::Free, false)
+    .await
+    .expect("tenant")
 }
 
 #[tokio::test]
@@ -512,10 +515,14 @@ async fn a_tenant_defined_only_in_config_keeps_its_tier_in_workerd() {
     );
     assert_eq!(raw_ids(&schema, paid).await, sorted(&old));
     // A row in `tenants` wins over the configuration, as in the gateway.
-    Admin::new(schema.client.clone(), schema.database(), "durability-test")
-        .tenant_create(Some(paid), "now free", Tier::Free, false)
-        .await
-        .expect("tenant row");
+    Admin::new(
+        schema.client.clone(),
+        shared::store::Db::new(schema.database()),
+        "durability-test",
+    )
+    .tenant_create(Some(paid), "now free", Tier::Free, false)
+    .await
+    .expect("tenant row");
     assert!(ctx(&schema)
         .tenants()
         .await

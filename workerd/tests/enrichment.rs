@@ -45,10 +45,7 @@ async fn rows_missing_ua_or_geo_are_re_enriched() {
     );
     let mut config = schema.config.clone();
     config.enrichment.geoip_db = mmdb.display().to_string();
-    let ctx = JobContext {
-        client: schema.client.clone(),
-        config,
-    };
+    let ctx = JobContext::new(config);
     let report = jobs::run(
         &ctx,
         JobName::Enrichment,

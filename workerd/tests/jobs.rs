@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use serde_json::Value;
-use shared::config::Tier;
+use shared::domain::Tier;
 use shared::testkit::{select_json, services, TestSchema};
 use time::macros::datetime;
 use time::OffsetDateTime;
@@ -43,10 +43,7 @@ async fn insert(
 }
 
 fn ctx(schema: &TestSchema) -> JobContext {
-    JobContext {
-        client: schema.client.clone(),
-        config: schema.config.clone(),
-    }
+    JobContext::new(schema.config.clone())
 }
 
 async fn rows(schema: &TestSchema, sql: &str) -> Vec<Value> {
@@ -193,7 +190,11 @@ async fn retention_follows_tiers_and_tier_changes() {
     let mut schema = TestSchema::create(&svc).await;
     // Paid keeps 150 h here, so both tiers hold an event past their horizon.
     schema.config.tiers.paid.retention_hours = 150;
-    let admin = Admin::new(schema.client.clone(), schema.database(), "jobs-test");
+    let admin = Admin::new(
+        schema.client.clone(),
+        shared::store::Db::new(schema.database()),
+        "jobs-test",
+    );
     let free = admin
         .tenant_create(None, "free", Tier::Free, false)
         .await
@@ -260,9 +261,9 @@ async fn retention_follows_tiers_and_tier_changes() {
         .tenant_set_tier(free, Tier::Paid)
         .await
         .expect("upgrade");
-    shared::metrics::install();
+    workerd::telemetry::install_metrics();
     let deleted = || {
-        shared::metrics::parse_exposition(&shared::metrics::render())
+        shared::runtime::metrics::parse_exposition(&shared::runtime::metrics::render())
             .into_iter()
             .filter(|s| s.name == "overwatch_retention_deleted_rows_total")
             .filter(|s| {

@@ -30,7 +30,7 @@ async fn recorded(schema: &TestSchema) -> Vec<u32> {
 async fn migrate_is_versioned_and_idempotent() {
     let svc = services();
     let schema = TestSchema::empty(&svc);
-    let all: Vec<u32> = shared::schema::MIGRATIONS
+    let all: Vec<u32> = shared::store::schema::MIGRATIONS
         .iter()
         .map(|m| m.version)
         .collect();
@@ -105,7 +105,7 @@ async fn the_binary_migrates_with_env_overrides() {
     );
     assert_eq!(tables(&schema).await.len(), 22);
     // The topics exist: metadata lists all five.
-    let topics = c.topics();
+    let topics = c.kafka.topics();
     let brokers = c.kafka.brokers.clone();
     let found = tokio::task::spawn_blocking(move || {
         use rdkafka::consumer::{BaseConsumer, Consumer};

@@ -7,13 +7,15 @@ use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use shared::config::{ChannelConfig, ChannelKind, SmtpTls};
+use shared::config::{ChannelConfig, EmailChannel, HookChannel, SmtpTls, WebhookChannel};
 use shared::testkit::{services, TestSchema};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use uuid::Uuid;
-use workerd::notify::{self, Alert, Notifier, Outcome};
+use workerd::jobs::JobName;
+use workerd::notify::{self, Alert, Notifier, Outcome, Rule};
+use workerd::scheduler::Tick;
 
 #[derive(Debug, Clone)]
 struct Received {
@@ -121,21 +123,19 @@ async fn smtp_server() -> (u16, Arc<Mutex<Vec<String>>>) {
     (port, mails)
 }
 
-fn channel(name: &str, kind: ChannelKind) -> ChannelConfig {
-    ChannelConfig {
+fn hook(name: &str, url: String) -> HookChannel {
+    HookChannel {
         name: name.into(),
-        kind,
-        url: String::new(),
-        secret: String::new(),
-        smtp_host: String::new(),
-        smtp_port: 0,
-        smtp_tls: SmtpTls::None,
-        smtp_user: String::new(),
-        smtp_password: String::new(),
-        smtp_ca_file: String::new(),
-        from: String::new(),
-        to: Vec::new(),
+        url: url.into(),
     }
+}
+
+fn notifier(cfg: &shared::Config) -> Notifier {
+    Notifier::new(
+        shared::store::client(&cfg.clickhouse),
+        shared::store::Db::new(&cfg.clickhouse.database),
+        &cfg.notifications,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,34 +147,30 @@ async fn alerts_reach_every_channel_once_per_cooldown() {
     let mut cfg = schema.config.clone();
     cfg.notifications.retry_base_ms = 10;
     cfg.notifications.channels = vec![
-        ChannelConfig {
-            url: format!("{hook_url}/hook"),
+        ChannelConfig::Webhook(WebhookChannel {
+            name: "ops-webhook".into(),
+            url: format!("{hook_url}/hook").into(),
             secret: "s3cret".into(),
-            ..channel("ops-webhook", ChannelKind::Webhook)
-        },
-        ChannelConfig {
-            url: format!("{hook_url}/slack"),
-            ..channel("slack", ChannelKind::Slack)
-        },
-        ChannelConfig {
-            url: format!("{hook_url}/discord"),
-            ..channel("discord", ChannelKind::Discord)
-        },
-        ChannelConfig {
+        }),
+        ChannelConfig::Slack(hook("slack", format!("{hook_url}/slack"))),
+        ChannelConfig::Discord(hook("discord", format!("{hook_url}/discord"))),
+        ChannelConfig::Email(EmailChannel {
+            name: "mail".into(),
             smtp_host: "127.0.0.1".into(),
             smtp_port: port,
+            smtp_tls: SmtpTls::None,
+            smtp_user: String::new(),
+            smtp_password: Default::default(),
+            smtp_ca_file: String::new(),
             from: "overwatch@example.com".into(),
             to: vec!["oncall@example.com".into()],
-            ..channel("mail", ChannelKind::Email)
-        },
+        }),
     ];
-    let n = Notifier::new(&cfg);
+    cfg.validate().expect("valid channels");
+    let n = notifier(&cfg);
     let tenant = Uuid::new_v4();
-    let detail = serde_json::json!({"over_quota": [tenant.to_string()], "over_80_percent": []});
-    let alerts = notify::alerts_for("quota", &Ok(detail));
-    assert_eq!(alerts.len(), 1);
-    let alert: &Alert = &alerts[0];
-    assert_eq!(alert.rule, "quota_exceeded");
+    let alert = &Alert::QuotaExceeded { tenant };
+    assert_eq!(alert.rule(), Rule::QuotaExceeded);
 
     let first = n.notify(alert).await;
     assert!(first.iter().all(|(_, o)| *o == Outcome::Sent), "{first:?}");
@@ -237,12 +233,11 @@ async fn alerts_reach_every_channel_once_per_cooldown() {
     assert_eq!((count("sent"), count("suppressed")), (4, 4), "{log:?}");
 
     // Another tenant is its own dedup key.
-    let other = notify::alerts_for(
-        "quota",
-        &Ok(serde_json::json!({"over_quota": [Uuid::new_v4().to_string()]})),
-    );
+    let other = Alert::QuotaExceeded {
+        tenant: Uuid::new_v4(),
+    };
     assert!(n
-        .notify(&other[0])
+        .notify(&other)
         .await
         .iter()
         .all(|(_, o)| *o == Outcome::Sent));
@@ -255,13 +250,15 @@ async fn an_unreachable_channel_fails_after_retries_and_is_logged() {
     let mut cfg = schema.config.clone();
     cfg.notifications.retry_base_ms = 10;
     let dead = format!("http://127.0.0.1:{}/hook", shared::testkit::free_port());
-    cfg.notifications.channels = vec![ChannelConfig {
-        url: dead,
-        ..channel("dead", ChannelKind::Webhook)
-    }];
-    let n = Notifier::new(&cfg);
-    let alerts = notify::alerts_for("sessions", &Err("ClickHouse is down".into()));
-    assert_eq!(alerts[0].rule, "job_failure");
+    cfg.notifications.channels = vec![ChannelConfig::Webhook(WebhookChannel {
+        name: "dead".into(),
+        url: dead.into(),
+        secret: Default::default(),
+    })];
+    let n = notifier(&cfg);
+    // A failed run's tick raises job_failure.
+    let alerts = Tick::Ran(Err("ClickHouse is down".into())).alerts(JobName::Sessions);
+    assert_eq!(alerts[0].rule(), Rule::JobFailure);
     let out = n.notify(&alerts[0]).await;
     assert!(
         matches!(&out[0].1, Outcome::Failed(e) if e.contains("3 attempts")),

@@ -7,12 +7,12 @@
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
-use shared::config::{ChannelConfig, ChannelKind, SmtpTls};
+use shared::config::{ChannelConfig, EmailChannel, SmtpTls};
 use shared::testkit::{services, TestSchema};
 use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio_rustls::rustls;
-use workerd::notify::{self, Notifier, Outcome};
+use workerd::notify::{Alert, Notifier, Outcome};
 
 const USER: &str = "alerts@example.com";
 const PASSWORD: &str = "correct horse battery staple";
@@ -152,11 +152,8 @@ async fn starttls_server(acceptor: tokio_rustls::TlsAcceptor) -> (u16, Arc<Mutex
 }
 
 fn email(name: &str, port: u16, password: &str, ca_file: &str) -> ChannelConfig {
-    ChannelConfig {
+    ChannelConfig::Email(EmailChannel {
         name: name.into(),
-        kind: ChannelKind::Email,
-        url: String::new(),
-        secret: String::new(),
         smtp_host: "127.0.0.1".into(),
         smtp_port: port,
         smtp_tls: SmtpTls::Starttls,
@@ -165,7 +162,7 @@ fn email(name: &str, port: u16, password: &str, ca_file: &str) -> ChannelConfig 
         smtp_ca_file: ca_file.into(),
         from: "overwatch@example.com".into(),
         to: vec!["oncall@example.com".into()],
-    }
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,9 +182,15 @@ async fn email_goes_over_starttls_with_auth_and_checks_the_certificate() {
         email("wrong-password", port, "guess", &ca),
     ];
     cfg.validate().expect("valid channels");
-    let detail = serde_json::json!({"over_quota": [uuid::Uuid::new_v4().to_string()], "over_80_percent": []});
-    let alert = notify::alerts_for("quota", &Ok(detail)).remove(0);
-    let outcomes = Notifier::new(&cfg).notify(&alert).await;
+    let alert = Alert::QuotaExceeded {
+        tenant: uuid::Uuid::new_v4(),
+    };
+    let notifier = Notifier::new(
+        shared::store::client(&cfg.clickhouse),
+        shared::store::Db::new(&cfg.clickhouse.database),
+        &cfg.notifications,
+    );
+    let outcomes = notifier.notify(&alert).await;
 
     let outcome = |name: &str| {
         outcomes

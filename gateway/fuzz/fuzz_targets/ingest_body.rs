@@ -18,7 +18,7 @@ fn setup() -> &'static (Config, Enricher) {
     static S: OnceLock<(Config, Enricher)> = OnceLock::new();
     S.get_or_init(|| {
         let cfg = Config::load_from(None, Vec::new()).expect("defaults");
-        let e = Enricher::new(&cfg).expect("enricher");
+        let e = Enricher::new(&cfg.gateway, &cfg.enrichment).expect("enricher");
         (cfg, e)
     })
 }

@@ -20,7 +20,8 @@ use gateway::enrich::forwarded::{self, ForwardedHeader};
 use gateway::ingest::decode;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use shared::config::{StaticKey, Tier};
+use shared::config::StaticKey;
+use shared::domain::Tier;
 
 const TENANT: uuid::Uuid = uuid::Uuid::from_u128(0x1234);
 
@@ -32,7 +33,7 @@ fn store() -> &'static KeyStore {
             .auth;
         auth.keys = vec![StaticKey {
             tenant_id: TENANT,
-            secret_sha256: gateway::auth::hash_secret("secret"),
+            secret_sha256: shared::credential::hash_secret("secret"),
             tier: Tier::Paid,
             anonymize_ip: false,
         }];

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::VerifyingKey;
 use hyper::header::{HeaderMap, AUTHORIZATION};
-use sha2::{Digest, Sha256};
-use shared::config::{Config, StaticKey, Tier};
+use shared::config::{AuthConfig, ClickHouseConfig, StaticKey};
+use shared::domain::Tier;
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -82,6 +82,15 @@ pub struct KeyStore {
     empty_once: std::sync::atomic::AtomicBool,
 }
 
+/// Why a reload of the key snapshot was not installed.
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    #[error("ClickHouse: {0}")]
+    ClickHouse(#[from] clickhouse::error::Error),
+    #[error("the reload returned no keys where the snapshot has {had}; kept the snapshot until a second reload agrees")]
+    Emptied { had: usize },
+}
+
 /// The key a request presents, and where it came from.
 struct Presented<'a> {
     raw: &'a str,
@@ -89,25 +98,23 @@ struct Presented<'a> {
 }
 
 impl KeyStore {
-    pub fn new(cfg: &Config) -> KeyStore {
-        let source = cfg.auth.clickhouse_keys.then(|| {
+    /// Keys of `[auth]`, and those in ClickHouse when `auth.clickhouse_keys`.
+    pub fn new(auth: &AuthConfig, clickhouse: &ClickHouseConfig) -> KeyStore {
+        let source = auth.clickhouse_keys.then(|| {
             (
-                shared::ch::client(&cfg.clickhouse),
-                cfg.clickhouse.database.clone(),
+                shared::store::client(clickhouse),
+                clickhouse.database.clone(),
             )
         });
-        Self::with_source(&cfg.auth, source)
+        Self::with_source(auth, source)
     }
 
     /// Only the keys in `auth.keys`, never reloaded from ClickHouse.
-    pub fn from_config(auth: &shared::config::AuthConfig) -> KeyStore {
+    pub fn from_config(auth: &AuthConfig) -> KeyStore {
         Self::with_source(auth, None)
     }
 
-    fn with_source(
-        auth: &shared::config::AuthConfig,
-        source: Option<(clickhouse::Client, String)>,
-    ) -> KeyStore {
+    fn with_source(auth: &AuthConfig, source: Option<(clickhouse::Client, String)>) -> KeyStore {
         let store = KeyStore {
             static_keys: auth.keys.clone(),
             max_age: Duration::from_millis(auth.max_snapshot_age_ms),
@@ -123,7 +130,7 @@ impl KeyStore {
         store
     }
 
-    fn install(&self, records: Vec<shared::keys::KeyRecord>, over_quota: &[String]) {
+    fn install(&self, records: Vec<shared::store::keys::KeyRecord>, over_quota: &[String]) {
         let snap = Snapshot::build(&self.static_keys, records, over_quota);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snap);
     }
@@ -137,13 +144,13 @@ impl KeyStore {
     /// table being recreated, a half-restored database) is believed only when
     /// the next reload agrees: until then the previous snapshot keeps serving
     /// and ages, so valid keys are never turned away on one odd answer.
-    pub async fn refresh(&self) -> Result<(), String> {
+    pub async fn refresh(&self) -> Result<(), RefreshError> {
         let Some((client, db)) = &self.source else {
             return Ok(());
         };
         let loaded = async {
-            let records = shared::keys::load(client, db).await?;
-            let over = shared::keys::over_quota(client, db).await?;
+            let records = shared::store::keys::load(client, db).await?;
+            let over = shared::store::keys::over_quota(client, db).await?;
             Ok::<_, clickhouse::error::Error>((records, over))
         };
         match loaded.await {
@@ -152,12 +159,11 @@ impl KeyStore {
                 let n = records.len();
                 let had = self.loaded_keys.load(Ordering::Relaxed);
                 if n == 0 && had > 0 && !self.empty_once.swap(true, Ordering::Relaxed) {
-                    let msg = format!(
-                        "the reload returned no keys where the snapshot has {had}; kept the snapshot until a second reload agrees"
-                    );
-                    tracing::warn!("{msg}");
-                    *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg.clone());
-                    return Err(msg);
+                    let e = RefreshError::Emptied { had };
+                    tracing::warn!("{e}");
+                    *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(e.to_string());
+                    return Err(e);
                 }
                 self.empty_once.store(false, Ordering::Relaxed);
                 self.loaded_keys.store(n, Ordering::Relaxed);
@@ -183,8 +189,8 @@ impl KeyStore {
             Err(e) => {
                 let msg = e.to_string();
                 tracing::warn!(error = %msg, "reloading API keys failed; serving the last snapshot");
-                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg.clone());
-                Err(msg)
+                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(msg);
+                Err(RefreshError::ClickHouse(e))
             }
         }
     }
@@ -266,7 +272,7 @@ impl KeyStore {
         ))?;
         let tenant = Uuid::try_parse(tenant.trim())
             .map_err(|_| ApiError::Unauthorized("malformed API key: tenant id is not a UUID"))?;
-        let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+        let digest = shared::credential::secret_digest(secret);
         let snap = self.snapshot();
         let t = snap.by_tenant.get(&tenant);
         // Compare against every candidate so timing does not tell which matched.
@@ -409,21 +415,18 @@ fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Hex SHA-256 of a secret, the form `auth.keys[].secret_sha256` takes.
-pub fn hash_secret(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use hyper::header::HeaderValue;
 
     fn store() -> KeyStore {
-        let mut auth = Config::load_from(None, Vec::new()).expect("defaults").auth;
+        let mut auth = shared::Config::load_from(None, Vec::new())
+            .expect("defaults")
+            .auth;
         auth.keys = vec![StaticKey {
             tenant_id: Uuid::nil(),
-            secret_sha256: hash_secret("secret"),
+            secret_sha256: shared::credential::hash_secret("secret"),
             tier: Tier::Paid,
             anonymize_ip: false,
         }];

@@ -4,7 +4,8 @@
 use std::collections::{HashMap, HashSet};
 
 use ed25519_dalek::VerifyingKey;
-use shared::config::{parse_net, StaticKey, Tier};
+use shared::config::{parse_net, StaticKey};
+use shared::domain::Tier;
 use uuid::Uuid;
 
 use super::KeyKind;
@@ -46,7 +47,7 @@ impl Snapshot {
     /// tenants in `over_quota` marked.
     pub(super) fn build(
         static_keys: &[StaticKey],
-        records: Vec<shared::keys::KeyRecord>,
+        records: Vec<shared::store::keys::KeyRecord>,
         over_quota: &[String],
     ) -> Snapshot {
         let mut snap = Snapshot::default();
@@ -82,10 +83,14 @@ impl Snapshot {
             let public_key = if r.signing_public_key.is_empty() {
                 None
             } else {
-                match shared::keys::parse_ed25519_public(&r.signing_public_key)
-                    .and_then(|k| VerifyingKey::from_bytes(&k).map_err(|e| e.to_string()))
-                {
-                    Ok(k) => Some(k),
+                let parsed = shared::credential::parse_ed25519_public(&r.signing_public_key)
+                    .map(|k| VerifyingKey::from_bytes(&k));
+                match parsed {
+                    Ok(Ok(k)) => Some(k),
+                    Ok(Err(e)) => {
+                        tracing::warn!(key_id = %r.key_id, error = %e, "skipping a key whose signing key is not a curve point");
+                        continue;
+                    }
                     Err(e) => {
                         tracing::warn!(key_id = %r.key_id, error = %e, "skipping a key with an unusable signing key");
                         continue;
@@ -94,7 +99,7 @@ impl Snapshot {
             };
             snap.add(
                 tenant,
-                shared::keys::resolve_tier(Some(&r.tier), static_keys, tenant),
+                shared::store::keys::resolve_tier(Some(&r.tier), static_keys, tenant),
                 r.anonymize_ip,
                 r.over_quota,
                 Key {

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::ops::Deref;
 
 use hyper::header::HeaderMap;
-use shared::config::Config;
+use shared::config::{EnrichmentConfig, GatewayConfig};
 
 pub mod forwarded;
 
@@ -27,9 +27,9 @@ impl Deref for Enricher {
 }
 
 impl Enricher {
-    pub fn new(cfg: &Config) -> Result<Enricher, EnrichError> {
-        let trusted = cfg
-            .gateway
+    /// Client addresses come through `gateway.trusted_proxies`; the rest is `[enrichment]`.
+    pub fn new(gateway: &GatewayConfig, cfg: &EnrichmentConfig) -> Result<Enricher, EnrichError> {
+        let trusted = gateway
             .trusted_proxies
             .iter()
             .filter_map(|s| shared::config::parse_net(s))
@@ -37,7 +37,7 @@ impl Enricher {
         Ok(Enricher {
             inner: shared::enrich::Enricher::new(cfg)?,
             trusted,
-            header: cfg.gateway.forwarded_header,
+            header: gateway.forwarded_header,
         })
     }
 
@@ -69,9 +69,9 @@ mod tests {
 
     #[test]
     fn forwarded_for_only_from_trusted_proxies() {
-        let mut cfg = Config::load_from(None, Vec::new()).expect("defaults");
+        let mut cfg = shared::Config::load_from(None, Vec::new()).expect("defaults");
         cfg.gateway.trusted_proxies = vec!["10.0.0.0/8".into(), "127.0.0.1".into()];
-        let e = Enricher::new(&cfg).expect("enricher");
+        let e = Enricher::new(&cfg.gateway, &cfg.enrichment).expect("enricher");
         let h = xff("203.0.113.9, 198.51.100.7, 10.1.2.3");
         // Untrusted peer: its own address, whatever the header says.
         assert_eq!(

@@ -25,13 +25,14 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE, ORIGIN, USER_AGENT};
 use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
-use shared::config::Tier;
+use shared::domain::Tier;
 use uuid::Uuid;
 
+use crate::app::App;
 use crate::auth::{sign, SignedBy};
 use crate::error::ApiError;
 use crate::ratelimit::Quota;
-use crate::server::App;
+use crate::sink::Record;
 
 #[derive(Serialize)]
 struct Accepted<'a> {
@@ -234,7 +235,7 @@ struct Job {
     path_and_query: String,
 }
 
-type Prepared = Result<(Vec<validate::Outgoing>, Quota), ApiError>;
+type Prepared = Result<(Vec<Record>, Quota), ApiError>;
 
 impl Job {
     /// The outcome, and how many events the body held (when it parsed).
@@ -305,7 +306,7 @@ impl Job {
 
 /// Seconds until the next calendar month (UTC), when monthly quotas reset.
 fn secs_to_next_month(now: time::OffsetDateTime) -> u64 {
-    let (_, next) = shared::keys::month_bounds(now);
+    let (_, next) = shared::store::keys::month_bounds(now);
     (next - now).whole_seconds().max(1) as u64
 }
 

@@ -16,14 +16,7 @@ use uuid::Uuid;
 use super::model::{Batch, EventIn};
 use crate::enrich::{anonymize, Enricher, GeoInfo, UaInfo, UaLookup};
 use crate::error::{ApiError, FieldError, Problems};
-
-/// One event ready for the broker.
-#[derive(Debug)]
-pub struct Outgoing {
-    pub kind: EventType,
-    pub session: Uuid,
-    pub payload: Vec<u8>,
-}
+use crate::sink::Record;
 
 /// Collects a batch's problems, keeping at most `cap` in full.
 struct Collector {
@@ -208,7 +201,7 @@ impl Memo {
 }
 
 /// Validates `batch` for the request's tenant, enriches and serializes each event.
-pub fn prepare(batch: &Batch<'_>, ctx: &Context<'_>) -> Result<Vec<Outgoing>, ApiError> {
+pub fn prepare(batch: &Batch<'_>, ctx: &Context<'_>) -> Result<Vec<Record>, ApiError> {
     let (tenant, max_events) = (ctx.tenant, ctx.max_events);
     let n = batch.events.len();
     if n == 0 || n > max_events {
@@ -258,7 +251,7 @@ fn prepare_one(
     e: &EventIn<'_>,
     ctx: &Context<'_>,
     memo: &mut Memo,
-) -> Option<Outgoing> {
+) -> Option<Record> {
     let (tenant, received_at_ms, limits) = (ctx.tenant, ctx.received_at_ms, ctx.limits);
     let before = p.total;
     if let Err(report) = e.validate_with(limits) {
@@ -412,7 +405,7 @@ fn prepare_one(
             return None;
         }
     };
-    Some(Outgoing {
+    Some(Record {
         kind,
         session,
         payload,
@@ -511,15 +504,11 @@ mod tests {
         static E: std::sync::OnceLock<Enricher> = std::sync::OnceLock::new();
         E.get_or_init(|| {
             let cfg = shared::Config::load_from(None, Vec::new()).expect("defaults");
-            Enricher::new(&cfg).expect("enricher")
+            Enricher::new(&cfg.gateway, &cfg.enrichment).expect("enricher")
         })
     }
 
-    fn with(
-        max_events: usize,
-        limits: &LimitsConfig,
-        body: &str,
-    ) -> Result<Vec<Outgoing>, ApiError> {
+    fn with(max_events: usize, limits: &LimitsConfig, body: &str) -> Result<Vec<Record>, ApiError> {
         let mut buf = body.as_bytes().to_vec();
         let shape = crate::ingest::shape::ShapeLimits::new(max_events, limits);
         let batch = crate::ingest::model::parse_bounded(&mut buf, shape)?;
@@ -542,7 +531,7 @@ mod tests {
         prepare(&batch, &ctx)
     }
 
-    fn run(body: &str) -> Result<Vec<Outgoing>, ApiError> {
+    fn run(body: &str) -> Result<Vec<Record>, ApiError> {
         with(1000, &limits(), body)
     }
 

@@ -16,7 +16,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use shared::config::{Config, Tier};
+use shared::config::{RateLimitsConfig, TiersConfig};
+use shared::domain::Tier;
 use uuid::Uuid;
 
 const SHARDS: usize = 16;
@@ -115,16 +116,17 @@ fn tier_index(t: Tier) -> usize {
 }
 
 impl RateLimiter {
-    pub fn new(cfg: &Config) -> RateLimiter {
+    /// Each tier's bucket from `[tiers]`; the global bucket, overrides and the
+    /// bound on tenants from `[rate_limits]`.
+    pub fn new(tiers_cfg: &TiersConfig, r: &RateLimitsConfig) -> RateLimiter {
         let rate = |per_second: f64, burst: u64| Rate {
             per_second,
             burst: burst as f64,
         };
         let tiers = Tier::ALL.map(|t| {
-            let c = cfg.tiers.get(t);
+            let c = tiers_cfg.get(t);
             rate(c.events_per_second, c.burst)
         });
-        let r = &cfg.rate_limits;
         let global = (r.global_events_per_second > 0.0).then(|| {
             let g = rate(r.global_events_per_second, r.global_burst);
             (g, Mutex::new(Bucket::full(g, Instant::now())))
@@ -247,6 +249,7 @@ fn evict(map: &mut HashMap<Uuid, Bucket>, now: Instant) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shared::config::Config;
     use std::time::Duration;
 
     fn limiter(edit: impl FnOnce(&mut Config)) -> RateLimiter {
@@ -255,7 +258,7 @@ mod tests {
         cfg.tiers.free.events_per_second = 10.0;
         cfg.tiers.free.burst = 20;
         edit(&mut cfg);
-        RateLimiter::new(&cfg)
+        RateLimiter::new(&cfg.tiers, &cfg.rate_limits)
     }
 
     #[test]

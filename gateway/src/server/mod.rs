@@ -1,31 +1,29 @@
-//! The gateway's servers: the public ingest listener and the private
-//! operations listener, their connection limits and timeouts, and ordered
-//! shutdown.
+//! The public ingest listener: its connection limit, per-connection timeouts
+//! (see [`conn`]) and the gateway's ordered shutdown (see
+//! [`shared::runtime::shutdown`]). The operations listener is served by
+//! [`shared::runtime::ops`].
 //!
-//! Shutdown order: readiness turns 503 → the listeners close → in-flight
-//! requests finish (bounded by `gateway.shutdown_timeout_ms`) → the producer is
-//! flushed.
+//! Shutdown order: readiness turns 503 and the public listener closes →
+//! in-flight requests finish (bounded by `gateway.shutdown_timeout_ms`) →
+//! background tasks stop → the producer is flushed → the operations listener
+//! drains and closes.
 
 pub mod conn;
-mod routes;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
-use shared::config::Config;
+use shared::runtime::ops::{self, Settings};
+use shared::runtime::shutdown::{Background, Shutdown};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::auth::KeyStore;
-use crate::enrich::Enricher;
-use crate::error::ApiError;
-use crate::ratelimit::RateLimiter;
-use crate::sink::Sink;
+use crate::app::App;
 use conn::{Activity, Tracked, Verdict};
 
 /// Most connections to the operations listener (scrapers and probes).
@@ -33,108 +31,17 @@ const OPERATIONS_CONNECTIONS: usize = 64;
 /// Most connections being refused at once (past the limit they are just closed).
 const REFUSALS: usize = 256;
 
-/// Everything a request needs.
-pub struct App {
-    pub config: Config,
-    pub keys: Arc<KeyStore>,
-    pub limiter: RateLimiter,
-    pub enricher: Enricher,
-    pub sink: Arc<Sink>,
-    /// Bytes of request bodies read and not yet decoded (`gateway.max_buffered_body_bytes`).
-    pub body_budget: Arc<Semaphore>,
-    /// Decode/parse/validate slots (`gateway.cpu_workers`).
-    pub cpu: Arc<Semaphore>,
-    shutting_down: AtomicBool,
-    started: Instant,
-    /// `/ingest` requests past their body (load shedding past the limit).
-    in_progress: AtomicUsize,
-    /// Open connections on the ingest (public) listener.
-    connections: AtomicUsize,
-}
-
-/// Counts one `/ingest` request in progress while alive.
-pub struct Admitted<'a>(&'a AtomicUsize);
-
-impl Drop for Admitted<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Why the gateway could not be assembled from its configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("cannot create the Kafka producer: {0}")]
-    Producer(#[from] rdkafka::error::KafkaError),
-    #[error(transparent)]
-    Enrichment(#[from] crate::enrich::EnrichError),
-}
-
-impl App {
-    pub fn new(config: Config) -> Result<App, StartError> {
-        shared::metrics::install();
-        let sink = Arc::new(Sink::new(&config)?);
-        let budget = usize::try_from(config.gateway.max_buffered_body_bytes)
-            .unwrap_or(usize::MAX)
-            .min(Semaphore::MAX_PERMITS);
-        Ok(App {
-            enricher: Enricher::new(&config)?,
-            keys: Arc::new(KeyStore::new(&config)),
-            limiter: RateLimiter::new(&config),
-            body_budget: Arc::new(Semaphore::new(budget)),
-            cpu: Arc::new(Semaphore::new(config.gateway.cpu_workers())),
-            sink,
-            config,
-            shutting_down: AtomicBool::new(false),
-            started: Instant::now(),
-            in_progress: AtomicUsize::new(0),
-            connections: AtomicUsize::new(0),
-        })
-    }
-
-    /// Admits one more `/ingest` request past its body, or sheds it with 503
-    /// `overloaded` when `gateway.max_in_flight_requests` are already in progress.
-    pub fn admit(&self) -> Result<Admitted<'_>, ApiError> {
-        let limit = self.config.gateway.max_in_flight_requests;
-        let before = self.in_progress.fetch_add(1, Ordering::AcqRel);
-        let admitted = Admitted(&self.in_progress);
-        if before >= limit {
-            return Err(ApiError::Overloaded { limit });
-        }
-        Ok(admitted)
-    }
-
-    /// Why the gateway should not get traffic now (empty: ready).
-    pub fn not_ready(&self) -> Vec<String> {
-        let mut why = Vec::new();
-        if self.shutting_down.load(Ordering::Relaxed) {
-            why.push("shutting down".to_string());
-        }
-        if !self.sink.broker_up() {
-            why.push("no broker answers".to_string());
-        }
-        if let Err(e) = self.keys.usable() {
-            why.push(e.to_string());
-        }
-        why
-    }
-
-    pub fn ready(&self) -> bool {
-        self.not_ready().is_empty()
-    }
-
-    fn shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Relaxed)
-    }
-}
-
-/// Which routes a listener serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Listener {
-    /// `/ingest`, `/health/live`, `/health/ready`.
-    Ingest,
-    /// `/metrics`, `/health` and the probes.
-    Operations,
+/// Binds with a deep accept backlog, so a connection storm waits in the kernel
+/// (and is answered, or shed with 503) instead of being refused.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 /// Serves `ingest` (the public port) and `operations` (metrics, detailed health)
@@ -145,29 +52,48 @@ pub async fn serve(
     app: Arc<App>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let probe = app.sink.spawn_broker_probe(Duration::from_millis(
-        app.config.gateway.broker_check_interval_ms,
+    let g = &app.config.gateway;
+    let mut background = Background::default();
+    background.push(
+        "broker probe",
+        app.sink
+            .spawn_broker_probe(Duration::from_millis(g.broker_check_interval_ms)),
+    );
+    background.push(
+        "key refresh",
+        app.keys
+            .spawn_refresh(Duration::from_millis(app.config.auth.refresh_interval_ms)),
+    );
+    if app.config.telemetry.snapshot_interval_secs > 0 {
+        background.push(
+            "metric snapshots",
+            shared::runtime::metrics::spawn_snapshots(
+                shared::store::client(&app.config.clickhouse),
+                &app.config.clickhouse.database,
+                "gateway",
+                Duration::from_secs(app.config.telemetry.snapshot_interval_secs),
+            ),
+        );
+    }
+    let ops_done = Shutdown::new();
+    let ops_server = tokio::spawn(ops::serve(
+        operations,
+        Arc::clone(&app),
+        Settings {
+            max_connections: OPERATIONS_CONNECTIONS,
+            header_timeout: Duration::from_millis(g.header_read_timeout_ms),
+            retry_after_secs: g.retry_after_secs,
+            drain_timeout: app.shutdown_timeout(),
+        },
+        ops_done.wait(),
     ));
-    let key_refresh = app
-        .keys
-        .spawn_refresh(Duration::from_millis(app.config.auth.refresh_interval_ms));
-    let snapshots = (app.config.telemetry.snapshot_interval_secs > 0).then(|| {
-        shared::metrics::spawn_snapshots(
-            shared::ch::client(&app.config.clickhouse),
-            &app.config.clickhouse.database,
-            "gateway",
-            Duration::from_secs(app.config.telemetry.snapshot_interval_secs),
-        )
-    });
     let graceful = GracefulShutdown::new();
-    let limit = Arc::new(Semaphore::new(app.config.gateway.max_connections));
-    let ops_limit = Arc::new(Semaphore::new(OPERATIONS_CONNECTIONS));
+    let limit = Arc::new(Semaphore::new(g.max_connections));
     let refusals = Arc::new(Semaphore::new(REFUSALS));
     tokio::pin!(shutdown);
     loop {
-        let (accepted, which, slots) = tokio::select! {
-            a = ingest.accept() => (a, Listener::Ingest, &limit),
-            a = operations.accept() => (a, Listener::Operations, &ops_limit),
+        let accepted = tokio::select! {
+            a = ingest.accept() => a,
             () = &mut shutdown => break,
         };
         let (stream, peer) = match accepted {
@@ -181,10 +107,10 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let Ok(slot) = Arc::clone(slots).try_acquire_owned() else {
-            crate::telemetry::ConnectionRefused { listener: which }.emit();
+        let Ok(slot) = Arc::clone(&limit).try_acquire_owned() else {
+            crate::telemetry::ConnectionRefused.emit();
             if let Ok(r) = Arc::clone(&refusals).try_acquire_owned() {
-                let retry = app.config.gateway.retry_after_secs;
+                let retry = g.retry_after_secs;
                 tokio::spawn(async move {
                     conn::refuse(stream, retry).await;
                     drop(r);
@@ -197,9 +123,8 @@ pub async fn serve(
         let act2 = Arc::clone(&activity);
         let service = service_fn(move |req| {
             let in_request = act2.begin();
-            routes::handle(Arc::clone(&app2), which, req, peer, in_request)
+            crate::router::handle(Arc::clone(&app2), req, peer, in_request)
         });
-        let g = &app.config.gateway;
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .header_read_timeout(None)
@@ -215,22 +140,16 @@ pub async fn serve(
             Duration::from_millis(g.idle_timeout_ms),
         );
         let counter = Arc::clone(&app);
-        let public = which == Listener::Ingest;
         tokio::spawn(async move {
-            if public {
-                counter.connections.fetch_add(1, Ordering::Relaxed);
-            }
+            counter.connections.fetch_add(1, Ordering::Relaxed);
             watch(conn, &activity, timeouts, peer).await;
-            if public {
-                counter.connections.fetch_sub(1, Ordering::Relaxed);
-            }
+            counter.connections.fetch_sub(1, Ordering::Relaxed);
             drop(slot);
         });
     }
-    app.shutting_down.store(true, Ordering::Relaxed);
+    app.begin_shutdown();
     drop(ingest);
-    drop(operations);
-    let timeout = Duration::from_millis(app.config.gateway.shutdown_timeout_ms);
+    let timeout = app.shutdown_timeout();
     tracing::info!(?timeout, "shutting down: draining in-flight requests");
     if tokio::time::timeout(timeout, graceful.shutdown())
         .await
@@ -238,11 +157,7 @@ pub async fn serve(
     {
         tracing::warn!("in-flight requests did not finish within the shutdown timeout");
     }
-    probe.abort();
-    key_refresh.abort();
-    if let Some(s) = snapshots {
-        s.abort();
-    }
+    background.stop();
     let sink = Arc::clone(&app.sink);
     let flushed = tokio::task::spawn_blocking(move || sink.flush(timeout)).await;
     match flushed {
@@ -250,6 +165,8 @@ pub async fn serve(
         Ok(Err(e)) => tracing::warn!(error = %e, "producer flush incomplete"),
         Err(e) => tracing::warn!(error = %e, "producer flush task failed"),
     }
+    ops_done.trigger();
+    let _ = ops_server.await;
     Ok(())
 }
 

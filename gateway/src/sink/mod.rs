@@ -22,11 +22,18 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::statistics::Statistics;
 use rdkafka::util::Timeout;
-use shared::config::{Config, PartitionKey};
+use shared::config::{KafkaConfig, PartitionKey};
 use shared::event::EventType;
 use uuid::Uuid;
 
-use crate::ingest::validate::Outgoing;
+/// One event ready for the broker: its topic's type, the session it is
+/// keyed by, and the serialized `EventRow`.
+#[derive(Debug)]
+pub struct Record {
+    pub kind: EventType,
+    pub session: Uuid,
+    pub payload: Vec<u8>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -78,14 +85,17 @@ pub struct Sink {
 }
 
 impl Sink {
-    pub fn new(cfg: &Config) -> Result<Sink, KafkaError> {
-        let mut client_config =
-            shared::kafka::producer_config(&cfg.kafka, cfg.gateway.delivery_timeout_ms);
-        if cfg.telemetry.kafka_statistics_interval_ms > 0 {
-            client_config.set(
-                "statistics.interval.ms",
-                cfg.telemetry.kafka_statistics_interval_ms.to_string(),
-            );
+    /// A producer for `[kafka]`; a request fails when its deliveries take
+    /// longer than `delivery_timeout_ms` (`gateway.delivery_timeout_ms`);
+    /// librdkafka reports statistics every `statistics_interval_ms` (0: never).
+    pub fn new(
+        kafka: &KafkaConfig,
+        delivery_timeout_ms: u64,
+        statistics_interval_ms: u64,
+    ) -> Result<Sink, KafkaError> {
+        let mut client_config = shared::kafka::producer_config(kafka, delivery_timeout_ms);
+        if statistics_interval_ms > 0 {
+            client_config.set("statistics.interval.ms", statistics_interval_ms.to_string());
         }
         let producer: GatewayProducer = client_config.create_with_context(StatsContext)?;
         Ok(Sink {
@@ -94,9 +104,9 @@ impl Sink {
                 generation: 0,
                 producer: Arc::new(producer),
             }),
-            topics: cfg.topics(),
-            partition_key: cfg.kafka.partition_key,
-            delivery_timeout: Duration::from_millis(cfg.gateway.delivery_timeout_ms),
+            topics: kafka.topics(),
+            partition_key: kafka.partition_key,
+            delivery_timeout: Duration::from_millis(delivery_timeout_ms),
             broker_up: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -134,7 +144,7 @@ impl Sink {
     }
 
     /// Produces every event of `tenant` and returns once all are acknowledged.
-    pub async fn send(&self, tenant: Uuid, events: Vec<Outgoing>) -> Result<(), SinkError> {
+    pub async fn send(&self, tenant: Uuid, events: Vec<Record>) -> Result<(), SinkError> {
         let (generation, producer) = self.producer();
         let result = self.send_with(&producer, tenant, events).await;
         drop(producer);
@@ -151,7 +161,7 @@ impl Sink {
         &self,
         producer: &GatewayProducer,
         tenant: Uuid,
-        events: Vec<Outgoing>,
+        events: Vec<Record>,
     ) -> Result<(), SinkError> {
         let started = std::time::Instant::now();
         let mut pending = Vec::with_capacity(events.len());

@@ -33,7 +33,7 @@ impl TestGateway {
         let tenant = Uuid::new_v4();
         config.auth.keys.push(StaticKey {
             tenant_id: tenant,
-            secret_sha256: gateway::auth::hash_secret(SECRET),
+            secret_sha256: shared::credential::hash_secret(SECRET),
             tier: Default::default(),
             anonymize_ip,
         });

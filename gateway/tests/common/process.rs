@@ -59,7 +59,7 @@ impl GatewayProcess {
         let auth = auth.map(str::to_string).unwrap_or_else(|| {
             format!(
                 "[auth]\nclickhouse_keys = false\nkeys = [{{ tenant_id = \"{tenant}\", secret_sha256 = \"{}\", tier = \"paid\" }}]\n\n",
-                gateway::auth::hash_secret(SECRET)
+                shared::credential::hash_secret(SECRET)
             )
         });
         let mut text = String::new();
@@ -195,7 +195,7 @@ fn spawn(config_file: &std::path::Path, stderr: &Arc<Mutex<Vec<String>>>) -> Chi
 /// Sum of every sample of `name` in a Prometheus exposition whose labels
 /// include all of `labels`.
 pub fn metric_sum(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    shared::metrics::parse_exposition(exposition)
+    shared::runtime::metrics::parse_exposition(exposition)
         .into_iter()
         .filter(|s| s.name == name)
         .filter(|s| {

@@ -16,6 +16,7 @@
 //! tenant whose lease another job holds is reported `busy` and left as it was.
 
 use serde_json::json;
+use shared::store::sql::{Tenants, AT_MS};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -24,22 +25,11 @@ use super::cold::ColdStore;
 use super::{ms, JobContext, JobError, JobReport, Window};
 use crate::lease::Lease;
 
-/// `AND tenant_id = …` for one tenant, or `AND tenant_id NOT IN (…)` for the
-/// tenants computed separately; the bound value goes with it.
-fn tenant_filter(only: Option<Uuid>, excluded: &[Uuid]) -> (String, String) {
+/// One tenant, or every tenant but those computed separately.
+fn scope(only: Option<Uuid>, excluded: &[Uuid]) -> Tenants<'_> {
     match only {
-        Some(t) => ("AND tenant_id = toUUID(?)".into(), t.to_string()),
-        None if excluded.is_empty() => ("AND (? = '' OR 1)".into(), String::new()),
-        None => {
-            let list: Vec<String> = excluded.iter().map(|t| format!("toUUID('{t}')")).collect();
-            (
-                format!(
-                    "AND (? = '' OR 1) AND tenant_id NOT IN ({})",
-                    list.join(", ")
-                ),
-                String::new(),
-            )
-        }
+        Some(t) => Tenants::Only(t),
+        None => Tenants::Except(excluded),
     }
 }
 
@@ -78,8 +68,8 @@ async fn over_sources(
             .client
             .query(&format!(
                 "SELECT DISTINCT toString(tenant_id) FROM {} \
-                 WHERE timestamp >= fromUnixTimestamp64Milli(toInt64(?), 'UTC') \
-                 AND timestamp < fromUnixTimestamp64Milli(toInt64(?), 'UTC')",
+                 WHERE timestamp >= {AT_MS} \
+                 AND timestamp < {AT_MS}",
                 ctx.table("events")
             ))
             .bind(ms(w.from - MARGIN))
@@ -90,10 +80,10 @@ async fn over_sources(
     }
     let mut busy = Vec::new();
     if !archived.is_empty() {
-        let cold = ColdStore::from_config(&ctx.config)?;
+        let cold = ColdStore::new(&ctx.config.cold_storage)?;
         for (tenant, days) in archived {
             let Some(lease) = Lease::try_acquire(ctx, &archive::lease_name(tenant)).await? else {
-                busy.push(tenant.to_string());
+                busy.push(tenant);
                 continue;
             };
             let merged = Source::Merged {
@@ -116,6 +106,8 @@ async fn over_sources(
     Ok(JobReport {
         rows_affected: rows,
         detail: json!({"from_ms": ms(w.from), "to_ms": ms(w.to), "rows": rows, "busy": busy}),
+        busy,
+        alerts: Vec::new(),
     })
 }
 
@@ -187,7 +179,7 @@ pub(super) async fn sessions_from(
     excluded: &[Uuid],
     source: &Source,
 ) -> Result<u64, JobError> {
-    let (filter, tenant) = tenant_filter(only, excluded);
+    let filter = scope(only, excluded).clause();
     let src = source.sql(ctx);
     let gap_secs = (ctx.config.jobs.session_gap_minutes * 60) as i64;
     let sessions = ctx.table("sessions");
@@ -196,12 +188,11 @@ pub(super) async fn sessions_from(
     let lookahead = ms(w.to + time::Duration::days(1));
     ctx.client
         .query(&format!(
-            "DELETE FROM {sessions} WHERE session_start >= fromUnixTimestamp64Milli(toInt64(?), 'UTC') \
-             AND session_start < fromUnixTimestamp64Milli(toInt64(?), 'UTC') {filter}"
+            "DELETE FROM {sessions} WHERE session_start >= {AT_MS} \
+             AND session_start < {AT_MS} {filter}"
         ))
         .bind(from)
         .bind(to)
-        .bind(&tenant)
         .execute()
         .await?;
     ctx.client
@@ -220,20 +211,19 @@ pub(super) async fn sessions_from(
                  SELECT tenant_id, session_id, id, timestamp AS ts, type, path, \
                  if(row_number() OVER w = 1 OR dateDiff('second', lagInFrame(timestamp, 1, timestamp) OVER w, timestamp) > ?, 1, 0) AS starts \
                  FROM {src} \
-                 WHERE timestamp >= fromUnixTimestamp64Milli(toInt64(?), 'UTC') \
-                 AND timestamp < fromUnixTimestamp64Milli(toInt64(?), 'UTC') {filter} \
+                 WHERE timestamp >= {AT_MS} \
+                 AND timestamp < {AT_MS} {filter} \
                  WINDOW w AS (PARTITION BY tenant_id, session_id ORDER BY timestamp, id \
                    ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) \
                ) \
              ) \
              GROUP BY tenant_id, session_id, segment \
-             HAVING min(ts) >= fromUnixTimestamp64Milli(toInt64(?), 'UTC') \
-             AND min(ts) < fromUnixTimestamp64Milli(toInt64(?), 'UTC')"
+             HAVING min(ts) >= {AT_MS} \
+             AND min(ts) < {AT_MS}"
         ))
         .bind(gap_secs)
         .bind(lookback)
         .bind(lookahead)
-        .bind(&tenant)
         .bind(from)
         .bind(to)
         .execute()
@@ -241,12 +231,11 @@ pub(super) async fn sessions_from(
     let written: u64 = ctx
         .client
         .query(&format!(
-            "SELECT count() FROM {sessions} FINAL WHERE session_start >= fromUnixTimestamp64Milli(toInt64(?), 'UTC') \
-             AND session_start < fromUnixTimestamp64Milli(toInt64(?), 'UTC') {filter}"
+            "SELECT count() FROM {sessions} FINAL WHERE session_start >= {AT_MS} \
+             AND session_start < {AT_MS} {filter}"
         ))
         .bind(from)
         .bind(to)
-        .bind(&tenant)
         .fetch_one()
         .await?;
     Ok(written)
@@ -260,7 +249,7 @@ pub(super) async fn rollups_from(
     excluded: &[Uuid],
     source: &Source,
 ) -> Result<u64, JobError> {
-    let (filter, tenant) = tenant_filter(only, excluded);
+    let filter = scope(only, excluded).clause();
     let src = source.sql(ctx);
     let mut total = 0u64;
     for (table, bucket, from, to) in [
@@ -304,24 +293,22 @@ pub(super) async fn rollups_from(
                 "INSERT INTO {t} (tenant_id, type, {column}, events, sessions, bots, computed_at) \
                  SELECT tenant_id, type, {bucket} AS b, count(), uniqExact(session_id), countIf(is_bot), now64(3) \
                  FROM {src} \
-                 WHERE timestamp >= fromUnixTimestamp64Milli(toInt64(?), 'UTC') \
-                 AND timestamp < fromUnixTimestamp64Milli(toInt64(?), 'UTC') {filter} \
+                 WHERE timestamp >= {AT_MS} \
+                 AND timestamp < {AT_MS} {filter} \
                  GROUP BY tenant_id, type, b"
             ))
             .bind(ms(from))
             .bind(ms(to))
-            .bind(&tenant)
             .execute()
             .await?;
         let n: u64 = ctx
             .client
             .query(&format!(
-                "SELECT count() FROM {t} FINAL WHERE {column} >= fromUnixTimestamp64Milli(toInt64(?), 'UTC') \
-                 AND {column} < fromUnixTimestamp64Milli(toInt64(?), 'UTC') {filter}"
+                "SELECT count() FROM {t} FINAL WHERE {column} >= {AT_MS} \
+                 AND {column} < {AT_MS} {filter}"
             ))
             .bind(ms(from))
             .bind(ms(to))
-            .bind(&tenant)
             .fetch_one()
             .await?;
         total += n;

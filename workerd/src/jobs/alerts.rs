@@ -4,6 +4,7 @@
 //! share of failed ingest requests, from the gateways' metric snapshots in
 //! `internal_metrics`.
 
+use shared::store::sql::AT_MS;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -12,21 +13,23 @@ use serde_json::json;
 use time::OffsetDateTime;
 
 use super::{ms, JobContext, JobError, JobReport};
+use crate::notify::Alert;
 
 /// Messages ClickHouse's consumer group has not consumed yet, over every
 /// partition of `topics` (a partition with no committed offset counts from its
 /// low watermark).
-pub fn consumer_lag(brokers: &str, group: &str, topics: &[String]) -> Result<u64, String> {
+pub fn consumer_lag(
+    brokers: &str,
+    group: &str,
+    topics: &[String],
+) -> Result<u64, rdkafka::error::KafkaError> {
     let timeout = Duration::from_secs(10);
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
-        .create()
-        .map_err(|e| e.to_string())?;
-    let md = consumer
-        .fetch_metadata(None, timeout)
-        .map_err(|e| e.to_string())?;
+        .create()?;
+    let md = consumer.fetch_metadata(None, timeout)?;
     let mut tpl = TopicPartitionList::new();
     for t in md
         .topics()
@@ -37,14 +40,10 @@ pub fn consumer_lag(brokers: &str, group: &str, topics: &[String]) -> Result<u64
             tpl.add_partition(t.name(), p.id());
         }
     }
-    let committed = consumer
-        .committed_offsets(tpl, timeout)
-        .map_err(|e| e.to_string())?;
+    let committed = consumer.committed_offsets(tpl, timeout)?;
     let mut lag = 0u64;
     for e in committed.elements() {
-        let (low, high) = consumer
-            .fetch_watermarks(e.topic(), e.partition(), timeout)
-            .map_err(|err| err.to_string())?;
+        let (low, high) = consumer.fetch_watermarks(e.topic(), e.partition(), timeout)?;
         let at = match e.offset() {
             Offset::Offset(n) => n,
             _ => low,
@@ -61,28 +60,31 @@ pub async fn run(ctx: &JobContext, now: OffsetDateTime) -> Result<JobReport, Job
     let dead: u64 = ctx
         .client
         .query(&format!(
-            "SELECT count() FROM {} WHERE received_at >= fromUnixTimestamp64Milli(toInt64(?), 'UTC')",
+            "SELECT count() FROM {} WHERE received_at >= {AT_MS}",
             ctx.table("dead_letter")
         ))
         .bind(ms(since))
         .fetch_one()
         .await?;
     if n.dead_letter_threshold > 0 && dead >= n.dead_letter_threshold {
-        alerts.push(json!({"rule": "dead_letter_growth", "value": dead, "threshold": n.dead_letter_threshold}));
+        alerts.push(Alert::DeadLetterGrowth {
+            dead_letters: dead,
+            threshold: n.dead_letter_threshold,
+            window_minutes: n.dead_letter_window_minutes,
+        });
     }
     let (brokers, group, topics) = (
         ctx.config.clickhouse.kafka_brokers.clone(),
         ctx.config.clickhouse.kafka_group.clone(),
-        ctx.config.topics(),
+        ctx.config.kafka.topics(),
     );
-    let lag = tokio::task::spawn_blocking(move || consumer_lag(&brokers, &group, &topics))
-        .await
-        .map_err(|e| JobError::Invalid(e.to_string()))?
-        .map_err(|e| JobError::Invalid(format!("measuring consumer lag: {e}")))?;
+    let lag =
+        tokio::task::spawn_blocking(move || consumer_lag(&brokers, &group, &topics)).await??;
     if n.consumer_lag_threshold > 0 && lag >= n.consumer_lag_threshold {
-        alerts.push(
-            json!({"rule": "consumer_lag", "value": lag, "threshold": n.consumer_lag_threshold}),
-        );
+        alerts.push(Alert::ConsumerLag {
+            lag,
+            threshold: n.consumer_lag_threshold,
+        });
     }
     let (requests, errors) = ingest_outcomes(ctx, now).await?;
     let rate = if requests == 0 {
@@ -94,18 +96,23 @@ pub async fn run(ctx: &JobContext, now: OffsetDateTime) -> Result<JobReport, Job
         && requests >= n.ingest_error_min_requests
         && rate >= n.ingest_error_rate_threshold
     {
-        alerts.push(json!({
-            "rule": "ingest_error_rate", "value": rate, "threshold": n.ingest_error_rate_threshold,
-            "requests": requests, "errors": errors, "window_minutes": n.ingest_error_window_minutes,
-        }));
+        alerts.push(Alert::IngestErrorRate {
+            rate,
+            threshold: n.ingest_error_rate_threshold,
+            requests,
+            errors,
+            window_minutes: n.ingest_error_window_minutes,
+        });
     }
     Ok(JobReport {
         rows_affected: alerts.len() as u64,
         detail: json!({
             "dead_letters": dead, "consumer_lag": lag,
             "ingest_requests": requests, "ingest_errors": errors, "ingest_error_rate": rate,
-            "alerts": alerts,
+            "alerts": alerts.iter().map(|a| a.rule().as_str()).collect::<Vec<_>>(),
         }),
+        busy: Vec::new(),
+        alerts,
     })
 }
 
@@ -136,12 +143,12 @@ async fn ingest_outcomes(ctx: &JobContext, now: OffsetDateTime) -> Result<(u64, 
             "SELECT labels['instance'] AS instance, labels['status'] AS status, \
              toUnixTimestamp64Milli(at) AS at_ms, value \
              FROM {} WHERE source = 'gateway' AND name = ? AND labels['route'] = '/ingest' \
-             AND at >= fromUnixTimestamp64Milli(toInt64(?), 'UTC') \
-             AND at <= fromUnixTimestamp64Milli(toInt64(?), 'UTC') \
+             AND at >= {AT_MS} \
+             AND at <= {AT_MS} \
              ORDER BY instance, status, at",
             ctx.table("internal_metrics")
         ))
-        .bind(shared::metrics::HTTP_REQUESTS)
+        .bind(shared::runtime::metrics::HTTP_REQUESTS)
         .bind(ms(since))
         .bind(ms(now))
         .fetch_all()
@@ -152,11 +159,11 @@ async fn ingest_outcomes(ctx: &JobContext, now: OffsetDateTime) -> Result<(u64, 
         .query(&format!(
             "SELECT labels['instance'] AS instance, toUnixTimestamp64Milli(min(at)) AS first_at \
              FROM {} WHERE source = 'gateway' AND name = ? \
-             AND at >= fromUnixTimestamp64Milli(toInt64(?), 'UTC') \
-             AND at <= fromUnixTimestamp64Milli(toInt64(?), 'UTC') GROUP BY instance",
+             AND at >= {AT_MS} \
+             AND at <= {AT_MS} GROUP BY instance",
             ctx.table("internal_metrics")
         ))
-        .bind(shared::metrics::BUILD_INFO)
+        .bind(shared::runtime::metrics::BUILD_INFO)
         .bind(ms(since))
         .bind(ms(now))
         .fetch_all()

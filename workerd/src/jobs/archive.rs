@@ -91,16 +91,22 @@ pub async fn days(
         .await?;
     let mut out: BTreeMap<Uuid, BTreeSet<Date>> = BTreeMap::new();
     for (t, d) in rows {
-        let tenant =
-            Uuid::try_parse(&t).map_err(|e| JobError::Invalid(format!("tenant {t}: {e}")))?;
+        let tenant = Uuid::try_parse(&t).map_err(|_| JobError::Stored {
+            what: "archive tenant id",
+            value: t.clone(),
+        })?;
         out.entry(tenant).or_default().insert(parse_day(&d)?);
     }
     Ok(out)
 }
 
 pub fn parse_day(d: &str) -> Result<Date, JobError> {
-    Date::parse(d, &time::format_description::well_known::Iso8601::DATE)
-        .map_err(|e| JobError::Invalid(format!("day {d}: {e}")))
+    Date::parse(d, &time::format_description::well_known::Iso8601::DATE).map_err(|_| {
+        JobError::Stored {
+            what: "day",
+            value: d.to_string(),
+        }
+    })
 }
 
 /// Records a verified archive of `tenant`'s `day` holding `events` events.
@@ -187,12 +193,10 @@ pub async fn stage(
         };
         insert_parquet(ctx, "archive_stage", bytes)
             .await
-            .map_err(|e| {
-                JobError::Invalid(format!(
-                    "the archive {} cannot be read back ({e}); nothing of tenant {tenant} was changed: \
-                     repair or move the file aside, then run the job again",
-                    cold.location(&key)
-                ))
+            .map_err(|source| JobError::UnreadableArchive {
+                location: cold.location(&key),
+                tenant,
+                source: Box::new(source),
             })?;
     }
     Ok(())

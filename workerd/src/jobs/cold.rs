@@ -1,5 +1,5 @@
-//! Cold storage for compressed days (object_store): the local directory
-//! `jobs.cold_dir`, or an S3-compatible bucket (`cold_storage.s3_*`). Both write
+//! Cold storage for compressed days (object_store): a local directory or an
+//! S3-compatible bucket, as `[cold_storage]` says. Both write
 //! a file whole or not at all (local: temporary name then rename; S3: a single
 //! PUT), so a killed run never leaves a half-written `events.parquet`.
 
@@ -10,7 +10,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use shared::config::Config;
+use shared::config::{ColdStorageConfig, S3ColdStorage};
 use uuid::Uuid;
 
 use super::JobError;
@@ -23,46 +23,67 @@ pub struct ColdStore {
 }
 
 impl ColdStore {
-    pub fn from_config(cfg: &Config) -> Result<ColdStore, JobError> {
-        let c = &cfg.cold_storage;
-        if c.s3_bucket.is_empty() {
-            let dir = &cfg.jobs.cold_dir;
-            std::fs::create_dir_all(dir)
-                .map_err(|e| JobError::Invalid(format!("creating jobs.cold_dir {dir}: {e}")))?;
-            let store = LocalFileSystem::new_with_prefix(dir)
-                .map_err(|e| JobError::Invalid(format!("opening jobs.cold_dir {dir}: {e}")))?;
-            return Ok(ColdStore {
-                store: Arc::new(store),
-                root: dir.trim_end_matches('/').to_string(),
-                prefix: String::new(),
-            });
+    /// The store `[cold_storage]` names: a local directory or an S3 bucket.
+    pub fn new(cfg: &ColdStorageConfig) -> Result<ColdStore, JobError> {
+        match cfg {
+            ColdStorageConfig::Local(l) => Self::local(&l.dir),
+            ColdStorageConfig::S3(c) => Self::s3(c),
         }
+    }
+
+    fn local(dir: &str) -> Result<ColdStore, JobError> {
+        let directory = |source| JobError::ColdDirectory {
+            dir: dir.to_string(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(directory)?;
+        let store =
+            LocalFileSystem::new_with_prefix(dir).map_err(|source| JobError::ColdSetup {
+                root: dir.to_string(),
+                source,
+            })?;
+        Ok(ColdStore {
+            store: Arc::new(store),
+            root: dir.trim_end_matches('/').to_string(),
+            prefix: String::new(),
+        })
+    }
+
+    fn s3(c: &S3ColdStorage) -> Result<ColdStore, JobError> {
+        let root = format!("s3://{}", c.bucket);
         let mut b = AmazonS3Builder::new()
-            .with_bucket_name(&c.s3_bucket)
-            .with_region(&c.s3_region)
-            .with_allow_http(c.s3_allow_http);
-        if !c.s3_endpoint.is_empty() {
+            .with_bucket_name(&c.bucket)
+            .with_region(&c.region)
+            .with_allow_http(c.allow_http);
+        if !c.endpoint.is_empty() {
             // Path-style requests: what S3-compatible services expect by default.
             b = b
-                .with_endpoint(&c.s3_endpoint)
+                .with_endpoint(&c.endpoint)
                 .with_virtual_hosted_style_request(false);
         }
-        if !c.s3_access_key_id.is_empty() {
+        if !c.access_key_id.is_empty() {
             b = b
-                .with_access_key_id(&c.s3_access_key_id)
-                .with_secret_access_key(&c.s3_secret_access_key);
+                .with_access_key_id(&c.access_key_id)
+                .with_secret_access_key(c.secret_access_key.expose());
         }
-        let store = b.build().map_err(|e| {
-            JobError::Invalid(format!(
-                "cold_storage: cannot set up S3 bucket {}: {e}",
-                c.s3_bucket
-            ))
+        let store = b.build().map_err(|source| JobError::ColdSetup {
+            root: root.clone(),
+            source,
         })?;
         Ok(ColdStore {
             store: Arc::new(store),
-            root: format!("s3://{}", c.s3_bucket),
-            prefix: c.s3_prefix.trim_matches('/').to_string(),
+            root,
+            prefix: c.prefix.trim_matches('/').to_string(),
         })
+    }
+
+    fn failed(&self, action: &'static str, key: &Path) -> impl Fn(object_store::Error) -> JobError {
+        let location = self.location(key);
+        move |source| JobError::Cold {
+            action,
+            location: location.clone(),
+            source,
+        }
     }
 
     /// `[<prefix>/]tenant=<id>/date=<YYYY-MM-DD>/events.parquet`.
@@ -86,7 +107,11 @@ impl ColdStore {
             .store
             .list_with_delimiter(Some(&Path::from(folder.as_str())))
             .await
-            .map_err(|e| JobError::Invalid(format!("listing {}/{folder}: {e}", self.root)))?;
+            .map_err(|source| JobError::Cold {
+                action: "listing",
+                location: format!("{}/{folder}", self.root),
+                source,
+            })?;
         let mut days = Vec::new();
         for p in listed.common_prefixes {
             let Some(d) = p.filename().and_then(|f| f.strip_prefix("date=")) else {
@@ -109,7 +134,7 @@ impl ColdStore {
             .put(key, PutPayload::from(data))
             .await
             .map(|_| ())
-            .map_err(|e| JobError::Invalid(format!("writing {}: {e}", self.location(key))))
+            .map_err(self.failed("writing", key))
     }
 
     /// The object at `key`, or `None` when there is none (any other failure is
@@ -119,16 +144,12 @@ impl ColdStore {
         match read.await {
             Ok(b) => Ok(Some(b)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(JobError::Invalid(format!(
-                "reading back {}: {e}",
-                self.location(key)
-            ))),
+            Err(e) => Err(self.failed("reading back", key)(e)),
         }
     }
 
     pub async fn get(&self, key: &Path) -> Result<Bytes, JobError> {
         let read = async { self.store.get(key).await?.bytes().await };
-        read.await
-            .map_err(|e| JobError::Invalid(format!("reading back {}: {e}", self.location(key))))
+        read.await.map_err(self.failed("reading back", key))
     }
 }

@@ -1,7 +1,7 @@
 //! Free-tier compression: raw events of whole UTC days that ended more than
 //! `jobs.compression_after_hours` ago move to cold storage, as
-//! `tenant=<tenant_id>/date=<YYYY-MM-DD>/events.parquet` (`jobs.cold_dir`, or an
-//! S3-compatible bucket: see [`super::cold`]; written whole or not at all).
+//! `tenant=<tenant_id>/date=<YYYY-MM-DD>/events.parquet` (a local directory
+//! or an S3-compatible bucket: see [`super::cold`]; written whole or not at all).
 //!
 //! Per tenant, under its archive lease (one job per tenant at a time, across
 //! processes and machines: [`crate::lease`]), and per day with raw events:
@@ -35,10 +35,10 @@ use super::archive::{self, Source};
 use super::cold::ColdStore;
 use super::{aggregates, ms, JobContext, JobError, JobReport, Window};
 use crate::lease::Lease;
-use shared::config::Tier;
+use shared::domain::Tier;
 
-/// Where a tenant's day is stored when cold storage is the local `cold_dir`.
-pub fn parquet_path(cold_dir: &str, tenant: Uuid, day: Date) -> std::path::PathBuf {
+/// Where a tenant's day is stored when cold storage is a local directory.
+pub fn parquet_path(cold_dir: &std::path::Path, tenant: Uuid, day: Date) -> std::path::PathBuf {
     std::path::PathBuf::from(cold_dir)
         .join(format!("tenant={tenant}"))
         .join(format!("date={day}"))
@@ -56,7 +56,7 @@ pub async fn run(
     let events = ctx.table("events");
     let (mut done, mut busy) = (Vec::new(), Vec::new());
     let mut deleted = 0u64;
-    let cold = ColdStore::from_config(&ctx.config)?;
+    let cold = ColdStore::new(&ctx.config.cold_storage)?;
     let (first, last) = archive::ALL_DAYS;
     let catalogue = archive::days(ctx, only, first, last).await?;
     for (tenant, tier) in ctx.tenants().await? {
@@ -88,7 +88,7 @@ pub async fn run(
             continue;
         }
         let Some(lease) = Lease::try_acquire(ctx, &archive::lease_name(tenant)).await? else {
-            busy.push(tenant.to_string());
+            busy.push(tenant);
             continue;
         };
         let result = async {
@@ -113,6 +113,8 @@ pub async fn run(
     Ok(JobReport {
         rows_affected: deleted,
         detail: json!({"days": done, "events_deleted": deleted, "busy": busy}),
+        busy,
+        alerts: Vec::new(),
     })
 }
 
@@ -210,11 +212,14 @@ async fn compress_day(
         .fetch_one()
         .await?;
     if in_file != expected || rows_in_file != expected || missing != 0 {
-        return Err(JobError::Invalid(format!(
-            "verification failed for tenant {tenant} day {day}: {expected} events staged, \
-             the file read back holds {rows_in_file} rows ({in_file} distinct), {missing} staged \
-             rows missing; no raw event deleted"
-        )));
+        return Err(JobError::Unverified {
+            tenant,
+            day,
+            staged: expected,
+            rows_in_file,
+            distinct_in_file: in_file,
+            missing,
+        });
     }
 
     // 3. Catalogue, then the day's aggregates from the merged events (the

@@ -7,17 +7,13 @@
 use bytes::Bytes;
 use serde_json::json;
 use shared::enrich::Enricher;
+use shared::store::sql::Tenants;
 use uuid::Uuid;
 
 use super::{JobContext, JobError, JobReport};
 
 /// Most distinct user agents or addresses handled per run (the rest next run).
 pub const BATCH: u64 = 50_000;
-
-fn tenant_filter(only: Option<Uuid>) -> String {
-    only.map(|t| format!(" AND tenant_id = toUUID('{t}')"))
-        .unwrap_or_default()
-}
 
 async fn count(ctx: &JobContext, condition: &str) -> Result<u64, JobError> {
     Ok(ctx
@@ -72,8 +68,8 @@ async fn mutate(ctx: &JobContext, set: &str, condition: &str) -> Result<(), JobE
 }
 
 pub async fn run(ctx: &JobContext, only: Option<Uuid>) -> Result<JobReport, JobError> {
-    let enricher = Enricher::new(&ctx.config).map_err(|e| JobError::Invalid(e.to_string()))?;
-    let filter = tenant_filter(only);
+    let enricher = Enricher::new(&ctx.config.enrichment)?;
+    let filter = Tenants::of(only).clause();
     let events = ctx.table("events");
 
     // User agents.
@@ -162,5 +158,6 @@ pub async fn run(ctx: &JobContext, only: Option<Uuid>) -> Result<JobReport, JobE
     Ok(JobReport {
         rows_affected: ua_done + geo_done,
         detail: json!({"user_agent_rows": ua_done, "geo_rows": geo_done, "geo_enabled": enricher.geo_enabled()}),
+        ..JobReport::default()
     })
 }

@@ -18,25 +18,23 @@ pub mod archive;
 pub mod cold;
 pub mod compression;
 pub mod enrichment;
+mod error;
 pub mod quota;
 pub mod retention;
 
+pub use error::JobError;
+pub use shared::store::sql::ms;
+
+use shared::store::sql::AT_MS;
 use std::collections::BTreeMap;
 
-use shared::ch::ident;
-use shared::config::{Config, Tier};
+use shared::config::{Config, JobsConfig, Schedule};
+use shared::domain::Tier;
+use shared::store::{audit, Db};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-#[derive(Debug, thiserror::Error)]
-pub enum JobError {
-    #[error("ClickHouse: {0}")]
-    ClickHouse(#[from] clickhouse::error::Error),
-    #[error("{0}")]
-    Invalid(String),
-    #[error("lost the lease {name} ({left_ms} ms were left, less than half the TTL): stopped before changing anything more")]
-    LeaseLost { name: String, left_ms: i64 },
-}
+use crate::notify::Alert;
 
 /// The jobs `workerd job run` knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,21 +71,52 @@ impl JobName {
         }
     }
 
-    pub fn parse(s: &str) -> Result<JobName, String> {
+    /// When `workerd run` runs the job (`jobs.<name>_cron`).
+    pub fn schedule(self, cfg: &JobsConfig) -> &Schedule {
+        match self {
+            JobName::Retention => &cfg.retention_cron,
+            JobName::Sessions => &cfg.sessions_cron,
+            JobName::Rollups => &cfg.rollups_cron,
+            JobName::Quota => &cfg.quota_cron,
+            JobName::Compression => &cfg.compression_cron,
+            JobName::Enrichment => &cfg.enrichment_cron,
+            JobName::Alerts => &cfg.alerts_cron,
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<JobName, UnknownJob> {
         JobName::ALL
             .into_iter()
             .find(|j| j.as_str() == s)
-            .ok_or_else(|| {
-                let names: Vec<&str> = JobName::ALL.iter().map(|j| j.as_str()).collect();
-                format!("no job `{s}`; jobs are {}", names.join(", "))
-            })
+            .ok_or_else(|| UnknownJob(s.to_string()))
     }
 }
 
-/// What a job needs: the database, the configuration and who is acting.
+/// A job name `workerd job run` does not know.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "no job `{0}`; jobs are retention, sessions, rollups, quota, compression, enrichment, alerts"
+)]
+pub struct UnknownJob(pub String);
+
+/// What a job needs: the database and the configuration. Jobs read many
+/// sections (tiers, limits, jobs, notifications, cold storage, keys), so the
+/// context carries the whole configuration the binary loaded.
 pub struct JobContext {
     pub client: clickhouse::Client,
+    pub db: Db,
     pub config: Config,
+}
+
+impl JobContext {
+    /// A context on the configured ClickHouse database.
+    pub fn new(config: Config) -> JobContext {
+        JobContext {
+            client: shared::store::client(&config.clickhouse),
+            db: Db::new(&config.clickhouse.database),
+            config,
+        }
+    }
 }
 
 /// The time range a recompute covers, `[from, to)`.
@@ -101,25 +130,22 @@ pub struct Window {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct JobReport {
     pub rows_affected: u64,
+    /// What the run saw and did, for the log, `/health` and `workerd job run`.
     pub detail: serde_json::Value,
-}
-
-pub fn ms(t: OffsetDateTime) -> i64 {
-    (t.unix_timestamp_nanos() / 1_000_000) as i64
+    /// Tenants left as they were because another job held their lease.
+    pub busy: Vec<Uuid>,
+    /// The alerts the run raises (the notifier gates and delivers them).
+    pub alerts: Vec<Alert>,
 }
 
 impl JobContext {
     pub fn table(&self, name: &str) -> String {
-        format!(
-            "{}.{}",
-            ident(&self.config.clickhouse.database),
-            ident(name)
-        )
+        self.db.table(name)
     }
 
     /// Every tenant with a row in `tenants`, a key in `auth.keys` or events,
     /// and its tier, decided as the gateway decides it
-    /// ([`shared::keys::resolve_tier`]).
+    /// ([`shared::store::keys::resolve_tier`]).
     pub async fn tenants(&self) -> Result<Vec<(Uuid, Tier)>, JobError> {
         let known: Vec<(String, String)> = self
             .client
@@ -150,7 +176,7 @@ impl JobContext {
         Ok(ids
             .into_iter()
             .map(|id| {
-                let tier = shared::keys::resolve_tier(
+                let tier = shared::store::keys::resolve_tier(
                     rows.get(&id).map(String::as_str),
                     &self.config.auth.keys,
                     id,
@@ -168,16 +194,14 @@ impl JobContext {
         detail: serde_json::Value,
     ) -> Result<(), JobError> {
         let target = tenant.map_or_else(|| "*".to_string(), |t| t.to_string());
-        shared::ch::audit(
-            &self.client,
-            &self.config.clickhouse.database,
-            "workerd",
+        let entry = audit::Entry {
+            actor: "workerd",
             action,
             tenant,
-            &target,
-            &detail,
-        )
-        .await?;
+            target: &target,
+            detail,
+        };
+        audit::record(&self.client, &self.db, entry).await?;
         Ok(())
     }
 }
@@ -194,9 +218,9 @@ async fn default_window(ctx: &JobContext, now: OffsetDateTime) -> Result<Window,
         .client
         .query(&format!(
             "SELECT if(count() = 0, NULL, toUnixTimestamp64Milli(min(timestamp))) FROM {} \
-             WHERE received_at >= fromUnixTimestamp64Milli(toInt64(?), 'UTC') \
-             AND timestamp >= fromUnixTimestamp64Milli(toInt64(?), 'UTC') \
-             AND timestamp < fromUnixTimestamp64Milli(toInt64(?), 'UTC')",
+             WHERE received_at >= {AT_MS} \
+             AND timestamp >= {AT_MS} \
+             AND timestamp < {AT_MS}",
             ctx.table("events")
         ))
         .bind(ms(since))
@@ -204,14 +228,18 @@ async fn default_window(ctx: &JobContext, now: OffsetDateTime) -> Result<Window,
         .bind(ms(since))
         .fetch_one()
         .await?;
-    let from = match earliest {
-        Some(t) => {
-            let late = OffsetDateTime::from_unix_timestamp_nanos(t as i128 * 1_000_000)
-                .map_err(|e| JobError::Invalid(format!("stored timestamp {t}: {e}")))?;
-            (late - time::Duration::days(1)).min(since)
-        }
-        None => since,
-    };
+    let from =
+        match earliest {
+            Some(t) => {
+                let late = OffsetDateTime::from_unix_timestamp_nanos(t as i128 * 1_000_000)
+                    .map_err(|_| JobError::Stored {
+                        what: "event timestamp",
+                        value: t.to_string(),
+                    })?;
+                (late - time::Duration::days(1)).min(since)
+            }
+            None => since,
+        };
     Ok(Window { from, to: now })
 }
 
@@ -236,9 +264,7 @@ pub async fn run(
         },
     };
     if window.from >= window.to {
-        return Err(JobError::Invalid(
-            "the window's start must be before its end".into(),
-        ));
+        return Err(JobError::EmptyWindow);
     }
     let started = std::time::Instant::now();
     let report = match job {

@@ -4,6 +4,7 @@
 //! key snapshot and answers 429 `quota_exceeded` until the month ends (or the
 //! tenant moves to a tier with room).
 
+use shared::store::sql::AT_MS;
 use std::collections::HashMap;
 
 use serde_json::json;
@@ -11,8 +12,9 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{ms, JobContext, JobError, JobReport};
+use crate::notify::Alert;
 
-pub use shared::keys::month_bounds;
+pub use shared::store::keys::month_bounds;
 
 pub async fn run(
     ctx: &JobContext,
@@ -27,8 +29,8 @@ pub async fn run(
         .client
         .query(&format!(
             "SELECT toString(tenant_id), sum(events) FROM {} \
-             WHERE day >= toDate(fromUnixTimestamp64Milli(toInt64(?), 'UTC')) \
-             AND day < toDate(fromUnixTimestamp64Milli(toInt64(?), 'UTC')) GROUP BY tenant_id",
+             WHERE day >= toDate({AT_MS}) \
+             AND day < toDate({AT_MS}) GROUP BY tenant_id",
             ctx.table("usage_daily")
         ))
         .bind(ms(start))
@@ -48,14 +50,14 @@ pub async fn run(
         let quota = ctx.config.tiers.get(tier).monthly_event_quota;
         let is_over = quota > 0 && used >= quota;
         if is_over {
-            over.push(tenant.to_string());
+            over.push(tenant);
         } else if quota > 0 && used * 5 >= quota * 4 {
-            warned.push(tenant.to_string());
+            warned.push(tenant);
         }
         ctx.client
             .query(&format!(
                 "INSERT INTO {} (tenant_id, month, events, quota, over_quota, computed_at) \
-                 VALUES (toUUID(?), toDate(fromUnixTimestamp64Milli(toInt64(?), 'UTC')), ?, ?, ?, now64(3))",
+                 VALUES (toUUID(?), toDate({AT_MS}), ?, ?, ?, now64(3))",
                 ctx.table("tenant_usage")
             ))
             .bind(tenant.to_string())
@@ -66,8 +68,15 @@ pub async fn run(
             .execute()
             .await?;
     }
+    let alerts = over
+        .iter()
+        .map(|&tenant| Alert::QuotaExceeded { tenant })
+        .chain(warned.iter().map(|&tenant| Alert::QuotaWarning { tenant }))
+        .collect();
     Ok(JobReport {
         rows_affected: over.len() as u64,
         detail: json!({"month_start_ms": ms(start), "over_quota": over, "over_80_percent": warned}),
+        busy: Vec::new(),
+        alerts,
     })
 }

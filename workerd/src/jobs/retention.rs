@@ -4,6 +4,7 @@
 //! compression once their archive is verified. The tier is read on every run, so an upgrade or downgrade applies on
 //! the next run. Deleted rows are counted per tier and audited per tenant.
 
+use shared::store::sql::AT_MS;
 use std::collections::BTreeMap;
 
 use serde_json::json;
@@ -22,8 +23,7 @@ async fn purge(
     cutoff_ms: i64,
 ) -> Result<u64, JobError> {
     let t = ctx.table(table);
-    let condition =
-        format!("tenant_id = toUUID(?) AND {column} < fromUnixTimestamp64Milli(toInt64(?), 'UTC')");
+    let condition = format!("tenant_id = toUUID(?) AND {column} < {AT_MS}");
     let n: u64 = ctx
         .client
         .query(&format!("SELECT count() FROM {t} WHERE {condition}"))
@@ -58,7 +58,7 @@ pub async fn run(
         let rollup_cutoff = ms(now - time::Duration::days(t.rollup_retention_days as i64));
         // Free-tier raw events leave only through compression, after their
         // archive was verified: retention never deletes one that has none.
-        let events = if tier == shared::config::Tier::Free {
+        let events = if tier == shared::domain::Tier::Free {
             0
         } else {
             purge(ctx, "events", "timestamp", tenant, raw_cutoff).await?
@@ -94,5 +94,6 @@ pub async fn run(
     Ok(JobReport {
         rows_affected: total,
         detail: json!({ "deleted_by_tier": per_tier }),
+        ..JobReport::default()
     })
 }

@@ -1,4 +1,4 @@
-//! Metrics for both binaries: every metric name in one place, the Prometheus
+//! Metrics for both binaries: the Prometheus
 //! recorder (`metrics` + `metrics-exporter-prometheus`) behind `GET /metrics`, and
 //! snapshots of the same numbers into ClickHouse's `internal_metrics` table, so
 //! workerd's alert rules (and anyone with SQL) can read them.
@@ -10,48 +10,15 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics::{describe_counter, describe_gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Serialize;
 
-// --- gateway -----------------------------------------------------------------
+// Names more than one component uses: the request counter the gateway emits
+// and workerd's ingest-error-rate alert reads back from `internal_metrics`,
+// readiness (both binaries), and the recorder's own.
 pub const HTTP_REQUESTS: &str = "overwatch_http_requests_total";
-pub const HTTP_REQUEST_DURATION: &str = "overwatch_http_request_duration_seconds";
-pub const INGEST_RECEIVED_BYTES: &str = "overwatch_ingest_received_bytes_total";
-pub const INGEST_DECODED_BYTES: &str = "overwatch_ingest_decoded_bytes_total";
-pub const EVENTS_ACCEPTED: &str = "overwatch_events_accepted_total";
-pub const EVENTS_REJECTED: &str = "overwatch_events_rejected_total";
-pub const INGEST_REJECTIONS: &str = "overwatch_ingest_rejections_total";
-pub const RATE_LIMIT_REJECTIONS: &str = "overwatch_rate_limit_rejections_total";
-pub const QUOTA_REJECTIONS: &str = "overwatch_quota_rejections_total";
-pub const PRODUCER_QUEUE_MESSAGES: &str = "overwatch_producer_queue_messages";
-pub const PRODUCER_QUEUE_BYTES: &str = "overwatch_producer_queue_bytes";
-pub const PRODUCER_IN_FLIGHT: &str = "overwatch_producer_in_flight_messages";
-pub const PRODUCER_DELIVERY_DURATION: &str = "overwatch_producer_delivery_duration_seconds";
-pub const PRODUCER_ERRORS: &str = "overwatch_producer_errors_total";
-pub const PRODUCER_REPLACEMENTS: &str = "overwatch_producer_replacements_total";
-pub const PRODUCER_BROKER_RTT: &str = "overwatch_producer_broker_rtt_seconds";
-pub const PRODUCER_BROKER_TX_ERRORS: &str = "overwatch_producer_broker_tx_errors_total";
-pub const BROKER_UP: &str = "overwatch_broker_up";
-pub const KEY_SNAPSHOT_AGE: &str = "overwatch_key_snapshot_age_seconds";
-pub const KEY_SNAPSHOT_KEYS: &str = "overwatch_key_snapshot_keys";
-pub const ENRICH_CACHE_LOOKUPS: &str = "overwatch_enrich_cache_lookups_total";
 pub const READY: &str = "overwatch_ready";
-pub const CONNECTIONS_REFUSED: &str = "overwatch_connections_refused_total";
-pub const CONNECTIONS_CLOSED: &str = "overwatch_connections_closed_total";
-pub const UA_DEFERRED: &str = "overwatch_enrich_ua_deferred_total";
-
-// --- workerd -------------------------------------------------------------------
-pub const JOB_RUNS: &str = "overwatch_job_runs_total";
-pub const JOB_DURATION: &str = "overwatch_job_duration_seconds";
-pub const JOB_ROWS: &str = "overwatch_job_rows_affected_total";
-pub const JOB_CONSECUTIVE_FAILURES: &str = "overwatch_job_consecutive_failures";
-pub const JOB_LAST_SUCCESS: &str = "overwatch_job_last_success_timestamp_seconds";
-pub const RETENTION_DELETED_ROWS: &str = "overwatch_retention_deleted_rows_total";
-pub const NOTIFICATIONS: &str = "overwatch_notifications_total";
-pub const CLICKHOUSE_UP: &str = "overwatch_clickhouse_up";
-
-// --- both ----------------------------------------------------------------------
 pub const BUILD_INFO: &str = "overwatch_build_info";
 pub const SNAPSHOT_ERRORS: &str = "overwatch_metrics_snapshot_errors_total";
 
@@ -59,19 +26,36 @@ pub const SNAPSHOT_ERRORS: &str = "overwatch_metrics_snapshot_errors_total";
 pub const LATENCY_BUCKETS: [f64; 11] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 10.0,
 ];
-/// Job duration buckets (seconds): 100 ms … 1 h.
-pub const JOB_BUCKETS: [f64; 10] = [0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
+
+/// What a binary adds to the recorder: the descriptions of the metrics it
+/// emits (names live with the code that emits them) and histogram buckets
+/// other than [`LATENCY_BUCKETS`].
+pub struct Catalogue {
+    pub describe: fn(),
+    pub buckets: &'static [(&'static str, &'static [f64])],
+}
+
+impl Catalogue {
+    /// Only the shared metrics (tests, tools).
+    pub const SHARED: Catalogue = Catalogue {
+        describe: || {},
+        buckets: &[],
+    };
+}
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the process-wide recorder once (later calls return the same handle)
-/// and describes every metric. Also starts the upkeep that keeps histogram
-/// memory bounded when nobody scrapes (needs a Tokio runtime).
-pub fn install() -> &'static PrometheusHandle {
+/// and describes the shared metrics and the `catalogue`'s. Also starts the
+/// upkeep that keeps histogram memory bounded when nobody scrapes (needs a
+/// Tokio runtime).
+pub fn install(catalogue: &Catalogue) -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
-        let builder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Full(JOB_DURATION.into()), &JOB_BUCKETS)
-            .and_then(|b| b.set_buckets(&LATENCY_BUCKETS));
+        let mut builder = PrometheusBuilder::new().set_buckets(&LATENCY_BUCKETS);
+        for (name, buckets) in catalogue.buckets {
+            builder = builder
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(name.to_string()), buckets));
+        }
         let recorder = match builder {
             Ok(b) => b.build_recorder(),
             // The bucket lists are non-empty constants; this cannot fail.
@@ -82,6 +66,7 @@ pub fn install() -> &'static PrometheusHandle {
             tracing::warn!("a metrics recorder was already installed; /metrics stays empty");
         }
         describe();
+        (catalogue.describe)();
         metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let h = handle.clone();
@@ -99,7 +84,7 @@ pub fn install() -> &'static PrometheusHandle {
 
 /// The Prometheus text exposition of every metric recorded so far.
 pub fn render() -> String {
-    install().render()
+    install(&Catalogue::SHARED).render()
 }
 
 /// `Content-Type` of [`render`]'s output.
@@ -107,141 +92,12 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 fn describe() {
     describe_counter!(
-        CONNECTIONS_REFUSED,
-        Unit::Count,
-        "Connections answered 503 and closed at accept: the listener was at its connection limit"
-    );
-    describe_counter!(
-        CONNECTIONS_CLOSED,
-        Unit::Count,
-        "Connections the gateway closed, by reason (header_timeout, idle)"
-    );
-    describe_counter!(
-        UA_DEFERRED,
-        Unit::Count,
-        "Events whose user agent was left for workerd's enrichment job (per-request parse budget spent)"
-    );
-    describe_counter!(
         HTTP_REQUESTS,
         "HTTP requests answered, by route and status code."
-    );
-    describe_histogram!(
-        HTTP_REQUEST_DURATION,
-        Unit::Seconds,
-        "Time from request head to response, by route."
-    );
-    describe_counter!(
-        INGEST_RECEIVED_BYTES,
-        Unit::Bytes,
-        "Request body bytes received on /ingest, as sent (compressed or not)."
-    );
-    describe_counter!(
-        INGEST_DECODED_BYTES,
-        Unit::Bytes,
-        "Request body bytes on /ingest after decompression."
-    );
-    describe_counter!(
-        EVENTS_ACCEPTED,
-        "Events the broker acknowledged (answered 200), by tier."
-    );
-    describe_counter!(
-        EVENTS_REJECTED,
-        "Events in refused batches whose size was known, by reason (error code) and tier."
-    );
-    describe_counter!(
-        INGEST_REJECTIONS,
-        "Refused /ingest requests, by reason (error code) and tier (unknown before authentication)."
-    );
-    describe_counter!(
-        RATE_LIMIT_REJECTIONS,
-        "Requests refused by a rate limit, by tier and scope (tenant or global)."
-    );
-    describe_counter!(
-        QUOTA_REJECTIONS,
-        "Requests refused because the tenant used up its monthly quota, by tier."
-    );
-    describe_gauge!(
-        PRODUCER_QUEUE_MESSAGES,
-        "Messages in the producer's queue, waiting or in flight (librdkafka statistics msg_cnt)."
-    );
-    describe_gauge!(
-        PRODUCER_QUEUE_BYTES,
-        Unit::Bytes,
-        "Bytes in the producer's queue (librdkafka statistics msg_size)."
-    );
-    describe_gauge!(
-        PRODUCER_IN_FLIGHT,
-        "Messages produced but not yet acknowledged, read at scrape time."
-    );
-    describe_histogram!(
-        PRODUCER_DELIVERY_DURATION,
-        Unit::Seconds,
-        "Time from producing a request's events to the last delivery report."
-    );
-    describe_counter!(
-        PRODUCER_ERRORS,
-        "Failed produce calls, by kind (enqueue, delivery, timeout, canceled)."
-    );
-    describe_counter!(
-        PRODUCER_REPLACEMENTS,
-        "Producers replaced after a failed delivery."
-    );
-    describe_gauge!(
-        PRODUCER_BROKER_RTT,
-        Unit::Seconds,
-        "Broker round-trip time seen by the producer (librdkafka statistics), by broker and percentile (50, 99)."
-    );
-    describe_counter!(
-        PRODUCER_BROKER_TX_ERRORS,
-        "Transmission errors towards a broker (librdkafka statistics txerrs), by broker."
-    );
-    describe_gauge!(
-        BROKER_UP,
-        "1 when the last metadata probe reached a broker, else 0."
-    );
-    describe_gauge!(
-        KEY_SNAPSHOT_AGE,
-        Unit::Seconds,
-        "Age of the API-key snapshot loaded from ClickHouse (absent when keys come from config only)."
-    );
-    describe_gauge!(KEY_SNAPSHOT_KEYS, "API keys in the current snapshot.");
-    describe_counter!(
-        ENRICH_CACHE_LOOKUPS,
-        "Enrichment lookups, by cache (ua: the shared user-agent cache; ua_request, geo_request: the per-request memo) and result (hit, miss)."
     );
     describe_gauge!(
         READY,
         "1 when the process answers 200 on /health/ready, else 0."
-    );
-    describe_counter!(
-        JOB_RUNS,
-        "Job runs, by job_name and outcome (success, failure, skipped_overlap, skipped_backoff)."
-    );
-    describe_histogram!(JOB_DURATION, Unit::Seconds, "Job run time, by job_name.");
-    describe_counter!(
-        JOB_ROWS,
-        "Rows a job inserted, deleted or rewrote, by job_name."
-    );
-    describe_gauge!(
-        JOB_CONSECUTIVE_FAILURES,
-        "Failed runs of a job since its last success."
-    );
-    describe_gauge!(
-        JOB_LAST_SUCCESS,
-        Unit::Seconds,
-        "Unix time of a job's last successful run."
-    );
-    describe_counter!(
-        RETENTION_DELETED_ROWS,
-        "Rows the retention job deleted, by tier and table."
-    );
-    describe_counter!(
-        NOTIFICATIONS,
-        "Alert deliveries, by rule, channel and outcome (sent, suppressed, failed)."
-    );
-    describe_gauge!(
-        CLICKHOUSE_UP,
-        "1 when ClickHouse answered the last health check, else 0."
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version label names the build.");
     describe_counter!(

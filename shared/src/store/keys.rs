@@ -8,7 +8,7 @@
 use serde::Deserialize;
 use time::OffsetDateTime;
 
-use crate::ch::ident;
+use crate::store::ident;
 
 /// One usable (not revoked) key with its tenant's settings, as the gateway needs it.
 #[derive(Debug, Clone, PartialEq, Eq, clickhouse::Row, Deserialize)]
@@ -63,10 +63,10 @@ pub fn resolve_tier(
     stored: Option<&str>,
     static_keys: &[crate::config::StaticKey],
     tenant: uuid::Uuid,
-) -> crate::config::Tier {
+) -> crate::domain::Tier {
     stored
         .filter(|t| !t.is_empty())
-        .and_then(crate::config::Tier::parse)
+        .and_then(crate::domain::Tier::parse)
         .or_else(|| {
             static_keys
                 .iter()
@@ -134,7 +134,8 @@ mod tests {
 
     #[test]
     fn one_tier_rule_for_both_binaries() {
-        use crate::config::{StaticKey, Tier};
+        use crate::config::StaticKey;
+        use crate::domain::Tier;
         let t = uuid::Uuid::new_v4();
         let keys = vec![StaticKey {
             tenant_id: t,
@@ -149,77 +150,5 @@ mod tests {
         // Neither: free.
         assert_eq!(resolve_tier(None, &keys, uuid::Uuid::new_v4()), Tier::Free);
         assert_eq!(resolve_tier(Some("bogus"), &[], t), Tier::Free);
-    }
-}
-
-/// DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410), before the 32 key bytes.
-const ED25519_SPKI_PREFIX: [u8; 12] = [
-    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
-];
-
-/// Reads an Ed25519 public key: a PEM `PUBLIC KEY` block (what
-/// `openssl pkey -pubout` writes), or base64 of the SubjectPublicKeyInfo or of
-/// the raw 32 bytes. Returns the raw key.
-pub fn parse_ed25519_public(text: &str) -> Result<[u8; 32], String> {
-    use base64::Engine as _;
-    let text = text.trim();
-    let b64: String = if text.starts_with("-----BEGIN") {
-        let mut lines = text.lines().map(str::trim);
-        if lines.next() != Some("-----BEGIN PUBLIC KEY-----") {
-            return Err("expected a `-----BEGIN PUBLIC KEY-----` block".into());
-        }
-        let body: Vec<&str> = lines.take_while(|l| !l.starts_with("-----END")).collect();
-        body.concat()
-    } else {
-        text.to_string()
-    };
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(b64.as_bytes())
-        .map_err(|e| format!("not base64: {e}"))?;
-    let raw: &[u8] = match der.len() {
-        32 => &der,
-        44 if der[..12] == ED25519_SPKI_PREFIX => &der[12..],
-        44 => return Err("not an Ed25519 key (the key's algorithm is not 1.3.101.112)".into()),
-        n => {
-            return Err(format!(
-                "{n} bytes: an Ed25519 public key is 32 raw bytes or a 44-byte SubjectPublicKeyInfo"
-            ))
-        }
-    };
-    let mut key = [0u8; 32];
-    key.copy_from_slice(raw);
-    Ok(key)
-}
-
-/// The canonical (base64 of the raw 32 bytes) form stored in `api_keys`.
-pub fn encode_ed25519_public(key: &[u8; 32]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(key)
-}
-
-#[cfg(test)]
-mod ed25519_tests {
-    use super::*;
-
-    #[test]
-    fn pem_spki_and_raw_forms_give_the_same_key() {
-        // From `openssl genpkey -algorithm ed25519 | openssl pkey -pubout`.
-        let pem = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEADP/umylhcc2ZKmLq0Up2XQVIkz5YuK/mByid5XZW2bY=\n-----END PUBLIC KEY-----\n";
-        let key = parse_ed25519_public(pem).expect("pem");
-        let raw = encode_ed25519_public(&key);
-        assert_eq!(parse_ed25519_public(&raw).expect("raw"), key);
-        assert_eq!(
-            parse_ed25519_public("MCowBQYDK2VwAyEADP/umylhcc2ZKmLq0Up2XQVIkz5YuK/mByid5XZW2bY=")
-                .expect("spki"),
-            key
-        );
-        assert!(parse_ed25519_public("bm9wZQ==").is_err());
-        // An RSA/X25519 SPKI of the same length is refused by its algorithm.
-        let mut other = ED25519_SPKI_PREFIX.to_vec();
-        other[8] = 0x6e;
-        other.extend([0u8; 32]);
-        use base64::Engine as _;
-        let x = base64::engine::general_purpose::STANDARD.encode(other);
-        assert!(parse_ed25519_public(&x).unwrap_err().contains("algorithm"));
     }
 }

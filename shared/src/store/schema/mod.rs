@@ -17,8 +17,8 @@ mod durability;
 
 use std::collections::BTreeSet;
 
-use crate::ch::{ident, literal};
 use crate::config::Config;
+use crate::store::{ident, literal};
 
 /// Values the migration statements are rendered with.
 #[derive(Debug, Clone)]
@@ -35,7 +35,7 @@ impl SchemaContext {
             database: cfg.clickhouse.database.clone(),
             kafka_brokers: cfg.clickhouse.kafka_brokers.clone(),
             kafka_group: cfg.clickhouse.kafka_group.clone(),
-            topics: cfg.topics(),
+            topics: cfg.kafka.topics(),
         }
     }
 

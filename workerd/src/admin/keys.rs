@@ -1,50 +1,12 @@
-//! Tenant and API-key administration (`workerd tenant …`, `workerd key …`).
-//!
-//! Every change is a new row version in ClickHouse and an `audit_log` entry.
-//! Secrets are 256-bit random values printed once at issue; only their SHA-256
-//! is stored, and no secret is ever logged or audited.
+//! API keys: issue, list, revoke and rotate.
 
 use std::time::Duration;
 
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
-use shared::ch::ident;
-use shared::config::Tier;
+use shared::credential;
 use uuid::Uuid;
 
-#[derive(Debug, thiserror::Error)]
-pub enum AdminError {
-    #[error("ClickHouse: {0}")]
-    ClickHouse(#[from] clickhouse::error::Error),
-    #[error("no tenant {0}")]
-    NoTenant(Uuid),
-    #[error("tenant {0} already exists")]
-    TenantExists(Uuid),
-    #[error("no API key {0}")]
-    NoKey(Uuid),
-    #[error("API key {0} is already revoked")]
-    AlreadyRevoked(Uuid),
-    #[error("cannot draw random bytes for a secret: {0}")]
-    Random(String),
-    #[error("{0}")]
-    Invalid(String),
-}
-
-/// The ClickHouse connection and database the commands work on, and who acts.
-pub struct Admin {
-    pub client: clickhouse::Client,
-    pub database: String,
-    pub actor: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, clickhouse::Row, Deserialize)]
-pub struct TenantRow {
-    pub tenant_id: String,
-    pub name: String,
-    pub tier: String,
-    pub anonymize_ip: bool,
-    pub created_at_ms: i64,
-}
+use super::{Admin, AdminError};
 
 #[derive(Debug, Clone, PartialEq, Eq, clickhouse::Row, Deserialize)]
 pub struct KeyRow {
@@ -92,41 +54,22 @@ impl Issued {
     }
 }
 
-fn new_secret() -> Result<String, AdminError> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| AdminError::Random(e.to_string()))?;
-    Ok(hex::encode(bytes))
-}
-
-fn sha256_hex(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
-}
-
 impl KeySpec {
     fn validate(&self) -> Result<(), AdminError> {
         if self.kind != "server" && self.kind != "browser" {
-            return Err(AdminError::Invalid(format!(
-                "key kind must be `server` or `browser`, not `{}`",
-                self.kind
-            )));
+            return Err(AdminError::KeyKind(self.kind.clone()));
         }
         if self.kind == "server" && !self.allowed_origins.is_empty() {
-            return Err(AdminError::Invalid(
-                "allowed origins apply to browser keys only".into(),
-            ));
+            return Err(AdminError::OriginsOnServerKey);
         }
         for o in &self.allowed_origins {
             if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
-                return Err(AdminError::Invalid(format!(
-                    "origin `{o}` must be `*` or start with http:// or https://"
-                )));
+                return Err(AdminError::Origin(o.clone()));
             }
         }
         for c in &self.ip_allowlist {
             if shared::config::parse_net(c).is_none() {
-                return Err(AdminError::Invalid(format!(
-                    "`{c}` is not an IP address or CIDR"
-                )));
+                return Err(AdminError::IpOrCidr(c.clone()));
             }
         }
         Ok(())
@@ -134,142 +77,18 @@ impl KeySpec {
 }
 
 impl Admin {
-    /// Commands on `database` through `client`, recorded in the audit log as `actor`.
-    pub fn new(client: clickhouse::Client, database: &str, actor: &str) -> Admin {
-        Admin {
-            client,
-            database: database.to_string(),
-            actor: actor.to_string(),
-        }
-    }
-
-    fn table(&self, name: &str) -> String {
-        format!("{}.{}", ident(&self.database), ident(name))
-    }
-
-    async fn audit(
-        &self,
-        action: &str,
-        tenant: Option<Uuid>,
-        target: &str,
-        detail: serde_json::Value,
-    ) -> Result<(), AdminError> {
-        shared::ch::audit(
-            &self.client,
-            &self.database,
-            &self.actor,
-            action,
-            tenant,
-            target,
-            &detail,
-        )
-        .await?;
-        Ok(())
-    }
-
-    pub async fn tenant(&self, id: Uuid) -> Result<Option<TenantRow>, AdminError> {
-        Ok(self
-            .client
-            .query(&format!(
-                "SELECT toString(tenant_id) AS tenant_id, name, tier, anonymize_ip, \
-                 toUnixTimestamp64Milli(created_at) AS created_at_ms \
-                 FROM {} FINAL WHERE tenant_id = ?",
-                self.table("tenants")
-            ))
-            .bind(id.to_string())
-            .fetch_optional::<TenantRow>()
-            .await?)
-    }
-
-    async fn write_tenant(
-        &self,
-        id: Uuid,
-        name: &str,
-        tier: Tier,
-        anonymize_ip: bool,
-        created_at_ms: Option<i64>,
-    ) -> Result<(), AdminError> {
-        self.client
-            .query(&format!(
-                "INSERT INTO {} (tenant_id, name, tier, anonymize_ip, created_at, updated_at) \
-                 SELECT toUUID(?), ?, ?, ?, \
-                 if(? = 0, now64(3), fromUnixTimestamp64Milli(toInt64(?), 'UTC')), now64(3)",
-                self.table("tenants")
-            ))
-            .bind(id.to_string())
-            .bind(name)
-            .bind(tier.as_str())
-            .bind(anonymize_ip)
-            .bind(created_at_ms.unwrap_or(0))
-            .bind(created_at_ms.unwrap_or(0))
-            .execute()
-            .await?;
-        Ok(())
-    }
-
-    pub async fn tenant_create(
-        &self,
-        id: Option<Uuid>,
-        name: &str,
-        tier: Tier,
-        anonymize_ip: bool,
-    ) -> Result<Uuid, AdminError> {
-        let id = id.unwrap_or_else(Uuid::new_v4);
-        if self.tenant(id).await?.is_some() {
-            return Err(AdminError::TenantExists(id));
-        }
-        self.write_tenant(id, name, tier, anonymize_ip, None)
-            .await?;
-        self.audit(
-            "tenant.create",
-            Some(id),
-            &id.to_string(),
-            serde_json::json!({"name": name, "tier": tier.as_str(), "anonymize_ip": anonymize_ip}),
-        )
-        .await?;
-        Ok(id)
-    }
-
-    pub async fn tenant_list(&self) -> Result<Vec<TenantRow>, AdminError> {
-        self.audit("tenant.list", None, "*", serde_json::json!({}))
-            .await?;
-        Ok(self
-            .client
-            .query(&format!(
-                "SELECT toString(tenant_id) AS tenant_id, name, tier, anonymize_ip, \
-                 toUnixTimestamp64Milli(created_at) AS created_at_ms \
-                 FROM {} FINAL ORDER BY created_at, tenant_id",
-                self.table("tenants")
-            ))
-            .fetch_all::<TenantRow>()
-            .await?)
-    }
-
-    pub async fn tenant_set_tier(&self, id: Uuid, tier: Tier) -> Result<(), AdminError> {
-        let t = self.tenant(id).await?.ok_or(AdminError::NoTenant(id))?;
-        self.write_tenant(id, &t.name, tier, t.anonymize_ip, Some(t.created_at_ms))
-            .await?;
-        self.audit(
-            "tenant.set_tier",
-            Some(id),
-            &id.to_string(),
-            serde_json::json!({"from": t.tier, "to": tier.as_str()}),
-        )
-        .await
-    }
-
     pub async fn key_issue(&self, tenant: Uuid, spec: &KeySpec) -> Result<Issued, AdminError> {
         spec.validate()?;
         if self.tenant(tenant).await?.is_none() {
             return Err(AdminError::NoTenant(tenant));
         }
-        let secret = new_secret()?;
+        let secret = credential::new_secret()?;
         let key_id = Uuid::new_v4();
         let public = match &spec.signing_public_key {
             None => String::new(),
-            Some(text) => shared::keys::parse_ed25519_public(text)
-                .map(|k| shared::keys::encode_ed25519_public(&k))
-                .map_err(|e| AdminError::Invalid(format!("--signing-public-key: {e}")))?,
+            Some(text) => {
+                credential::encode_ed25519_public(&credential::parse_ed25519_public(text)?)
+            }
         };
         let require_signature = spec.require_signature || !public.is_empty();
         let expires_ms = spec.expires_in.map(|d| d.as_millis() as i64).unwrap_or(0);
@@ -284,7 +103,7 @@ impl Admin {
             ))
             .bind(key_id.to_string())
             .bind(tenant.to_string())
-            .bind(sha256_hex(&secret))
+            .bind(credential::hash_secret(&secret))
             .bind(&spec.kind)
             .bind(&spec.description)
             .bind(&spec.allowed_origins)
@@ -406,8 +225,10 @@ impl Admin {
         if k.revoked_at_ms.is_some() {
             return Err(AdminError::AlreadyRevoked(key_id));
         }
-        let tenant = Uuid::try_parse(&k.tenant_id)
-            .map_err(|e| AdminError::Invalid(format!("stored tenant id: {e}")))?;
+        let tenant = Uuid::try_parse(&k.tenant_id).map_err(|_| AdminError::Stored {
+            what: "key tenant id",
+            value: k.tenant_id.clone(),
+        })?;
         let spec = KeySpec {
             kind: k.kind.clone(),
             description: k.description.clone(),
@@ -432,42 +253,9 @@ impl Admin {
     }
 }
 
-/// Parses durations such as `90s`, `15m`, `24h`, `30d`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration like 90s, 15m, 24h or 30d"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => return Err(format!("`{s}`: the unit must be s, m, h or d")),
-    };
-    Ok(Duration::from_secs(secs))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
-        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5w").is_err());
-    }
-
-    #[test]
-    fn secrets_are_random_and_long() {
-        let (a, b) = (new_secret().expect("a"), new_secret().expect("b"));
-        assert_eq!(a.len(), 64);
-        assert_ne!(a, b);
-    }
 
     #[test]
     fn specs_are_checked() {

@@ -1,0 +1,121 @@
+//! The public port's routes, in one table: `POST`/`OPTIONS /ingest`, and the
+//! probes `/health/live` and `/health/ready` (the detailed `/health` and
+//! `/metrics` are only on the operations port). Every answer carries the
+//! request id and, for allowed origins, the CORS headers.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use hyper::{Method, Request, Response};
+use shared::runtime::ops;
+use tracing::Instrument;
+
+use crate::app::App;
+use crate::error::ApiError;
+use crate::server::conn::InRequest;
+
+const X_REQUEST_ID: &str = "x-request-id";
+
+fn request_id(req: &Request<Incoming>) -> String {
+    req.headers()
+        .get(X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+/// What a path is on the public port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Ingest,
+    Live,
+    Ready,
+}
+
+impl Route {
+    /// The route table: path → route and the methods it takes.
+    fn find(path: &str) -> Option<(Route, &'static [Method])> {
+        const PROBE: &[Method] = &[Method::GET, Method::HEAD];
+        Some(match path {
+            "/ingest" => (Route::Ingest, &[Method::POST, Method::OPTIONS][..]),
+            "/health/live" => (Route::Live, PROBE),
+            "/health/ready" => (Route::Ready, PROBE),
+            _ => return None,
+        })
+    }
+}
+
+async fn route(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    rid: &str,
+    peer: SocketAddr,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let path = req.uri().path();
+    let method = req.method();
+    let Some((route, allowed)) = Route::find(path) else {
+        return Err(ApiError::NotFound(path.to_string()));
+    };
+    if !allowed.contains(method) {
+        return Err(ApiError::MethodNotAllowed(method.to_string()));
+    }
+    match route {
+        Route::Ingest if method == Method::OPTIONS => crate::cors::preflight(&app.keys, &req),
+        Route::Ingest => {
+            if app.shutting_down() {
+                return Err(ApiError::ShuttingDown);
+            }
+            crate::ingest::handle(app, req, rid, peer).await
+        }
+        Route::Live => Ok(ops::live()),
+        Route::Ready => Ok(ops::ready(&app.not_ready(), app.retry_after())),
+    }
+}
+
+/// Answers one request of the public port.
+pub async fn handle(
+    app: Arc<App>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    in_request: InRequest,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let rid = request_id(&req);
+    let label = crate::telemetry::route_label(req.uri().path());
+    let span =
+        tracing::info_span!("request", request_id = %rid, method = %req.method(), route = label);
+    shared::runtime::telemetry::set_remote_parent(&span, req.headers());
+    async {
+        let started = Instant::now();
+        let origin = (req.uri().path() == "/ingest")
+            .then(|| req.headers().get(hyper::header::ORIGIN).cloned())
+            .flatten();
+        let mut resp = match route(&app, req, &rid, peer).await {
+            Ok(r) => r,
+            Err(e) => {
+                crate::telemetry::log_refusal(&e);
+                e.into_response(&rid, &app.config.gateway)
+            }
+        };
+        if let Ok(v) = HeaderValue::from_str(&rid) {
+            resp.headers_mut().insert(X_REQUEST_ID, v);
+        }
+        crate::cors::allow(&app.keys, origin.as_ref(), &mut resp);
+        crate::telemetry::RequestDone {
+            route: label,
+            status: resp.status().as_u16(),
+            elapsed: started.elapsed(),
+        }
+        .emit();
+        drop(in_request);
+        Ok(resp)
+    }
+    .instrument(span)
+    .await
+}

@@ -1,0 +1,132 @@
+//! `[gateway]`: the public listener, its connection limits and timeouts, the
+//! operations listener, request admission and where client addresses come from.
+
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+use super::check::{parse_net, positive};
+use super::ConfigError;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: u64,
+    pub max_events_per_batch: usize,
+    pub delivery_timeout_ms: u64,
+    pub retry_after_secs: u64,
+    pub shutdown_timeout_ms: u64,
+    pub max_in_flight_requests: usize,
+    pub broker_check_interval_ms: u64,
+    pub trusted_proxies: Vec<String>,
+    /// The header the proxies in `trusted_proxies` write the client's address to.
+    pub forwarded_header: ForwardedHeader,
+    /// Address of `/metrics` and the detailed `/health` (keep it private).
+    pub operations_listen: SocketAddr,
+    /// Most open client connections on `listen`; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this, counted from its first byte.
+    pub header_read_timeout_ms: u64,
+    /// A request's body must arrive within this; else 408 and the connection closes.
+    pub body_read_timeout_ms: u64,
+    /// A keep-alive connection with no request for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// Largest request head (request line and headers), in bytes.
+    pub max_header_bytes: usize,
+    /// Most header fields in one request.
+    pub max_headers: usize,
+    /// Request bodies being read or decoded, over all connections, in bytes.
+    pub max_buffered_body_bytes: u64,
+    /// Requests decoded, parsed and validated at once (0: one per CPU core).
+    pub cpu_workers: usize,
+    /// Most entries in a 422's `details`; the rest are counted, not listed.
+    pub max_error_details: usize,
+}
+
+/// Which header carries the client's address through proxies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, …` (nginx, most load balancers).
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client;proto=https, for=proxy1`.
+    Forwarded,
+}
+
+impl ForwardedHeader {
+    pub fn name(self) -> &'static str {
+        match self {
+            ForwardedHeader::XForwardedFor => "x-forwarded-for",
+            ForwardedHeader::Forwarded => "forwarded",
+        }
+    }
+}
+
+impl GatewayConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        positive("gateway.max_body_bytes", self.max_body_bytes)?;
+        positive("gateway.delivery_timeout_ms", self.delivery_timeout_ms)?;
+        positive("gateway.shutdown_timeout_ms", self.shutdown_timeout_ms)?;
+        positive(
+            "gateway.max_in_flight_requests",
+            self.max_in_flight_requests as u64,
+        )?;
+        positive(
+            "gateway.broker_check_interval_ms",
+            self.broker_check_interval_ms,
+        )?;
+        positive("gateway.retry_after_secs", self.retry_after_secs)?;
+        if self.max_events_per_batch == 0 || self.max_events_per_batch > 10_000 {
+            return Err(ConfigError::new(
+                "gateway.max_events_per_batch",
+                "must be between 1 and 10000",
+            ));
+        }
+        for (i, cidr) in self.trusted_proxies.iter().enumerate() {
+            if parse_net(cidr).is_none() {
+                return Err(ConfigError::new(
+                    format!("gateway.trusted_proxies[{i}]"),
+                    format!("`{cidr}` is not an IP address or CIDR"),
+                ));
+            }
+        }
+        positive("gateway.max_connections", self.max_connections as u64)?;
+        positive(
+            "gateway.header_read_timeout_ms",
+            self.header_read_timeout_ms,
+        )?;
+        positive("gateway.body_read_timeout_ms", self.body_read_timeout_ms)?;
+        positive("gateway.idle_timeout_ms", self.idle_timeout_ms)?;
+        positive("gateway.max_headers", self.max_headers as u64)?;
+        positive("gateway.max_error_details", self.max_error_details as u64)?;
+        if !(8192..=1 << 20).contains(&self.max_header_bytes) {
+            return Err(ConfigError::new(
+                "gateway.max_header_bytes",
+                "must be between 8192 and 1048576",
+            ));
+        }
+        if self.max_buffered_body_bytes < self.max_body_bytes {
+            return Err(ConfigError::new(
+                "gateway.max_buffered_body_bytes",
+                "must be at least gateway.max_body_bytes, or a largest body could never be read",
+            ));
+        }
+        if self.operations_listen == self.listen && self.listen.port() != 0 {
+            return Err(ConfigError::new(
+                "gateway.operations_listen",
+                "must differ from gateway.listen: /metrics and /health stay off the public port",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Decode workers: `cpu_workers`, or one per core.
+    pub fn cpu_workers(&self) -> usize {
+        if self.cpu_workers > 0 {
+            self.cpu_workers
+        } else {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        }
+    }
+}

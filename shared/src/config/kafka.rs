@@ -1,0 +1,94 @@
+//! `[kafka]`: the brokers the gateway produces to, its producer's queue and
+//! batching, and the topics' shape.
+
+use serde::Deserialize;
+
+use super::check::{not_blank, positive};
+use super::ConfigError;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub topic_prefix: String,
+    pub client_id: String,
+    pub compression: Compression,
+    pub linger_ms: u64,
+    pub batch_num_messages: u64,
+    pub partition_key: PartitionKey,
+    pub queue_max_messages: u64,
+    /// Bound of the producer's in-memory queue (KiB of payload).
+    pub queue_max_kbytes: u64,
+    pub partitions: i32,
+    pub replication_factor: i32,
+}
+
+/// How produced events are keyed (and so partitioned).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartitionKey {
+    Session,
+    Tenant,
+    RoundRobin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    /// The value of librdkafka's `compression.type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+impl KafkaConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        not_blank("kafka.brokers", &self.brokers)?;
+        not_blank("kafka.client_id", &self.client_id)?;
+        if !self
+            .topic_prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(ConfigError::new(
+                "kafka.topic_prefix",
+                "may only contain ASCII letters, digits, '.', '_' and '-'",
+            ));
+        }
+        positive("kafka.queue_max_messages", self.queue_max_messages)?;
+        positive("kafka.queue_max_kbytes", self.queue_max_kbytes)?;
+        positive("kafka.batch_num_messages", self.batch_num_messages)?;
+        if self.partitions < 1 {
+            return Err(ConfigError::new("kafka.partitions", "must be at least 1"));
+        }
+        if self.replication_factor < 1 {
+            return Err(ConfigError::new(
+                "kafka.replication_factor",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Names of the per-type event topics, in [`crate::event::EventType::ALL`] order.
+    pub fn topics(&self) -> Vec<String> {
+        crate::event::EventType::ALL
+            .iter()
+            .map(|t| t.topic(&self.topic_prefix))
+            .collect()
+    }
+}
