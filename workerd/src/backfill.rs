@@ -18,6 +18,12 @@ use crate::jobs::{self, ms, JobContext, JobError, Window};
 /// A backfill that cannot start or go on.
 #[derive(Debug, thiserror::Error)]
 pub enum BackfillError {
+    #[error(transparent)]
+    Job(#[from] JobError),
+    #[error("ClickHouse: {0}")]
+    ClickHouse(#[from] clickhouse::error::Error),
+    #[error("tenant {0}'s archives are in use by another job; resume the backfill later")]
+    Busy(Uuid),
     #[error("--from must be before --to")]
     EmptyRange,
     #[error("--chunk-hours must be at least 1")]
@@ -60,7 +66,7 @@ pub fn progress_bar(done: u32, total: u32) -> String {
     )
 }
 
-async fn save(ctx: &JobContext, row: &BackfillRow) -> Result<(), JobError> {
+async fn save(ctx: &JobContext, row: &BackfillRow) -> Result<(), BackfillError> {
     ctx.client
         .query(&format!(
             "INSERT INTO {} (job_id, kind, tenant_id, range_start, range_end, chunk_hours, \
@@ -94,7 +100,7 @@ fn select(ctx: &JobContext, tail: &str) -> String {
     )
 }
 
-pub async fn load(ctx: &JobContext, job_id: Uuid) -> Result<Option<BackfillRow>, JobError> {
+pub async fn load(ctx: &JobContext, job_id: Uuid) -> Result<Option<BackfillRow>, BackfillError> {
     Ok(ctx
         .client
         .query(&select(ctx, "WHERE job_id = ?"))
@@ -103,7 +109,7 @@ pub async fn load(ctx: &JobContext, job_id: Uuid) -> Result<Option<BackfillRow>,
         .await?)
 }
 
-pub async fn list(ctx: &JobContext) -> Result<Vec<BackfillRow>, JobError> {
+pub async fn list(ctx: &JobContext) -> Result<Vec<BackfillRow>, BackfillError> {
     Ok(ctx
         .client
         .query(&select(ctx, "ORDER BY created_at"))
@@ -118,12 +124,12 @@ pub async fn create(
     from: OffsetDateTime,
     to: OffsetDateTime,
     chunk_hours: u32,
-) -> Result<BackfillRow, JobError> {
+) -> Result<BackfillRow, BackfillError> {
     if from >= to {
-        return Err(BackfillError::EmptyRange.into());
+        return Err(BackfillError::EmptyRange);
     }
     if chunk_hours == 0 {
-        return Err(BackfillError::NoChunk.into());
+        return Err(BackfillError::NoChunk);
     }
     let chunk_ms = chunk_hours as i64 * 3_600_000;
     let span = ms(to) - ms(from);
@@ -150,7 +156,7 @@ pub async fn run(
     mut row: BackfillRow,
     max_chunks: Option<u32>,
     progress: &mut dyn Write,
-) -> Result<BackfillRow, JobError> {
+) -> Result<BackfillRow, BackfillError> {
     let tenant = Uuid::try_parse(&row.tenant_id).map_err(|_| JobError::Stored {
         what: "backfill tenant id",
         value: row.tenant_id.clone(),
@@ -177,7 +183,7 @@ pub async fn run(
                 // The tenant's archives were in use by another job: nothing was
                 // changed for it; `backfill resume` redoes the chunk later.
                 if !report.busy.is_empty() {
-                    return Err(JobError::Busy(tenant));
+                    return Err(BackfillError::Busy(tenant));
                 }
             }
             Ok(())

@@ -21,11 +21,15 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::jobs::{JobContext, JobError};
+use crate::jobs::context::JobContext;
 
 /// Why an import wrote nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
+    #[error("ClickHouse: {0}")]
+    ClickHouse(#[from] clickhouse::error::Error),
+    #[error(transparent)]
+    Job(#[from] crate::jobs::JobError),
     #[error("reading {path}: {source}")]
     Read {
         path: String,
@@ -38,13 +42,10 @@ pub enum ImportError {
     Empty { path: String },
 }
 
-fn read_error(path: &std::path::Path) -> impl Fn(std::io::Error) -> JobError + '_ {
-    move |source| {
-        ImportError::Read {
-            path: path.display().to_string(),
-            source,
-        }
-        .into()
+fn read_error(path: &std::path::Path) -> impl Fn(std::io::Error) -> ImportError + '_ {
+    move |source| ImportError::Read {
+        path: path.display().to_string(),
+        source,
     }
 }
 
@@ -209,7 +210,7 @@ fn month(t_ms: i64) -> String {
     format!("{:04}-{:02}", t.year(), t.month() as u8)
 }
 
-async fn insert(ctx: &JobContext, rows: &mut Vec<Map<String, Value>>) -> Result<(), JobError> {
+async fn insert(ctx: &JobContext, rows: &mut Vec<Map<String, Value>>) -> Result<(), ImportError> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -233,7 +234,7 @@ pub async fn run(
     ctx: &JobContext,
     tenant: Uuid,
     path: &std::path::Path,
-) -> Result<ImportReport, JobError> {
+) -> Result<ImportReport, ImportError> {
     let open = || {
         std::fs::File::open(path)
             .map(std::io::BufReader::new)
@@ -263,14 +264,12 @@ pub async fn run(
         return Err(ImportError::Invalid {
             path: path.display().to_string(),
             problems,
-        }
-        .into());
+        });
     }
     if total == 0 {
         return Err(ImportError::Empty {
             path: path.display().to_string(),
-        }
-        .into());
+        });
     }
     // Pass 2: one month per insert, in chunks.
     let mut by_month: BTreeMap<String, Vec<Map<String, Value>>> = BTreeMap::new();
@@ -286,8 +285,7 @@ pub async fn run(
             return Err(ImportError::Invalid {
                 path: path.display().to_string(),
                 problems: vec!["the file changed while it was imported".into()],
-            }
-            .into());
+            });
         };
         (lo, hi) = (lo.min(ts), hi.max(ts));
         let m = month(ts);

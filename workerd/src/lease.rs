@@ -22,7 +22,8 @@
 
 use uuid::Uuid;
 
-use crate::jobs::{JobContext, JobError};
+use crate::jobs::context::JobContext;
+use crate::jobs::error::JobError;
 
 /// A lease this process holds; dropped leases expire on their own, so call
 /// [`Lease::release`] to free it at once.

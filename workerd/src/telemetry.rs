@@ -7,8 +7,6 @@ use metrics::{counter, gauge, histogram};
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use shared::runtime::metrics as m;
 
-use crate::notify::{Outcome, Rule};
-
 /// Job duration buckets (seconds): 100 ms … 1 h.
 const JOB_BUCKETS: [f64; 10] = [0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
 
@@ -59,26 +57,29 @@ pub fn retention_deleted(tier: &'static str, table: &'static str, rows: u64) {
     }
 }
 
-/// An alert went (or did not go) to a channel.
+/// An alert went (or did not go) to a channel: `outcome` is `sent`,
+/// `suppressed` (cooldown) or `failed` (with `error`).
 pub struct Notified<'a> {
-    pub rule: Rule,
+    pub rule: &'static str,
     pub channel: &'a str,
-    pub outcome: &'a Outcome,
+    pub outcome: &'static str,
+    pub error: Option<&'a str>,
 }
 
 impl Notified<'_> {
     pub fn emit(&self) {
-        let rule = self.rule.as_str();
-        match self.outcome {
-            Outcome::Sent => tracing::info!(rule, channel = %self.channel, "alert sent"),
-            Outcome::Suppressed => {
-                tracing::info!(rule, channel = %self.channel, "alert suppressed (cooldown)")
-            }
-            Outcome::Failed(e) => {
-                tracing::error!(rule, channel = %self.channel, error = %e, "alert delivery failed")
-            }
+        let (rule, channel) = (self.rule, self.channel);
+        match self.error {
+            Some(error) => tracing::error!(rule, channel, error, "alert delivery failed"),
+            None => tracing::info!(
+                rule,
+                channel,
+                outcome = self.outcome,
+                "alert {}",
+                self.outcome
+            ),
         }
-        counter!(NOTIFICATIONS, "rule" => rule, "channel" => self.channel.to_string(), "outcome" => self.outcome.as_str())
+        counter!(NOTIFICATIONS, "rule" => rule, "channel" => channel.to_string(), "outcome" => self.outcome)
             .increment(1);
     }
 }

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::text;
 use crate::backfill::{self, BackfillError};
-use crate::jobs::{JobContext, JobError};
+use crate::jobs::JobContext;
 
 #[derive(Subcommand)]
 pub enum BackfillCmd {
@@ -44,7 +44,7 @@ pub async fn run(config: Config, cmd: BackfillCmd) -> Exit {
     }
 }
 
-async fn drive(ctx: &JobContext, cmd: BackfillCmd) -> Result<(), JobError> {
+async fn drive(ctx: &JobContext, cmd: BackfillCmd) -> Result<(), BackfillError> {
     let (row, stop_after) = match cmd {
         BackfillCmd::Start {
             tenant,

@@ -22,8 +22,10 @@ use uuid::Uuid;
 
 use super::archive::{self, Source};
 use super::cold::ColdStore;
-use super::{ms, JobContext, JobError, JobReport, Window};
+use super::context::{JobContext, JobReport, Window};
+use super::error::JobError;
 use crate::lease::Lease;
+use shared::store::sql::ms;
 
 /// One tenant, or every tenant but those computed separately.
 fn scope(only: Option<Uuid>, excluded: &[Uuid]) -> Tenants<'_> {

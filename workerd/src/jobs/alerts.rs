@@ -12,8 +12,10 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
 use time::OffsetDateTime;
 
-use super::{ms, JobContext, JobError, JobReport};
+use super::context::{JobContext, JobReport};
+use super::error::JobError;
 use crate::notify::Alert;
+use shared::store::sql::ms;
 
 /// Messages ClickHouse's consumer group has not consumed yet, over every
 /// partition of `topics` (a partition with no committed offset counts from its

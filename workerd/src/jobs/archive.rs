@@ -17,8 +17,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use time::Date;
 use uuid::Uuid;
 
-use super::cold::ColdStore;
-use super::{ms, JobContext, JobError};
+use super::cold::{self, ColdStore};
+use super::context::JobContext;
+use super::error::JobError;
+use shared::store::sql::ms;
 
 /// The lease every job takes before it reads or rewrites a tenant's archives.
 pub fn lease_name(tenant: Uuid) -> String {
@@ -95,18 +97,9 @@ pub async fn days(
             what: "archive tenant id",
             value: t.clone(),
         })?;
-        out.entry(tenant).or_default().insert(parse_day(&d)?);
+        out.entry(tenant).or_default().insert(cold::parse_day(&d)?);
     }
     Ok(out)
-}
-
-pub fn parse_day(d: &str) -> Result<Date, JobError> {
-    Date::parse(d, &time::format_description::well_known::Iso8601::DATE).map_err(|_| {
-        JobError::Stored {
-            what: "day",
-            value: d.to_string(),
-        }
-    })
 }
 
 /// Records a verified archive of `tenant`'s `day` holding `events` events.

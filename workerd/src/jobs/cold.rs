@@ -11,9 +11,20 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use shared::config::{ColdStorageConfig, S3ColdStorage};
+use time::Date;
 use uuid::Uuid;
 
-use super::JobError;
+use super::error::JobError;
+
+/// A `date=YYYY-MM-DD` day as stored (folder names, `toString` of a `Date`).
+pub fn parse_day(d: &str) -> Result<Date, JobError> {
+    Date::parse(d, &time::format_description::well_known::Iso8601::DATE).map_err(|_| {
+        JobError::Stored {
+            what: "day",
+            value: d.to_string(),
+        }
+    })
+}
 
 pub struct ColdStore {
     store: Arc<dyn ObjectStore>,
@@ -117,7 +128,7 @@ impl ColdStore {
             let Some(d) = p.filename().and_then(|f| f.strip_prefix("date=")) else {
                 continue;
             };
-            if let Ok(day) = super::archive::parse_day(d) {
+            if let Ok(day) = parse_day(d) {
                 days.push(day);
             }
         }

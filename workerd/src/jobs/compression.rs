@@ -31,11 +31,14 @@ use serde_json::json;
 use time::{Date, OffsetDateTime};
 use uuid::Uuid;
 
+use super::aggregates;
 use super::archive::{self, Source};
-use super::cold::ColdStore;
-use super::{aggregates, ms, JobContext, JobError, JobReport, Window};
+use super::cold::{self, ColdStore};
+use super::context::{JobContext, JobReport, Window};
+use super::error::JobError;
 use crate::lease::Lease;
 use shared::domain::Tier;
+use shared::store::sql::ms;
 
 /// Where a tenant's day is stored when cold storage is a local directory.
 pub fn parquet_path(cold_dir: &std::path::Path, tenant: Uuid, day: Date) -> std::path::PathBuf {
@@ -82,7 +85,7 @@ pub async fn run(
             .fetch_all()
             .await?;
         if tier != Tier::Free {
-            days.retain(|d| archive::parse_day(d).is_ok_and(|d| catalogued.contains(&d)));
+            days.retain(|d| cold::parse_day(d).is_ok_and(|d| catalogued.contains(&d)));
         }
         if days.is_empty() {
             continue;
@@ -95,7 +98,7 @@ pub async fn run(
             let mut archived = archive::reconcile(ctx, &cold, tenant, catalogued).await?;
             let mut n = 0;
             for d in &days {
-                let day = archive::parse_day(d)?;
+                let day = cold::parse_day(d)?;
                 let moved = compress_day(ctx, &cold, &lease, tenant, day, &archived).await?;
                 archived.insert(day);
                 done.push(json!({"tenant_id": tenant.to_string(), "day": d, "events": moved}));

@@ -10,7 +10,8 @@ use shared::enrich::Enricher;
 use shared::store::sql::Tenants;
 use uuid::Uuid;
 
-use super::{JobContext, JobError, JobReport};
+use super::context::{JobContext, JobReport};
+use super::error::JobError;
 
 /// Most distinct user agents or addresses handled per run (the rest next run).
 pub const BATCH: u64 = 50_000;
@@ -26,17 +27,13 @@ async fn count(ctx: &JobContext, condition: &str) -> Result<u64, JobError> {
         .await?)
 }
 
+/// Refills one of the Join tables of migration 11.
 async fn load_map(
     ctx: &JobContext,
     table: &str,
-    ddl: &str,
     rows: Vec<serde_json::Value>,
 ) -> Result<(), JobError> {
     let t = ctx.table(table);
-    ctx.client
-        .query(&format!("CREATE TABLE IF NOT EXISTS {t} ({ddl})"))
-        .execute()
-        .await?;
     ctx.client
         .query(&format!("TRUNCATE TABLE {t}"))
         .execute()
@@ -91,14 +88,7 @@ pub async fn run(ctx: &JobContext, only: Option<Uuid>) -> Result<JobReport, JobE
                        "os_version": i.os_version, "device": i.device, "is_bot": i.is_bot})
             })
             .collect();
-        load_map(
-            ctx,
-            "enrich_ua_map",
-            "ua String, browser String, browser_version String, os String, os_version String, \
-             device String, is_bot Bool) ENGINE = Join(ANY, LEFT, ua",
-            rows,
-        )
-        .await?;
+        load_map(ctx, "enrich_ua_map", rows).await?;
         let m = format!("'{}.enrich_ua_map'", ctx.config.clickhouse.database);
         mutate(
             ctx,
@@ -135,13 +125,7 @@ pub async fn run(ctx: &JobContext, only: Option<Uuid>) -> Result<JobReport, JobE
                     Some(json!({"addr": a, "country": g.country, "region": g.region, "city": g.city}))
                 })
                 .collect();
-            load_map(
-                ctx,
-                "enrich_geo_map",
-                "addr String, country String, region String, city String) ENGINE = Join(ANY, LEFT, addr",
-                rows,
-            )
-            .await?;
+            load_map(ctx, "enrich_geo_map", rows).await?;
             let m = format!("'{}.enrich_geo_map'", ctx.config.clickhouse.database);
             mutate(
                 ctx,

@@ -61,10 +61,4 @@ pub enum JobError {
     ConsumerLag(#[from] rdkafka::error::KafkaError),
     #[error("a blocking task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
-    #[error("tenant {0}'s archives are in use by another job; resume later")]
-    Busy(Uuid),
-    #[error(transparent)]
-    Backfill(#[from] crate::backfill::BackfillError),
-    #[error(transparent)]
-    Import(#[from] crate::import::ImportError),
 }

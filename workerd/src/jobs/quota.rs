@@ -11,8 +11,10 @@ use serde_json::json;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{ms, JobContext, JobError, JobReport};
+use super::context::{JobContext, JobReport};
+use super::error::JobError;
 use crate::notify::Alert;
+use shared::store::sql::ms;
 
 pub use shared::store::keys::month_bounds;
 

@@ -11,7 +11,9 @@ use serde_json::json;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{ms, JobContext, JobError, JobReport};
+use super::context::{JobContext, JobReport};
+use super::error::JobError;
+use shared::store::sql::ms;
 
 /// Counts then deletes the rows of `table` for `tenant` older than `cutoff_ms`
 /// in `column`.

@@ -75,9 +75,13 @@ impl Notifier {
                 },
             };
             crate::telemetry::Notified {
-                rule,
+                rule: rule.as_str(),
                 channel: name,
-                outcome: &outcome,
+                outcome: outcome.as_str(),
+                error: match &outcome {
+                    Outcome::Failed(e) => Some(e),
+                    Outcome::Sent | Outcome::Suppressed => None,
+                },
             }
             .emit();
             if let Err(e) = self.record(alert, name, &outcome).await {

@@ -13,7 +13,8 @@
 //!   tenant and day; `archive_stage`: where archived days are read back while a
 //!   job that holds the tenant's lease merges or recomputes them.
 
-use super::{column_names, SchemaContext, ENRICHMENT_COLUMNS, EVENT_COLUMNS};
+use super::columns::{column_names, view_ddl_where, ENRICHMENT_COLUMNS, EVENT_COLUMNS};
+use super::SchemaContext;
 use crate::event::{RECEIVED_AT_RANGE_MS, TIME_WINDOW_CEILING};
 
 /// The condition a consumed row must meet to enter `events`.
@@ -59,7 +60,7 @@ pub(super) fn statements(c: &SchemaContext) -> Vec<String> {
         ),
         format!("DROP VIEW IF EXISTS {}", c.table("dead_letter_mv")),
         format!("DROP VIEW IF EXISTS {}", c.table("events_mv")),
-        super::view_ddl_where(
+        view_ddl_where(
             c,
             "fromUnixTimestamp64Milli(corrected_timestamp_ms, 'UTC') AS corrected_timestamp, ",
             both,
