@@ -54,7 +54,9 @@ async fn nothing_acknowledged_is_lost_when_broker_gateway_and_clickhouse_die() {
     cfg.kafka.brokers = broker.address();
     cfg.clickhouse.kafka_brokers = broker.address();
     cfg.clickhouse.url = ch.url();
-    workerd::migrate::run(&cfg).await.expect("migrate");
+    workerd::migrate::run(&cfg.kafka, &cfg.clickhouse)
+        .await
+        .expect("migrate");
     let mut gw = GatewayProcess::start_with_auth(
         &cfg,
         Some(&keys_toml(TENANTS)),

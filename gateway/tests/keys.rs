@@ -487,7 +487,7 @@ async fn private_clickhouse_with_a_key(
     let client = shared::store::client(&cfg.clickhouse);
     shared::store::schema::migrate(
         &client,
-        &shared::store::schema::SchemaContext::from_config(&cfg),
+        &shared::store::schema::SchemaContext::new(&cfg.clickhouse, &cfg.kafka),
     )
     .await
     .expect("migrate");

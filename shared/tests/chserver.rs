@@ -147,7 +147,7 @@ async fn restart_keeps_kafka_tables_working() {
     cfg.clickhouse.url = ch.url();
     shared::testkit::create_topics(&cfg, 1).await;
     let client = shared::store::client(&cfg.clickhouse);
-    let ctx = shared::store::schema::SchemaContext::from_config(&cfg);
+    let ctx = shared::store::schema::SchemaContext::new(&cfg.clickhouse, &cfg.kafka);
     shared::store::schema::migrate(&client, &ctx)
         .await
         .expect("migrate");

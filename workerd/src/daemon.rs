@@ -119,7 +119,7 @@ pub async fn run(
 async fn migrate_at_start(config: &Config, ops: &WorkerdOps, shutdown: &Shutdown) -> bool {
     let mut pause = Duration::from_secs(1);
     loop {
-        match crate::migrate::run(config).await {
+        match crate::migrate::run(&config.kafka, &config.clickhouse).await {
             Ok(report) => {
                 tracing::info!(applied = ?report.applied, "startup migrations complete");
                 ops.migrated(Ok(()));

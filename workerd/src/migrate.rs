@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use shared::config::Config;
+use shared::config::{ClickHouseConfig, KafkaConfig};
 use shared::store::schema::{MigrationReport, SchemaContext};
 
 #[derive(Debug, thiserror::Error)]
@@ -18,20 +18,24 @@ pub enum MigrateError {
     Schema(#[from] shared::store::schema::MigrationError),
 }
 
-pub async fn run(cfg: &Config) -> Result<MigrationReport, MigrateError> {
+/// The topics of `[kafka]` on its brokers, then the schema in `[clickhouse]`.
+pub async fn run(
+    kafka: &KafkaConfig,
+    clickhouse: &ClickHouseConfig,
+) -> Result<MigrationReport, MigrateError> {
     shared::kafka::ensure_topics(
-        &cfg.kafka.brokers,
-        &cfg.kafka.topics(),
-        cfg.kafka.partitions,
-        cfg.kafka.replication_factor,
+        &kafka.brokers,
+        &kafka.topics(),
+        kafka.partitions,
+        kafka.replication_factor,
         Duration::from_secs(15),
     )
     .await
     .map_err(|source| MigrateError::Topics {
-        brokers: cfg.kafka.brokers.clone(),
+        brokers: kafka.brokers.clone(),
         source,
     })?;
-    let client = shared::store::client(&cfg.clickhouse);
-    let report = shared::store::schema::migrate(&client, &SchemaContext::from_config(cfg)).await?;
-    Ok(report)
+    let client = shared::store::client(clickhouse);
+    let ctx = SchemaContext::new(clickhouse, kafka);
+    Ok(shared::store::schema::migrate(&client, &ctx).await?)
 }

@@ -35,7 +35,7 @@ async fn migrate_is_versioned_and_idempotent() {
         .map(|m| m.version)
         .collect();
 
-    let first = workerd::migrate::run(&schema.config)
+    let first = workerd::migrate::run(&schema.config.kafka, &schema.config.clickhouse)
         .await
         .expect("first run");
     assert_eq!(first.applied, all);
@@ -67,7 +67,7 @@ async fn migrate_is_versioned_and_idempotent() {
     assert_eq!(tables(&schema).await, expected);
     assert_eq!(recorded(&schema).await, all);
 
-    let second = workerd::migrate::run(&schema.config)
+    let second = workerd::migrate::run(&schema.config.kafka, &schema.config.clickhouse)
         .await
         .expect("second run");
     assert!(second.applied.is_empty(), "{second:?}");

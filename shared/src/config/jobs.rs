@@ -13,13 +13,21 @@ use super::ConfigError;
 #[serde(try_from = "String")]
 pub struct Schedule(Option<String>);
 
+/// A schedule the scheduler could not run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{expression}` is not a cron expression with seconds (sec min hour day month weekday): {reason}")]
+pub struct BadSchedule {
+    pub expression: String,
+    pub reason: String,
+}
+
 impl Schedule {
     /// The cron expression, or `None` when the job is not scheduled.
     pub fn cron(&self) -> Option<&str> {
         self.0.as_deref()
     }
 
-    pub fn parse(s: &str) -> Result<Schedule, String> {
+    pub fn parse(s: &str) -> Result<Schedule, BadSchedule> {
         let s = s.trim();
         if s.is_empty() {
             return Ok(Schedule(None));
@@ -29,16 +37,17 @@ impl Schedule {
             .dom_and_dow(true)
             .build()
             .parse(s)
-            .map_err(|e| {
-                format!("`{s}` is not a cron expression with seconds (sec min hour day month weekday): {e}")
+            .map_err(|e| BadSchedule {
+                expression: s.to_string(),
+                reason: e.to_string(),
             })?;
         Ok(Schedule(Some(s.to_string())))
     }
 }
 
 impl TryFrom<String> for Schedule {
-    type Error = String;
-    fn try_from(s: String) -> Result<Schedule, String> {
+    type Error = BadSchedule;
+    fn try_from(s: String) -> Result<Schedule, BadSchedule> {
         Schedule::parse(&s)
     }
 }

@@ -230,9 +230,12 @@ impl TestSchema {
         .await
         .expect("create test topics");
         let client = crate::store::client(&config.clickhouse);
-        migrate(&client, &SchemaContext::from_config(&config))
-            .await
-            .expect("migrate test database");
+        migrate(
+            &client,
+            &SchemaContext::new(&config.clickhouse, &config.kafka),
+        )
+        .await
+        .expect("migrate test database");
         TestSchema { config, client }
     }
 

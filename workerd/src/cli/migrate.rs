@@ -4,7 +4,7 @@ use shared::config::Config;
 use shared::runtime::exit::Exit;
 
 pub async fn run(config: &Config) -> Exit {
-    match crate::migrate::run(config).await {
+    match crate::migrate::run(&config.kafka, &config.clickhouse).await {
         Ok(report) => {
             tracing::info!(applied = ?report.applied, already = ?report.already, database = %config.clickhouse.database, "migrations complete");
             Exit::Ok

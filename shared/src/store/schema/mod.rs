@@ -19,7 +19,7 @@ mod migrations;
 
 use std::collections::BTreeSet;
 
-use crate::config::Config;
+use crate::config::{ClickHouseConfig, KafkaConfig};
 use crate::store::{ident, Db};
 
 pub use migrations::MIGRATIONS;
@@ -34,12 +34,14 @@ pub struct SchemaContext {
 }
 
 impl SchemaContext {
-    pub fn from_config(cfg: &Config) -> Self {
+    /// The database and how ClickHouse reads the broker (`[clickhouse]`), and
+    /// the topics (`[kafka]`).
+    pub fn new(clickhouse: &ClickHouseConfig, kafka: &KafkaConfig) -> Self {
         SchemaContext {
-            database: cfg.clickhouse.database.clone(),
-            kafka_brokers: cfg.clickhouse.kafka_brokers.clone(),
-            kafka_group: cfg.clickhouse.kafka_group.clone(),
-            topics: cfg.kafka.topics(),
+            database: clickhouse.database.clone(),
+            kafka_brokers: clickhouse.kafka_brokers.clone(),
+            kafka_group: clickhouse.kafka_group.clone(),
+            topics: kafka.topics(),
         }
     }
 
