@@ -49,6 +49,8 @@ async fn migrate_is_versioned_and_idempotent() {
         "compression_verify",
         "dead_letter",
         "dead_letter_mv",
+        "enrich_geo_map",
+        "enrich_ua_map",
         "events",
         "events_mv",
         "events_queue",
@@ -103,7 +105,7 @@ async fn the_binary_migrates_with_env_overrides() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(tables(&schema).await.len(), 22);
+    assert_eq!(tables(&schema).await.len(), 24);
     // The topics exist: metadata lists all five.
     let topics = c.kafka.topics();
     let brokers = c.kafka.brokers.clone();
