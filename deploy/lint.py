@@ -12,6 +12,8 @@ Checks:
   - Helm: templates parse as YAML once template actions are blanked; every
     `.Values.x` path a template uses exists in values.yaml; every value in
     values.yaml is documented in the chart's README;
+  - image: the Dockerfile's build-stage `cargo build` succeeds on exactly the
+    files its COPY lines bring (a temporary build context);
   - compose: build contexts, Dockerfiles and their targets, and bind-mounted
     files exist; the OVERWATCH__* settings given to gateway and workerd, and the
     chart's default `config`, are accepted by the real binaries (--check-config).
@@ -300,6 +302,75 @@ def check_compose(bins):
             problem(file, "service %s has OVERWATCH__ settings but is neither gateway nor workerd" % name)
 
 
+# --- image -----------------------------------------------------------------------
+
+IGNORED = ("target", ".data", ".git")
+
+
+def build_stage(text):
+    """The COPY sources/destinations and the cargo command of the Dockerfile's build stage."""
+    copies, command, stage = [], None, None
+    joined = re.sub(r"\\\n", " ", text)
+    for line in joined.splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if words[0].upper() == "FROM":
+            stage = words[-1] if len(words) >= 4 and words[-2].upper() == "AS" else None
+            continue
+        if stage != "build":
+            continue
+        if words[0].upper() == "COPY" and not any(w.startswith("--from") for w in words):
+            args = [w for w in words[1:] if not w.startswith("--")]
+            copies.append((args[:-1], args[-1]))
+        if words[0].upper() == "RUN" and "cargo build" in line:
+            cmd = line[line.index("cargo build"):].split("&&")[0].split()
+            command = cmd
+    return copies, command
+
+
+def image_context(copies, into):
+    """Lays out the files the build stage copies, as the image's WORKDIR holds them."""
+    import shutil
+    for sources, dest in copies:
+        for src in sources:
+            full = path(src)
+            target = os.path.join(into, dest if dest not in ("./", ".") else "", os.path.basename(src) if dest in ("./", ".") else "")
+            if os.path.isdir(full):
+                shutil.copytree(full, target, ignore=shutil.ignore_patterns(*IGNORED, "corpus", "artifacts"))
+            elif os.path.isfile(full):
+                os.makedirs(os.path.dirname(target) or into, exist_ok=True)
+                shutil.copy2(full, target)
+            else:
+                problem(path("deploy", "docker", "Dockerfile"), "COPY %s: no such file in the build context" % src)
+
+
+def check_image(dockerfile_text=None, build=True):
+    """The build stage's cargo command succeeds on exactly the files the
+    Dockerfile copies (debug profile and --offline, to reuse this machine's
+    build; the release profile only changes optimisation)."""
+    where = path("deploy", "docker", "Dockerfile")
+    text = dockerfile_text if dockerfile_text is not None else open(where).read()
+    copies, command = build_stage(text)
+    if not command:
+        problem(where, "the build stage has no `cargo build` command")
+        return False
+    with tempfile.TemporaryDirectory(prefix="ow-image-") as ctx:
+        image_context(copies, ctx)
+        env = dict(os.environ, CARGO_TARGET_DIR=path("target"))
+        meta = run(["cargo", "metadata", "--locked", "--offline", "--format-version", "1", "--no-deps"],
+                   where, cwd=ctx, env=env)
+        if meta is False or not build:
+            return meta is not False
+        cmd = [w for w in command if w != "--release"] + ["--offline"]
+        r = subprocess.run(cmd, cwd=ctx, env=env, capture_output=True, text=True, timeout=1800)
+        if r.returncode != 0:
+            problem(where, "`%s` on the copied build context failed:\n%s" % (" ".join(cmd), r.stderr[-4000:]))
+            return False
+        print("lint-deploy: image build stage ok: `%s` on %d copied paths" % (" ".join(cmd), sum(len(s) for s, _ in copies)))
+        return True
+
+
 # --- self test -------------------------------------------------------------------
 
 def self_test():
@@ -325,6 +396,14 @@ def self_test():
     check_memory_limit("memory bound %d bytes" % (500 << 20), {"resources": {"limits": {"memory": "512Mi"}}}, "t")
     assert len(PROBLEMS) == before + 1 and "below the configured worst case" in PROBLEMS[-1]
     del PROBLEMS[before:]
+    # A build stage that forgets a workspace member is caught (the first
+    # version of the Dockerfile did not copy loadtest).
+    text = open(path("deploy", "docker", "Dockerfile")).read()
+    assert check_image(text, build=False), PROBLEMS[before:]
+    forgetful = "\n".join(l for l in text.splitlines() if not l.startswith("COPY loadtest"))
+    assert not check_image(forgetful, build=False)
+    assert "cargo metadata" in PROBLEMS[-1], PROBLEMS[-1]
+    del PROBLEMS[before:]
     print("lint.py self-test: ok")
 
 
@@ -347,12 +426,13 @@ def main():
     check_dashboards(known)
     check_helm(a.bin_dir)
     check_compose(a.bin_dir)
+    check_image()
     if PROBLEMS:
         print("lint-deploy: %d problem(s):" % len(PROBLEMS), file=sys.stderr)
         for p in PROBLEMS:
             print("  - " + p, file=sys.stderr)
         return 1
-    print("lint-deploy: ok (prometheus rules/config, dashboard, helm chart, compose)")
+    print("lint-deploy: ok (prometheus rules/config, dashboard, helm chart, compose, image build stage)")
     return 0
 
 
