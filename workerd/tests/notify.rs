@@ -127,6 +127,7 @@ fn hook(name: &str, url: String) -> HookChannel {
     HookChannel {
         name: name.into(),
         url: url.into(),
+        ca_file: String::new(),
     }
 }
 
@@ -151,6 +152,7 @@ async fn alerts_reach_every_channel_once_per_cooldown() {
             name: "ops-webhook".into(),
             url: format!("{hook_url}/hook").into(),
             secret: "s3cret".into(),
+            ca_file: String::new(),
         }),
         ChannelConfig::Slack(hook("slack", format!("{hook_url}/slack"))),
         ChannelConfig::Discord(hook("discord", format!("{hook_url}/discord"))),
@@ -254,6 +256,7 @@ async fn an_unreachable_channel_fails_after_retries_and_is_logged() {
         name: "dead".into(),
         url: dead.into(),
         secret: Default::default(),
+        ca_file: String::new(),
     })];
     let n = notifier(&cfg);
     // A failed run's tick raises job_failure.

@@ -56,6 +56,10 @@ pub struct WebhookChannel {
     /// Signs each body: `X-Overwatch-Signature` = hex HMAC-SHA256(secret, "<ts>.<body>").
     #[serde(default)]
     pub secret: Secret,
+    /// PEM file of a CA to trust for an `https://` URL (a private endpoint),
+    /// in addition to the built-in web roots.
+    #[serde(default)]
+    pub ca_file: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -64,6 +68,9 @@ pub struct HookChannel {
     pub name: String,
     /// The incoming-webhook URL; its path is the credential.
     pub url: Secret,
+    /// As for webhooks: an extra CA (PEM) to trust.
+    #[serde(default)]
+    pub ca_file: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -96,6 +103,15 @@ pub enum SmtpTls {
 }
 
 impl ChannelConfig {
+    /// The extra CA of an HTTP channel (empty: the built-in roots only).
+    pub fn ca_file(&self) -> &str {
+        match self {
+            ChannelConfig::Webhook(c) => &c.ca_file,
+            ChannelConfig::Slack(c) | ChannelConfig::Discord(c) => &c.ca_file,
+            ChannelConfig::Log(_) | ChannelConfig::Email(_) => "",
+        }
+    }
+
     pub fn name(&self) -> &str {
         match self {
             ChannelConfig::Log(c) => &c.name,
@@ -110,10 +126,14 @@ impl ChannelConfig {
         not_blank(&key("name"), self.name())?;
         match self {
             ChannelConfig::Log(_) => Ok(()),
-            ChannelConfig::Webhook(WebhookChannel { url, .. })
-            | ChannelConfig::Slack(HookChannel { url, .. })
-            | ChannelConfig::Discord(HookChannel { url, .. }) => {
-                http_url(&key("url"), url.expose())
+            ChannelConfig::Webhook(WebhookChannel { url, ca_file, .. })
+            | ChannelConfig::Slack(HookChannel { url, ca_file, .. })
+            | ChannelConfig::Discord(HookChannel { url, ca_file, .. }) => {
+                http_url(&key("url"), url.expose())?;
+                if !ca_file.is_empty() {
+                    readable_file(&key("ca_file"), ca_file)?;
+                }
+                Ok(())
             }
             ChannelConfig::Email(c) => {
                 not_blank(&key("smtp_host"), &c.smtp_host)?;

@@ -24,9 +24,9 @@ pub const TIMESTAMP_HEADER: &str = "x-overwatch-timestamp";
 pub enum DeliveryError {
     #[error("HTTP {0}")]
     Status(reqwest::StatusCode),
-    /// The request failed; the error is stripped of the URL.
+    /// The request failed: the error and its causes, without the URL.
     #[error("{0}")]
-    Http(reqwest::Error),
+    Http(String),
     #[error("email address {address}: {source}")]
     Address {
         address: String,
@@ -35,7 +35,7 @@ pub enum DeliveryError {
     },
     #[error("building the email: {0}")]
     Message(#[from] lettre::error::Error),
-    #[error("smtp_ca_file {path}: {reason}")]
+    #[error("CA file {path}: {reason}")]
     CaFile { path: String, reason: String },
     #[error("SMTP: {0}")]
     Smtp(#[from] lettre::transport::smtp::Error),
@@ -48,16 +48,56 @@ pub enum DeliveryError {
 
 impl From<reqwest::Error> for DeliveryError {
     fn from(e: reqwest::Error) -> Self {
-        DeliveryError::Http(e.without_url())
+        let e = e.without_url();
+        let mut text = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            text.push_str(": ");
+            text.push_str(&c.to_string());
+            cause = c.source();
+        }
+        DeliveryError::Http(text)
     }
 }
 
-/// The client every HTTP channel shares.
-pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
+/// `e` with every occurrence of `url` (and its path) blanked: a cause deep in
+/// the chain may still quote it.
+fn redacted(e: DeliveryError, url: &str) -> DeliveryError {
+    match e {
+        DeliveryError::Http(text) => {
+            let path = url
+                .find("://")
+                .and_then(|i| url[i + 3..].find('/').map(|j| &url[i + 3 + j..]))
+                .filter(|p| p.len() > 1);
+            let mut t = text.replace(url, "<url>");
+            if let Some(p) = path {
+                t = t.replace(p, "/<redacted>");
+            }
+            DeliveryError::Http(t)
+        }
+        other => other,
+    }
+}
+
+/// An HTTP client for a channel: TLS with the built-in web roots and, when
+/// `ca_file` is set, that CA too.
+pub fn http_client(ca_file: &str) -> Result<reqwest::Client, DeliveryError> {
+    let mut b = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap_or_default()
+        .https_only(false);
+    if !ca_file.is_empty() {
+        let ca_error = |reason: String| DeliveryError::CaFile {
+            path: ca_file.to_string(),
+            reason,
+        };
+        let pem = std::fs::read(ca_file).map_err(|e| ca_error(e.to_string()))?;
+        for cert in
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_error(e.to_string()))?
+        {
+            b = b.add_root_certificate(cert);
+        }
+    }
+    Ok(b.build()?)
 }
 
 /// The webhook signature for `body` sent at `timestamp`.
@@ -73,6 +113,19 @@ pub fn sign(secret: &str, timestamp: &str, body: &[u8]) -> String {
 
 /// One attempt to deliver `alert` on `ch`.
 pub async fn deliver(
+    http: &reqwest::Client,
+    ch: &ChannelConfig,
+    alert: &Alert,
+) -> Result<(), DeliveryError> {
+    let url = match ch {
+        ChannelConfig::Webhook(w) => w.url.expose(),
+        ChannelConfig::Slack(h) | ChannelConfig::Discord(h) => h.url.expose(),
+        ChannelConfig::Log(_) | ChannelConfig::Email(_) => "",
+    };
+    attempt(http, ch, alert).await.map_err(|e| redacted(e, url))
+}
+
+async fn attempt(
     http: &reqwest::Client,
     ch: &ChannelConfig,
     alert: &Alert,

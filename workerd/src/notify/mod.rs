@@ -43,7 +43,9 @@ pub struct Notifier {
     client: clickhouse::Client,
     db: Db,
     config: NotificationsConfig,
-    http: reqwest::Client,
+    /// One HTTP client per channel (each may trust its own CA), or why it
+    /// could not be built (reported as that channel's delivery failure).
+    http: Vec<Result<reqwest::Client, String>>,
 }
 
 impl Notifier {
@@ -52,8 +54,12 @@ impl Notifier {
         Notifier {
             client,
             db,
+            http: config
+                .channels
+                .iter()
+                .map(|c| channel::http_client(c.ca_file()).map_err(|e| e.to_string()))
+                .collect(),
             config: config.clone(),
-            http: channel::http_client(),
         }
     }
 
@@ -65,11 +71,12 @@ impl Notifier {
         if !rule.enabled(&self.config) {
             return out;
         }
-        for ch in &self.config.channels {
+        for (ch, http) in self.config.channels.iter().zip(&self.http) {
             let name = ch.name();
-            let outcome = match self.in_cooldown(alert, name).await {
-                Ok(true) => Outcome::Suppressed,
-                Ok(false) | Err(_) => match self.deliver(ch, alert).await {
+            let outcome = match (self.in_cooldown(alert, name).await, http) {
+                (Ok(true), _) => Outcome::Suppressed,
+                (_, Err(e)) => Outcome::Failed(e.clone()),
+                (Ok(false) | Err(_), Ok(http)) => match self.deliver(http, ch, alert).await {
                     Ok(()) => Outcome::Sent,
                     Err(e) => Outcome::Failed(e.to_string()),
                 },
@@ -138,10 +145,15 @@ impl Notifier {
             .await
     }
 
-    async fn deliver(&self, ch: &ChannelConfig, alert: &Alert) -> Result<(), DeliveryError> {
+    async fn deliver(
+        &self,
+        http: &reqwest::Client,
+        ch: &ChannelConfig,
+        alert: &Alert,
+    ) -> Result<(), DeliveryError> {
         let mut attempt = 0;
         loop {
-            match channel::deliver(&self.http, ch, alert).await {
+            match channel::deliver(http, ch, alert).await {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     attempt += 1;
