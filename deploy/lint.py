@@ -272,8 +272,18 @@ def clean_env(extra):
 
 # --- compose ---------------------------------------------------------------------
 
+def check_published(services, where):
+    """Only the gateway is published on every interface; anything else at most on 127.0.0.1."""
+    for name, svc in (services or {}).items():
+        for p in (svc or {}).get("ports") or []:
+            spec = str(p.get("published", "")) if isinstance(p, dict) else str(p)
+            if name != "gateway" and not spec.startswith("127.0.0.1:"):
+                problem(where, "service %s publishes %s on every host interface (only the gateway may)" % (name, spec))
+
+
 def check_compose(bins):
     file = path("docker-compose.yml")
+    check_published((load_yaml(file) or {}).get("services"), file)
     doc = load_yaml(file) or {}
     for name, svc in (doc.get("services") or {}).items():
         build = svc.get("build")
@@ -395,6 +405,11 @@ def self_test():
     assert len(PROBLEMS) == before, PROBLEMS[before:]
     check_memory_limit("memory bound %d bytes" % (500 << 20), {"resources": {"limits": {"memory": "512Mi"}}}, "t")
     assert len(PROBLEMS) == before + 1 and "below the configured worst case" in PROBLEMS[-1]
+    del PROBLEMS[before:]
+    check_published({"gateway": {"ports": ["8080:8080"]}, "grafana": {"ports": ["127.0.0.1:3000:3000"]}}, "t")
+    assert len(PROBLEMS) == before, PROBLEMS[before:]
+    check_published({"clickhouse": {"ports": ["8123:8123"]}}, "t")
+    assert len(PROBLEMS) == before + 1 and "clickhouse" in PROBLEMS[-1]
     del PROBLEMS[before:]
     # A build stage that forgets a workspace member is caught (the first
     # version of the Dockerfile did not copy loadtest).
