@@ -4,6 +4,8 @@
 //! credentials are right; refused with an untrusted certificate or a wrong
 //! password.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
@@ -11,7 +13,6 @@ use shared::config::{ChannelConfig, EmailChannel, SmtpTls};
 use shared::testkit::{services, TestSchema};
 use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
-use tokio_rustls::rustls;
 use workerd::notify::{Alert, Notifier, Outcome};
 
 const USER: &str = "alerts@example.com";
@@ -21,30 +22,6 @@ const PASSWORD: &str = "correct horse battery staple";
 struct Mail {
     authenticated_as: String,
     data: String,
-}
-
-/// A test CA (its PEM) and a TLS acceptor with a certificate for 127.0.0.1 it signed.
-fn tls() -> (String, tokio_rustls::TlsAcceptor) {
-    let ca_key = rcgen::KeyPair::generate().expect("ca key");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca");
-    let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
-    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .expect("leaf params")
-        .signed_by(&leaf_key, &ca)
-        .expect("leaf");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("protocols")
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
-        )
-        .expect("server config");
-    (ca.pem(), tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 async fn reply<W: AsyncWrite + Unpin>(w: &mut W, text: &str) {
@@ -169,7 +146,7 @@ fn email(name: &str, port: u16, password: &str, ca_file: &str) -> ChannelConfig 
 async fn email_goes_over_starttls_with_auth_and_checks_the_certificate() {
     let svc = services();
     let schema = TestSchema::create(&svc).await;
-    let (ca_pem, acceptor) = tls();
+    let (ca_pem, acceptor) = common::tls();
     let ca_file = std::env::temp_dir().join(format!("ow-test-ca-{}.pem", uuid::Uuid::new_v4()));
     std::fs::write(&ca_file, ca_pem).expect("write CA");
     let ca = ca_file.display().to_string();

@@ -4,6 +4,8 @@
 //! certificate is refused, and the failure, in the result and in
 //! `notifications_log`, never shows the URL's secret path.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -14,34 +16,9 @@ use hyper_util::rt::TokioIo;
 use shared::config::{ChannelConfig, HookChannel, WebhookChannel};
 use shared::testkit::{services, TestSchema};
 use tokio::net::TcpListener;
-use tokio_rustls::rustls;
 use workerd::notify::{self, Alert, Notifier, Outcome};
 
 const SECRET_PATH: &str = "/services/T0SECRET/B0SECRET/xoxo";
-
-/// A test CA (its PEM) and a TLS acceptor with a certificate for 127.0.0.1 it signed.
-fn tls() -> (String, tokio_rustls::TlsAcceptor) {
-    let ca_key = rcgen::KeyPair::generate().expect("ca key");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca");
-    let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
-    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .expect("leaf params")
-        .signed_by(&leaf_key, &ca)
-        .expect("leaf");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("protocols")
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
-        )
-        .expect("server config");
-    (ca.pem(), tokio_rustls::TlsAcceptor::from(Arc::new(config)))
-}
 
 type Got = Arc<Mutex<Vec<(String, hyper::HeaderMap, Bytes)>>>;
 
@@ -94,7 +71,7 @@ async fn https_server(acceptor: tokio_rustls::TlsAcceptor) -> (String, Got) {
 async fn https_channels_deliver_with_their_ca_and_never_leak_the_url() {
     let svc = services();
     let schema = TestSchema::create(&svc).await;
-    let (ca_pem, acceptor) = tls();
+    let (ca_pem, acceptor) = common::tls();
     let ca_file = std::env::temp_dir().join(format!("ow-hook-ca-{}.pem", uuid::Uuid::new_v4()));
     std::fs::write(&ca_file, ca_pem).expect("write CA");
     let ca = ca_file.display().to_string();
