@@ -32,8 +32,8 @@ impl Operations for App {
         App::not_ready(self)
     }
 
-    async fn report(&self) -> Value {
-        json!({
+    async fn health(&self) -> (Vec<String>, Value) {
+        let report = json!({
             "shutting_down": self.shutting_down(),
             "ingest_in_progress": self.in_progress(),
             "connections": self.connections(),
@@ -50,7 +50,8 @@ impl Operations for App {
                 },
                 "keys": keys_report(&self.keys),
             }
-        })
+        });
+        (App::not_ready(self), report)
     }
 
     async fn scrape(&self) {

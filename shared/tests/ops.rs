@@ -28,8 +28,11 @@ impl Operations for Probe {
         }
     }
 
-    async fn report(&self) -> serde_json::Value {
-        json!({"components": {"probe": {"status": "up"}}})
+    async fn health(&self) -> (Vec<String>, serde_json::Value) {
+        (
+            self.not_ready().await,
+            json!({"components": {"probe": {"status": "up"}}}),
+        )
     }
 }
 

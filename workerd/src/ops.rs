@@ -43,6 +43,24 @@ impl WorkerdOps {
             .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).clone())
     }
 
+    /// One look at ClickHouse and the migrations: the reasons not to be
+    /// ready, and the ClickHouse probe itself. Sets the gauges it measures.
+    async fn look(&self) -> (Vec<String>, Result<(), String>) {
+        let ch = self.clickhouse().await;
+        let mut why = Vec::new();
+        if self.shutdown.is_triggered() {
+            why.push("shutting down".to_string());
+        }
+        if let Err(e) = &ch {
+            why.push(format!("ClickHouse does not answer: {e}"));
+        }
+        if self.migration_state().is_some_and(|m| !m.done) {
+            why.push("startup migrations are not done".to_string());
+        }
+        crate::telemetry::clickhouse_up(ch.is_ok(), why.is_empty());
+        (why, ch)
+    }
+
     /// Records one attempt of the startup migrations.
     pub fn migrated(&self, result: Result<(), String>) {
         if let Some(m) = &self.migrations {
@@ -56,26 +74,12 @@ impl WorkerdOps {
 
 impl Operations for WorkerdOps {
     async fn not_ready(&self) -> Vec<String> {
-        let mut why = Vec::new();
-        if self.shutdown.is_triggered() {
-            why.push("shutting down".to_string());
-        }
-        if let Err(e) = self.clickhouse().await {
-            why.push(format!("ClickHouse does not answer: {e}"));
-        }
-        if self.migration_state().is_some_and(|m| !m.done) {
-            why.push("startup migrations are not done".to_string());
-        }
-        crate::telemetry::clickhouse_up(
-            !why.iter().any(|w| w.starts_with("ClickHouse")),
-            why.is_empty(),
-        );
-        why
+        self.look().await.0
     }
 
-    async fn report(&self) -> Value {
-        let ch = self.clickhouse().await;
-        json!({
+    async fn health(&self) -> (Vec<String>, Value) {
+        let (why, ch) = self.look().await;
+        let report = json!({
             "components": {
                 "clickhouse": match &ch {
                     Ok(()) => json!({"status": "up"}),
@@ -88,10 +92,12 @@ impl Operations for WorkerdOps {
                 })),
             },
             "jobs": self.runner.report(),
-        })
+        });
+        (why, report)
     }
 
     async fn scrape(&self) {
-        self.not_ready().await;
+        // The look sets the clickhouse_up and ready gauges the scrape reads.
+        let _ = self.look().await;
     }
 }

@@ -31,9 +31,11 @@ pub trait Operations: Send + Sync + 'static {
     /// Why the process should get no traffic now; empty when ready.
     fn not_ready(&self) -> impl Future<Output = Vec<String>> + Send;
 
-    /// Fields `GET /health` shows beside `status`, `reasons` and
-    /// `uptime_seconds` (a JSON object: components, counters).
-    fn report(&self) -> impl Future<Output = Value> + Send;
+    /// For `GET /health`, from one look at the components: the reasons not
+    /// to be ready (as [`Operations::not_ready`] gives them) and the fields
+    /// shown beside `status`, `reasons` and `uptime_seconds` (a JSON object:
+    /// components, counters).
+    fn health(&self) -> impl Future<Output = (Vec<String>, Value)> + Send;
 
     /// Sets the gauges read at scrape time, before `/metrics` renders.
     fn scrape(&self) -> impl Future<Output = ()> + Send {
@@ -111,13 +113,13 @@ fn error(status: StatusCode, code: &str, message: String) -> Response<Body> {
 }
 
 async fn health<O: Operations>(ops: &O, started: Instant) -> Response<Body> {
-    let reasons = ops.not_ready().await;
+    let (reasons, report) = ops.health().await;
     let mut body = json!({
         "status": if reasons.is_empty() { "ok" } else { "degraded" },
         "reasons": reasons,
         "uptime_seconds": started.elapsed().as_secs(),
     });
-    if let (Value::Object(into), Value::Object(from)) = (&mut body, ops.report().await) {
+    if let (Value::Object(into), Value::Object(from)) = (&mut body, report) {
         into.extend(from);
     }
     let status = if reasons.is_empty() {
