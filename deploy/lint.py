@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Checks the deployment files as far as this machine can (no Docker engine, no helm).
+"""Checks the deployment files as far as this machine can (no Docker engine, no cluster).
 
     python deploy/lint.py [--bin-dir target/debug]   # what `make lint-deploy` runs
     python deploy/lint.py --self-test                # the checks catch broken inputs
@@ -9,15 +9,18 @@ Checks:
   - promtool check config / check rules / test rules on deploy/prometheus;
   - every metric an alert rule or dashboard queries is defined where it is emitted
     (see METRIC_SOURCES);
-  - Helm: templates parse as YAML once template actions are blanked; every
-    `.Values.x` path a template uses exists in values.yaml; every value in
-    values.yaml is documented in the chart's README;
+  - Helm (deploy/lint_chart.py): helm lint and helm template over the default
+    and helm/overwatch/ci/*-values.yaml, every manifest validated against the
+    Kubernetes schemas offline, wiring, the rendered config and environment
+    accepted by the real binaries, memory limit vs the gateway's bound; the
+    chart refuses each helm/overwatch/ci-refused/*-values.yaml with its message;
   - image: the Dockerfile's build-stage `cargo build` succeeds on exactly the
     files its COPY lines bring (a temporary build context);
   - compose: build contexts, Dockerfiles and their targets, and bind-mounted
-    files exist; the OVERWATCH__* settings given to gateway and workerd, and the
-    chart's default `config`, are accepted by the real binaries (--check-config).
-Needs PyYAML (in the project venv) and promtool. Exits 1 listing every problem.
+    files exist; the OVERWATCH__* settings given to gateway and workerd are
+    accepted by the real binaries (--check-config).
+Needs the project venv (PyYAML, kubernetes-validate), promtool and helm, all from
+`make provision`. Exits 1 listing every problem.
 """
 
 import argparse
@@ -30,25 +33,8 @@ import tempfile
 
 import yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROBLEMS = []
-
-
-def problem(where, msg):
-    PROBLEMS.append("%s: %s" % (os.path.relpath(where, ROOT) if os.path.isabs(where) else where, msg))
-
-
-def path(*p):
-    return os.path.join(ROOT, *p)
-
-
-def load_yaml(file, multi=False):
-    try:
-        with open(file) as f:
-            return list(yaml.safe_load_all(f)) if multi else yaml.safe_load(f)
-    except (OSError, yaml.YAMLError) as e:
-        problem(file, "does not parse as YAML: %s" % e)
-        return None
+from lint_chart import check_chart_text, check_helm, check_memory_limit, check_wiring, validate_manifests
+from lint_common import PROBLEMS, clean_env, load_yaml, path, problem, run
 
 
 # --- metrics -------------------------------------------------------------------
@@ -136,141 +122,6 @@ def check_dashboards(known):
         for n in files:
             load_yaml(os.path.join(root, n))
 
-
-def run(cmd, where, cwd=None, env=None):
-    try:
-        r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
-    except FileNotFoundError:
-        problem(where, "%s is not installed (run `make provision`)" % cmd[0])
-        return False
-    if r.returncode != 0:
-        problem(where, "`%s` failed:\n%s%s" % (" ".join(cmd), r.stdout, r.stderr))
-        return False
-    return r.stdout
-
-
-# --- helm ------------------------------------------------------------------------
-
-ACTION = re.compile(r"\{\{-?.*?-?\}\}", re.S)
-
-
-def blank_template(text):
-    """Template text with action-only lines dropped and inline actions replaced."""
-    out = []
-    for line in text.splitlines():
-        stripped = ACTION.sub("", line).strip()
-        if not stripped and "{{" in line:
-            continue
-        out.append(ACTION.sub("x", line))
-    return "\n".join(out) + "\n"
-
-
-def values_paths(text):
-    return set(re.findall(r"\.Values((?:\.[A-Za-z0-9_]+)+)", text))
-
-
-def lookup(values, dotted):
-    cur = values
-    for part in dotted.strip(".").split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return False
-        cur = cur[part]
-    return True
-
-
-def leaves(values, prefix=""):
-    for k, v in values.items():
-        p = prefix + k
-        if isinstance(v, dict) and v:
-            yield from leaves(v, p + ".")
-        else:
-            yield p
-
-
-def documented(leaf, readme):
-    """A value is documented when it, or a map containing it, is named in README."""
-    parts = leaf.split(".")
-    return any("`%s`" % ".".join(parts[:i]) in readme for i in range(len(parts), 0, -1))
-
-
-def check_chart_text(templates, values, readme, where):
-    """Returns problems for {name: text} templates against values and README."""
-    found = []
-    for name, text in sorted(templates.items()):
-        for p in sorted(values_paths(text)):
-            if not lookup(values, p):
-                found.append("%s/%s: uses .Values%s, which values.yaml does not define" % (where, name, p))
-        if name.endswith(".yaml"):
-            try:
-                list(yaml.safe_load_all(blank_template(text)))
-            except yaml.YAMLError as e:
-                found.append("%s/%s: not YAML once actions are blanked: %s" % (where, name, e))
-    for p in leaves(values):
-        if not documented(p, readme):
-            found.append("%s/README.md: value `%s` is not documented" % (where, p))
-    return found
-
-
-def check_helm(bins):
-    chart = path("helm", "overwatch")
-    load_yaml(os.path.join(chart, "Chart.yaml"))
-    values = load_yaml(os.path.join(chart, "values.yaml")) or {}
-    tdir = os.path.join(chart, "templates")
-    templates = {n: open(os.path.join(tdir, n)).read() for n in os.listdir(tdir)}
-    readme = open(os.path.join(chart, "README.md")).read()
-    for p in check_chart_text(templates, values, readme, "helm/overwatch"):
-        PROBLEMS.append(p)
-    cfg = values.get("config")
-    if not isinstance(cfg, str):
-        problem(chart, "values.config must be the TOML text of overwatch.toml")
-        return
-    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
-        f.write(cfg)
-        name = f.name
-    try:
-        env = clean_env({"OVERWATCH__GATEWAY__LISTEN": "0.0.0.0:8080",
-                         "OVERWATCH__WORKERD__LISTEN": "0.0.0.0:9091"})
-        gw = values.get("gateway") or {}
-        gw_env = dict(env, OVERWATCH__GATEWAY__CPU_WORKERS=str(gw.get("cpuWorkers", 0)))
-        out = run([os.path.join(bins, "gateway"), "--config", name, "--check-config"],
-                  os.path.join(chart, "values.yaml"), env=gw_env)
-        if out is not False:
-            check_memory_limit(out, gw, os.path.join(chart, "values.yaml"))
-        run([os.path.join(bins, "workerd"), "--config", name, "check-config"],
-            os.path.join(chart, "values.yaml"), env=env)
-    finally:
-        os.unlink(name)
-
-
-# Baseline memory beside the gateway's bound: code, the user-agent regexes and
-# cache (measured at about 70 MiB RSS by gateway/tests/hostile.rs).
-GATEWAY_BASELINE_MIB = 96
-UNITS = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
-
-
-def check_memory_limit(check_output, gw, where):
-    """The chart's gateway memory limit holds the bound the gateway reports."""
-    m = re.search(r"memory bound (\d+) bytes", check_output)
-    limit = ((gw.get("resources") or {}).get("limits") or {}).get("memory", "")
-    u = re.fullmatch(r"(\d+)(Ki|Mi|Gi)", str(limit))
-    if not m or not u:
-        problem(where, "cannot compare the gateway's memory bound with resources.limits.memory %r" % limit)
-        return
-    need = int(m.group(1)) + GATEWAY_BASELINE_MIB * (1 << 20)
-    have = int(u.group(1)) * UNITS[u.group(2)]
-    if need > have:
-        problem(where, "gateway.resources.limits.memory %s is below the configured worst case "
-                "(%d MiB bound + %d MiB baseline): lower gateway.cpuWorkers or the limits, or raise it"
-                % (limit, int(m.group(1)) >> 20, GATEWAY_BASELINE_MIB))
-
-
-def clean_env(extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OVERWATCH_")}
-    env.update(extra)
-    return env
-
-
-# --- compose ---------------------------------------------------------------------
 
 def check_published(services, where):
     """Only the gateway is published on every interface; anything else at most on 127.0.0.1."""
@@ -401,10 +252,27 @@ def self_test():
     assert [p for p in undocumented if "documented" in p] == [
         "t/README.md: value `gateway.port` is not documented"], undocumented
     before = len(PROBLEMS)
-    check_memory_limit("memory bound %d bytes" % (100 << 20), {"resources": {"limits": {"memory": "512Mi"}}}, "t")
+    check_memory_limit("memory bound %d bytes" % (100 << 20), {"limits": {"memory": "512Mi"}}, "t")
     assert len(PROBLEMS) == before, PROBLEMS[before:]
-    check_memory_limit("memory bound %d bytes" % (500 << 20), {"resources": {"limits": {"memory": "512Mi"}}}, "t")
+    check_memory_limit("memory bound %d bytes" % (500 << 20), {"limits": {"memory": "512Mi"}}, "t")
     assert len(PROBLEMS) == before + 1 and "below the configured worst case" in PROBLEMS[-1]
+    del PROBLEMS[before:]
+    # Rendered manifests: a schema violation and a probe on an undeclared port.
+    pod = {"metadata": {"labels": {"app": "g"}}, "spec": {"containers": [{
+        "name": "gateway", "image": "g", "ports": [{"name": "operations", "containerPort": 9090}],
+        "livenessProbe": {"httpGet": {"path": "/health/live", "port": "operations"}}}]}}
+    dep = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "g"},
+           "spec": {"selector": {"matchLabels": {"app": "g"}}, "template": pod}}
+    assert validate_manifests([dep], "t") == 1 and len(PROBLEMS) == before, PROBLEMS[before:]
+    check_wiring([dep], "t")
+    assert len(PROBLEMS) == before, PROBLEMS[before:]
+    bad = json.loads(json.dumps(dep))
+    bad["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGet"]["port"] = "http"
+    bad["spec"]["replicas"] = "two"
+    validate_manifests([bad], "t")
+    assert any("invalid for Kubernetes" in p for p in PROBLEMS[before:]), PROBLEMS[before:]
+    check_wiring([bad], "t")
+    assert "does not declare" in PROBLEMS[-1], PROBLEMS[-1]
     del PROBLEMS[before:]
     check_published({"gateway": {"ports": ["8080:8080"]}, "grafana": {"ports": ["127.0.0.1:3000:3000"]}}, "t")
     assert len(PROBLEMS) == before, PROBLEMS[before:]

