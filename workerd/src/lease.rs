@@ -20,6 +20,9 @@
 //! fails its next confirm. On a replicated cluster the tickets table must be
 //! read with `select_sequential_consistency`.
 
+use std::future::Future;
+use std::time::Duration;
+
 use uuid::Uuid;
 
 use crate::jobs::context::JobContext;
@@ -97,8 +100,28 @@ impl Lease {
             tracing::debug!(lease = name, holder = %lease.holder, "lease taken");
             return Ok(Some(lease));
         }
-        tracing::info!(lease = name, held_by = ?others, "lease busy; skipping");
+        tracing::debug!(lease = name, held_by = ?others, "lease busy");
         lease.release().await?;
+        Ok(None)
+    }
+
+    /// [`Lease::try_acquire`] up to `attempts` times, each after a random
+    /// pause of up to `jitter`: contenders that started together spread out,
+    /// and one of them wins. `None`: someone else holds it.
+    pub async fn contend(
+        ctx: &JobContext,
+        name: &str,
+        attempts: u32,
+        jitter: Duration,
+    ) -> Result<Option<Lease>, JobError> {
+        for _ in 0..attempts.max(1) {
+            let pause = (Uuid::new_v4().as_u128() % (jitter.as_micros().max(1))) as u64;
+            tokio::time::sleep(Duration::from_micros(pause)).await;
+            if let Some(lease) = Lease::try_acquire(ctx, name).await? {
+                return Ok(Some(lease));
+            }
+        }
+        tracing::debug!(lease = name, "lease held elsewhere");
         Ok(None)
     }
 
@@ -131,6 +154,55 @@ impl Lease {
             self.ttl_ms,
         )
         .await
+    }
+
+    /// This holder's id (recorded with the runs it made).
+    pub fn holder(&self) -> Uuid {
+        self.holder
+    }
+
+    /// Runs `work` while holding the lease: it is confirmed (and so renewed)
+    /// every quarter of the TTL, and `work` is dropped, mid-step if need be,
+    /// as soon as a confirmation fails, so no one who took the lease over meets
+    /// us still running. However `work` ends the lease is released, but not
+    /// before `linger_until`: contenders of the same tick still trying then
+    /// find it held rather than free, and do not run the job a second time.
+    pub async fn hold_while<T, F>(
+        self,
+        work: F,
+        linger_until: tokio::time::Instant,
+    ) -> Result<T, JobError>
+    where
+        F: Future<Output = Result<T, JobError>>,
+    {
+        let period = Duration::from_millis((self.ttl_ms / 4).max(1) as u64);
+        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(work);
+        let out = loop {
+            tokio::select! {
+                r = &mut work => break r,
+                _ = renew.tick() => {
+                    if let Err(e) = self.confirm().await {
+                        tracing::error!(lease = %self.name, error = %e, "cannot renew the lease: stopping the work it guards");
+                        break Err(e);
+                    }
+                }
+            }
+        };
+        let linger = linger_until.saturating_duration_since(tokio::time::Instant::now());
+        let released = write_ticket(
+            &self.client,
+            &self.table,
+            &self.name,
+            self.holder,
+            (linger.as_millis() as i64).max(-1),
+        )
+        .await;
+        if let Err(e) = released {
+            tracing::warn!(lease = %self.name, error = %e, "cannot release the lease; it expires on its own");
+        }
+        out
     }
 
     /// Gives the lease up (writes an expired ticket).

@@ -7,6 +7,12 @@
 //! (`jobs.backoff_base_ms` doubling up to `jobs.backoff_max_ms`): a circuit
 //! breaker that stops hammering ClickHouse while it is down and closes on the
 //! first success.
+//!
+//! Across replicas, every scheduled run first takes the job's lease in
+//! ClickHouse (`job:<name>`, see [`crate::lease`]): one replica runs it, the
+//! others skip that tick (`skipped_elsewhere`), and a replica that died holding
+//! it is replaced once its lease expires. Each run is recorded in `job_runs`
+//! (job, instance, holder, start, end, outcome).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -18,6 +24,7 @@ use serde_json::json;
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 
 use crate::jobs::{self, JobContext, JobError, JobName, JobReport};
+use crate::lease::Lease;
 use crate::notify::{Alert, Notifier};
 use crate::telemetry::JobFinished;
 
@@ -27,6 +34,8 @@ pub enum Tick {
     Ran(Result<JobReport, String>),
     SkippedOverlap,
     SkippedBackoff,
+    /// Another replica holds the job's lease and runs it.
+    SkippedElsewhere,
 }
 
 #[derive(Default)]
@@ -47,6 +56,8 @@ pub struct Runner {
     states: BTreeMap<&'static str, Arc<JobState>>,
     backoff_base: Duration,
     backoff_max: Duration,
+    /// `host:pid`, recorded with every run in `job_runs`.
+    instance: String,
 }
 
 /// Clears the running flag however the run ends.
@@ -71,6 +82,7 @@ impl Runner {
                 .collect(),
             backoff_base,
             backoff_max,
+            instance: shared::runtime::metrics::instance(),
         }
     }
 
@@ -81,13 +93,28 @@ impl Runner {
             .unwrap_or_else(|| Arc::new(JobState::default()))
     }
 
-    /// Runs `job` now (real clock), guarded, and hands the alerts of the run
-    /// (or its failure) to the notifier.
+    /// Runs `job` now (real clock), guarded, under the job's lease, records
+    /// the run and hands its alerts (or its failure) to the notifier.
     pub async fn tick(&self, job: JobName) -> Tick {
         let ctx = Arc::clone(&self.ctx);
+        let instance = self.instance.as_str();
         let tick = self
             .guarded(job.as_str(), || async move {
-                jobs::run(&ctx, job, time::OffsetDateTime::now_utc(), None, None).await
+                let name = job_lease(job);
+                let contending_until =
+                    tokio::time::Instant::now() + CONTEND_JITTER * (CONTEND_ATTEMPTS + 2);
+                let Some(lease) =
+                    Lease::contend(&ctx, &name, CONTEND_ATTEMPTS, CONTEND_JITTER).await?
+                else {
+                    return Err(JobError::HeldElsewhere { name });
+                };
+                let holder = lease.holder();
+                let started = time::OffsetDateTime::now_utc();
+                let result = lease
+                    .hold_while(jobs::run(&ctx, job, started, None, None), contending_until)
+                    .await;
+                record_run(&ctx, job, instance, holder, started, &result).await;
+                result
             })
             .await;
         if let Some(n) = &self.notifier {
@@ -125,6 +152,11 @@ impl Runner {
         let _running = Running(&st.running);
         let started = Instant::now();
         let result = work().await;
+        if let Err(JobError::HeldElsewhere { name: lease }) = &result {
+            tracing::debug!(job = name, lease = %lease, "skipped: another replica runs it");
+            self.skipped(name, &st, "skipped_elsewhere");
+            return Tick::SkippedElsewhere;
+        }
         st.runs.fetch_add(1, Ordering::Relaxed);
         let finished = time::OffsetDateTime::now_utc();
         match result {
@@ -216,8 +248,58 @@ impl Tick {
                 job: job.as_str(),
                 error: error.clone(),
             }],
-            Tick::SkippedOverlap | Tick::SkippedBackoff => Vec::new(),
+            Tick::SkippedOverlap | Tick::SkippedBackoff | Tick::SkippedElsewhere => Vec::new(),
         }
+    }
+}
+
+/// Replicas whose ticks fire together try for a job's lease this many times,
+/// each after a random pause of up to [`CONTEND_JITTER`]; the winner keeps the
+/// lease at least until the others have given up (`CONTEND_JITTER` times
+/// attempts + 2 from the tick), so a tick runs a job once in the cluster.
+const CONTEND_ATTEMPTS: u32 = 4;
+const CONTEND_JITTER: Duration = Duration::from_millis(250);
+
+/// The lease every replica's run of `job` takes.
+pub fn job_lease(job: JobName) -> String {
+    format!("job:{}", job.as_str())
+}
+
+/// Appends the run to `job_runs`; a failure to record is logged, never fatal.
+async fn record_run(
+    ctx: &JobContext,
+    job: JobName,
+    instance: &str,
+    holder: uuid::Uuid,
+    started: time::OffsetDateTime,
+    result: &Result<JobReport, JobError>,
+) {
+    let (outcome, rows, error) = match result {
+        Ok(r) => ("success", r.rows_affected, String::new()),
+        Err(e) => ("failure", 0, e.to_string()),
+    };
+    let finished = time::OffsetDateTime::now_utc();
+    let sql = format!(
+        "INSERT INTO {} (job, instance, holder, started_at, finished_at, outcome, rows_affected, error) \
+         SELECT ?, ?, toUUID(?), {at}, {at}, ?, ?, ?",
+        ctx.table("job_runs"),
+        at = shared::store::sql::AT_MS,
+    );
+    let written = ctx
+        .client
+        .query(&sql)
+        .bind(job.as_str())
+        .bind(instance)
+        .bind(holder.to_string())
+        .bind(jobs::ms(started))
+        .bind(jobs::ms(finished))
+        .bind(outcome)
+        .bind(rows)
+        .bind(error)
+        .execute()
+        .await;
+    if let Err(e) = written {
+        tracing::warn!(job = job.as_str(), error = %e, "cannot record the run in job_runs");
     }
 }
 

@@ -10,6 +10,8 @@ pub enum JobError {
     ClickHouse(#[from] clickhouse::error::Error),
     #[error("lost the lease {name} ({left_ms} ms were left, less than half the TTL): stopped before changing anything more")]
     LeaseLost { name: String, left_ms: i64 },
+    #[error("another workerd holds the lease {name}: it runs this job now")]
+    HeldElsewhere { name: String },
     #[error("the window's start must be before its end")]
     EmptyWindow,
     #[error("ClickHouse returned a {what} that does not parse: `{value}`")]

@@ -267,4 +267,33 @@ pub const MIGRATIONS: &[Migration] = &[
             ]
         },
     },
+    Migration {
+        version: 12,
+        name: "job run history (which replica ran what, when)",
+        statements: |c| {
+            vec![format!(
+                "CREATE TABLE IF NOT EXISTS {} (\n    \
+                 `job` LowCardinality(String),\n    `instance` String,\n    `holder` UUID,\n    \
+                 `started_at` DateTime64(3, 'UTC'),\n    `finished_at` DateTime64(3, 'UTC'),\n    \
+                 `outcome` LowCardinality(String),\n    `rows_affected` UInt64,\n    `error` String\n) \
+                 ENGINE = MergeTree ORDER BY (job, started_at) \
+                 TTL toDateTime(started_at) + INTERVAL 30 DAY",
+                c.table("job_runs")
+            )]
+        },
+    },
+    Migration {
+        version: 13,
+        name: "gateway replicas' rate-limit demand (cluster-wide rate limits)",
+        statements: |c| {
+            vec![format!(
+                "CREATE TABLE IF NOT EXISTS {} (\n    \
+                 `at` DateTime64(3, 'UTC') DEFAULT now64(3),\n    `instance` String,\n    \
+                 `tenant_id` UUID,\n    `offered` UInt64,\n    `rate` Float64\n) \
+                 ENGINE = MergeTree ORDER BY at \
+                 TTL toDateTime(at) + INTERVAL 1 HOUR",
+                c.table("rate_usage")
+            )]
+        },
+    },
 ];
