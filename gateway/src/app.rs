@@ -11,6 +11,7 @@ use tokio::sync::Semaphore;
 use crate::auth::KeyStore;
 use crate::enrich::Enricher;
 use crate::error::ApiError;
+use crate::ratelimit::cluster::Shares;
 use crate::ratelimit::RateLimiter;
 use crate::sink::Sink;
 
@@ -66,7 +67,17 @@ impl App {
         Ok(App {
             enricher: Enricher::new(g, &config.enrichment)?,
             keys: Arc::new(KeyStore::new(&config.auth, &config.clickhouse)),
-            limiter: RateLimiter::new(&config.tiers, &config.rate_limits),
+            limiter: RateLimiter::new(
+                &config.tiers,
+                &config.rate_limits,
+                (config.rate_limits.cluster_sync_interval_ms > 0).then(|| {
+                    Arc::new(Shares::new(
+                        shared::runtime::metrics::instance(),
+                        Duration::from_millis(config.rate_limits.cluster_sync_interval_ms),
+                    ))
+                }),
+                g.max_events_per_batch,
+            ),
             body_budget: Arc::new(Semaphore::new(budget)),
             cpu: Arc::new(Semaphore::new(g.cpu_workers())),
             sink: Arc::new(sink),

@@ -11,9 +11,16 @@
 //! events once they are counted and before they are parsed and validated, and
 //! [`RateLimiter::debit`] of one token for a request that failed after costing
 //! work but before it was counted.
+//!
+//! With several replicas, each one's tenant buckets refill at its part of the
+//! tenant's rate ([`cluster`]), so the replicas together admit the configured
+//! rate; `X-RateLimit-Limit` still says the tenant's whole rate. The global
+//! bucket stays per replica.
+
+pub mod cluster;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use shared::config::{RateLimitsConfig, TiersConfig};
@@ -45,6 +52,8 @@ pub struct Refusal {
 struct Rate {
     per_second: f64,
     burst: f64,
+    /// The tenant's whole rate (what `X-RateLimit-Limit` says).
+    limit: f64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -71,7 +80,7 @@ impl Bucket {
 
     fn quota(&self, rate: Rate) -> Quota {
         Quota {
-            limit: rate.per_second,
+            limit: rate.limit,
             remaining: self.tokens.max(0.0).floor() as u64,
             reset_secs: ((rate.burst - self.tokens).max(0.0) / rate.per_second).ceil() as u64,
         }
@@ -105,6 +114,10 @@ pub struct RateLimiter {
     global: Option<(Rate, Mutex<Bucket>)>,
     shards: Vec<Mutex<HashMap<Uuid, Bucket>>>,
     per_shard: usize,
+    /// This replica's parts of the tenants' rates (none: it enforces them alone).
+    shares: Option<Arc<cluster::Shares>>,
+    /// A replica's bucket always holds one whole batch.
+    min_burst: f64,
 }
 
 fn tier_index(t: Tier) -> usize {
@@ -117,11 +130,18 @@ fn tier_index(t: Tier) -> usize {
 
 impl RateLimiter {
     /// Each tier's bucket from `[tiers]`; the global bucket, overrides and the
-    /// bound on tenants from `[rate_limits]`.
-    pub fn new(tiers_cfg: &TiersConfig, r: &RateLimitsConfig) -> RateLimiter {
+    /// bound on tenants from `[rate_limits]`; `shares` when the rates are
+    /// shared with other replicas; `max_batch`: `gateway.max_events_per_batch`.
+    pub fn new(
+        tiers_cfg: &TiersConfig,
+        r: &RateLimitsConfig,
+        shares: Option<Arc<cluster::Shares>>,
+        max_batch: usize,
+    ) -> RateLimiter {
         let rate = |per_second: f64, burst: u64| Rate {
             per_second,
             burst: burst as f64,
+            limit: per_second,
         };
         let tiers = Tier::ALL.map(|t| {
             let c = tiers_cfg.get(t);
@@ -141,14 +161,40 @@ impl RateLimiter {
             global,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             per_shard: r.max_tenants.div_ceil(SHARDS).max(1),
+            shares,
+            min_burst: max_batch as f64,
         }
     }
 
+    /// The shares this limiter uses, for the task that syncs them.
+    pub fn shares(&self) -> Option<&Arc<cluster::Shares>> {
+        self.shares.as_ref()
+    }
+
+    /// `tenant`'s rate on this replica: its part of the configured one.
     fn rate_for(&self, tenant: Uuid, tier: Tier) -> Rate {
-        self.overrides
+        let whole = self
+            .overrides
             .get(&tenant)
             .copied()
-            .unwrap_or(self.tiers[tier_index(tier)])
+            .unwrap_or(self.tiers[tier_index(tier)]);
+        match &self.shares {
+            None => whole,
+            Some(s) => {
+                let share = s.share(tenant);
+                Rate {
+                    per_second: whole.per_second * share,
+                    burst: (whole.burst * share).max(self.min_burst.min(whole.burst)),
+                    limit: whole.limit,
+                }
+            }
+        }
+    }
+
+    fn offer(&self, tenant: Uuid, n: u64, rate: Rate) {
+        if let Some(s) = &self.shares {
+            s.offer(tenant, n, rate.limit);
+        }
     }
 
     /// Takes `events` tokens for `tenant`, or refuses without taking any.
@@ -169,7 +215,10 @@ impl RateLimiter {
         if let Some(bucket) = map.get_mut(&tenant) {
             bucket.refill(rate, now);
             if bucket.tokens < 1.0 {
-                return Err(bucket.refusal(1.0, rate, false));
+                let refusal = bucket.refusal(1.0, rate, false);
+                drop(map);
+                self.offer(tenant, 1, rate);
+                return Err(refusal);
             }
         }
         drop(map);
@@ -209,6 +258,7 @@ impl RateLimiter {
         now: Instant,
     ) -> Result<Quota, Refusal> {
         let rate = self.rate_for(tenant, tier);
+        self.offer(tenant, events as u64, rate);
         let n = events as f64;
         let shard = &self.shards[(tenant.as_u128() as usize) % SHARDS];
         let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
@@ -258,7 +308,12 @@ mod tests {
         cfg.tiers.free.events_per_second = 10.0;
         cfg.tiers.free.burst = 20;
         edit(&mut cfg);
-        RateLimiter::new(&cfg.tiers, &cfg.rate_limits)
+        RateLimiter::new(
+            &cfg.tiers,
+            &cfg.rate_limits,
+            None,
+            cfg.gateway.max_events_per_batch,
+        )
     }
 
     #[test]

@@ -64,6 +64,16 @@ pub async fn serve(
         app.keys
             .spawn_refresh(Duration::from_millis(app.config.auth.refresh_interval_ms)),
     );
+    if let Some(shares) = app.limiter.shares() {
+        background.push(
+            "rate-limit shares",
+            shares.spawn_sync(
+                shared::store::client(&app.config.clickhouse)
+                    .with_database(&app.config.clickhouse.database),
+                "rate_usage".to_string(),
+            ),
+        );
+    }
     if app.config.telemetry.snapshot_interval_secs > 0 {
         background.push(
             "metric snapshots",

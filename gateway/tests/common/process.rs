@@ -47,7 +47,7 @@ impl GatewayProcess {
         Self::start_full(cfg, None, gateway, extra).await
     }
 
-    async fn start_full(
+    pub async fn start_full(
         cfg: &Config,
         auth: Option<&str>,
         gateway: &str,

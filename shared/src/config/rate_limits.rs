@@ -13,6 +13,10 @@ pub struct RateLimitsConfig {
     pub global_burst: u64,
     pub max_tenants: usize,
     pub overrides: Vec<RateOverride>,
+    /// How often replicas share their tenants' demand through ClickHouse so
+    /// that together they admit each tenant's rate (0: each replica enforces
+    /// the whole rate alone).
+    pub cluster_sync_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -34,6 +38,12 @@ impl RateLimitsConfig {
             burst("rate_limits.global_burst", self.global_burst, batch)?;
         }
         positive("rate_limits.max_tenants", self.max_tenants as u64)?;
+        if self.cluster_sync_interval_ms != 0 && self.cluster_sync_interval_ms < 100 {
+            return Err(ConfigError::new(
+                "rate_limits.cluster_sync_interval_ms",
+                "must be at least 100 (ms), or 0 for per-replica limits",
+            ));
+        }
         for (i, o) in self.overrides.iter().enumerate() {
             rate(
                 &format!("rate_limits.overrides[{i}].events_per_second"),
