@@ -392,3 +392,65 @@ async fn otlp_receiver_gets_the_ingest_span_with_its_request_id() {
         .unwrap_or_else(|| panic!("no JSON `events accepted` line in:\n{stderr}"));
     assert_eq!(line["span"]["request_id"], rid.as_str(), "{line}");
 }
+
+/// The caller's trace continues into the broker: every message of a traced
+/// request carries a W3C `traceparent` of the caller's trace id, so a slow
+/// event can be followed from the SDK through the gateway to the consumer.
+#[tokio::test]
+async fn messages_carry_the_requests_trace_context() {
+    let svc = services();
+    let cfg = shared::testkit::config(&svc);
+    shared::testkit::create_topics(&cfg, 2).await;
+    let (endpoint, _bodies) = otlp_receiver().await;
+    let gw = GatewayProcess::start(
+        &cfg,
+        &format!(
+            "[telemetry]\nsnapshot_interval_secs = 0\notlp_endpoint = \"{endpoint}\"\nsampling_ratio = 1.0\n\n"
+        ),
+    )
+    .await;
+    let trace_id = Uuid::new_v4().simple().to_string();
+    let (ids, body) = batch(5, Uuid::new_v4());
+    let r = reqwest::Client::new()
+        .post(format!("{}/ingest", gw.url))
+        .bearer_auth(gw.key())
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .json(&body)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 200);
+
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &cfg.kafka.brokers)
+        .set("group.id", format!("trace-test-{}", Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    let topics = cfg.kafka.topics();
+    consumer
+        .subscribe(&topics.iter().map(String::as_str).collect::<Vec<_>>())
+        .expect("subscribe");
+    let mut seen = HashSet::new();
+    while seen.len() < ids.len() {
+        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("a message within 30 s")
+            .expect("message");
+        let v: serde_json::Value =
+            serde_json::from_slice(m.payload().expect("payload")).expect("json");
+        let id = v["id"].as_str().expect("id").to_string();
+        use rdkafka::message::Headers;
+        let traceparent = m
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "traceparent"))
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_else(|| panic!("message {id} has no traceparent header"));
+        assert!(
+            traceparent.starts_with(&format!("00-{trace_id}-")),
+            "message {id}: traceparent {traceparent} is not of the caller's trace {trace_id}"
+        );
+        seen.insert(id);
+    }
+}

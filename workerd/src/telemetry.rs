@@ -90,6 +90,34 @@ pub fn clickhouse_up(up: bool, ready: bool) {
     gauge!(m::READY).set(if ready { 1.0 } else { 0.0 });
 }
 
+/// The alerts job measured the pipeline: ClickHouse's consumer lag and the
+/// dead letters of the recent window, exported for Prometheus as well as
+/// checked against the notification thresholds.
+pub struct PipelineMeasured {
+    pub consumer_lag: u64,
+    pub dead_letters: u64,
+    pub window_minutes: u64,
+}
+
+impl PipelineMeasured {
+    pub fn emit(&self) {
+        gauge!(CONSUMER_LAG).set(self.consumer_lag as f64);
+        gauge!(DEAD_LETTERS_RECENT).set(self.dead_letters as f64);
+        gauge!(PIPELINE_MEASURED).set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64(),
+        );
+        tracing::debug!(
+            consumer_lag = self.consumer_lag,
+            dead_letters = self.dead_letters,
+            window_minutes = self.window_minutes,
+            "pipeline measured"
+        );
+    }
+}
+
 // The metrics emitted here, by name (their descriptions below).
 pub const JOB_RUNS: &str = "overwatch_job_runs_total";
 pub const JOB_DURATION: &str = "overwatch_job_duration_seconds";
@@ -99,12 +127,15 @@ pub const JOB_LAST_SUCCESS: &str = "overwatch_job_last_success_timestamp_seconds
 pub const RETENTION_DELETED_ROWS: &str = "overwatch_retention_deleted_rows_total";
 pub const NOTIFICATIONS: &str = "overwatch_notifications_total";
 pub const CLICKHOUSE_UP: &str = "overwatch_clickhouse_up";
+pub const CONSUMER_LAG: &str = "overwatch_clickhouse_consumer_lag_messages";
+pub const DEAD_LETTERS_RECENT: &str = "overwatch_dead_letters_recent";
+pub const PIPELINE_MEASURED: &str = "overwatch_pipeline_measured_timestamp_seconds";
 
 /// Describes the metrics above to the recorder.
 fn describe() {
     describe_counter!(
         JOB_RUNS,
-        "Job runs, by job_name and outcome (success, failure, skipped_overlap, skipped_backoff)."
+        "Job runs, by job_name and outcome (success, failure, skipped_overlap, skipped_backoff, skipped_elsewhere)."
     );
     describe_histogram!(JOB_DURATION, Unit::Seconds, "Job run time, by job_name.");
     describe_counter!(
@@ -127,6 +158,19 @@ fn describe() {
     describe_counter!(
         NOTIFICATIONS,
         "Alert deliveries, by rule, channel and outcome (sent, suppressed, failed)."
+    );
+    describe_gauge!(
+        CONSUMER_LAG,
+        "Messages on the events topics ClickHouse's consumer group has not consumed, at the alerts job's last run."
+    );
+    describe_gauge!(
+        DEAD_LETTERS_RECENT,
+        "Messages ClickHouse routed to dead_letter in the last notifications.dead_letter_window_minutes, at the alerts job's last run."
+    );
+    describe_gauge!(
+        PIPELINE_MEASURED,
+        Unit::Seconds,
+        "Unix time of the alerts job's last measurement of consumer lag and dead letters (only the replica that ran it exports fresh values)."
     );
     describe_gauge!(
         CLICKHOUSE_UP,

@@ -1,5 +1,6 @@
 //! The `alerts` job measures dead letters and the consumer lag of ClickHouse's
-//! group on the real broker, and raises alerts past the thresholds.
+//! group on the real broker, raises alerts past the thresholds, and exports
+//! both as Prometheus gauges (what the alert rules and dashboard read).
 
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use workerd::notify::{Alert, Rule};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_and_consumer_lag_raise_alerts() {
+    workerd::telemetry::install_metrics();
     let svc = services();
     let schema = TestSchema::create(&svc).await;
     let mut config = schema.config.clone();
@@ -75,4 +77,21 @@ async fn dead_letters_and_consumer_lag_raise_alerts() {
         lag: 3,
         threshold: 3
     }));
+    let exposition = shared::runtime::metrics::render();
+    let gauge = |name: &str| {
+        shared::runtime::metrics::parse_exposition(&exposition)
+            .into_iter()
+            .find(|s| s.name == name)
+            .map(|s| s.value)
+            .unwrap_or_else(|| panic!("{name} not exported:\n{exposition}"))
+    };
+    assert_eq!(gauge(workerd::telemetry::CONSUMER_LAG), 3.0);
+    assert_eq!(gauge(workerd::telemetry::DEAD_LETTERS_RECENT), 2.0);
+    let measured = gauge(workerd::telemetry::PIPELINE_MEASURED);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp() as f64;
+    assert!(
+        (now - measured).abs() < 120.0,
+        "measured at {measured}, now {now}"
+    );
+    shared::testkit::promtool_check(&exposition);
 }

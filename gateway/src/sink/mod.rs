@@ -19,6 +19,7 @@ use std::time::Duration;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::statistics::Statistics;
 use rdkafka::util::Timeout;
@@ -165,8 +166,24 @@ impl Sink {
     ) -> Result<(), SinkError> {
         let started = std::time::Instant::now();
         let mut pending = Vec::with_capacity(events.len());
+        // The request's trace travels with its messages (W3C `traceparent`).
+        let trace = shared::runtime::telemetry::trace_context();
+        let headers = (!trace.is_empty()).then(|| {
+            trace
+                .iter()
+                .fold(OwnedHeaders::new_with_capacity(trace.len()), |h, (k, v)| {
+                    h.insert(Header {
+                        key: k,
+                        value: Some(v.as_bytes()),
+                    })
+                })
+        });
         for e in &events {
             let record = FutureRecord::to(self.topic(e.kind)).payload(&e.payload[..]);
+            let record = match &headers {
+                Some(h) => record.headers(h.clone()),
+                None => record,
+            };
             let record = match self.partition_key {
                 PartitionKey::Session => record.key(&e.session.as_bytes()[..]),
                 PartitionKey::Tenant => record.key(&tenant.as_bytes()[..]),

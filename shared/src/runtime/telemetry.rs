@@ -135,6 +135,23 @@ impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
     }
 }
 
+/// The current span's W3C trace context (`traceparent`, and `tracestate` when
+/// set) as header pairs, for messages that carry the trace onward; empty when
+/// OTLP export is off or the span is not sampled.
+pub fn trace_context() -> Vec<(String, String)> {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let cx = tracing::Span::current().context();
+    if !cx.span().span_context().is_valid() {
+        return Vec::new();
+    }
+    let mut map = std::collections::HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut map));
+    let mut pairs: Vec<(String, String)> = map.into_iter().collect();
+    pairs.sort();
+    pairs
+}
+
 /// Makes `span` a child of the caller's trace when the headers carry one
 /// (no-op when OTLP export is off).
 pub fn set_remote_parent(span: &tracing::Span, headers: &http::HeaderMap) {

@@ -88,6 +88,12 @@ pub async fn run(ctx: &JobContext, now: OffsetDateTime) -> Result<JobReport, Job
             threshold: n.consumer_lag_threshold,
         });
     }
+    crate::telemetry::PipelineMeasured {
+        consumer_lag: lag,
+        dead_letters: dead,
+        window_minutes: n.dead_letter_window_minutes,
+    }
+    .emit();
     let (requests, errors) = ingest_outcomes(ctx, now).await?;
     let rate = if requests == 0 {
         0.0
