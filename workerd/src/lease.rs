@@ -17,8 +17,10 @@
 //! alone until its next step (the usual lease argument: steps between two
 //! confirms must take less than half the TTL). A holder that was killed or
 //! stalled is replaced once its ticket expires, and a stalled one that wakes up
-//! fails its next confirm. On a replicated cluster the tickets table must be
-//! read with `select_sequential_consistency`.
+//! fails its next confirm. On a cluster (`clickhouse.cluster`) the tickets
+//! table is replicated, so tickets are written with `insert_quorum = 'auto'`
+//! and read with `select_sequential_consistency = 1`: a read on any replica
+//! sees every ticket a quorum acknowledged.
 
 use std::future::Future;
 use std::time::Duration;
@@ -80,10 +82,18 @@ async fn rivals(
 impl Lease {
     /// Takes the lease `name`, or `None` when someone else holds it.
     pub async fn try_acquire(ctx: &JobContext, name: &str) -> Result<Option<Lease>, JobError> {
+        let client = match ctx.db.cluster() {
+            Some(_) => ctx
+                .client
+                .clone()
+                .with_setting("insert_quorum", "auto")
+                .with_setting("select_sequential_consistency", "1"),
+            None => ctx.client.clone(),
+        };
         let lease = Lease {
             name: name.to_string(),
             holder: Uuid::new_v4(),
-            client: ctx.client.clone(),
+            client,
             table: ctx.table("leases"),
             ttl_ms: ctx.config.jobs.lease_ttl_secs as i64 * 1000,
         };

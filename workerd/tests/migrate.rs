@@ -55,8 +55,10 @@ async fn migrate_is_versioned_and_idempotent() {
         "events_mv",
         "events_queue",
         "internal_metrics",
+        "job_runs",
         "leases",
         "notifications_log",
+        "rate_usage",
         "rollups_daily",
         "rollups_hourly",
         "schema_migrations",
@@ -105,7 +107,7 @@ async fn the_binary_migrates_with_env_overrides() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(tables(&schema).await.len(), 24);
+    assert_eq!(tables(&schema).await.len(), 26);
     // The topics exist: metadata lists all five.
     let topics = c.kafka.topics();
     let brokers = c.kafka.brokers.clone();

@@ -15,6 +15,10 @@ pub struct ClickHouseConfig {
     /// The brokers as ClickHouse's Kafka engine reaches them.
     pub kafka_brokers: String,
     pub kafka_group: String,
+    /// A cluster (as named in the servers' `remote_servers`) to create the
+    /// schema on: `ON CLUSTER` migrations, replicated and distributed tables
+    /// (`shared::store::schema::cluster`). Empty: one server.
+    pub cluster: String,
 }
 
 impl ClickHouseConfig {
@@ -24,6 +28,9 @@ impl ClickHouseConfig {
         not_blank("clickhouse.user", &self.user)?;
         not_blank("clickhouse.kafka_brokers", &self.kafka_brokers)?;
         not_blank("clickhouse.kafka_group", &self.kafka_group)?;
+        if !self.cluster.is_empty() {
+            identifier("clickhouse.cluster", &self.cluster)?;
+        }
         Ok(())
     }
 }

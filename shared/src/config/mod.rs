@@ -151,6 +151,16 @@ impl Config {
                 "must be at least gateway.max_body_bytes",
             ));
         }
+        if !self.clickhouse.cluster.is_empty()
+            && self.kafka.partition_key == kafka::PartitionKey::RoundRobin
+        {
+            return Err(ConfigError::new(
+                "kafka.partition_key",
+                "must be \"tenant\" or \"session\" with clickhouse.cluster: round-robin \
+                 partitions would put a retried event on another shard than its first copy, \
+                 where FINAL cannot collapse them",
+            ));
+        }
         Ok(())
     }
 }

@@ -26,12 +26,44 @@ pub fn client(cfg: &ClickHouseConfig) -> clickhouse::Client {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Db {
     name: String,
+    /// `clickhouse.cluster`, when the schema is on a cluster.
+    cluster: Option<String>,
 }
 
 impl Db {
+    /// One server's database.
     pub fn new(database: &str) -> Db {
         Db {
             name: database.to_string(),
+            cluster: None,
+        }
+    }
+
+    /// The database of `[clickhouse]`, on its cluster when one is named.
+    pub fn for_config(c: &ClickHouseConfig) -> Db {
+        Db {
+            name: c.database.clone(),
+            cluster: (!c.cluster.is_empty()).then(|| c.cluster.clone()),
+        }
+    }
+
+    /// The cluster the schema is on, if any.
+    pub fn cluster(&self) -> Option<&str> {
+        self.cluster.as_deref()
+    }
+
+    /// Where `DELETE`, `ALTER … UPDATE` and `TRUNCATE` of `name` go: the
+    /// table itself on one server; for a sharded table on a cluster, its
+    /// `<name>_local` tables `ON CLUSTER` (a Distributed table takes no
+    /// mutations).
+    pub fn mutable(&self, name: &str) -> String {
+        match &self.cluster {
+            Some(c) if schema::cluster::is_sharded(name) => format!(
+                "{} ON CLUSTER {}",
+                self.table(&format!("{name}_local")),
+                ident(c)
+            ),
+            _ => self.table(name),
         }
     }
 

@@ -190,8 +190,9 @@ pub(super) async fn sessions_from(
     let lookahead = ms(w.to + time::Duration::days(1));
     ctx.client
         .query(&format!(
-            "DELETE FROM {sessions} WHERE session_start >= {AT_MS} \
-             AND session_start < {AT_MS} {filter}"
+            "DELETE FROM {} WHERE session_start >= {AT_MS} \
+             AND session_start < {AT_MS} {filter}",
+            ctx.mutable("sessions")
         ))
         .bind(from)
         .bind(to)

@@ -254,8 +254,9 @@ async fn compress_day(
     lease.confirm().await?;
     let raw_before = raw_count(ctx, tenant, day).await?;
     let delete = format!(
-        "DELETE FROM {events} WHERE {DAY} AND (type, timestamp, id) IN \
-         (SELECT type, timestamp, id FROM {verify} WHERE {DAY})"
+        "DELETE FROM {} WHERE {DAY} AND (type, timestamp, id) IN \
+         (SELECT type, timestamp, id FROM {verify} WHERE {DAY})",
+        ctx.mutable("events")
     );
     day_query(ctx, &delete, tenant, day).execute().await?;
     let raw_after = raw_count(ctx, tenant, day).await?;

@@ -89,7 +89,7 @@ impl JobContext {
     pub fn new(config: Config) -> JobContext {
         JobContext {
             client: shared::store::client(&config.clickhouse),
-            db: Db::new(&config.clickhouse.database),
+            db: Db::for_config(&config.clickhouse),
             config,
         }
     }
@@ -117,6 +117,12 @@ pub struct JobReport {
 impl JobContext {
     pub fn table(&self, name: &str) -> String {
         self.db.table(name)
+    }
+
+    /// Where mutations of `name` go ([`Db::mutable`]): on a cluster, a
+    /// sharded table's `<name>_local ON CLUSTER`.
+    pub fn mutable(&self, name: &str) -> String {
+        self.db.mutable(name)
     }
 
     /// Every tenant with a row in `tenants`, a key in `auth.keys` or events,

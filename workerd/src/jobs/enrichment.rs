@@ -65,6 +65,15 @@ async fn mutate(ctx: &JobContext, set: &str, condition: &str) -> Result<(), JobE
 }
 
 pub async fn run(ctx: &JobContext, only: Option<Uuid>) -> Result<JobReport, JobError> {
+    if ctx.db.cluster().is_some() {
+        // Its lookup tables are Join tables, filled on the one node it talks
+        // to, while a mutation ON CLUSTER would run joinGet on every node.
+        return Err(JobError::NotOnCluster {
+            job: "enrichment",
+            why: "its Join lookup tables live on one node; leave jobs.enrichment_cron empty \
+                  (events keep the fields the gateway filled)",
+        });
+    }
     let enricher = Enricher::new(&ctx.config.enrichment)?;
     let filter = Tenants::of(only).clause();
     let events = ctx.table("events");

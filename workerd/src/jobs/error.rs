@@ -12,6 +12,11 @@ pub enum JobError {
     LeaseLost { name: String, left_ms: i64 },
     #[error("another workerd holds the lease {name}: it runs this job now")]
     HeldElsewhere { name: String },
+    #[error("the {job} job does not run on a ClickHouse cluster yet: {why}")]
+    NotOnCluster {
+        job: &'static str,
+        why: &'static str,
+    },
     #[error("the window's start must be before its end")]
     EmptyWindow,
     #[error("ClickHouse returned a {what} that does not parse: `{value}`")]

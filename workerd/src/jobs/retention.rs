@@ -35,7 +35,10 @@ async fn purge(
         .await?;
     if n > 0 {
         ctx.client
-            .query(&format!("DELETE FROM {t} WHERE {condition}"))
+            .query(&format!(
+                "DELETE FROM {} WHERE {condition}",
+                ctx.mutable(table)
+            ))
             .bind(tenant.to_string())
             .bind(cutoff_ms)
             .execute()

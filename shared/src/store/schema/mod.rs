@@ -13,6 +13,7 @@
 //! same client timestamp and collapses into one row (query with `FINAL` for exact
 //! counts before background merges run).
 
+pub mod cluster;
 mod columns;
 mod durability;
 mod migrations;
@@ -31,6 +32,8 @@ pub struct SchemaContext {
     pub kafka_brokers: String,
     pub kafka_group: String,
     pub topics: Vec<String>,
+    /// `clickhouse.cluster`; `None`: one server.
+    pub cluster: Option<String>,
 }
 
 impl SchemaContext {
@@ -42,7 +45,44 @@ impl SchemaContext {
             kafka_brokers: clickhouse.kafka_brokers.clone(),
             kafka_group: clickhouse.kafka_group.clone(),
             topics: kafka.topics(),
+            cluster: (!clickhouse.cluster.is_empty()).then(|| clickhouse.cluster.clone()),
         }
+    }
+
+    /// `statements` as they run here: rewritten for the cluster, if any.
+    pub fn render(&self, statements: Vec<String>) -> Vec<String> {
+        match &self.cluster {
+            None => statements,
+            Some(c) => statements
+                .iter()
+                .flat_map(|s| cluster::adapt(s, &self.database, c))
+                .collect(),
+        }
+    }
+
+    /// The database and the migration log, before any migration.
+    pub fn bootstrap(&self) -> Vec<String> {
+        self.render(vec![
+            format!("CREATE DATABASE IF NOT EXISTS {}", ident(&self.database)),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {} (version UInt32, name String, \
+                 applied_at DateTime64(3, 'UTC')) ENGINE = ReplacingMergeTree ORDER BY version",
+                self.table("schema_migrations")
+            ),
+        ])
+    }
+
+    /// Every statement of every migration, in order, as it runs here.
+    pub fn all_statements(&self) -> Vec<(u32, String)> {
+        let mut out: Vec<(u32, String)> = self.bootstrap().into_iter().map(|s| (0, s)).collect();
+        for m in MIGRATIONS {
+            out.extend(
+                self.render((m.statements)(self))
+                    .into_iter()
+                    .map(|s| (m.version, s)),
+            );
+        }
+        out
     }
 
     fn table(&self, name: &str) -> String {
@@ -82,23 +122,10 @@ pub async fn migrate(
         name: "bootstrap",
         source,
     };
-    client
-        .query(&format!(
-            "CREATE DATABASE IF NOT EXISTS {}",
-            ident(&ctx.database)
-        ))
-        .execute()
-        .await
-        .map_err(boot)?;
+    for sql in ctx.bootstrap() {
+        client.query(&sql).execute().await.map_err(boot)?;
+    }
     let log = ctx.table("schema_migrations");
-    client
-        .query(&format!(
-            "CREATE TABLE IF NOT EXISTS {log} (version UInt32, name String, \
-             applied_at DateTime64(3, 'UTC')) ENGINE = ReplacingMergeTree ORDER BY version"
-        ))
-        .execute()
-        .await
-        .map_err(boot)?;
     let done: BTreeSet<u32> = client
         .query(&format!("SELECT version FROM {log} FINAL"))
         .fetch_all::<u32>()
@@ -118,7 +145,7 @@ pub async fn migrate(
             name: m.name,
             source,
         };
-        for sql in (m.statements)(ctx) {
+        for sql in ctx.render((m.statements)(ctx)) {
             client.query(&sql).execute().await.map_err(fail)?;
         }
         client
