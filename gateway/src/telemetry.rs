@@ -409,4 +409,13 @@ fn describe() {
         Unit::Count,
         "Events whose user agent was left for workerd's enrichment job (per-request parse budget spent)"
     );
+    describe_counter!(
+        RATE_SHARE_SYNCS,
+        Unit::Count,
+        "Syncs of this replica's rate-limit shares through ClickHouse, by outcome (ok, error)"
+    );
+    describe_gauge!(
+        GATEWAY_REPLICAS,
+        "Live gateway replicas sharing the tenants' rate limits, as last seen (this one included)"
+    );
 }

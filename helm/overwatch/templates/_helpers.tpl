@@ -64,6 +64,9 @@ data or leak a secret. Included by the ConfigMap, so every render runs it.
 {{- if regexMatch "(?m)^\\s*(password|secret|secret_access_key)\\s*=\\s*\"[^\"]+\"" $config -}}
 {{- fail "config holds a password or secret, which would land in a ConfigMap: pass it from a Secret with secretEnv (e.g. OVERWATCH__CLICKHOUSE__PASSWORD)" -}}
 {{- end -}}
+{{- if regexMatch "(?m)^\\s*url\\s*=\\s*\"https://(hooks\\.slack\\.com|(discord|discordapp)\\.com/api/webhooks)/" $config -}}
+{{- fail "config holds a Slack or Discord hook URL, which is a secret and would land in a ConfigMap: put the channels in a Secret and pass them with secretEnv as OVERWATCH__NOTIFICATIONS__CHANNELS (a TOML array)" -}}
+{{- end -}}
 {{- range concat .Values.extraEnv .Values.secretEnv -}}
 {{- if hasPrefix "OVERWATCH__COLD_STORAGE__" .name -}}
 {{- fail (printf "%s: set cold storage through coldStorage values, not environment variables" .name) -}}
