@@ -74,6 +74,7 @@ impl App {
                     Arc::new(Shares::new(
                         shared::runtime::metrics::instance(),
                         Duration::from_millis(config.rate_limits.cluster_sync_interval_ms),
+                        config.rate_limits.max_tenants,
                     ))
                 }),
                 g.max_events_per_batch,

@@ -78,6 +78,9 @@ struct Split {
 pub struct Shares {
     instance: String,
     interval: Duration,
+    /// `rate_limits.max_tenants`: most tenants counted per interval and read
+    /// per replica (the busiest, when there are more).
+    max_tenants: usize,
     split: Mutex<Split>,
     /// Events offered since the last sync, and the tenant's configured rate.
     offered: Mutex<HashMap<Uuid, (u64, f64)>>,
@@ -102,10 +105,11 @@ struct UsageSum {
 }
 
 impl Shares {
-    pub fn new(instance: String, interval: Duration) -> Shares {
+    pub fn new(instance: String, interval: Duration, max_tenants: usize) -> Shares {
         Shares {
             instance,
             interval,
+            max_tenants,
             split: Mutex::new(Split {
                 replicas: 1,
                 ..Split::default()
@@ -117,6 +121,9 @@ impl Shares {
     /// Counts `n` events offered for `tenant` (admitted or not) at `rate`.
     pub fn offer(&self, tenant: Uuid, n: u64, rate: f64) {
         let mut o = self.offered.lock().unwrap_or_else(|e| e.into_inner());
+        if o.len() >= self.max_tenants && !o.contains_key(&tenant) {
+            return; // this tenant keeps its even split until the next interval
+        }
         let e = o.entry(tenant).or_insert((0, rate));
         e.0 += n;
         e.1 = rate;
@@ -214,9 +221,11 @@ impl Shares {
         let rows = client
             .query(&format!(
                 "SELECT instance, tenant_id, sum(offered) AS offered, max(rate) AS rate FROM {table} \
-                 WHERE at > now64(3) - toIntervalMillisecond(?) GROUP BY instance, tenant_id"
+                 WHERE at > now64(3) - toIntervalMillisecond(?) GROUP BY instance, tenant_id \
+                 ORDER BY offered DESC LIMIT ? BY instance"
             ))
             .bind(window.as_millis() as u64)
+            .bind(self.max_tenants as u64)
             .fetch_all::<UsageSum>()
             .await?;
         self.apply(&rows, window);
@@ -296,19 +305,19 @@ mod tests {
         let total: f64 = ["a", "b", "c"]
             .iter()
             .map(|i| {
-                let s = Shares::new(i.to_string(), Duration::from_secs(1));
+                let s = Shares::new(i.to_string(), Duration::from_secs(1), 100);
                 s.apply(&r, Duration::from_secs(3));
                 s.share(t)
             })
             .sum();
         assert!(close(total, 1.0), "{total}");
-        let c = Shares::new("c".into(), Duration::from_secs(1));
+        let c = Shares::new("c".into(), Duration::from_secs(1), 100);
         c.apply(&r, Duration::from_secs(3));
         assert!(close(c.share(t), 0.10), "{}", c.share(t));
         // A tenant nobody reported: an even split over the live replicas.
         assert!(close(c.share(Uuid::new_v4()), 1.0 / 3.0));
         // Alone (no rows yet, or ClickHouse never answered): the whole rate.
-        let alone = Shares::new("z".into(), Duration::from_secs(1));
+        let alone = Shares::new("z".into(), Duration::from_secs(1), 100);
         assert!(close(alone.share(t), 1.0));
     }
 }
