@@ -179,18 +179,24 @@ async fn producer_statistics_reach_metrics() {
     promtool_check(&text);
 }
 
-/// Consumes every event topic of `cfg` from the start until all of `want` were
-/// seen (or 60 s pass); returns the ids seen.
-async fn ids_on_topics(cfg: &shared::Config, want: &HashSet<String>) -> HashSet<String> {
+/// A consumer of every event topic of `cfg`, from the start, in a fresh group.
+fn from_the_start(cfg: &shared::Config) -> StreamConsumer {
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &cfg.kafka.brokers)
-        .set("group.id", format!("sigterm-test-{}", Uuid::new_v4()))
+        .set("group.id", format!("observability-test-{}", Uuid::new_v4()))
         .set("auto.offset.reset", "earliest")
         .create()
         .expect("consumer");
     let topics = cfg.kafka.topics();
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics).expect("subscribe");
+    consumer
+}
+
+/// Consumes every event topic of `cfg` from the start until all of `want` were
+/// seen (or 60 s pass); returns the ids seen.
+async fn ids_on_topics(cfg: &shared::Config, want: &HashSet<String>) -> HashSet<String> {
+    let consumer = from_the_start(cfg);
     let mut seen = HashSet::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !want.is_subset(&seen) && tokio::time::Instant::now() < deadline {
@@ -421,16 +427,7 @@ async fn messages_carry_the_requests_trace_context() {
         .expect("post");
     assert_eq!(r.status(), 200);
 
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &cfg.kafka.brokers)
-        .set("group.id", format!("trace-test-{}", Uuid::new_v4()))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("consumer");
-    let topics = cfg.kafka.topics();
-    consumer
-        .subscribe(&topics.iter().map(String::as_str).collect::<Vec<_>>())
-        .expect("subscribe");
+    let consumer = from_the_start(&cfg);
     let mut seen = HashSet::new();
     while seen.len() < ids.len() {
         let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())

@@ -2,6 +2,8 @@
 //! running (and backs off) while ClickHouse is unreachable, refuses a bad cron
 //! expression naming the key, and stops cleanly on SIGTERM.
 
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -21,24 +23,9 @@ impl Drop for Daemon {
 
 fn spawn(clickhouse_url: &str, database: &str, extra: &[(&str, &str)]) -> Daemon {
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_workerd"))
-        .arg("run")
-        .env_remove("OVERWATCH_CONFIG")
-        .env("OVERWATCH__WORKERD__LISTEN", format!("127.0.0.1:{port}"))
-        .env("OVERWATCH__WORKERD__MIGRATE_ON_START", "false")
-        .env("OVERWATCH__CLICKHOUSE__URL", clickhouse_url)
-        .env("OVERWATCH__CLICKHOUSE__DATABASE", database)
-        .env("OVERWATCH__JOBS__RETENTION_CRON", "")
-        .env("OVERWATCH__JOBS__ROLLUPS_CRON", "")
-        .env("OVERWATCH__JOBS__QUOTA_CRON", "")
-        .env("OVERWATCH__JOBS__COMPRESSION_CRON", "")
-        .env("OVERWATCH__JOBS__ENRICHMENT_CRON", "")
-        .env("OVERWATCH__JOBS__ALERTS_CRON", "")
-        .env("OVERWATCH__JOBS__SESSIONS_CRON", "* * * * * *")
+    let child = common::run_sessions_every_second(clickhouse_url, database, port)
         .env("OVERWATCH__TELEMETRY__SNAPSHOT_INTERVAL_SECS", "1")
         .envs(extra.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn workerd");

@@ -5,7 +5,9 @@
 //! then one takes over. A tick runs the job once in the cluster. `job_runs` (written by the runner itself) is the record
 //! the test reads; times are compared within ClickHouse's clock.
 
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Child;
 use std::time::Duration;
 
 use shared::testkit::{eventually, free_port, select_json, services, TestSchema};
@@ -25,33 +27,19 @@ impl Drop for Replica {
 
 fn replica(schema: &TestSchema) -> Replica {
     let cfg = &schema.config;
-    let child = Command::new(env!("CARGO_BIN_EXE_workerd"))
-        .arg("run")
-        .env_remove("OVERWATCH_CONFIG")
-        .env(
-            "OVERWATCH__WORKERD__LISTEN",
-            format!("127.0.0.1:{}", free_port()),
-        )
-        .env("OVERWATCH__WORKERD__MIGRATE_ON_START", "false")
-        .env("OVERWATCH__CLICKHOUSE__URL", &cfg.clickhouse.url)
-        .env("OVERWATCH__CLICKHOUSE__DATABASE", &cfg.clickhouse.database)
-        .env("OVERWATCH__JOBS__RETENTION_CRON", "")
-        .env("OVERWATCH__JOBS__ROLLUPS_CRON", "")
-        .env("OVERWATCH__JOBS__QUOTA_CRON", "")
-        .env("OVERWATCH__JOBS__COMPRESSION_CRON", "")
-        .env("OVERWATCH__JOBS__ENRICHMENT_CRON", "")
-        .env("OVERWATCH__JOBS__ALERTS_CRON", "")
-        .env("OVERWATCH__JOBS__SESSIONS_CRON", "* * * * * *")
-        .env(
-            "OVERWATCH__JOBS__LEASE_TTL_SECS",
-            LEASE_TTL_SECS.to_string(),
-        )
-        .env("OVERWATCH__TELEMETRY__SNAPSHOT_INTERVAL_SECS", "0")
-        .env("OVERWATCH__LOG__LEVEL", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn workerd");
+    let child = common::run_sessions_every_second(
+        &cfg.clickhouse.url,
+        &cfg.clickhouse.database,
+        free_port(),
+    )
+    .env(
+        "OVERWATCH__JOBS__LEASE_TTL_SECS",
+        LEASE_TTL_SECS.to_string(),
+    )
+    .env("OVERWATCH__TELEMETRY__SNAPSHOT_INTERVAL_SECS", "0")
+    .env("OVERWATCH__LOG__LEVEL", "warn")
+    .spawn()
+    .expect("spawn workerd");
     Replica { child }
 }
 

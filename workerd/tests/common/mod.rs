@@ -1,5 +1,8 @@
-//! Helpers the TLS tests share.
+//! Helpers the tests share: a test CA for the TLS tests, and `workerd run` as
+//! a child process scheduling only the sessions job.
+#![allow(dead_code)]
 
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use tokio_rustls::rustls;
@@ -26,4 +29,31 @@ pub fn tls() -> (String, tokio_rustls::TlsAcceptor) {
         )
         .expect("server config");
     (ca.pem(), tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// `workerd run` on `database` at `clickhouse_url`, operations on 127.0.0.1
+/// `port`, not migrating at start, with every job unscheduled but `sessions`,
+/// which runs every second. Add settings with `.env`, then spawn.
+pub fn run_sessions_every_second(clickhouse_url: &str, database: &str, port: u16) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_workerd"));
+    cmd.arg("run")
+        .env_remove("OVERWATCH_CONFIG")
+        .env("OVERWATCH__WORKERD__LISTEN", format!("127.0.0.1:{port}"))
+        .env("OVERWATCH__WORKERD__MIGRATE_ON_START", "false")
+        .env("OVERWATCH__CLICKHOUSE__URL", clickhouse_url)
+        .env("OVERWATCH__CLICKHOUSE__DATABASE", database);
+    for job in [
+        "RETENTION",
+        "ROLLUPS",
+        "QUOTA",
+        "COMPRESSION",
+        "ENRICHMENT",
+        "ALERTS",
+    ] {
+        cmd.env(format!("OVERWATCH__JOBS__{job}_CRON"), "");
+    }
+    cmd.env("OVERWATCH__JOBS__SESSIONS_CRON", "* * * * * *")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    cmd
 }
