@@ -174,3 +174,78 @@ async fn thousand_events_round_trip_and_deduplicate() {
     assert_eq!(distinct, 1000);
     gw.shutdown().await;
 }
+
+/// Identity travels end to end: `distinct_id`, `user_id` and `anonymous_id`
+/// land in their columns, `distinct_id` defaults to the user id, else the
+/// anonymous id, and events without identity keep empty columns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_fields_land_in_their_columns() {
+    let svc = services();
+    let schema = TestSchema::create(&svc).await;
+    let gw = TestGateway::start(schema.config.clone()).await;
+    let s = Uuid::new_v4();
+    let with = |n: usize, fields: serde_json::Value| {
+        let mut e = event("pageview", n, s);
+        for (k, v) in fields.as_object().expect("object") {
+            e[k] = v.clone();
+        }
+        e
+    };
+    let events = vec![
+        with(
+            0,
+            serde_json::json!({"distinct_id": "d-1", "user_id": "u-1", "anonymous_id": "a-1"}),
+        ),
+        with(
+            1,
+            serde_json::json!({"user_id": "u-2", "anonymous_id": "a-2"}),
+        ),
+        with(2, serde_json::json!({"anonymous_id": "a-3"})),
+        with(3, serde_json::json!({})),
+    ];
+    let r = gw.ingest(&serde_json::json!({ "events": events })).await;
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let long = gw
+        .ingest(&serde_json::json!({ "events": [with(4, serde_json::json!({"user_id": "x".repeat(257)}))] }))
+        .await;
+    assert_eq!(long.status(), 422, "a 257-character user id is refused");
+
+    let tenant = gw.tenant;
+    eventually(
+        "4 events in ClickHouse",
+        Duration::from_secs(90),
+        || async { (count(&schema, tenant, "").await == 4).then_some(()) },
+    )
+    .await;
+    let db = schema.database();
+    let got: HashMap<String, serde_json::Value> = shared::testkit::select_json(
+        &schema.client,
+        &format!(
+            "SELECT toString(id) AS id, distinct_id, user_id, anonymous_id \
+             FROM `{db}`.events FINAL WHERE tenant_id = ?"
+        ),
+        &[tenant.to_string()],
+    )
+    .await
+    .into_iter()
+    .map(|v| (v["id"].as_str().expect("id").to_string(), v))
+    .collect();
+    let expect = [
+        ("d-1", "u-1", "a-1"),
+        ("u-2", "u-2", "a-2"),
+        ("a-3", "", "a-3"),
+        ("", "", ""),
+    ];
+    for (e, (d, u, a)) in events.iter().zip(expect) {
+        let r = &got[e["id"].as_str().expect("id")];
+        assert_eq!(
+            (
+                r["distinct_id"].as_str(),
+                r["user_id"].as_str(),
+                r["anonymous_id"].as_str()
+            ),
+            (Some(d), Some(u), Some(a)),
+            "{r}"
+        );
+    }
+}

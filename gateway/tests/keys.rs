@@ -322,6 +322,15 @@ async fn ip_allowlist_browser_keys_and_signing() {
         beacon(browser.api_key()).await.expect("beacon").status(),
         200
     );
+    // As browser code writes it: encodeURIComponent turns `:` into `%3A`.
+    assert_eq!(
+        beacon(browser.api_key().replace(':', "%3A"))
+            .await
+            .expect("beacon")
+            .status(),
+        200,
+        "a percent-encoded key in the query string is decoded"
+    );
     assert_eq!(
         beacon(open.api_key()).await.expect("beacon").status(),
         401,

@@ -182,4 +182,16 @@ pub struct EventRow<'a> {
     pub region: &'a str,
     pub city: &'a str,
     pub is_bot: bool,
+
+    // identity (migration 14; omitted when empty, so older consumers read defaults)
+    /// Who the event is about as the SDK names them: PostHog's `distinct_id`;
+    /// else the user id, else the anonymous id.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub distinct_id: &'a str,
+    /// The logged-in user (Segment `userId`), empty while anonymous.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub user_id: &'a str,
+    /// The device or browser before login (Segment `anonymousId`).
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub anonymous_id: &'a str,
 }

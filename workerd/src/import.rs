@@ -63,6 +63,9 @@ const STRINGS: &[&str] = &[
     "selector",
     "text",
     "name",
+    "distinct_id",
+    "user_id",
+    "anonymous_id",
 ];
 const NUMBERS: &[&str] = &[
     "x",
@@ -179,6 +182,13 @@ fn row(
                 out.insert("properties".into(), v.to_string().into());
             }
             _ => return Err(format!("unknown field `{k}`")),
+        }
+    }
+    // As the gateway does: the distinct id defaults to the user id, else the
+    // anonymous id.
+    if !out.contains_key("distinct_id") {
+        if let Some(who) = out.get("user_id").or(out.get("anonymous_id")).cloned() {
+            out.insert("distinct_id".into(), who);
         }
     }
     if kind == "custom" && !out.contains_key("name") {
@@ -337,6 +347,11 @@ mod tests {
         assert_eq!(r["properties"], r#"{"plan":"pro"}"#);
         assert_eq!(r["screen_width"], 390);
         assert_eq!(month(ts), "2019-03");
+        let (_, r) = check(r#"{"id":"550e8400-e29b-41d4-a716-446655440000","session_id":"11111111-1111-1111-1111-111111111111","timestamp":"2019-03-04T05:06:07Z","type":"click","anonymous_id":"a-9"}"#).expect("valid");
+        assert_eq!(
+            (r["anonymous_id"].as_str(), r["distinct_id"].as_str()),
+            (Some("a-9"), Some("a-9"))
+        );
     }
 
     #[test]

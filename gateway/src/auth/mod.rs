@@ -11,6 +11,7 @@
 //! age) gets 503 with `Retry-After`, never 401: 401 means the key is wrong.
 //! Signing keys present their id and an Ed25519 signature instead ([`sign`]).
 
+mod presented;
 pub mod sign;
 mod snapshot;
 
@@ -19,12 +20,13 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::VerifyingKey;
-use hyper::header::{HeaderMap, AUTHORIZATION};
+use hyper::header::HeaderMap;
 use shared::config::{AuthConfig, ClickHouseConfig, StaticKey};
 use shared::domain::Tier;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use presented::presented_key;
 use snapshot::{Key, Snapshot, Tenant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,12 +91,6 @@ pub enum RefreshError {
     ClickHouse(#[from] clickhouse::error::Error),
     #[error("the reload returned no keys where the snapshot has {had}; kept the snapshot until a second reload agrees")]
     Emptied { had: usize },
-}
-
-/// The key a request presents, and where it came from.
-struct Presented<'a> {
-    raw: &'a str,
-    from_query: bool,
 }
 
 impl KeyStore {
@@ -382,33 +378,6 @@ impl Principal {
             (KeyKind::Browser, None) | (KeyKind::Server, _) => Ok(()),
         }
     }
-}
-
-fn presented_key<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<Presented<'a>> {
-    if let Some(v) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        let v = v.trim();
-        if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
-            return Some(Presented {
-                raw: v[7..].trim(),
-                from_query: false,
-            });
-        }
-    }
-    if let Some(v) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
-        return Some(Presented {
-            raw: v.trim(),
-            from_query: false,
-        });
-    }
-    let q = query?;
-    q.split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(k, _)| *k == "api_key")
-        .map(|(_, v)| Presented {
-            // `<uuid>:<hex>` needs no decoding beyond an escaped colon.
-            raw: v,
-            from_query: true,
-        })
 }
 
 fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {

@@ -38,6 +38,8 @@ pub const MAX_URL_CHARS: usize = 2048;
 pub const MAX_TEXT_CHARS: usize = 1024;
 /// Longest short identifier (element, event name), in characters.
 pub const MAX_NAME_CHARS: usize = 256;
+/// Longest distinct, user or anonymous id, in characters.
+pub const MAX_ID_CHARS: usize = 256;
 /// Largest timing value accepted, in milliseconds (one hour).
 pub const MAX_TIMING_MS: f64 = 3_600_000.0;
 
@@ -61,6 +63,21 @@ pub struct EventIn<'a> {
     pub sent_at: Text<'a>,
     #[serde(borrow, rename = "type")]
     pub kind: Text<'a>,
+
+    // identity
+    /// Who the event is about as the SDK names them (PostHog's `distinct_id`);
+    /// when absent, the user id, else the anonymous id.
+    #[serde(borrow)]
+    #[garde(length(chars, max = MAX_ID_CHARS))]
+    pub distinct_id: Text<'a>,
+    /// The logged-in user (Segment's `userId`).
+    #[serde(borrow)]
+    #[garde(length(chars, max = MAX_ID_CHARS))]
+    pub user_id: Text<'a>,
+    /// The device or browser before login (Segment's `anonymousId`).
+    #[serde(borrow)]
+    #[garde(length(chars, max = MAX_ID_CHARS))]
+    pub anonymous_id: Text<'a>,
 
     // metadata
     #[serde(borrow)]

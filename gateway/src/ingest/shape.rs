@@ -12,7 +12,7 @@
 //! parser itself ([`super::model`]) while it builds each event.
 
 /// Fields of an event, counting the two members of `screen` and `viewport`.
-pub const EVENT_FIELDS: usize = 40;
+pub const EVENT_FIELDS: usize = 43;
 
 /// The limits the scan enforces.
 #[derive(Debug, Clone, Copy)]

@@ -396,6 +396,14 @@ fn prepare_one(
         region: &geo.region,
         city: &geo.city,
         is_bot: ua.is_bot,
+        distinct_id: e
+            .distinct_id
+            .as_deref()
+            .or(e.user_id.as_deref())
+            .or(e.anonymous_id.as_deref())
+            .unwrap_or(""),
+        user_id: e.user_id.as_deref().unwrap_or(""),
+        anonymous_id: e.anonymous_id.as_deref().unwrap_or(""),
     };
     let payload = match serde_json::to_vec(&row) {
         Ok(p) => p,

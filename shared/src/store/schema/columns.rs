@@ -51,6 +51,13 @@ pub(super) const ENRICHMENT_COLUMNS: &[(&str, &str)] = &[
     ("is_bot", "Bool"),
 ];
 
+/// Who the event is about (migration 14), shared verbatim.
+pub(super) const IDENTITY_COLUMNS: &[(&str, &str)] = &[
+    ("distinct_id", "String"),
+    ("user_id", "String"),
+    ("anonymous_id", "String"),
+];
+
 pub(super) fn column_defs(lists: &[&[(&str, &str)]]) -> String {
     lists
         .iter()

@@ -33,12 +33,6 @@ pub(super) fn storable() -> String {
 
 pub(super) fn statements(c: &SchemaContext) -> Vec<String> {
     let both: &[&[(&str, &str)]] = &[EVENT_COLUMNS, ENRICHMENT_COLUMNS];
-    let ok = storable();
-    let row = format!(
-        "formatRowNoNewline('JSONEachRow', id, tenant_id, session_id, type, timestamp_ms, \
-         received_at_ms, sent_at_ms, corrected_timestamp_ms, {})",
-        column_names(both)
-    );
     let usage = c.table("usage_daily");
     // Order matters while messages flow: the Kafka table feeds whichever views are
     // attached, so the dead-letter view must never be attached alone (it would
@@ -60,10 +54,48 @@ pub(super) fn statements(c: &SchemaContext) -> Vec<String> {
         ),
         format!("DROP VIEW IF EXISTS {}", c.table("dead_letter_mv")),
         format!("DROP VIEW IF EXISTS {}", c.table("events_mv")),
+    ]
+    .into_iter()
+    .chain(views(c, both))
+    .chain([
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} (\n    `name` String,\n    `holder` UUID,\n    \
+             `expires_at` DateTime64(3, 'UTC'),\n    `updated_at` DateTime64(6, 'UTC')\n) \
+             ENGINE = ReplacingMergeTree(updated_at) ORDER BY (name, holder) \
+             TTL toDateTime(expires_at) + INTERVAL 1 DAY",
+            c.table("leases")
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} (\n    `tenant_id` UUID,\n    `day` Date,\n    \
+             `location` String,\n    `events` UInt64,\n    `updated_at` DateTime64(3, 'UTC')\n) \
+             ENGINE = ReplacingMergeTree(updated_at) ORDER BY (tenant_id, day)",
+            c.table("archives")
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} AS {} ENGINE = MergeTree ORDER BY (tenant_id, type, timestamp, id)",
+            c.table("archive_stage"),
+            c.table("events")
+        ),
+    ])
+    .collect()
+}
+
+/// The three views on `events_queue` whose columns are `lists`: good rows to
+/// `events`, the rest to `dead_letter` (with the reason), and usage counting.
+/// Created in this order; dropped dead-letter view first (see [`statements`]).
+pub(super) fn views(c: &SchemaContext, lists: &[&[(&str, &str)]]) -> Vec<String> {
+    let ok = storable();
+    let row = format!(
+        "formatRowNoNewline('JSONEachRow', id, tenant_id, session_id, type, timestamp_ms, \
+         received_at_ms, sent_at_ms, corrected_timestamp_ms, {})",
+        column_names(lists)
+    );
+    let usage = c.table("usage_daily");
+    vec![
         view_ddl_where(
             c,
             "fromUnixTimestamp64Milli(corrected_timestamp_ms, 'UTC') AS corrected_timestamp, ",
-            both,
+            lists,
             &format!(" WHERE {ok}"),
         ),
         format!(
@@ -83,24 +115,6 @@ pub(super) fn statements(c: &SchemaContext) -> Vec<String> {
              count() AS events FROM {queue} WHERE {ok} GROUP BY tenant_id, day",
             mv = c.table("usage_daily_mv"),
             queue = c.table("events_queue"),
-        ),
-        format!(
-            "CREATE TABLE IF NOT EXISTS {} (\n    `name` String,\n    `holder` UUID,\n    \
-             `expires_at` DateTime64(3, 'UTC'),\n    `updated_at` DateTime64(6, 'UTC')\n) \
-             ENGINE = ReplacingMergeTree(updated_at) ORDER BY (name, holder) \
-             TTL toDateTime(expires_at) + INTERVAL 1 DAY",
-            c.table("leases")
-        ),
-        format!(
-            "CREATE TABLE IF NOT EXISTS {} (\n    `tenant_id` UUID,\n    `day` Date,\n    \
-             `location` String,\n    `events` UInt64,\n    `updated_at` DateTime64(3, 'UTC')\n) \
-             ENGINE = ReplacingMergeTree(updated_at) ORDER BY (tenant_id, day)",
-            c.table("archives")
-        ),
-        format!(
-            "CREATE TABLE IF NOT EXISTS {} AS {} ENGINE = MergeTree ORDER BY (tenant_id, type, timestamp, id)",
-            c.table("archive_stage"),
-            c.table("events")
         ),
     ]
 }

@@ -2,7 +2,7 @@
 
 use super::columns::{
     column_defs, queue_ddl, queue_ddl_with, view_ddl, view_ddl_where, ENRICHMENT_COLUMNS,
-    EVENT_COLUMNS,
+    EVENT_COLUMNS, IDENTITY_COLUMNS,
 };
 use super::{durability, Migration};
 use crate::store::ident;
@@ -294,6 +294,39 @@ pub const MIGRATIONS: &[Migration] = &[
                  TTL toDateTime(at) + INTERVAL 1 HOUR",
                 c.table("rate_usage")
             )]
+        },
+    },
+    Migration {
+        version: 14,
+        name: "identity: distinct id, user id and anonymous id",
+        statements: |c| {
+            let mut v = Vec::new();
+            // The staging tables were created AS events: they take the same
+            // columns in the same order, so `SELECT *` still lines up.
+            for table in ["events", "archive_stage", "compression_verify"] {
+                for (name, ty) in IDENTITY_COLUMNS {
+                    v.push(format!(
+                        "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {ty}",
+                        c.table(table),
+                        ident(name)
+                    ));
+                }
+            }
+            // The Kafka table cannot be altered: replace it and its views (the
+            // dead-letter view first, as in migration 9; same consumer group).
+            for view in ["dead_letter_mv", "events_mv", "usage_daily_mv"] {
+                v.push(format!("DROP VIEW IF EXISTS {}", c.table(view)));
+            }
+            v.push(format!("DROP TABLE IF EXISTS {}", c.table("events_queue")));
+            let all: &[&[(&str, &str)]] = &[EVENT_COLUMNS, ENRICHMENT_COLUMNS, IDENTITY_COLUMNS];
+            v.push(queue_ddl_with(
+                c,
+                "    `corrected_timestamp_ms` Int64,\n",
+                all,
+                ", kafka_handle_error_mode = 'stream'",
+            ));
+            v.extend(durability::views(c, all));
+            v
         },
     },
 ];

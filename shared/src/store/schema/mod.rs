@@ -165,7 +165,7 @@ pub async fn migrate(
 
 #[cfg(test)]
 mod tests {
-    use super::columns::{ENRICHMENT_COLUMNS, EVENT_COLUMNS};
+    use super::columns::{ENRICHMENT_COLUMNS, EVENT_COLUMNS, IDENTITY_COLUMNS};
     use super::*;
 
     #[test]
@@ -224,6 +224,9 @@ mod tests {
             region: "",
             city: "",
             is_bot: false,
+            distinct_id: "d",
+            user_id: "u",
+            anonymous_id: "a",
         };
         let v = serde_json::to_value(&row).expect("serializes");
         let mut fields: BTreeSet<String> = v.as_object().expect("object").keys().cloned().collect();
@@ -242,6 +245,7 @@ mod tests {
         let cols: BTreeSet<String> = EVENT_COLUMNS
             .iter()
             .chain(ENRICHMENT_COLUMNS)
+            .chain(IDENTITY_COLUMNS)
             .map(|(n, _)| n.to_string())
             .collect();
         assert_eq!(fields, cols);
