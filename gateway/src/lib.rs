@@ -11,6 +11,7 @@
 pub mod app;
 pub mod auth;
 pub mod budget;
+pub mod compat;
 pub mod cors;
 pub mod enrich;
 pub mod error;

@@ -1,4 +1,5 @@
-//! The public port's routes, in one table: `POST`/`OPTIONS /ingest`, and the
+//! The public port's routes, in one table: `POST`/`OPTIONS /ingest`, Segment's
+//! `/v1/*` ([`crate::compat`]), and the
 //! probes `/health/live` and `/health/ready` (the detailed `/health` and
 //! `/metrics` are only on the operations port). Every answer carries the
 //! request id and, for allowed origins, the CORS headers.
@@ -17,6 +18,7 @@ use shared::runtime::ops;
 use tracing::Instrument;
 
 use crate::app::App;
+use crate::compat::{Call, Dialect};
 use crate::error::ApiError;
 use crate::server::conn::InRequest;
 
@@ -34,7 +36,7 @@ fn request_id(req: &Request<Incoming>) -> String {
 /// What a path is on the public port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
-    Ingest,
+    Ingest(Dialect),
     Live,
     Ready,
 }
@@ -43,8 +45,18 @@ impl Route {
     /// The route table: path → route and the methods it takes.
     fn find(path: &str) -> Option<(Route, &'static [Method])> {
         const PROBE: &[Method] = &[Method::GET, Method::HEAD];
-        Some(match path {
-            "/ingest" => (Route::Ingest, &[Method::POST, Method::OPTIONS][..]),
+        const POST: &[Method] = &[Method::POST, Method::OPTIONS];
+        let segment = |call| (Route::Ingest(Dialect::Segment(call)), POST);
+        Some(match path.strip_suffix('/').unwrap_or(path) {
+            "/ingest" => (Route::Ingest(Dialect::Native), POST),
+            // Segment's HTTP Tracking API.
+            "/v1/batch" | "/v1/import" => segment(None),
+            "/v1/track" => segment(Some(Call::Track)),
+            "/v1/page" => segment(Some(Call::Page)),
+            "/v1/screen" => segment(Some(Call::Screen)),
+            "/v1/identify" => segment(Some(Call::Identify)),
+            "/v1/group" => segment(Some(Call::Group)),
+            "/v1/alias" => segment(Some(Call::Alias)),
             "/health/live" => (Route::Live, PROBE),
             "/health/ready" => (Route::Ready, PROBE),
             _ => return None,
@@ -67,12 +79,12 @@ async fn route(
         return Err(ApiError::MethodNotAllowed(method.to_string()));
     }
     match route {
-        Route::Ingest if method == Method::OPTIONS => crate::cors::preflight(&app.keys, &req),
-        Route::Ingest => {
+        Route::Ingest(_) if method == Method::OPTIONS => crate::cors::preflight(&app.keys, &req),
+        Route::Ingest(dialect) => {
             if app.shutting_down() {
                 return Err(ApiError::ShuttingDown);
             }
-            crate::ingest::handle(app, req, rid, peer).await
+            crate::ingest::handle(app, req, rid, peer, dialect).await
         }
         Route::Live => Ok(ops::live()),
         Route::Ready => Ok(ops::ready(&app.not_ready(), app.retry_after())),
@@ -93,7 +105,7 @@ pub async fn handle(
     shared::runtime::telemetry::set_remote_parent(&span, req.headers());
     async {
         let started = Instant::now();
-        let origin = (req.uri().path() == "/ingest")
+        let origin = matches!(Route::find(req.uri().path()), Some((Route::Ingest(_), _)))
             .then(|| req.headers().get(hyper::header::ORIGIN).cloned())
             .flatten();
         let mut resp = match route(&app, req, &rid, peer).await {

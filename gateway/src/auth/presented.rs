@@ -1,4 +1,7 @@
-//! Where a request presents its key: `Authorization: Bearer`, `X-API-Key`, or
+//! Where a request presents its key: `Authorization: Bearer`, `X-API-Key`,
+//! `Authorization: Basic` (how Segment's SDKs send their write key: the key as
+//! the user, with or without a password; or the tenant id as user and the
+//! secret as password), or
 //! (browser keys, for `sendBeacon`, which cannot set headers) the `api_key`
 //! query parameter, percent-decoded as browsers encode it
 //! (`encodeURIComponent` turns the key's `:` into `%3A`).
@@ -25,6 +28,12 @@ pub(super) fn presented_key<'a>(
                 from_query: false,
             });
         }
+        if v.len() > 6 && v[..6].eq_ignore_ascii_case("basic ") {
+            return basic(v[6..].trim()).map(|raw| Presented {
+                raw: Cow::Owned(raw),
+                from_query: false,
+            });
+        }
     }
     if let Some(v) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
         return Some(Presented {
@@ -36,6 +45,19 @@ pub(super) fn presented_key<'a>(
         raw,
         from_query: true,
     })
+}
+
+/// The key in HTTP Basic credentials: `base64(user:password)` decodes to
+/// `<key>:` (Segment: write key as user, no password) or `<tenant>:<secret>`
+/// (tenant as user, secret as password); both give `<tenant>:<secret>`.
+fn basic(b64: &str) -> Option<String> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .ok()
+        .filter(|b| b.len() <= 512)?;
+    let text = String::from_utf8(bytes).ok()?;
+    Some(text.strip_suffix(':').unwrap_or(&text).to_string())
 }
 
 /// The first value of `name` in a query string, decoded as a form field
@@ -105,6 +127,27 @@ mod tests {
         );
         assert_eq!(query_param("x=1", "api_key"), None);
         assert_eq!(query_param("a=b+c%20d", "a").as_deref(), Some("b c d"));
+    }
+
+    #[test]
+    fn basic_credentials_carry_the_key_either_way() {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let key = "6f1c2d3e-0000-4000-8000-000000000001:0123abcd";
+        let mut h = HeaderMap::new();
+        for creds in [format!("{key}:"), key.to_string()] {
+            h.insert(
+                AUTHORIZATION,
+                format!("Basic {}", b64(&creds)).parse().expect("header"),
+            );
+            let p = presented_key(&h, None).expect("presented");
+            assert_eq!((p.raw.as_ref(), p.from_query), (key, false));
+        }
+        h.insert(AUTHORIZATION, "Basic !!!".parse().expect("header"));
+        assert!(
+            presented_key(&h, None).is_none(),
+            "undecodable: no key presented"
+        );
     }
 
     #[test]

@@ -30,6 +30,7 @@ use uuid::Uuid;
 
 use crate::app::App;
 use crate::auth::{sign, SignedBy};
+use crate::compat::Dialect;
 use crate::error::ApiError;
 use crate::ratelimit::Quota;
 use crate::sink::Record;
@@ -52,9 +53,10 @@ pub async fn handle(
     req: Request<Incoming>,
     request_id: &str,
     peer: SocketAddr,
+    dialect: Dialect,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let mut seen = Seen::default();
-    let result = accept(app, req, request_id, peer, &mut seen).await;
+    let result = accept(app, req, request_id, peer, dialect, &mut seen).await;
     if let Err(error) = &result {
         crate::telemetry::IngestRejected {
             error,
@@ -71,6 +73,7 @@ async fn accept(
     req: Request<Incoming>,
     request_id: &str,
     peer: SocketAddr,
+    dialect: Dialect,
     seen: &mut Seen,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let (parts, mut body) = req.into_parts();
@@ -102,6 +105,7 @@ async fn accept(
     let _admitted = app.admit()?;
     let job = Job {
         app: Arc::clone(app),
+        dialect,
         raw,
         encoding,
         tenant,
@@ -144,11 +148,15 @@ async fn accept(
         events: n,
     }
     .emit();
-    let body = serde_json::to_vec(&Accepted {
-        accepted: n,
-        request_id,
-    })
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    // Each dialect's SDKs read their own success answer.
+    let body = match dialect {
+        Dialect::Native => serde_json::to_vec(&Accepted {
+            accepted: n,
+            request_id,
+        })
+        .map_err(|e| ApiError::Internal(e.to_string()))?,
+        Dialect::Segment(_) => br#"{"success":true}"#.to_vec(),
+    };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = StatusCode::OK;
     resp.headers_mut()
@@ -223,6 +231,7 @@ async fn on_worker<T: Send + 'static>(
 /// Everything the worker needs, owned.
 struct Job {
     app: Arc<App>,
+    dialect: Dialect,
     raw: decode::RawBody,
     encoding: decode::Encoding,
     tenant: Uuid,
@@ -272,17 +281,39 @@ impl Job {
         }
         .emit();
         let max_events = app.config.gateway.max_events_per_batch;
-        let shape = model::scan(&buf, shape::ShapeLimits::new(max_events, limits))?;
-        // The batch's tokens, all or none, before the costly parse and validation.
-        let quota = app
-            .limiter
-            .check(self.tenant, self.tier, shape.events)
-            .map_err(ApiError::RateLimited)?;
-        *events = Some(shape.events);
-        let batch = model::parse(&mut buf).map_err(ApiError::MalformedBody)?;
+        let shape_limits = shape::ShapeLimits::new(max_events, limits);
+        let received = time::OffsetDateTime::now_utc();
+        let received_at_ms = (received.unix_timestamp_nanos() / 1_000_000) as i64;
+        let foreign;
+        let (batch, quota) = match self.dialect {
+            Dialect::Native => {
+                let shape = model::scan(&buf, shape_limits)?;
+                // The batch's tokens, all or none, before the costly parse and validation.
+                let quota = app
+                    .limiter
+                    .check(self.tenant, self.tier, shape.events)
+                    .map_err(ApiError::RateLimited)?;
+                *events = Some(shape.events);
+                let batch = model::parse(&mut buf).map_err(ApiError::MalformedBody)?;
+                (batch, quota)
+            }
+            dialect => {
+                // Scanned, then parsed (bounded as a native batch is); charged
+                // before validation and enrichment.
+                foreign = crate::compat::parse(&mut buf, shape_limits)?;
+                let at = received
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+                let events_in = crate::compat::events(dialect, &foreign, self.tenant, &at)?;
+                let quota = app
+                    .limiter
+                    .check(self.tenant, self.tier, events_in.len().max(1))
+                    .map_err(ApiError::RateLimited)?;
+                *events = Some(events_in.len());
+                (model::Batch { events: events_in }, quota)
+            }
+        };
         *events = Some(batch.events.len());
-        let received_at_ms =
-            (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
         let ctx = validate::Context {
             tenant: self.tenant,
             received_at_ms,

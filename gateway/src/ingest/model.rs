@@ -45,7 +45,7 @@ pub const MAX_TIMING_MS: f64 = 3_600_000.0;
 
 type Text<'a> = Option<Cow<'a, str>>;
 
-#[derive(Debug, Deserialize, Validate)]
+#[derive(Debug, Default, Deserialize, Validate)]
 #[serde(deny_unknown_fields)]
 #[garde(allow_unvalidated)]
 #[garde(context(LimitsConfig))]

@@ -151,6 +151,56 @@ pub fn scan(body: &[u8], limits: ShapeLimits) -> Result<Shape, ShapeError> {
     })
 }
 
+/// Scans a foreign body (another SDK's format, [`crate::compat`]): it may
+/// nest two levels more than a native batch (a message's `context` and the
+/// objects in it), and holds at most as many values in all as
+/// `max_events` native events may, so what the parser builds has the same
+/// bound. Malformed JSON is left to the parser.
+pub fn scan_foreign(body: &[u8], limits: ShapeLimits) -> Result<usize, ShapeError> {
+    let max_depth = limits.max_depth() + 2;
+    let max_items = limits.max_events.saturating_mul(limits.max_event_items());
+    let (mut depth, mut items, mut in_string, mut i) = (0usize, 0usize, false, 0);
+    while i < body.len() {
+        if in_string {
+            match memchr::memchr2(b'"', b'\\', &body[i..]) {
+                None => break,
+                Some(at) => i += at,
+            }
+            if body[i] == b'\\' {
+                i += 2;
+            } else {
+                in_string = false;
+                i += 1;
+            }
+            continue;
+        }
+        let b = body[i];
+        i += 1;
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                items += 1;
+                if depth > max_depth {
+                    return Err(ShapeError::TooDeep {
+                        index: None,
+                        limit: max_depth,
+                    });
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b',' | b':' => items += 1,
+            _ => {}
+        }
+        if items > max_items {
+            return Err(ShapeError::TooManyEvents {
+                limit: limits.max_events,
+            });
+        }
+    }
+    Ok(items)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,162 @@
+//! The real SDKs from npm (pinned in gateway/tests/sdk/package.json, installed
+//! into the cache by `make provision`) send to the gateway unchanged, and
+//! every call lands in ClickHouse with its identity.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::TestGateway;
+use shared::testkit::{eventually, select_json, services, TestSchema};
+use uuid::Uuid;
+
+/// Where `make provision` installed the SDKs (`OVERWATCH_SDK_NODE_MODULES`).
+fn node_modules() -> PathBuf {
+    let dir = std::env::var("OVERWATCH_SDK_NODE_MODULES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            let cache = std::env::var("OVERWATCH_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| {
+                    PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/overwatch")
+                });
+            cache.join("sdk-node/node_modules")
+        });
+    assert!(
+        dir.join("@segment/analytics-node").is_dir(),
+        "the SDKs are not installed at {} (run `make provision`)",
+        dir.display()
+    );
+    dir
+}
+
+fn run_node(script: &str, env: &[(&str, String)]) -> serde_json::Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sdk")
+        .join(script);
+    let out = Command::new("node")
+        .arg(&path)
+        .env("NODE_PATH", node_modules())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("run node (is Node.js installed?)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().expect("a summary line")).expect("summary json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_analytics_node_calls_land_with_their_identity() {
+    let svc = services();
+    let schema = TestSchema::create(&svc).await;
+    let gw = TestGateway::start(schema.config.clone()).await;
+    let calls = ["page", "track", "identify", "alias", "group", "screen"];
+    let ids: BTreeMap<&str, String> = calls
+        .iter()
+        .map(|c| (*c, Uuid::new_v4().to_string()))
+        .collect();
+    let summary = run_node(
+        "segment-node.cjs",
+        &[
+            ("OW_URL", format!("http://{}", gw.addr)),
+            ("OW_WRITE_KEY", gw.key()),
+            ("OW_IDS", serde_json::to_string(&ids).expect("ids")),
+        ],
+    );
+    assert_eq!(summary["errors"], serde_json::json!([]), "{summary}");
+
+    let db = schema.database();
+    let rows = eventually("every Segment call in ClickHouse", Duration::from_secs(60), || async {
+        let rows = select_json(
+            &schema.client,
+            &format!(
+                "SELECT toString(id) AS id, type, name, title, path, referrer, distinct_id, user_id, \
+                 anonymous_id, properties FROM `{db}`.events FINAL WHERE tenant_id = ?"
+            ),
+            &[gw.tenant.to_string()],
+        )
+        .await;
+        (rows.len() >= calls.len()).then_some(rows)
+    })
+    .await;
+    let by_id: BTreeMap<String, serde_json::Value> = rows
+        .into_iter()
+        .map(|r| (r["id"].as_str().expect("id").to_string(), r))
+        .collect();
+    let user = format!("user-{}", ids["track"]);
+    let anon = format!("anon-{}", ids["track"]);
+    let mut table = Vec::new();
+    for call in calls {
+        let r = by_id
+            .get(&ids[call])
+            .unwrap_or_else(|| panic!("the {call} call is not in ClickHouse: {by_id:?}"));
+        let props: serde_json::Value =
+            serde_json::from_str(r["properties"].as_str().expect("properties")).expect("json");
+        match call {
+            "page" => {
+                assert_eq!(
+                    (r["type"].as_str(), r["title"].as_str()),
+                    (Some("pageview"), Some("Pricing"))
+                );
+                assert_eq!(r["path"], "/pricing");
+                assert_eq!(r["referrer"], "https://search.example/");
+                assert_eq!(
+                    (r["anonymous_id"].as_str(), r["distinct_id"].as_str()),
+                    (Some(anon.as_str()), Some(anon.as_str()))
+                );
+            }
+            "track" => {
+                assert_eq!(
+                    (r["type"].as_str(), r["name"].as_str()),
+                    (Some("custom"), Some("Order Completed"))
+                );
+                assert_eq!(props["revenue"], 42.5);
+                assert_eq!(r["user_id"], user.as_str());
+                assert_eq!(r["anonymous_id"], anon.as_str());
+                assert_eq!(r["distinct_id"], user.as_str());
+                assert_eq!(
+                    props["$context"]["library"]["name"],
+                    "@segment/analytics-node"
+                );
+            }
+            "identify" => {
+                assert_eq!(r["name"], "$identify");
+                assert_eq!(props["traits"]["email"], "ada@example.com");
+            }
+            "alias" => {
+                assert_eq!(r["name"], "$alias");
+                assert_eq!(props["previousId"], anon.as_str());
+            }
+            "group" => {
+                assert_eq!(r["name"], "$group");
+                assert_eq!(props["groupId"], "acme");
+            }
+            "screen" => {
+                assert_eq!(
+                    (r["type"].as_str(), r["title"].as_str()),
+                    (Some("pageview"), Some("Checkout"))
+                );
+                assert_eq!(props["$screen"], true);
+            }
+            _ => unreachable!(),
+        }
+        table.push(format!(
+            "| {} | {} | {call} | accepted (no SDK error) | yes ({} {}) |",
+            summary["sdk"].as_str().unwrap_or("?"),
+            summary["version"].as_str().unwrap_or("?"),
+            r["type"].as_str().unwrap_or(""),
+            r["name"].as_str().unwrap_or(""),
+        ));
+    }
+    eprintln!(
+        "| SDK | version | call | status | in ClickHouse |\n|---|---|---|---|---|\n{}",
+        table.join("\n")
+    );
+}
