@@ -57,6 +57,10 @@ impl Route {
             "/v1/identify" => segment(Some(Call::Identify)),
             "/v1/group" => segment(Some(Call::Group)),
             "/v1/alias" => segment(Some(Call::Alias)),
+            // PostHog's capture API.
+            "/batch" | "/e" | "/i/v0/e" | "/capture" | "/track" => {
+                (Route::Ingest(Dialect::PostHog), POST)
+            }
             "/health/live" => (Route::Live, PROBE),
             "/health/ready" => (Route::Ready, PROBE),
             _ => return None,

@@ -160,3 +160,80 @@ async fn segment_analytics_node_calls_land_with_their_identity() {
         table.join("\n")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posthog_node_calls_land_with_their_identity() {
+    let svc = services();
+    let schema = TestSchema::create(&svc).await;
+    let gw = TestGateway::start(schema.config.clone()).await;
+    let ids: BTreeMap<&str, String> = ["capture", "pageview"]
+        .iter()
+        .map(|c| (*c, Uuid::new_v4().to_string()))
+        .collect();
+    let summary = run_node(
+        "posthog-node.cjs",
+        &[
+            ("OW_URL", format!("http://{}", gw.addr)),
+            ("OW_KEY", gw.key()),
+            ("OW_IDS", serde_json::to_string(&ids).expect("ids")),
+        ],
+    );
+    assert_eq!(summary["errors"], serde_json::json!([]), "{summary}");
+    let db = schema.database();
+    let rows = eventually(
+        "every posthog-node call in ClickHouse",
+        Duration::from_secs(60),
+        || async {
+            let rows = select_json(
+                &schema.client,
+                &format!(
+                    "SELECT toString(id) AS id, type, name, path, url, distinct_id, properties \
+                 FROM `{db}`.events FINAL WHERE tenant_id = ?"
+                ),
+                &[gw.tenant.to_string()],
+            )
+            .await;
+            (rows.len() >= 5).then_some(rows)
+        },
+    )
+    .await;
+    let user = format!("user-{}", ids["capture"]);
+    let find = |f: &dyn Fn(&serde_json::Value) -> bool, what: &str| {
+        rows.iter()
+            .find(|r| f(r))
+            .unwrap_or_else(|| panic!("no {what} in {rows:?}"))
+            .clone()
+    };
+    let props = |r: &serde_json::Value| -> serde_json::Value {
+        serde_json::from_str(r["properties"].as_str().expect("properties")).expect("json")
+    };
+    let capture = find(&|r| r["id"] == ids["capture"].as_str(), "capture");
+    assert_eq!(
+        (capture["type"].as_str(), capture["name"].as_str()),
+        (Some("custom"), Some("Order Completed"))
+    );
+    assert_eq!(capture["distinct_id"], user.as_str());
+    assert_eq!(props(&capture)["revenue"], 42.5);
+    assert_eq!(props(&capture)["$lib"], "posthog-node");
+    let page = find(&|r| r["id"] == ids["pageview"].as_str(), "pageview");
+    assert_eq!(
+        (page["type"].as_str(), page["path"].as_str()),
+        (Some("pageview"), Some("/pricing"))
+    );
+    let identify = find(&|r| r["name"] == "$identify", "$identify");
+    assert_eq!(identify["distinct_id"], user.as_str());
+    assert_eq!(props(&identify)["$set"]["email"], "ada@example.com");
+    let alias = find(&|r| r["name"] == "$create_alias", "$create_alias");
+    assert_eq!(props(&alias)["alias"], format!("anon-{}", ids["capture"]));
+    let group = find(&|r| r["name"] == "$groupidentify", "$groupidentify");
+    assert_eq!(props(&group)["$group_key"], "acme");
+    let v = summary["version"].as_str().unwrap_or("?");
+    eprintln!(
+        "| SDK | version | call | status | in ClickHouse |\n|---|---|---|---|---|\n\
+         | posthog-node | {v} | capture | accepted | yes (custom Order Completed) |\n\
+         | posthog-node | {v} | capture $pageview | accepted | yes (pageview /pricing) |\n\
+         | posthog-node | {v} | identify | accepted | yes (custom $identify) |\n\
+         | posthog-node | {v} | alias | accepted | yes (custom $create_alias) |\n\
+         | posthog-node | {v} | groupIdentify | accepted | yes (custom $groupidentify) |"
+    );
+}

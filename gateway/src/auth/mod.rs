@@ -263,7 +263,32 @@ impl KeyStore {
         let presented = presented_key(headers, query).ok_or(ApiError::Unauthorized(
             "missing API key: send `Authorization: Bearer <tenant_id>:<secret>` or `X-API-Key`",
         ))?;
-        let (tenant, secret) = presented.raw.split_once(':').ok_or(ApiError::Unauthorized(
+        let principal = self.check_key(&presented.raw, presented.from_query, client_ip)?;
+        Ok((principal, presented.from_query))
+    }
+
+    /// Whether the request's head presents a key at all (SDKs that put theirs
+    /// in the body are authenticated once it is parsed).
+    pub fn presents_key(headers: &HeaderMap, query: Option<&str>) -> bool {
+        sign::presented(headers).is_some() || presented_key(headers, query).is_some()
+    }
+
+    /// Authenticates a key found in the body (PostHog's `api_key` / `token`).
+    pub fn authenticate_token(
+        &self,
+        token: &str,
+        client_ip: IpAddr,
+    ) -> Result<Principal, ApiError> {
+        self.check_key(token, false, client_ip)
+    }
+
+    fn check_key(
+        &self,
+        raw: &str,
+        from_query: bool,
+        client_ip: IpAddr,
+    ) -> Result<Principal, ApiError> {
+        let (tenant, secret) = raw.split_once(':').ok_or(ApiError::Unauthorized(
             "malformed API key: expected <tenant_id>:<secret>",
         ))?;
         let tenant = Uuid::try_parse(tenant.trim())
@@ -284,13 +309,12 @@ impl KeyStore {
                 "this key signs its requests: send X-Overwatch-Key-Id and an Ed25519 signature (docs/api.md)",
             ));
         }
-        if presented.from_query && key.kind != KeyKind::Browser {
+        if from_query && key.kind != KeyKind::Browser {
             return Err(ApiError::Unauthorized(
                 "the api_key query parameter is accepted for browser keys only",
             ));
         }
-        let principal = self.principal(tenant, t, key, client_ip, None)?;
-        Ok((principal, presented.from_query))
+        self.principal(tenant, t, key, client_ip, None)
     }
 
     fn authenticate_signed(

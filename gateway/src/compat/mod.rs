@@ -4,11 +4,16 @@
 //! `/ingest`; only the body's shape and the answer differ.
 //!
 //! - [`segment`]: Segment's HTTP Tracking API (`/v1/*`).
+//! - [`posthog`]: PostHog's capture API (`/batch`, `/e`, `/capture`, …).
+//!
+//! Both may carry their key in the body (Segment's `writeKey`, PostHog's
+//! `api_key`); such a request is judged once its body is parsed ([`token`]).
 //!
 //! A foreign body is scanned before it is parsed ([`scan`]: the same bound on
 //! what the parser builds as a native batch), parsed into a tree, and each
 //! message becomes an [`EventIn`] as if the SDK had sent it natively.
 
+pub mod posthog;
 pub mod segment;
 
 use std::borrow::Cow;
@@ -28,6 +33,15 @@ pub enum Dialect {
     Native,
     /// Segment's batch (`call: None`) or a single call.
     Segment(Option<Call>),
+    /// PostHog's capture endpoints.
+    PostHog,
+}
+
+impl Dialect {
+    /// Whether its SDKs may put the key in the body rather than the head.
+    pub fn key_in_body(self) -> bool {
+        !matches!(self, Dialect::Native)
+    }
 }
 
 /// One Segment call type, as its endpoint names it.
@@ -102,6 +116,19 @@ pub fn parse(buf: &mut [u8], limits: ShapeLimits) -> Result<OwnedValue, ApiError
     simd_json::to_owned_value(buf).map_err(|e| ApiError::MalformedBody(e.to_string()))
 }
 
+/// The key a foreign body carries, if any.
+pub fn token(dialect: Dialect, body: &OwnedValue) -> Option<String> {
+    use simd_json::prelude::*;
+    match dialect {
+        Dialect::Native => None,
+        Dialect::Segment(_) => body
+            .get("writeKey")
+            .and_then(|v| v.as_str())
+            .map(str::to_string),
+        Dialect::PostHog => posthog::token(body),
+    }
+}
+
 /// The events of a foreign body.
 pub fn events(
     dialect: Dialect,
@@ -113,6 +140,9 @@ pub fn events(
         Dialect::Native => Err(ApiError::Internal("a native body reached compat".into())),
         Dialect::Segment(call) => {
             segment::events(body, call, tenant, received_at).map_err(ApiError::MalformedBody)
+        }
+        Dialect::PostHog => {
+            posthog::events(body, tenant, received_at).map_err(ApiError::MalformedBody)
         }
     }
 }

@@ -29,7 +29,7 @@ use shared::domain::Tier;
 use uuid::Uuid;
 
 use crate::app::App;
-use crate::auth::{sign, SignedBy};
+use crate::auth::{sign, Principal};
 use crate::compat::Dialect;
 use crate::error::ApiError;
 use crate::ratelimit::Quota;
@@ -79,14 +79,23 @@ async fn accept(
     let (parts, mut body) = req.into_parts();
     let headers = &parts.headers;
     let client_ip = app.enricher.client_ip(peer, headers);
-    let (who, encoding) = match judge_head(app, &parts, client_ip, seen) {
+    // PostHog's SDKs put their key in the body: those requests are judged once
+    // it is parsed, on the worker (their body costs work before the key is known).
+    let deferred =
+        dialect.key_in_body() && !crate::auth::KeyStore::presents_key(headers, parts.uri.query());
+    let judged = if deferred {
+        decode::check_headers(headers, true).map(|encoding| (None, encoding))
+    } else {
+        judge_head(app, &parts, client_ip, seen).map(|(who, encoding)| (Some(who), encoding))
+    };
+    let (who, encoding) = match judged {
         Ok(judged) => judged,
         Err(e) => {
             decode::discard(&mut body, app.config.gateway.max_body_bytes).await;
             return Err(e);
         }
     };
-    let tenant = who.tenant;
+    let charged = who.as_ref().map(|w| (w.tenant, w.tier));
     let g = &app.config.gateway;
     let raw = match decode::read_raw(
         body,
@@ -100,7 +109,7 @@ async fn accept(
     .await
     {
         Ok(raw) => raw,
-        Err(e) => return Err(debit_unless_refused(app, tenant, who.tier, e)),
+        Err(e) => return Err(debit_unless_refused(app, charged, e)),
     };
     let _admitted = app.admit()?;
     let job = Job {
@@ -108,29 +117,32 @@ async fn accept(
         dialect,
         raw,
         encoding,
-        tenant,
-        tier: who.tier,
-        anonymize_ip: who.anonymize_ip,
+        who,
+        origin: headers
+            .get(ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
         client_ip,
         header_ua: headers
             .get(USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
-        signed: who.signed,
         method: parts.method.to_string(),
         path_and_query: parts
             .uri
             .path_and_query()
             .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string()),
     };
-    let (outcome, events) = on_worker(app, move || job.run()).await?;
+    let (outcome, events, tier) = on_worker(app, move || job.run()).await?;
     seen.events = events;
-    let (events, quota) = match outcome {
+    seen.tier = seen.tier.or(tier);
+    let (events, quota, who) = match outcome {
         Ok(ok) => ok,
         // Counted events were charged before parsing; an uncounted failure pays one.
-        Err(e) if events.is_none() => return Err(debit_unless_refused(app, tenant, who.tier, e)),
+        Err(e) if events.is_none() => return Err(debit_unless_refused(app, charged, e)),
         Err(e) => return Err(e),
     };
+    let tenant = who.tenant;
     let n = events.len();
     app.sink.send(tenant, events).await.map_err(|e| {
         crate::telemetry::ProduceFailed {
@@ -156,6 +168,7 @@ async fn accept(
         })
         .map_err(|e| ApiError::Internal(e.to_string()))?,
         Dialect::Segment(_) => br#"{"success":true}"#.to_vec(),
+        Dialect::PostHog => br#"{"status":1}"#.to_vec(),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = StatusCode::OK;
@@ -195,7 +208,10 @@ fn judge_head(
 /// A request that failed after costing work, before its events were counted,
 /// pays one token; one refused for load or limits pays nothing, nor does a
 /// signature that does not verify (its sender is not the tenant).
-fn debit_unless_refused(app: &App, tenant: Uuid, tier: Tier, e: ApiError) -> ApiError {
+fn debit_unless_refused(app: &App, charged: Option<(Uuid, Tier)>, e: ApiError) -> ApiError {
+    let Some((tenant, tier)) = charged else {
+        return e; // the key was to be read from the body: no tenant to charge
+    };
     let refused = matches!(
         e,
         ApiError::Unauthorized(_)
@@ -234,29 +250,30 @@ struct Job {
     dialect: Dialect,
     raw: decode::RawBody,
     encoding: decode::Encoding,
-    tenant: Uuid,
-    tier: Tier,
-    anonymize_ip: bool,
+    /// `None`: the key is in the body (judged once it is parsed).
+    who: Option<Principal>,
+    origin: Option<String>,
     client_ip: IpAddr,
     header_ua: Option<String>,
-    signed: Option<SignedBy>,
     method: String,
     path_and_query: String,
 }
 
-type Prepared = Result<(Vec<Record>, Quota), ApiError>;
+type Prepared = Result<(Vec<Record>, Quota, Principal), ApiError>;
 
 impl Job {
-    /// The outcome, and how many events the body held (when it parsed).
-    fn run(self) -> (Prepared, Option<usize>) {
+    /// The outcome, how many events the body held (when it parsed), and the
+    /// tier of the key (when it was judged).
+    fn run(self) -> (Prepared, Option<usize>, Option<Tier>) {
         let mut events = None;
-        let outcome = self.prepare(&mut events);
-        (outcome, events)
+        let mut tier = self.who.as_ref().map(|w| w.tier);
+        let outcome = self.prepare(&mut events, &mut tier);
+        (outcome, events, tier)
     }
 
-    fn prepare(self, events: &mut Option<usize>) -> Prepared {
+    fn prepare(self, events: &mut Option<usize>, tier: &mut Option<Tier>) -> Prepared {
         let app = &*self.app;
-        if let Some(s) = &self.signed {
+        if let Some(s) = self.who.as_ref().and_then(|w| w.signed.as_ref()) {
             let now_secs = time::OffsetDateTime::now_utc().unix_timestamp();
             let req = sign::Request {
                 method: &self.method,
@@ -285,37 +302,52 @@ impl Job {
         let received = time::OffsetDateTime::now_utc();
         let received_at_ms = (received.unix_timestamp_nanos() / 1_000_000) as i64;
         let foreign;
-        let (batch, quota) = match self.dialect {
+        let (batch, quota, who) = match self.dialect {
             Dialect::Native => {
+                let who = self
+                    .who
+                    .ok_or_else(|| ApiError::Internal("a native request without a key".into()))?;
                 let shape = model::scan(&buf, shape_limits)?;
                 // The batch's tokens, all or none, before the costly parse and validation.
                 let quota = app
                     .limiter
-                    .check(self.tenant, self.tier, shape.events)
+                    .check(who.tenant, who.tier, shape.events)
                     .map_err(ApiError::RateLimited)?;
                 *events = Some(shape.events);
                 let batch = model::parse(&mut buf).map_err(ApiError::MalformedBody)?;
-                (batch, quota)
+                (batch, quota, who)
             }
             dialect => {
-                // Scanned, then parsed (bounded as a native batch is); charged
-                // before validation and enrichment.
+                // Scanned, then parsed (bounded as a native batch is); judged
+                // now if the key was in the body; charged before validation
+                // and enrichment.
                 foreign = crate::compat::parse(&mut buf, shape_limits)?;
+                let who = match self.who {
+                    Some(who) => who,
+                    None => body_key(
+                        app,
+                        dialect,
+                        &foreign,
+                        self.client_ip,
+                        self.origin.as_deref(),
+                    )?,
+                };
+                *tier = Some(who.tier);
                 let at = received
                     .format(&time::format_description::well_known::Rfc3339)
                     .map_err(|e| ApiError::Internal(e.to_string()))?;
-                let events_in = crate::compat::events(dialect, &foreign, self.tenant, &at)?;
+                let events_in = crate::compat::events(dialect, &foreign, who.tenant, &at)?;
                 let quota = app
                     .limiter
-                    .check(self.tenant, self.tier, events_in.len().max(1))
+                    .check(who.tenant, who.tier, events_in.len().max(1))
                     .map_err(ApiError::RateLimited)?;
                 *events = Some(events_in.len());
-                (model::Batch { events: events_in }, quota)
+                (model::Batch { events: events_in }, quota, who)
             }
         };
         *events = Some(batch.events.len());
         let ctx = validate::Context {
-            tenant: self.tenant,
+            tenant: who.tenant,
             received_at_ms,
             window: shared::event::TimeWindow {
                 past_hours: limits.max_event_age_hours,
@@ -326,13 +358,35 @@ impl Job {
             enricher: &app.enricher,
             client_ip: self.client_ip,
             header_ua: self.header_ua.as_deref(),
-            anonymize_ip: self.anonymize_ip,
+            anonymize_ip: who.anonymize_ip,
             max_ua_parses: app.config.enrichment.max_ua_parses_per_request,
             max_details: app.config.gateway.max_error_details,
         };
         let out = validate::prepare(&batch, &ctx)?;
-        Ok((out, quota))
+        Ok((out, quota, who))
     }
+}
+
+/// Judges the key a foreign body carries, as the head's would have been:
+/// known and valid, within its quota, from an allowed origin.
+fn body_key(
+    app: &App,
+    dialect: Dialect,
+    body: &simd_json::OwnedValue,
+    client_ip: IpAddr,
+    origin: Option<&str>,
+) -> Result<Principal, ApiError> {
+    let token = crate::compat::token(dialect, body).ok_or(ApiError::Unauthorized(
+        "missing API key: put the Overwatch key where the SDK puts its project token (`api_key`)",
+    ))?;
+    let who = app.keys.authenticate_token(&token, client_ip)?;
+    if who.over_quota {
+        return Err(ApiError::QuotaExceeded {
+            retry_after_secs: secs_to_next_month(time::OffsetDateTime::now_utc()),
+        });
+    }
+    who.check_origin(origin)?;
+    Ok(who)
 }
 
 /// Seconds until the next calendar month (UTC), when monthly quotas reset.
