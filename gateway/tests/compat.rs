@@ -104,3 +104,110 @@ async fn keys_in_the_body_and_each_sdks_answer() {
         422
     );
 }
+
+/// What posthog-js sends from a browser: gzip without a content encoding
+/// (text/plain), `data=<base64>` forms on unload, `beacon=1`; and the start-up
+/// endpoints both browser SDKs call before sending.
+#[tokio::test]
+async fn browser_sdk_bodies_and_start_up_endpoints() {
+    use base64::Engine as _;
+    use std::io::Write;
+    let gw = gateway().await;
+    let key = gw.key();
+    let now = common::rfc3339(time::OffsetDateTime::now_utc());
+    let json =
+        serde_json::json!({"api_key": key, "batch": [{"event": "$pageview", "distinct_id": "d",
+        "timestamp": now, "properties": {"$current_url": "https://x.example/", "$pathname": "/"}}]})
+        .to_string();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(json.as_bytes()).expect("gzip");
+    let gz = gz.finish().expect("gzip");
+    let http = reqwest::Client::new();
+    let r = http
+        .post(gw.url("/e/"))
+        .header("content-type", "text/plain")
+        .body(gz.clone())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200, "gzip recognised by its magic bytes");
+    let form = format!(
+        "data={}",
+        base64::engine::general_purpose::STANDARD
+            .encode(&json)
+            .replace('+', "%2B")
+            .replace('/', "%2F")
+            .replace('=', "%3D")
+    );
+    let r = http
+        .post(gw.url("/e/?compression=base64"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form.clone())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200, "a base64 form");
+    let r = http
+        .post(gw.url("/e/?compression=base64&beacon=1"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 204, "beacon=1 is answered without a body");
+    // /ingest itself still refuses a form.
+    let r = http
+        .post(gw.url("/ingest"))
+        .bearer_auth(&key)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("data=x")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 415);
+
+    for path in ["/flags/?v=2", "/decide/?v=3"] {
+        let r = http
+            .post(gw.url(path))
+            .body("data=e30=")
+            .send()
+            .await
+            .expect("flags");
+        assert_eq!(r.status(), 200, "{path}");
+        let b: serde_json::Value = r.json().await.expect("json");
+        assert_eq!(b["featureFlags"], serde_json::json!({}), "{path}");
+    }
+    let r = http
+        .get(gw.url(&format!("/array/{key}/config")))
+        .send()
+        .await
+        .expect("config");
+    let cfg: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(cfg["autocapture_opt_out"], false);
+    let js = http
+        .get(gw.url(&format!("/array/{key}/config.js")))
+        .send()
+        .await
+        .expect("config.js")
+        .text()
+        .await
+        .expect("text");
+    assert!(js.contains("_POSTHOG_REMOTE_CONFIG"), "{js}");
+
+    // Segment's settings document points the library back here, with its key.
+    let r = http
+        .get(gw.url(&format!(
+            "/v1/projects/{}/settings",
+            key.replace(':', "%3A")
+        )))
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .expect("settings");
+    assert_eq!(r.status(), 200);
+    let s: serde_json::Value = r.json().await.expect("json");
+    let io = &s["integrations"]["Segment.io"];
+    assert_eq!(io["apiKey"], key.as_str());
+    assert_eq!(io["apiHost"], format!("{}/v1", gw.addr));
+    assert_eq!(io["protocol"], "https");
+}

@@ -11,7 +11,7 @@
 //! age) gets 503 with `Retry-After`, never 401: 401 means the key is wrong.
 //! Signing keys present their id and an Ed25519 signature instead ([`sign`]).
 
-mod presented;
+pub(crate) mod presented;
 pub mod sign;
 mod snapshot;
 

@@ -63,7 +63,7 @@ fn basic(b64: &str) -> Option<String> {
 /// The first value of `name` in a query string, decoded as a form field
 /// (`%XX` escapes, `+` for a space). A value that does not decode to UTF-8 is
 /// passed on as written, to be refused as a malformed key.
-pub(super) fn query_param<'a>(query: &'a str, name: &str) -> Option<Cow<'a, str>> {
+pub(crate) fn query_param<'a>(query: &'a str, name: &str) -> Option<Cow<'a, str>> {
     query
         .split('&')
         .filter_map(|pair| pair.split_once('='))

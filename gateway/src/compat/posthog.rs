@@ -20,7 +20,68 @@ use simd_json::prelude::*;
 use simd_json::OwnedValue;
 
 use super::{object, stable_uuid, text};
+use crate::error::ApiError;
 use crate::ingest::model::{Dimensions, EventIn};
+
+/// The body as JSON bytes: posthog-js posts `data=<base64>` forms on page
+/// unload (`?compression=base64`), and gzip without saying so
+/// (`text/plain`, recognised by its magic bytes); both may be combined.
+/// Decompression stops at `max` bytes, as for `Content-Encoding: gzip`.
+pub fn unwrap_body(body: Vec<u8>, form: bool, max: u64) -> Result<Vec<u8>, ApiError> {
+    use base64::Engine as _;
+    let mut b = body;
+    if form || b.starts_with(b"data=") {
+        let text = std::str::from_utf8(&b)
+            .map_err(|_| ApiError::MalformedBody("a form body that is not UTF-8".into()))?;
+        let data = crate::auth::presented::query_param(text, "data")
+            .ok_or_else(|| ApiError::MalformedBody("a form body without a `data` field".into()))?;
+        let engine = base64::engine::GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            base64::engine::GeneralPurposeConfig::new()
+                .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+        );
+        b = engine
+            .decode(data.trim().as_bytes())
+            .map_err(|e| ApiError::MalformedBody(format!("`data` is not base64: {e}")))?;
+    }
+    if b.starts_with(&[0x1f, 0x8b]) {
+        b = crate::ingest::decode::gunzip(&b, max)?;
+    }
+    Ok(b)
+}
+
+/// What posthog-js asks at start besides capture: feature flags (`/flags`,
+/// `/decide`) and its remote config (`/array/<token>/config`, `config.js`).
+/// Overwatch has no flags or remote settings: the answers say so, so the SDK
+/// proceeds without errors or retries.
+pub fn side_answer(path: &str) -> Option<(&'static str, String)> {
+    // `autocapture_opt_out` must be said: posthog-js keeps autocapture off
+    // until the server has answered it.
+    const CONFIG: &str = r#"{"supportedCompression":["gzip","gzip-js","base64"],"autocapture_opt_out":false,"hasFeatureFlags":false,"sessionRecording":false,"heatmaps":false,"surveys":false,"autocaptureExceptions":false,"capturePerformance":false,"captureDeadClicks":false,"elementsChainAsString":true,"siteApps":[],"toolbarParams":{}}"#;
+    let path = path.strip_suffix('/').unwrap_or(path);
+    if path == "/flags" || path == "/decide" {
+        return Some((
+            "application/json",
+            format!(
+                r#"{{"featureFlags":{{}},"featureFlagPayloads":{{}},"flags":{{}},"errorsWhileComputingFlags":false,"quotaLimited":[],"config":{{"enable_collect_everything":true}},{}"#,
+                &CONFIG[1..]
+            ),
+        ));
+    }
+    let token = path.strip_prefix("/array/")?;
+    if let Some(t) = token.strip_suffix("/config.js") {
+        let t = serde_json::to_string(t).ok()?;
+        return Some((
+            "application/javascript",
+            format!(
+                "(function(){{window._POSTHOG_REMOTE_CONFIG=window._POSTHOG_REMOTE_CONFIG||{{}};                 window._POSTHOG_REMOTE_CONFIG[{t}]={{config:{CONFIG},siteApps:[]}};}})();"
+            ),
+        ));
+    }
+    token
+        .strip_suffix("/config")
+        .map(|_| ("application/json", CONFIG.to_string()))
+}
 
 /// The project token a body carries.
 pub fn token(body: &OwnedValue) -> Option<String> {
@@ -226,6 +287,61 @@ mod tests {
             ev[0].session_id, ev[1].session_id,
             "one session per distinct id"
         );
+    }
+
+    #[test]
+    fn unload_forms_and_unlabelled_gzip_unwrap() {
+        use base64::Engine as _;
+        use std::io::Write;
+        let json = br#"{"api_key":"K","batch":[]}"#;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(json).expect("gzip");
+        let gz = gz.finish().expect("gzip");
+        let b64 = base64::engine::general_purpose::STANDARD.encode(json);
+        let form = format!("data={}", b64.replace('+', "%2B").replace('=', "%3D"));
+        assert_eq!(
+            unwrap_body(form.into_bytes(), true, 1 << 20).expect("form"),
+            json
+        );
+        assert_eq!(
+            unwrap_body(gz.clone(), false, 1 << 20).expect("magic"),
+            json
+        );
+        let gz_form = format!(
+            "data={}",
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(&gz)
+        );
+        assert_eq!(
+            unwrap_body(gz_form.into_bytes(), true, 1 << 20).expect("both"),
+            json
+        );
+        assert_eq!(
+            unwrap_body(json.to_vec(), false, 1 << 20).expect("plain"),
+            json
+        );
+        assert!(unwrap_body(b"data=***".to_vec(), true, 1 << 20).is_err());
+        assert!(
+            unwrap_body(gz, false, 4).is_err(),
+            "the decompressed cap holds"
+        );
+    }
+
+    #[test]
+    fn the_start_up_endpoints_answer() {
+        assert!(side_answer("/flags/")
+            .expect("flags")
+            .1
+            .contains("featureFlags"));
+        assert!(side_answer("/decide").is_some());
+        let (ct, js) = side_answer("/array/t:s/config.js").expect("config.js");
+        assert_eq!(ct, "application/javascript");
+        assert!(js.contains(r#"["t:s"]"#), "{js}");
+        let (_, cfg) = side_answer("/array/t:s/config").expect("config");
+        serde_json::from_str::<serde_json::Value>(&cfg).expect("json config");
+        serde_json::from_str::<serde_json::Value>(&side_answer("/flags").expect("f").1)
+            .expect("json flags");
+        assert_eq!(side_answer("/array/t"), None);
+        assert_eq!(side_answer("/ingest"), None);
     }
 
     #[test]

@@ -161,6 +161,47 @@ fn message(
     e
 }
 
+/// `GET /v1/projects/<write key>/settings`: the document Segment's browser
+/// library loads from its `cdnURL` before sending anything.
+pub fn settings_path(path: &str) -> bool {
+    path.strip_prefix("/v1/projects/")
+        .and_then(|rest| rest.strip_suffix("/settings"))
+        .is_some_and(|key| !key.is_empty() && !key.contains('/'))
+}
+
+/// The settings document for the write key in `path`, pointing the library
+/// back at this gateway: the request's `Host`, and `X-Forwarded-Proto` (https
+/// behind a TLS proxy, else http). No destinations, no plan rules: events go
+/// to Overwatch only. (The library sends with the settings' `apiKey`.)
+pub fn settings(path: &str, headers: &hyper::HeaderMap) -> String {
+    let key = path
+        .strip_prefix("/v1/projects/")
+        .and_then(|rest| rest.strip_suffix("/settings"))
+        .map(|k| {
+            crate::auth::presented::query_param(&format!("k={k}"), "k").map(|c| c.into_owned())
+        })
+        .unwrap_or_default()
+        .unwrap_or_default();
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let host = header("host").unwrap_or("localhost");
+    let proto = match header("x-forwarded-proto") {
+        Some(p) if p.eq_ignore_ascii_case("https") => "https",
+        _ => "http",
+    };
+    serde_json::json!({
+        "integrations": {"Segment.io": {"apiKey": key, "apiHost": format!("{host}/v1"), "protocol": proto}},
+        "plan": {"track": {"__default": {"enabled": true}}, "identify": {"__default": {"enabled": true}}},
+        "edgeFunction": {},
+        "analyticsNextEnabled": true,
+        "middlewareSettings": {},
+        "enabledMiddleware": {},
+        "metrics": {"sampleRate": 0},
+        "legacyVideoPluginsEnabled": false,
+        "remotePlugins": [],
+    })
+    .to_string()
+}
+
 fn dimensions(v: &OwnedValue) -> Option<Dimensions> {
     Some(Dimensions {
         width: v.get("width")?.as_u32()?,

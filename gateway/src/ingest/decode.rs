@@ -23,6 +23,16 @@ pub enum Encoding {
 /// Accepts JSON (`application/json`, `*+json`, or no content type; also
 /// `text/plain` for `sendBeacon` requests) and the identity or gzip encodings.
 pub fn check_headers(headers: &HeaderMap, beacon: bool) -> Result<Encoding, ApiError> {
+    check_headers_for(headers, beacon, false)
+}
+
+/// [`check_headers`], also accepting `application/x-www-form-urlencoded` when
+/// `form` (PostHog's browser library posts `data=<base64>` on page unload).
+pub fn check_headers_for(
+    headers: &HeaderMap,
+    beacon: bool,
+    form: bool,
+) -> Result<Encoding, ApiError> {
     if let Some(ct) = headers.get(CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("");
         let mime = ct
@@ -33,7 +43,8 @@ pub fn check_headers(headers: &HeaderMap, beacon: bool) -> Result<Encoding, ApiE
             .to_ascii_lowercase();
         let json = mime == "application/json" || mime.ends_with("+json");
         let beacon_text = beacon && mime == "text/plain";
-        if !(json || beacon_text) {
+        let form_body = form && mime == "application/x-www-form-urlencoded";
+        if !(json || beacon_text || form_body) {
             return Err(ApiError::UnsupportedMediaType(format!(
                 "content type `{ct}` is not supported; send application/json"
             )));

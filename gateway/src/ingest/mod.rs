@@ -83,10 +83,20 @@ async fn accept(
     // it is parsed, on the worker (their body costs work before the key is known).
     let deferred =
         dialect.key_in_body() && !crate::auth::KeyStore::presents_key(headers, parts.uri.query());
+    let form = is_form(headers);
+    // PostHog's `beacon=1`: the page is gone, nobody reads the answer.
+    let beacon_ack = dialect == Dialect::PostHog
+        && parts
+            .uri
+            .query()
+            .and_then(|q| crate::auth::presented::query_param(q, "beacon"))
+            .is_some_and(|b| b == "1");
     let judged = if deferred {
-        decode::check_headers(headers, true).map(|encoding| (None, encoding))
+        decode::check_headers_for(headers, true, dialect == Dialect::PostHog)
+            .map(|encoding| (None, encoding))
     } else {
-        judge_head(app, &parts, client_ip, seen).map(|(who, encoding)| (Some(who), encoding))
+        judge_head(app, &parts, client_ip, dialect, seen)
+            .map(|(who, encoding)| (Some(who), encoding))
     };
     let (who, encoding) = match judged {
         Ok(judged) => judged,
@@ -117,6 +127,7 @@ async fn accept(
         dialect,
         raw,
         encoding,
+        form,
         who,
         origin: headers
             .get(ORIGIN)
@@ -170,8 +181,16 @@ async fn accept(
         Dialect::Segment(_) => br#"{"success":true}"#.to_vec(),
         Dialect::PostHog => br#"{"status":1}"#.to_vec(),
     };
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = StatusCode::OK;
+    let mut resp = Response::new(Full::new(Bytes::from(if beacon_ack {
+        Vec::new()
+    } else {
+        body
+    })));
+    *resp.status_mut() = if beacon_ack {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::OK
+    };
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     crate::error::rate_limit_headers(resp.headers_mut(), &quota);
@@ -185,6 +204,7 @@ fn judge_head(
     app: &App,
     parts: &hyper::http::request::Parts,
     client_ip: IpAddr,
+    dialect: Dialect,
     seen: &mut Seen,
 ) -> Result<(crate::auth::Principal, decode::Encoding), ApiError> {
     let headers = &parts.headers;
@@ -198,7 +218,12 @@ fn judge_head(
         });
     }
     who.check_origin(headers.get(ORIGIN).and_then(|v| v.to_str().ok()))?;
-    let encoding = decode::check_headers(headers, beacon)?;
+    // Foreign SDKs post text/plain (no CORS preflight); PostHog's also forms.
+    let encoding = decode::check_headers_for(
+        headers,
+        beacon || dialect != Dialect::Native,
+        dialect == Dialect::PostHog,
+    )?;
     app.limiter
         .peek(who.tenant, who.tier)
         .map_err(ApiError::RateLimited)?;
@@ -250,6 +275,8 @@ struct Job {
     dialect: Dialect,
     raw: decode::RawBody,
     encoding: decode::Encoding,
+    /// An `application/x-www-form-urlencoded` body (PostHog's unload beacons).
+    form: bool,
     /// `None`: the key is in the body (judged once it is parsed).
     who: Option<Principal>,
     origin: Option<String>,
@@ -290,6 +317,10 @@ impl Job {
             self.encoding,
             limits.max_decompressed_bytes,
         )?;
+        if self.dialect == Dialect::PostHog {
+            buf =
+                crate::compat::posthog::unwrap_body(buf, self.form, limits.max_decompressed_bytes)?;
+        }
         // Decoded: the body's share of the budget goes back.
         drop(self.raw);
         crate::telemetry::BodyReceived {
@@ -365,6 +396,18 @@ impl Job {
         let out = validate::prepare(&batch, &ctx)?;
         Ok((out, quota, who))
     }
+}
+
+fn is_form(headers: &hyper::HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.split(';').next().is_some_and(|m| {
+                m.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            })
+        })
 }
 
 /// Judges the key a foreign body carries, as the head's would have been:
