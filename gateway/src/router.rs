@@ -80,13 +80,24 @@ impl Route {
     }
 }
 
+/// `path` without the first of `prefixes` it starts with (`gateway.path_prefixes`).
+fn unprefixed<'a>(prefixes: &[String], path: &'a str) -> &'a str {
+    prefixes
+        .iter()
+        .find_map(|p| {
+            path.strip_prefix(p.as_str())
+                .filter(|rest| rest.starts_with('/'))
+        })
+        .unwrap_or(path)
+}
+
 async fn route(
     app: &Arc<App>,
     req: Request<Incoming>,
     rid: &str,
     peer: SocketAddr,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let path = req.uri().path();
+    let path = unprefixed(&app.config.gateway.path_prefixes, req.uri().path());
     let method = req.method();
     let Some((route, allowed)) = Route::find(path) else {
         return Err(ApiError::NotFound(path.to_string()));
@@ -138,14 +149,20 @@ pub async fn handle(
     in_request: InRequest,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let rid = request_id(&req);
-    let label = crate::telemetry::route_label(req.uri().path());
+    let path = unprefixed(&app.config.gateway.path_prefixes, req.uri().path()).to_string();
+    // Foreign ingest routes count as their SDK family (a closed set).
+    let label = match Route::find(&path) {
+        Some((Route::Ingest(Dialect::Segment(_)), _)) => "segment",
+        Some((Route::Ingest(Dialect::PostHog), _)) => "posthog",
+        _ => crate::telemetry::route_label(&path),
+    };
     let span =
         tracing::info_span!("request", request_id = %rid, method = %req.method(), route = label);
     shared::runtime::telemetry::set_remote_parent(&span, req.headers());
     async {
         let started = Instant::now();
         let origin = matches!(
-            Route::find(req.uri().path()),
+            Route::find(&path),
             Some((Route::Ingest(_) | Route::PostHogSide, _))
         )
         .then(|| req.headers().get(hyper::header::ORIGIN).cloned())

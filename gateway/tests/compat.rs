@@ -211,3 +211,58 @@ async fn browser_sdk_bodies_and_start_up_endpoints() {
     assert_eq!(io["apiHost"], format!("{}/v1", gw.addr));
     assert_eq!(io["protocol"], "https");
 }
+
+/// First-party paths (`gateway.path_prefixes`): the same endpoints under a
+/// prefix of the site's choosing; other paths under it are still unknown.
+#[tokio::test]
+async fn first_party_prefixes_serve_the_same_endpoints() {
+    let svc = services();
+    let mut cfg = shared::testkit::config(&svc);
+    shared::testkit::create_topics(&cfg, 1).await;
+    cfg.gateway.path_prefixes = vec!["/k9x".into(), "/stats/collect".into()];
+    let gw = TestGateway::start(cfg).await;
+    let key = gw.key();
+    let now = common::rfc3339(time::OffsetDateTime::now_utc());
+    let ph =
+        serde_json::json!({"event": "e", "distinct_id": "d", "timestamp": now, "api_key": key});
+    assert_eq!(
+        post(&gw, "/k9x/e/", "application/json", ph.to_string())
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        post(
+            &gw,
+            "/stats/collect/batch",
+            "application/json",
+            ph.to_string()
+        )
+        .await
+        .0,
+        200
+    );
+    let native =
+        serde_json::json!({"events": [common::event("pageview", 0, uuid::Uuid::new_v4())]});
+    let r = reqwest::Client::new()
+        .post(gw.url("/k9x/ingest"))
+        .bearer_auth(&key)
+        .json(&native)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        post(&gw, "/k9x/nothing", "application/json", "{}".into())
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        post(&gw, "/k9xe/", "application/json", ph.to_string())
+            .await
+            .0,
+        404,
+        "a prefix is a whole segment"
+    );
+}

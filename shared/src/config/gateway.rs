@@ -42,6 +42,10 @@ pub struct GatewayConfig {
     pub cpu_workers: usize,
     /// Most entries in a 422's `details`; the rest are counted, not listed.
     pub max_error_details: usize,
+    /// First-party path prefixes: a request to `<prefix><path>` is served as
+    /// `<path>` (e.g. `/k9x` makes `/k9x/e/` PostHog's capture), so pages can
+    /// send to their own domain under a path ad blockers do not know.
+    pub path_prefixes: Vec<String>,
 }
 
 /// Which header carries the client's address through proxies.
@@ -100,6 +104,19 @@ impl GatewayConfig {
         positive("gateway.idle_timeout_ms", self.idle_timeout_ms)?;
         positive("gateway.max_headers", self.max_headers as u64)?;
         positive("gateway.max_error_details", self.max_error_details as u64)?;
+        for (i, p) in self.path_prefixes.iter().enumerate() {
+            let ok = p.len() > 1
+                && p.starts_with('/')
+                && !p.ends_with('/')
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b));
+            if !ok {
+                return Err(ConfigError::new(
+                    format!("gateway.path_prefixes[{i}]"),
+                    format!("{p:?} must start with `/`, not end with one, and use only letters, digits, `-`, `_`, `.` and `/`"),
+                ));
+            }
+        }
         if !(8192..=1 << 20).contains(&self.max_header_bytes) {
             return Err(ConfigError::new(
                 "gateway.max_header_bytes",

@@ -235,3 +235,33 @@ fn a_bad_schedule_fails_at_load_naming_its_key() {
         .expect("empty means off");
     assert_eq!(c.jobs.retention_cron.cron(), None);
 }
+
+#[test]
+fn path_prefixes_are_whole_path_segments() {
+    let ok = Config::load_from(
+        None,
+        env(&[("OVERWATCH__GATEWAY__PATH_PREFIXES", r#"["/k9x", "/a/b-c"]"#)]),
+    )
+    .expect("valid prefixes");
+    assert_eq!(ok.gateway.path_prefixes, ["/k9x", "/a/b-c"]);
+    for bad in [r#"["k9x"]"#, r#"["/k9x/"]"#, r#"["/"]"#, r#"["/a b"]"#] {
+        let e = Config::load_from(None, env(&[("OVERWATCH__GATEWAY__PATH_PREFIXES", bad)]))
+            .expect_err(bad);
+        assert_eq!(e.key, "gateway.path_prefixes[0]", "{bad}");
+    }
+}
+
+#[test]
+fn a_cluster_needs_tenant_or_session_partitions() {
+    let e = Config::load_from(
+        None,
+        env(&[
+            ("OVERWATCH__CLICKHOUSE__CLUSTER", "main"),
+            ("OVERWATCH__KAFKA__PARTITION_KEY", "round_robin"),
+        ]),
+    )
+    .expect_err("round robin on a cluster");
+    assert_eq!(e.key, "kafka.partition_key");
+    Config::load_from(None, env(&[("OVERWATCH__CLICKHOUSE__CLUSTER", "main")]))
+        .expect("session keys");
+}

@@ -150,7 +150,7 @@ async fn ingest_outcomes(ctx: &JobContext, now: OffsetDateTime) -> Result<(u64, 
         .query(&format!(
             "SELECT labels['instance'] AS instance, labels['status'] AS status, \
              toUnixTimestamp64Milli(at) AS at_ms, value \
-             FROM {} WHERE source = 'gateway' AND name = ? AND labels['route'] = '/ingest' \
+             FROM {} WHERE source = 'gateway' AND name = ? AND labels['route'] IN ('/ingest', 'segment', 'posthog') \
              AND at >= {AT_MS} \
              AND at <= {AT_MS} \
              ORDER BY instance, status, at",
