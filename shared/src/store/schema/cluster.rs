@@ -59,6 +59,11 @@ fn engine() -> &'static Regex {
     })
 }
 
+fn view_target() -> &'static Regex {
+    static TO: OnceLock<Regex> = OnceLock::new();
+    TO.get_or_init(|| Regex::new(r"^ TO `[^`]+`\.`([^`]+)`").expect("valid regex"))
+}
+
 /// The statement(s) that do on `cluster` what `sql` does on one server.
 pub fn adapt(sql: &str, database: &str, cluster: &str) -> Vec<String> {
     let on = format!(" ON CLUSTER {}", ident(cluster));
@@ -110,8 +115,7 @@ pub fn adapt(sql: &str, database: &str, cluster: &str) -> Vec<String> {
         }
         ("CREATE TABLE IF NOT EXISTS", Some(_)) => vec![format!("{verb} {name}{on}{rest}")],
         ("CREATE MATERIALIZED VIEW IF NOT EXISTS", Some(_)) => {
-            let to = Regex::new(r"^ TO `[^`]+`\.`([^`]+)`").expect("valid regex");
-            let rest = match to.captures(rest) {
+            let rest = match view_target().captures(rest) {
                 Some(m) if is_sharded(&m[1]) => {
                     format!(" TO {}{}", local(&m[1]), &rest[m[0].len()..])
                 }
