@@ -3,14 +3,16 @@
 //! @segment/analytics-next from node_modules (no CDN: Segment's settings come
 //! from the gateway), captures a pageview, a click (autocapture) and custom
 //! events, identifies the user, sends native `/ingest` requests through `fetch`
-//! (Bearer browser key, CORS) and `sendBeacon` (percent-encoded key in the
-//! query string) and navigates away (unload delivery). Every event is then
+//! (Bearer browser key, CORS), `sendBeacon` (percent-encoded key in the
+//! query string) and `fetch(keepalive)` on `pagehide`, and navigates away
+//! (unload delivery). Every event is then
 //! found in ClickHouse with its identity.
 
 mod common;
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::TestGateway;
@@ -91,30 +93,51 @@ async fn posthog_js_segment_and_native_requests_from_a_real_browser() {
     .await;
 
     let run = Uuid::new_v4().simple().to_string();
-    let (fetch_id, beacon_id, session) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let (fetch_id, beacon_id, keepalive_id, session) = (
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+    );
     let cfg = serde_json::json!({
         "gw": gw_url, "key": key, "run": run, "page_port": page_port,
-        "fetch_id": fetch_id, "beacon_id": beacon_id, "session": session,
+        "fetch_id": fetch_id, "beacon_id": beacon_id, "keepalive_id": keepalive_id, "session": session,
     });
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/browser.cjs");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg(script)
-            .env("NODE_PATH", modules)
-            .env("OW_CONFIG", cfg.to_string())
-            .output()
-            .expect("run node")
+    let mut child = Command::new("node")
+        .arg(script)
+        .env("NODE_PATH", modules)
+        .env("OW_CONFIG", cfg.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("run node");
+    // The browser's summary once it has left the page (it stays open, so its
+    // unload deliveries can finish, until told to close).
+    let stdout = child.stdout.take().expect("stdout");
+    let summary: serde_json::Value = tokio::task::spawn_blocking(move || {
+        let mut seen = Vec::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                if v["left"] == true || v.get("failed").is_some() {
+                    return v;
+                }
+            }
+            seen.push(line);
+        }
+        panic!(
+            "the browser script ended without a summary:\n{}",
+            seen.join("\n")
+        );
     })
     .await
     .expect("join");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
-        out.status.success(),
-        "the browser run failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        summary.get("failed").is_none(),
+        "the browser run failed: {summary}"
     );
-    let summary: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().expect("summary")).expect("summary json");
+    assert_eq!(summary["fetch"], 200, "{summary}");
 
     let db = schema.database();
     let want = |rows: &[serde_json::Value]| {
@@ -175,6 +198,13 @@ async fn posthog_js_segment_and_native_requests_from_a_real_browser() {
                 "native sendBeacon (?api_key=, encoded)",
                 has(&|r| r["id"] == beacon_id.to_string().as_str() && r["path"] == "/leaving"),
             ),
+            (
+                "native fetch(keepalive) on pagehide",
+                has(&|r| {
+                    r["id"] == keepalive_id.to_string().as_str()
+                        && r["name"] == "ow-native-keepalive"
+                }),
+            ),
         ]
     };
     // Until every event is there, or 60 s: then say which are missing.
@@ -195,6 +225,17 @@ async fn posthog_js_segment_and_native_requests_from_a_real_browser() {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
+    // Now the browser may close.
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(b"close\n");
+    }
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join");
+    assert!(
+        status.map(|s| s.success()).unwrap_or(false),
+        "the browser script failed"
+    );
     let missing: Vec<&str> = found
         .iter()
         .filter(|(_, ok)| !ok)

@@ -13,6 +13,7 @@
 //! what the parser builds as a native batch), parsed into a tree, and each
 //! message becomes an [`EventIn`] as if the SDK had sent it natively.
 
+pub mod lzstring;
 pub mod posthog;
 pub mod segment;
 

@@ -12,7 +12,8 @@
 //!   event of that name. Properties with a column (`$current_url`,
 //!   `$pathname`, `$referrer`, `$raw_user_agent`, `$ip`, screen and viewport
 //!   sizes, `$browser_language`, `$timezone`, `$el_text`) go there; every other
-//!   property is kept in `properties`.
+//!   property is kept in `properties`, any other event field in
+//!   `properties.$extra`; the token (a credential) is not stored.
 
 use std::borrow::Cow;
 
@@ -24,17 +25,31 @@ use crate::error::ApiError;
 use crate::ingest::model::{Dimensions, EventIn};
 
 /// The body as JSON bytes: posthog-js posts `data=<base64>` forms on page
-/// unload (`?compression=base64`), and gzip without saying so
-/// (`text/plain`, recognised by its magic bytes); both may be combined.
+/// unload (`?compression=base64`), older versions `data=<lz-string base64>`
+/// (`?compression=lz64`), and gzip without saying so (`text/plain`,
+/// recognised by its magic bytes); forms and gzip may be combined.
 /// Decompression stops at `max` bytes, as for `Content-Encoding: gzip`.
-pub fn unwrap_body(body: Vec<u8>, form: bool, max: u64) -> Result<Vec<u8>, ApiError> {
+pub fn unwrap_body(body: Vec<u8>, form: bool, lz64: bool, max: u64) -> Result<Vec<u8>, ApiError> {
     use base64::Engine as _;
     let mut b = body;
-    if form || b.starts_with(b"data=") {
+    if form || lz64 || b.starts_with(b"data=") {
         let text = std::str::from_utf8(&b)
             .map_err(|_| ApiError::MalformedBody("a form body that is not UTF-8".into()))?;
         let data = crate::auth::presented::query_param(text, "data")
             .ok_or_else(|| ApiError::MalformedBody("a form body without a `data` field".into()))?;
+        if lz64 {
+            // UTF-16 code units: at most `max` of them, each up to 3 UTF-8 bytes.
+            let units = (max / 3) as usize;
+            let json = super::lzstring::decompress_from_base64(data.trim(), units).map_err(
+                |e| match e {
+                    super::lzstring::LzError::TooLarge => {
+                        ApiError::DecompressedTooLarge { limit: max }
+                    }
+                    e => ApiError::MalformedBody(format!("`data` (lz64): {e}")),
+                },
+            )?;
+            return Ok(json.into_bytes());
+        }
         let engine = base64::engine::GeneralPurpose::new(
             &base64::alphabet::STANDARD,
             base64::engine::GeneralPurposeConfig::new()
@@ -238,6 +253,31 @@ fn event(
             kept.insert(k.into(), v.clone());
         }
     }
+    // Whatever else the event carried (`offset`, `type`, …); the token is a
+    // credential and is not stored.
+    if let Some(all) = m.as_object() {
+        let extra: simd_json::owned::Object = all
+            .iter()
+            .filter(|(k, _)| {
+                !matches!(
+                    k.as_str(),
+                    "event"
+                        | "properties"
+                        | "timestamp"
+                        | "uuid"
+                        | "distinct_id"
+                        | "$set"
+                        | "$set_once"
+                        | "api_key"
+                        | "token"
+                )
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if !extra.is_empty() {
+            kept.insert("$extra".into(), OwnedValue::from(extra));
+        }
+    }
     e.properties = object(kept);
     e
 }
@@ -300,11 +340,11 @@ mod tests {
         let b64 = base64::engine::general_purpose::STANDARD.encode(json);
         let form = format!("data={}", b64.replace('+', "%2B").replace('=', "%3D"));
         assert_eq!(
-            unwrap_body(form.into_bytes(), true, 1 << 20).expect("form"),
+            unwrap_body(form.into_bytes(), true, false, 1 << 20).expect("form"),
             json
         );
         assert_eq!(
-            unwrap_body(gz.clone(), false, 1 << 20).expect("magic"),
+            unwrap_body(gz.clone(), false, false, 1 << 20).expect("magic"),
             json
         );
         let gz_form = format!(
@@ -312,16 +352,16 @@ mod tests {
             base64::engine::general_purpose::STANDARD_NO_PAD.encode(&gz)
         );
         assert_eq!(
-            unwrap_body(gz_form.into_bytes(), true, 1 << 20).expect("both"),
+            unwrap_body(gz_form.into_bytes(), true, false, 1 << 20).expect("both"),
             json
         );
         assert_eq!(
-            unwrap_body(json.to_vec(), false, 1 << 20).expect("plain"),
+            unwrap_body(json.to_vec(), false, false, 1 << 20).expect("plain"),
             json
         );
-        assert!(unwrap_body(b"data=***".to_vec(), true, 1 << 20).is_err());
+        assert!(unwrap_body(b"data=***".to_vec(), true, false, 1 << 20).is_err());
         assert!(
-            unwrap_body(gz, false, 4).is_err(),
+            unwrap_body(gz, false, false, 4).is_err(),
             "the decompressed cap holds"
         );
     }
@@ -346,14 +386,19 @@ mod tests {
 
     #[test]
     fn arrays_single_events_and_tokens_in_properties() {
-        let one = parse(r#"{"event":"e","distinct_id":"d","properties":{"token":"T"}}"#);
+        let one =
+            parse(r#"{"event":"e","distinct_id":"d","offset":12,"properties":{"token":"T"}}"#);
         assert_eq!(token(&one).as_deref(), Some("T"));
+        let ev = events(&one, uuid::Uuid::new_v4(), "2026-12-02T00:00:00Z").expect("ok");
+        assert_eq!(ev.len(), 1);
+        let p = ev[0].properties.as_ref().expect("properties");
+        let offset = p.get("$extra").and_then(|x| x.get("offset"));
         assert_eq!(
-            events(&one, uuid::Uuid::new_v4(), "2026-12-02T00:00:00Z")
-                .expect("ok")
-                .len(),
-            1
+            offset.and_then(|v| v.as_u64()),
+            Some(12),
+            "unmapped fields are kept"
         );
+        assert!(p.get("token").is_none(), "the token is not stored");
         let arr = parse(
             r#"[{"event":"a","distinct_id":"d","api_key":"A"},{"event":"b","distinct_id":"d"}]"#,
         );

@@ -14,7 +14,8 @@
 //!   `properties`. Context fields with a column (user agent, IP, locale,
 //!   timezone, screen, page) go there; the rest of `context` is kept in
 //!   `properties.$context`, `integrations` in `properties.$integrations`.
-//!   Only the SDK's own `_metadata` bookkeeping is not stored.
+//!   Any other message field is kept in `properties.$extra`. Only the write key
+//!   and the SDK's own `_metadata` bookkeeping are not stored.
 
 use std::borrow::Cow;
 
@@ -157,9 +158,42 @@ fn message(
             properties.insert("$integrations".into(), OwnedValue::from(i.clone()));
         }
     }
+    // Whatever else the message carried (`channel`, `version`, …).
+    if let Some(all) = m.as_object() {
+        let extra: simd_json::owned::Object = all
+            .iter()
+            .filter(|(k, _)| !CONSUMED.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if !extra.is_empty() {
+            properties.insert("$extra".into(), OwnedValue::from(extra));
+        }
+    }
     e.properties = object(properties);
     e
 }
+
+/// Message fields mapped above, and the two not stored: the write key (a
+/// credential) and the SDK's own `_metadata` bookkeeping.
+const CONSUMED: &[&str] = &[
+    "type",
+    "userId",
+    "anonymousId",
+    "messageId",
+    "timestamp",
+    "originalTimestamp",
+    "sentAt",
+    "context",
+    "properties",
+    "event",
+    "name",
+    "traits",
+    "groupId",
+    "previousId",
+    "integrations",
+    "writeKey",
+    "_metadata",
+];
 
 /// `GET /v1/projects/<write key>/settings`: the document Segment's browser
 /// library loads from its `cdnURL` before sending anything.
@@ -245,6 +279,24 @@ mod tests {
         assert_eq!(p0.get("plan").and_then(|v| v.as_str()), Some("pro"));
         assert!(p0.get("$context").and_then(|c| c.get("library")).is_some());
         assert!(p0.get("$integrations").is_some());
+        assert!(
+            p0.get("$extra").is_none(),
+            "nothing unconsumed in a plain track"
+        );
+        let odd = parse(
+            r#"{"type":"track","event":"e","anonymousId":"a","channel":"server","writeKey":"secret"}"#,
+        );
+        let single = events(&odd, Some(Call::Track), t, NOW).expect("events");
+        let extra = single[0]
+            .properties
+            .as_ref()
+            .and_then(|p| p.get("$extra"))
+            .expect("$extra");
+        assert_eq!(
+            extra.get("channel").and_then(|v| v.as_str()),
+            Some("server")
+        );
+        assert!(extra.get("writeKey").is_none(), "the key is not stored");
         assert_eq!(ev[1].kind.as_deref(), Some("pageview"));
         assert_eq!(ev[1].title.as_deref(), Some("Home"));
         assert_eq!(ev[1].referrer.as_deref(), Some("https://r.example/"));

@@ -84,6 +84,12 @@ async fn accept(
     let deferred =
         dialect.key_in_body() && !crate::auth::KeyStore::presents_key(headers, parts.uri.query());
     let form = is_form(headers);
+    let lz64 = dialect == Dialect::PostHog
+        && parts
+            .uri
+            .query()
+            .and_then(|q| crate::auth::presented::query_param(q, "compression"))
+            .is_some_and(|c| c == "lz64");
     // PostHog's `beacon=1`: the page is gone, nobody reads the answer.
     let beacon_ack = dialect == Dialect::PostHog
         && parts
@@ -128,6 +134,7 @@ async fn accept(
         raw,
         encoding,
         form,
+        lz64,
         who,
         origin: headers
             .get(ORIGIN)
@@ -277,6 +284,8 @@ struct Job {
     encoding: decode::Encoding,
     /// An `application/x-www-form-urlencoded` body (PostHog's unload beacons).
     form: bool,
+    /// PostHog's `?compression=lz64` (lz-string in the form's `data`).
+    lz64: bool,
     /// `None`: the key is in the body (judged once it is parsed).
     who: Option<Principal>,
     origin: Option<String>,
@@ -318,8 +327,12 @@ impl Job {
             limits.max_decompressed_bytes,
         )?;
         if self.dialect == Dialect::PostHog {
-            buf =
-                crate::compat::posthog::unwrap_body(buf, self.form, limits.max_decompressed_bytes)?;
+            buf = crate::compat::posthog::unwrap_body(
+                buf,
+                self.form,
+                self.lz64,
+                limits.max_decompressed_bytes,
+            )?;
         }
         // Decoded: the body's share of the budget goes back.
         drop(self.raw);
