@@ -44,6 +44,7 @@ METRIC_SOURCES = [
     ("shared", "src", "runtime", "metrics.rs"),
     ("shared", "src", "enrich.rs"),
     ("gateway", "src", "telemetry.rs"),
+    ("gateway", "src", "ratelimit", "cluster.rs"),
     ("workerd", "src", "telemetry.rs"),
 ]
 

@@ -246,35 +246,6 @@ impl ConnectionClosed {
     }
 }
 
-/// One sync of the replicas' rate shares through ClickHouse.
-pub struct RateShareSync<'a> {
-    pub result: &'a Result<(), clickhouse::error::Error>,
-    /// Whether the previous sync failed (failures are logged when they start
-    /// and when they end, not every interval).
-    pub was_failing: bool,
-    /// Live gateway replicas seen.
-    pub replicas: usize,
-}
-
-impl RateShareSync<'_> {
-    pub fn emit(&self) {
-        let outcome = if self.result.is_ok() { "ok" } else { "error" };
-        counter!(RATE_SHARE_SYNCS, "outcome" => outcome).increment(1);
-        gauge!(GATEWAY_REPLICAS).set(self.replicas as f64);
-        match (self.result, self.was_failing) {
-            (Err(e), false) => tracing::warn!(
-                error = %e,
-                "cannot share rate limits with the other replicas through ClickHouse; keeping the last split"
-            ),
-            (Ok(()), true) => tracing::info!(
-                replicas = self.replicas,
-                "sharing rate limits with the other replicas again"
-            ),
-            _ => {}
-        }
-    }
-}
-
 /// Events whose user agent was left for workerd's enrichment job.
 pub fn ua_deferred(n: u64) {
     if n > 0 {
@@ -309,8 +280,6 @@ pub const KEY_SNAPSHOT_KEYS: &str = "overwatch_key_snapshot_keys";
 pub const CONNECTIONS_REFUSED: &str = "overwatch_connections_refused_total";
 pub const CONNECTIONS_CLOSED: &str = "overwatch_connections_closed_total";
 pub const UA_DEFERRED: &str = "overwatch_enrich_ua_deferred_total";
-pub const RATE_SHARE_SYNCS: &str = "overwatch_rate_share_syncs_total";
-pub const GATEWAY_REPLICAS: &str = "overwatch_gateway_replicas";
 
 /// Describes the metrics above to the recorder.
 fn describe() {
@@ -409,13 +378,5 @@ fn describe() {
         Unit::Count,
         "Events whose user agent was left for workerd's enrichment job (per-request parse budget spent)"
     );
-    describe_counter!(
-        RATE_SHARE_SYNCS,
-        Unit::Count,
-        "Syncs of this replica's rate-limit shares through ClickHouse, by outcome (ok, error)"
-    );
-    describe_gauge!(
-        GATEWAY_REPLICAS,
-        "Live gateway replicas sharing the tenants' rate limits, as last seen (this one included)"
-    );
+    crate::ratelimit::cluster::describe_metrics();
 }

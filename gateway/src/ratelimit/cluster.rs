@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::telemetry::RateShareSync;
+use metrics::{counter, describe_counter, describe_gauge, gauge, Unit};
 
 /// Rows older than this many sync intervals are not read.
 pub const WINDOW_INTERVALS: u32 = 3;
@@ -257,6 +257,53 @@ impl Shares {
             }
         })
     }
+}
+
+// The metrics emitted here (described to the recorder by
+// [`describe_metrics`], which the gateway's telemetry calls).
+pub const RATE_SHARE_SYNCS: &str = "overwatch_rate_share_syncs_total";
+pub const GATEWAY_REPLICAS: &str = "overwatch_gateway_replicas";
+
+/// One sync of the replicas' rate shares through ClickHouse.
+pub struct RateShareSync<'a> {
+    pub result: &'a Result<(), clickhouse::error::Error>,
+    /// Whether the previous sync failed (failures are logged when they start
+    /// and when they end, not every interval).
+    pub was_failing: bool,
+    /// Live gateway replicas seen.
+    pub replicas: usize,
+}
+
+impl RateShareSync<'_> {
+    pub fn emit(&self) {
+        let outcome = if self.result.is_ok() { "ok" } else { "error" };
+        counter!(RATE_SHARE_SYNCS, "outcome" => outcome).increment(1);
+        gauge!(GATEWAY_REPLICAS).set(self.replicas as f64);
+        match (self.result, self.was_failing) {
+            (Err(e), false) => tracing::warn!(
+                error = %e,
+                "cannot share rate limits with the other replicas through ClickHouse; keeping the last split"
+            ),
+            (Ok(()), true) => tracing::info!(
+                replicas = self.replicas,
+                "sharing rate limits with the other replicas again"
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// Describes the metrics above to the recorder.
+pub fn describe_metrics() {
+    describe_counter!(
+        RATE_SHARE_SYNCS,
+        Unit::Count,
+        "Syncs of this replica's rate-limit shares through ClickHouse, by outcome (ok, error)"
+    );
+    describe_gauge!(
+        GATEWAY_REPLICAS,
+        "Live gateway replicas sharing the tenants' rate limits, as last seen (this one included)"
+    );
 }
 
 #[cfg(test)]
