@@ -52,7 +52,7 @@ impl Route {
         const POST: &[Method] = &[Method::POST, Method::OPTIONS];
         const ANY: &[Method] = &[Method::GET, Method::POST, Method::OPTIONS];
         let segment = |call| (Route::Ingest(Dialect::Segment(call)), POST);
-        if crate::compat::posthog::side_answer(path).is_some() {
+        if crate::compat::posthog::side_path(path).is_some() {
             return Some((Route::PostHogSide, ANY));
         }
         if crate::compat::segment::settings_path(path) {
@@ -94,12 +94,13 @@ fn unprefixed<'a>(prefixes: &[String], path: &'a str) -> &'a str {
 async fn route(
     app: &Arc<App>,
     req: Request<Incoming>,
+    found: Option<(Route, &'static [Method])>,
     rid: &str,
     peer: SocketAddr,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let path = unprefixed(&app.config.gateway.path_prefixes, req.uri().path());
     let method = req.method();
-    let Some((route, allowed)) = Route::find(path) else {
+    let Some((route, allowed)) = found else {
         return Err(ApiError::NotFound(path.to_string()));
     };
     if !allowed.contains(method) {
@@ -149,25 +150,24 @@ pub async fn handle(
     in_request: InRequest,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let rid = request_id(&req);
-    let path = unprefixed(&app.config.gateway.path_prefixes, req.uri().path()).to_string();
+    // The route, once: for the label, CORS and the answer.
+    let path = unprefixed(&app.config.gateway.path_prefixes, req.uri().path());
+    let found = Route::find(path);
     // Foreign ingest routes count as their SDK family (a closed set).
-    let label = match Route::find(&path) {
+    let label = match found {
         Some((Route::Ingest(Dialect::Segment(_)), _)) => "segment",
         Some((Route::Ingest(Dialect::PostHog), _)) => "posthog",
-        _ => crate::telemetry::route_label(&path),
+        _ => crate::telemetry::route_label(path),
     };
     let span =
         tracing::info_span!("request", request_id = %rid, method = %req.method(), route = label);
     shared::runtime::telemetry::set_remote_parent(&span, req.headers());
     async {
         let started = Instant::now();
-        let origin = matches!(
-            Route::find(&path),
-            Some((Route::Ingest(_) | Route::PostHogSide, _))
-        )
-        .then(|| req.headers().get(hyper::header::ORIGIN).cloned())
-        .flatten();
-        let mut resp = match route(&app, req, &rid, peer).await {
+        let origin = matches!(found, Some((Route::Ingest(_) | Route::PostHogSide, _)))
+            .then(|| req.headers().get(hyper::header::ORIGIN).cloned())
+            .flatten();
+        let mut resp = match route(&app, req, found, &rid, peer).await {
             Ok(r) => r,
             Err(e) => {
                 crate::telemetry::log_refusal(&e);

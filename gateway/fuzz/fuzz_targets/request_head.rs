@@ -99,5 +99,5 @@ fuzz_target!(|data: &[u8]| {
             assert!((400..600).contains(&status), "{status}");
         }
     }
-    let _ = decode::check_headers(&headers, flag & 4 == 4);
+    let _ = decode::check_headers(&headers, flag & 4 == 4, flag & 8 == 8);
 });

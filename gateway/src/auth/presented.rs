@@ -67,11 +67,13 @@ pub(crate) fn query_param<'a>(query: &'a str, name: &str) -> Option<Cow<'a, str>
     query
         .split('&')
         .filter_map(|pair| pair.split_once('='))
-        .find(|(k, _)| decode(k) == name)
-        .map(|(_, v)| decode(v))
+        .find(|(k, _)| form_decode(k) == name)
+        .map(|(_, v)| form_decode(v))
 }
 
-fn decode(s: &str) -> Cow<'_, str> {
+/// A form field or query value decoded (`%XX` escapes, `+` for a space); a
+/// value that does not decode to UTF-8 is returned as written.
+pub(crate) fn form_decode(s: &str) -> Cow<'_, str> {
     if !s.contains(['%', '+']) {
         return Cow::Borrowed(s);
     }

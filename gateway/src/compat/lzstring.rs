@@ -27,15 +27,14 @@ impl std::fmt::Display for LzError {
     }
 }
 
-struct Bits<'a> {
+struct Bits {
     values: Vec<u8>,
     at: usize,
     val: u32,
     position: u32,
-    _input: std::marker::PhantomData<&'a ()>,
 }
 
-impl Bits<'_> {
+impl Bits {
     fn read(&mut self, n: u32) -> u32 {
         let mut bits = 0;
         for i in 0..n {
@@ -87,7 +86,6 @@ pub fn decompress_from_base64(input: &str, max: usize) -> Result<String, LzError
         values,
         at: 1,
         position: 32,
-        _input: std::marker::PhantomData,
     };
     // Codes 0-2 are the markers (8-bit literal, 16-bit literal, end).
     let mut dict: Vec<Entry> = vec![
@@ -134,6 +132,18 @@ pub fn decompress_from_base64(input: &str, max: usize) -> Result<String, LzError
     emit(&dict, w, &mut out)?;
     // lz-string's `dictSize` is `dict.len()` (three markers and the first literal).
     let (mut enlarge_in, mut num_bits) = (4u64, 3u32);
+    // One entry fewer before the codes widen by a bit.
+    let spend = |enlarge_in: &mut u64, num_bits: &mut u32| -> Result<(), LzError> {
+        *enlarge_in = enlarge_in.saturating_sub(1);
+        if *enlarge_in == 0 {
+            *enlarge_in = 1 << *num_bits;
+            *num_bits += 1;
+            if *num_bits > 31 {
+                return Err(LzError::Corrupt);
+            }
+        }
+        Ok(())
+    };
     loop {
         if bits.at > length {
             return Err(LzError::Corrupt);
@@ -143,57 +153,29 @@ pub fn decompress_from_base64(input: &str, max: usize) -> Result<String, LzError
             0 | 1 => {
                 let unit = bits.read(if c == 0 { 8 } else { 16 }) as u16;
                 c = literal(&mut dict, unit);
-                enlarge_in = enlarge_in.saturating_sub(1);
+                spend(&mut enlarge_in, &mut num_bits)?;
             }
-            2 => {
-                return String::from_utf16(&out).map_err(|_| LzError::NotUtf16);
-            }
+            2 => return String::from_utf16(&out).map_err(|_| LzError::NotUtf16),
             _ => {}
         }
-        if enlarge_in == 0 {
-            enlarge_in = 1 << num_bits;
-            num_bits += 1;
-            if num_bits > 31 {
-                return Err(LzError::Corrupt);
-            }
-        }
-        let entry = if (c as usize) < dict.len() && c > 2 {
-            c
-        } else if c as usize == dict.len() {
-            // w + w[0]: the entry about to be added.
-            let we = dict[w as usize];
-            dict.push(Entry {
-                parent: w,
-                last: we.first,
-                first: we.first,
-                len: we.len + 1,
-            });
-            let code = (dict.len() - 1) as u32;
-            emit(&dict, code, &mut out)?;
-            enlarge_in = enlarge_in.saturating_sub(1);
-            w = code;
-            if enlarge_in == 0 {
-                enlarge_in = 1 << num_bits;
-                num_bits += 1;
-            }
-            continue;
-        } else {
-            return Err(LzError::Corrupt);
-        };
-        emit(&dict, entry, &mut out)?;
+        // The next entry is w plus the first unit of the entry `c` names; a
+        // code one past the dictionary names that very entry (w + w[0]).
+        let size = dict.len() as u32;
         let we = dict[w as usize];
+        let next_first = match c {
+            c if c < size => dict[c as usize].first,
+            c if c == size => we.first,
+            _ => return Err(LzError::Corrupt),
+        };
         dict.push(Entry {
             parent: w,
-            last: dict[entry as usize].first,
+            last: next_first,
             first: we.first,
             len: we.len + 1,
         });
-        enlarge_in = enlarge_in.saturating_sub(1);
-        w = entry;
-        if enlarge_in == 0 {
-            enlarge_in = 1 << num_bits;
-            num_bits += 1;
-        }
+        emit(&dict, c, &mut out)?;
+        spend(&mut enlarge_in, &mut num_bits)?;
+        w = c;
     }
 }
 

@@ -67,35 +67,62 @@ pub fn unwrap_body(body: Vec<u8>, form: bool, lz64: bool, max: u64) -> Result<Ve
 
 /// What posthog-js asks at start besides capture: feature flags (`/flags`,
 /// `/decide`) and its remote config (`/array/<token>/config`, `config.js`).
-/// Overwatch has no flags or remote settings: the answers say so, so the SDK
-/// proceeds without errors or retries.
-pub fn side_answer(path: &str) -> Option<(&'static str, String)> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side<'a> {
+    Flags,
+    Config,
+    /// The script form of the config, for this token.
+    ConfigJs(&'a str),
+}
+
+/// Which start-up endpoint `path` is, if any (no allocation: the route table
+/// asks this of every request).
+pub fn side_path(path: &str) -> Option<Side<'_>> {
+    let path = path.strip_suffix('/').unwrap_or(path);
+    if path == "/flags" || path == "/decide" {
+        return Some(Side::Flags);
+    }
+    let token = path.strip_prefix("/array/")?;
+    if let Some(t) = token.strip_suffix("/config.js") {
+        return Some(Side::ConfigJs(t));
+    }
+    token.strip_suffix("/config").map(|_| Side::Config)
+}
+
+/// The answer to a start-up endpoint: content type and body. Overwatch has no
+/// flags or remote settings, and says so, so the SDK proceeds without errors
+/// or retries.
+pub fn side_answer_for(side: Side<'_>) -> (&'static str, String) {
     // `autocapture_opt_out` must be said: posthog-js keeps autocapture off
     // until the server has answered it.
     const CONFIG: &str = r#"{"supportedCompression":["gzip","gzip-js","base64"],"autocapture_opt_out":false,"hasFeatureFlags":false,"sessionRecording":false,"heatmaps":false,"surveys":false,"autocaptureExceptions":false,"capturePerformance":false,"captureDeadClicks":false,"elementsChainAsString":true,"siteApps":[],"toolbarParams":{}}"#;
-    let path = path.strip_suffix('/').unwrap_or(path);
-    if path == "/flags" || path == "/decide" {
-        return Some((
+    match side {
+        Side::Flags => (
             "application/json",
             format!(
                 r#"{{"featureFlags":{{}},"featureFlagPayloads":{{}},"flags":{{}},"errorsWhileComputingFlags":false,"quotaLimited":[],"config":{{"enable_collect_everything":true}},{}"#,
                 &CONFIG[1..]
             ),
-        ));
+        ),
+        Side::Config => ("application/json", CONFIG.to_string()),
+        Side::ConfigJs(token) => {
+            // A JSON string is a JavaScript string literal: the token cannot
+            // break out of it.
+            let t = serde_json::Value::from(token).to_string();
+            (
+                "application/javascript",
+                format!(
+                    "(function(){{window._POSTHOG_REMOTE_CONFIG=window._POSTHOG_REMOTE_CONFIG||{{}};\
+                     window._POSTHOG_REMOTE_CONFIG[{t}]={{config:{CONFIG},siteApps:[]}};}})();"
+                ),
+            )
+        }
     }
-    let token = path.strip_prefix("/array/")?;
-    if let Some(t) = token.strip_suffix("/config.js") {
-        let t = serde_json::to_string(t).ok()?;
-        return Some((
-            "application/javascript",
-            format!(
-                "(function(){{window._POSTHOG_REMOTE_CONFIG=window._POSTHOG_REMOTE_CONFIG||{{}};                 window._POSTHOG_REMOTE_CONFIG[{t}]={{config:{CONFIG},siteApps:[]}};}})();"
-            ),
-        ));
-    }
-    token
-        .strip_suffix("/config")
-        .map(|_| ("application/json", CONFIG.to_string()))
+}
+
+/// [`side_path`] and its [`side_answer_for`].
+pub fn side_answer(path: &str) -> Option<(&'static str, String)> {
+    side_path(path).map(side_answer_for)
 }
 
 /// The project token a body carries.

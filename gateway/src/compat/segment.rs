@@ -211,10 +211,7 @@ pub fn settings(path: &str, headers: &hyper::HeaderMap) -> String {
     let key = path
         .strip_prefix("/v1/projects/")
         .and_then(|rest| rest.strip_suffix("/settings"))
-        .map(|k| {
-            crate::auth::presented::query_param(&format!("k={k}"), "k").map(|c| c.into_owned())
-        })
-        .unwrap_or_default()
+        .map(crate::auth::presented::form_decode)
         .unwrap_or_default();
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let host = header("host").unwrap_or("localhost");

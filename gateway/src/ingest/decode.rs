@@ -20,27 +20,28 @@ pub enum Encoding {
     Gzip,
 }
 
-/// Accepts JSON (`application/json`, `*+json`, or no content type; also
-/// `text/plain` for `sendBeacon` requests) and the identity or gzip encodings.
-pub fn check_headers(headers: &HeaderMap, beacon: bool) -> Result<Encoding, ApiError> {
-    check_headers_for(headers, beacon, false)
-}
-
-/// [`check_headers`], also accepting `application/x-www-form-urlencoded` when
-/// `form` (PostHog's browser library posts `data=<base64>` on page unload).
-pub fn check_headers_for(
-    headers: &HeaderMap,
-    beacon: bool,
-    form: bool,
-) -> Result<Encoding, ApiError> {
-    if let Some(ct) = headers.get(CONTENT_TYPE) {
-        let ct = ct.to_str().unwrap_or("");
-        let mime = ct
-            .split(';')
+/// The media type of `Content-Type`, lowercased, without parameters.
+pub fn media_type(headers: &HeaderMap) -> Option<String> {
+    let ct = headers.get(CONTENT_TYPE)?.to_str().unwrap_or("");
+    Some(
+        ct.split(';')
             .next()
             .unwrap_or("")
             .trim()
-            .to_ascii_lowercase();
+            .to_ascii_lowercase(),
+    )
+}
+
+/// Accepts JSON (`application/json`, `*+json`, or no content type), also
+/// `text/plain` when `beacon` (`sendBeacon` requests, foreign SDKs) and
+/// `application/x-www-form-urlencoded` when `form` (PostHog's browser library
+/// posts `data=<base64>` on page unload), and the identity or gzip encodings.
+pub fn check_headers(headers: &HeaderMap, beacon: bool, form: bool) -> Result<Encoding, ApiError> {
+    if let Some(mime) = media_type(headers) {
+        let ct = headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         let json = mime == "application/json" || mime.ends_with("+json");
         let beacon_text = beacon && mime == "text/plain";
         let form_body = form && mime == "application/x-www-form-urlencoded";

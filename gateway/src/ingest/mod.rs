@@ -83,7 +83,7 @@ async fn accept(
     // it is parsed, on the worker (their body costs work before the key is known).
     let deferred =
         dialect.key_in_body() && !crate::auth::KeyStore::presents_key(headers, parts.uri.query());
-    let form = is_form(headers);
+    let form = dialect == Dialect::PostHog && is_form(headers);
     let lz64 = dialect == Dialect::PostHog
         && parts
             .uri
@@ -98,7 +98,7 @@ async fn accept(
             .and_then(|q| crate::auth::presented::query_param(q, "beacon"))
             .is_some_and(|b| b == "1");
     let judged = if deferred {
-        decode::check_headers_for(headers, true, dialect == Dialect::PostHog)
+        decode::check_headers(headers, true, dialect == Dialect::PostHog)
             .map(|encoding| (None, encoding))
     } else {
         judge_head(app, &parts, client_ip, dialect, seen)
@@ -226,7 +226,7 @@ fn judge_head(
     }
     who.check_origin(headers.get(ORIGIN).and_then(|v| v.to_str().ok()))?;
     // Foreign SDKs post text/plain (no CORS preflight); PostHog's also forms.
-    let encoding = decode::check_headers_for(
+    let encoding = decode::check_headers(
         headers,
         beacon || dialect != Dialect::Native,
         dialect == Dialect::PostHog,
@@ -412,15 +412,7 @@ impl Job {
 }
 
 fn is_form(headers: &hyper::HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.split(';').next().is_some_and(|m| {
-                m.trim()
-                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-            })
-        })
+    decode::media_type(headers).as_deref() == Some("application/x-www-form-urlencoded")
 }
 
 /// Judges the key a foreign body carries, as the head's would have been:

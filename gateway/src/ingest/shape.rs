@@ -70,26 +70,18 @@ impl Shape {
     }
 }
 
-/// Scans `body` (the decoded bytes). Malformed JSON is not reported here: what
-/// the scan cannot judge it lets through to the parser, which gives the error.
-pub fn scan(body: &[u8], limits: ShapeLimits) -> Result<Shape, ShapeError> {
-    let (max_depth, max_items) = (limits.max_depth(), limits.max_event_items());
-    let too_many = ShapeError::TooManyEvents {
-        limit: limits.max_events,
-    };
-    let mut depth = 0usize;
+/// Calls `f` with every structural byte of `body` (`{ [ } ] , :`) that is not
+/// inside a string, in order; stops at the first error. The one walk both
+/// scans share: strings, most of a body, are skipped with `memchr`.
+fn structural(
+    body: &[u8],
+    mut f: impl FnMut(u8) -> Result<(), ShapeError>,
+) -> Result<(), ShapeError> {
     let mut in_string = false;
-    // Commas in the events array (depth 2): after k of them there are k + 1
-    // elements, and the open event (if any) has index k.
-    let mut separators = 0usize;
-    // The brackets that opened depths 1 to 3: `{`, `[`, `{` means an event.
-    let mut outer = [0u8; 3];
-    let mut event_items = 0usize;
-    let mut items = 0usize;
     let mut i = 0;
     while i < body.len() {
         if in_string {
-            // Jump to the next quote or backslash: strings are most of a body.
+            // Jump to the next quote or backslash.
             match memchr::memchr2(b'"', b'\\', &body[i..]) {
                 None => break,
                 Some(at) => i += at,
@@ -106,6 +98,30 @@ pub fn scan(body: &[u8], limits: ShapeLimits) -> Result<Shape, ShapeError> {
         i += 1;
         match b {
             b'"' => in_string = true,
+            b'{' | b'[' | b'}' | b']' | b',' | b':' => f(b)?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Scans `body` (the decoded bytes). Malformed JSON is not reported here: what
+/// the scan cannot judge it lets through to the parser, which gives the error.
+pub fn scan(body: &[u8], limits: ShapeLimits) -> Result<Shape, ShapeError> {
+    let (max_depth, max_items) = (limits.max_depth(), limits.max_event_items());
+    let too_many = ShapeError::TooManyEvents {
+        limit: limits.max_events,
+    };
+    let mut depth = 0usize;
+    // Commas in the events array (depth 2): after k of them there are k + 1
+    // elements, and the open event (if any) has index k.
+    let mut separators = 0usize;
+    // The brackets that opened depths 1 to 3: `{`, `[`, `{` means an event.
+    let mut outer = [0u8; 3];
+    let mut event_items = 0usize;
+    let mut items = 0usize;
+    structural(body, |b| {
+        match b {
             b'{' | b'[' => {
                 depth += 1;
                 items += 1;
@@ -120,7 +136,7 @@ pub fn scan(body: &[u8], limits: ShapeLimits) -> Result<Shape, ShapeError> {
                 }
                 if depth == 3 {
                     if separators >= limits.max_events {
-                        return Err(too_many);
+                        return Err(too_many.clone());
                     }
                     event_items = 0;
                 } else if depth > 3 {
@@ -128,23 +144,23 @@ pub fn scan(body: &[u8], limits: ShapeLimits) -> Result<Shape, ShapeError> {
                 }
             }
             b'}' | b']' => depth = depth.saturating_sub(1),
-            b',' | b':' => {
+            _ => {
                 items += 1;
                 if depth == 2 && b == b',' {
                     separators += 1;
                     if separators >= limits.max_events {
-                        return Err(too_many);
+                        return Err(too_many.clone());
                     }
                 } else if depth >= 3 {
                     event_items += 1;
                 }
             }
-            _ => {}
         }
         if depth >= 3 && event_items > max_items {
             return Err(ShapeError::EventTooLarge { index: separators });
         }
-    }
+        Ok(())
+    })?;
     Ok(Shape {
         events: separators + 1,
         items,
@@ -159,25 +175,9 @@ pub fn scan(body: &[u8], limits: ShapeLimits) -> Result<Shape, ShapeError> {
 pub fn scan_foreign(body: &[u8], limits: ShapeLimits) -> Result<usize, ShapeError> {
     let max_depth = limits.max_depth() + 2;
     let max_items = limits.max_events.saturating_mul(limits.max_event_items());
-    let (mut depth, mut items, mut in_string, mut i) = (0usize, 0usize, false, 0);
-    while i < body.len() {
-        if in_string {
-            match memchr::memchr2(b'"', b'\\', &body[i..]) {
-                None => break,
-                Some(at) => i += at,
-            }
-            if body[i] == b'\\' {
-                i += 2;
-            } else {
-                in_string = false;
-                i += 1;
-            }
-            continue;
-        }
-        let b = body[i];
-        i += 1;
+    let (mut depth, mut items) = (0usize, 0usize);
+    structural(body, |b| {
         match b {
-            b'"' => in_string = true,
             b'{' | b'[' => {
                 depth += 1;
                 items += 1;
@@ -189,15 +189,15 @@ pub fn scan_foreign(body: &[u8], limits: ShapeLimits) -> Result<usize, ShapeErro
                 }
             }
             b'}' | b']' => depth = depth.saturating_sub(1),
-            b',' | b':' => items += 1,
-            _ => {}
+            _ => items += 1,
         }
         if items > max_items {
             return Err(ShapeError::TooManyEvents {
                 limit: limits.max_events,
             });
         }
-    }
+        Ok(())
+    })?;
     Ok(items)
 }
 
