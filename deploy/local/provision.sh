@@ -103,25 +103,19 @@ if [ ! -x "$S3S" ]; then
   rm -rf "$CACHE/s3s-build"
 fi
 
+# A Debian package for a tool: installed when missing (as root, with apt-get),
+# else a clear request to install it.
+debian_package() { # <package> <what it provides>
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "provision: installing $2 (Debian package $1)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$1" >/dev/null \
+      || { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$1" >/dev/null; }
+  else
+    echo "provision: $2 is required (Debian/Ubuntu: sudo apt-get install $1)" >&2
+    exit 2
+  fi
+}
 # Headless Chromium for the browser test (Debian's package; never a downloaded browser).
-if [ ! -x /usr/bin/chromium ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "provision: installing chromium (Debian package)"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null \
-      || { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null; }
-  else
-    echo "provision: /usr/bin/chromium is required (Debian/Ubuntu: sudo apt-get install chromium)" >&2
-    exit 2
-  fi
-fi
-if ! command -v promtool >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "provision: installing promtool (Debian package prometheus)"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus >/dev/null \
-      || { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus >/dev/null; }
-  else
-    echo "provision: promtool is required (Debian/Ubuntu: sudo apt-get install prometheus)" >&2
-    exit 2
-  fi
-fi
+[ -x /usr/bin/chromium ] || debian_package chromium /usr/bin/chromium
+command -v promtool >/dev/null 2>&1 || debian_package prometheus promtool
 echo "provision: ready (tansu $TANSU, python $VENV/bin/python, s3s-fs $S3S, helm $HELM, $(command -v promtool))"

@@ -11,8 +11,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::TestGateway;
@@ -21,30 +20,20 @@ use shared::testkit::{eventually, free_port, select_json, services, TestSchema};
 use uuid::Uuid;
 use workerd::admin::{Admin, KeySpec};
 
-fn node_modules() -> PathBuf {
-    let cache = std::env::var("OVERWATCH_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/overwatch")
-        });
-    let dir = std::env::var("OVERWATCH_SDK_NODE_MODULES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| cache.join("sdk-node/node_modules"));
-    assert!(
-        dir.join("playwright-core").is_dir() && dir.join("posthog-js").is_dir(),
-        "the browser SDKs are not installed at {} (run `make provision`)",
-        dir.display()
-    );
+fn chromium() {
     assert!(
         std::path::Path::new("/usr/bin/chromium").exists(),
         "/usr/bin/chromium is missing (run `make provision`)"
     );
-    dir
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn posthog_js_segment_and_native_requests_from_a_real_browser() {
-    let modules = node_modules();
+    chromium();
+    let mut node = common::sdk::node(
+        "browser.cjs",
+        &["playwright-core", "posthog-js", "@segment/analytics-next"],
+    );
     let svc = services();
     let schema = TestSchema::create(&svc).await;
     let gw = TestGateway::start(schema.config.clone()).await;
@@ -103,10 +92,7 @@ async fn posthog_js_segment_and_native_requests_from_a_real_browser() {
         "gw": gw_url, "key": key, "run": run, "page_port": page_port,
         "fetch_id": fetch_id, "beacon_id": beacon_id, "keepalive_id": keepalive_id, "session": session,
     });
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/browser.cjs");
-    let mut child = Command::new("node")
-        .arg(script)
-        .env("NODE_PATH", modules)
+    let mut child = node
         .env("OW_CONFIG", cfg.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -2,26 +2,11 @@
 //! real JavaScript library: 400 texts of several kinds, compressed by
 //! lz-string 1.5.0 in Node, decompress to exactly the same text.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
 
 #[test]
 fn decodes_what_the_javascript_library_encodes() {
-    let cache = std::env::var("OVERWATCH_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/overwatch")
-        });
-    let modules = cache.join("sdk-node/node_modules");
-    assert!(
-        modules.join("lz-string").is_dir(),
-        "lz-string is not installed at {} (run `make provision`)",
-        modules.display()
-    );
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/lzstring-vectors.cjs");
-    let out = Command::new("node")
-        .arg(script)
-        .env("NODE_PATH", modules)
+    let out = common::sdk::node("lzstring-vectors.cjs", &["lz-string"])
         .output()
         .expect("run node");
     assert!(

@@ -5,41 +5,14 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use common::TestGateway;
 use shared::testkit::{eventually, select_json, services, TestSchema};
 use uuid::Uuid;
 
-/// Where `make provision` installed the SDKs (`OVERWATCH_SDK_NODE_MODULES`).
-fn node_modules() -> PathBuf {
-    let dir = std::env::var("OVERWATCH_SDK_NODE_MODULES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            let cache = std::env::var("OVERWATCH_CACHE")
-                .map(PathBuf::from)
-                .unwrap_or_else(|_| {
-                    PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/overwatch")
-                });
-            cache.join("sdk-node/node_modules")
-        });
-    assert!(
-        dir.join("@segment/analytics-node").is_dir(),
-        "the SDKs are not installed at {} (run `make provision`)",
-        dir.display()
-    );
-    dir
-}
-
 fn run_node(script: &str, env: &[(&str, String)]) -> serde_json::Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/sdk")
-        .join(script);
-    let out = Command::new("node")
-        .arg(&path)
-        .env("NODE_PATH", node_modules())
+    let out = common::sdk::node(script, &["@segment/analytics-node", "posthog-node"])
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
         .expect("run node (is Node.js installed?)");

@@ -3,6 +3,7 @@
 
 pub mod process;
 pub mod raw;
+pub mod sdk;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
