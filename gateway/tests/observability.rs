@@ -430,12 +430,7 @@ async fn messages_carry_the_requests_trace_context() {
     let consumer = from_the_start(&cfg);
     let mut seen = HashSet::new();
     while seen.len() < ids.len() {
-        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
-            .await
-            .expect("a message within 30 s")
-            .expect("message");
-        let v: serde_json::Value =
-            serde_json::from_slice(m.payload().expect("payload")).expect("json");
+        let (m, v) = common::next_message(&consumer).await;
         let id = v["id"].as_str().expect("id").to_string();
         use rdkafka::message::Headers;
         let traceparent = m

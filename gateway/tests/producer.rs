@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{event, TestGateway};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
@@ -34,12 +32,7 @@ async fn keys(cfg: &shared::Config, n: usize) -> Vec<Option<Vec<u8>>> {
         .expect("subscribe");
     let mut out = Vec::new();
     while out.len() < n {
-        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
-            .await
-            .expect("a message within 30 s")
-            .expect("message");
-        let v: serde_json::Value =
-            serde_json::from_slice(m.payload().expect("payload")).expect("json");
+        let (m, v) = common::next_message(&consumer).await;
         assert_eq!(v["type"], "click");
         out.push(m.key().map(<[u8]>::to_vec));
     }

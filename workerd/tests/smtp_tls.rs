@@ -147,9 +147,7 @@ async fn email_goes_over_starttls_with_auth_and_checks_the_certificate() {
     let svc = services();
     let schema = TestSchema::create(&svc).await;
     let (ca_pem, acceptor) = common::tls();
-    let ca_file = std::env::temp_dir().join(format!("ow-test-ca-{}.pem", uuid::Uuid::new_v4()));
-    std::fs::write(&ca_file, ca_pem).expect("write CA");
-    let ca = ca_file.display().to_string();
+    let ca = common::ca_file(&ca_pem);
     let (port, mails) = starttls_server(acceptor).await;
     let mut cfg = schema.config.clone();
     cfg.notifications.max_attempts = 1;
@@ -204,5 +202,5 @@ async fn email_goes_over_starttls_with_auth_and_checks_the_certificate() {
         }),
         "no password in errors: {outcomes:?}"
     );
-    let _ = std::fs::remove_file(&ca_file);
+    let _ = std::fs::remove_file(&ca);
 }

@@ -72,9 +72,7 @@ async fn https_channels_deliver_with_their_ca_and_never_leak_the_url() {
     let svc = services();
     let schema = TestSchema::create(&svc).await;
     let (ca_pem, acceptor) = common::tls();
-    let ca_file = std::env::temp_dir().join(format!("ow-hook-ca-{}.pem", uuid::Uuid::new_v4()));
-    std::fs::write(&ca_file, ca_pem).expect("write CA");
-    let ca = ca_file.display().to_string();
+    let ca = common::ca_file(&ca_pem);
     let (base, got) = https_server(acceptor).await;
     let mut cfg = schema.config.clone();
     cfg.notifications.max_attempts = 1;
@@ -152,5 +150,5 @@ async fn https_channels_deliver_with_their_ca_and_never_leak_the_url() {
         .expect("log");
     assert_eq!(log.len(), 1, "{log:?}");
     assert!(!log[0].contains("SECRET"), "{}", log[0]);
-    let _ = std::fs::remove_file(&ca_file);
+    let _ = std::fs::remove_file(&ca);
 }

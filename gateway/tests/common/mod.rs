@@ -158,3 +158,16 @@ pub fn event(kind: &str, n: usize, session: Uuid) -> serde_json::Value {
     }
     e
 }
+
+/// The next message `consumer` gets (within 30 s) and its JSON payload.
+pub async fn next_message(
+    consumer: &rdkafka::consumer::StreamConsumer,
+) -> (rdkafka::message::BorrowedMessage<'_>, serde_json::Value) {
+    use rdkafka::Message as _;
+    let m = tokio::time::timeout(std::time::Duration::from_secs(30), consumer.recv())
+        .await
+        .expect("a message within 30 s")
+        .expect("message");
+    let v = serde_json::from_slice(m.payload().expect("payload")).expect("json");
+    (m, v)
+}

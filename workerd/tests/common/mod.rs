@@ -7,6 +7,13 @@ use std::sync::Arc;
 
 use tokio_rustls::rustls;
 
+/// `pem` written to a fresh file (a channel's `ca_file`); its path.
+pub fn ca_file(pem: &str) -> String {
+    let path = std::env::temp_dir().join(format!("ow-test-ca-{}.pem", uuid::Uuid::new_v4()));
+    std::fs::write(&path, pem).expect("write CA");
+    path.display().to_string()
+}
+
 /// A test CA (its PEM) and a TLS acceptor with a certificate for 127.0.0.1 it signed.
 pub fn tls() -> (String, tokio_rustls::TlsAcceptor) {
     let ca_key = rcgen::KeyPair::generate().expect("ca key");
