@@ -47,7 +47,7 @@ class Env:
     """A data directory with a broker (and optionally ClickHouse) and a gateway."""
 
     def __init__(self, broker_storage, clickhouse=False, name="bench"):
-        for b in (GATEWAY, WORKERD, LOADTEST):
+        for b in (GATEWAY, LOADTEST) + ((WORKERD,) if clickhouse else ()):
             if not os.access(b, os.X_OK):
                 stack.fail("%s is not built; run `cargo build --release -p gateway -p workerd -p loadtest`" % b)
         stack.check_prereqs()

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::process::{metric_sum, GatewayProcess};
-use loadtest::run::{Mode, Options};
-use loadtest::traffic::{keys_toml, BatchSizes, Tenant, Traffic};
+use loadtest::run::{Mode, Options, Target};
+use loadtest::traffic::{keys_toml, BatchSizes, Format, Tenant, Traffic};
 use shared::testkit::{eventually, services, Broker, ClickHouse};
 
 const TENANTS: usize = 5;
@@ -68,6 +68,10 @@ async fn nothing_acknowledged_is_lost_when_broker_gateway_and_clickhouse_die() {
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(loadtest::run::run(Options {
         url: gw.url.clone(),
+        target: Target::Events {
+            format: Format::Native,
+            path: None,
+        },
         traffic: Traffic::new(7, TENANTS, BatchSizes::Fixed(50), 0.3),
         mode: Mode::Open(vec![(1000.0, Duration::from_secs(600))]),
         pool: 0,

@@ -103,3 +103,56 @@ async fn accepted_rate_stays_within_ten_percent() {
         "accepted {observed:.1} events/s, configured {rate}"
     );
 }
+
+/// A small plain body is parsed on the network thread that read it; when one
+/// of its user agents is not cached yet the rest is finished on a worker. The
+/// batch must be charged once, not twice, and its events still enriched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_batch_with_a_new_user_agent_is_charged_once_and_enriched() {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    let svc = services();
+    let mut cfg = shared::testkit::config(&svc);
+    shared::testkit::create_topics(&cfg, 1).await;
+    cfg.gateway.max_events_per_batch = 10;
+    // Practically no refill during the test: what is left is what was taken.
+    cfg.tiers.free.events_per_second = 0.001;
+    cfg.tiers.free.burst = 20;
+    assert!(
+        cfg.gateway.inline_max_body_bytes >= 8 * 1024,
+        "small bodies go inline"
+    );
+    let gw = TestGateway::start(cfg.clone()).await;
+    for (round, left) in [(0, "15"), (1, "10")] {
+        // Never seen by this process: the inline attempt must hand off.
+        let ua = format!(
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) \
+             Chrome/12{round}.0.{}.0 Safari/537.36",
+            Uuid::new_v4().as_u128() % 10_000
+        );
+        let s = Uuid::new_v4();
+        let events: Vec<_> = (0..5)
+            .map(|i| {
+                let mut e = event("click", i, s);
+                e["user_agent"] = ua.clone().into();
+                e
+            })
+            .collect();
+        let r = gw.ingest(&serde_json::json!({ "events": events })).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-ratelimit-remaining"], left, "round {round}");
+    }
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &cfg.kafka.brokers)
+        .set("group.id", format!("inline-test-{}", Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer
+        .subscribe(&[&shared::event::EventType::Click.topic(&cfg.kafka.topic_prefix)])
+        .expect("subscribe");
+    for _ in 0..10 {
+        let (_, v) = common::next_message(&consumer).await;
+        assert_eq!(v["browser"], "Chrome", "{v}");
+        assert_eq!(v["os"], "Windows", "{v}");
+    }
+}

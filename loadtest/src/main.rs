@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use loadtest::run::{Mode, Options};
-use loadtest::traffic::{keys_toml, BatchSizes, Tenant, Traffic};
+use loadtest::run::{Mode, Options, Target};
+use loadtest::traffic::{keys_toml, BatchSizes, Format, Tenant, Traffic};
 
 #[derive(Parser)]
 #[command(about = "Overwatch load generator and chaos checker")]
@@ -31,11 +31,27 @@ enum Cmd {
         #[arg(long, default_value_t = 6)]
         partitions: i32,
     },
+    /// Serve the trivial-handler baseline (read the body, answer `200 {}`).
+    Trivial {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+    },
     /// Send traffic and report.
     Run {
         /// Gateway base URL.
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         url: String,
+        /// Body format: `native` (Overwatch `/ingest`), `posthog` (PostHog's
+        /// capture `/batch`, key in the body) or `ndjson` (one event per line,
+        /// Vector's `http_server`).
+        #[arg(long, default_value = "native")]
+        format: String,
+        /// Path to post to (default: the format's: /ingest, /batch, /).
+        #[arg(long)]
+        path: Option<String>,
+        /// `GET` this path instead of posting events (e.g. /health/live).
+        #[arg(long, conflicts_with_all = ["format", "path"])]
+        get: Option<String>,
         #[arg(long, default_value_t = 50)]
         tenants: usize,
         /// Events per request: a number, or `realistic` (1–1000, small batches most common).
@@ -131,8 +147,19 @@ async fn real_main() -> Result<(), String> {
                 .await
                 .map_err(|e| format!("creating topics on {brokers}: {e}"))
         }
+        Cmd::Trivial { listen } => {
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .map_err(|e| format!("binding {listen}: {e}"))?;
+            loadtest::trivial::serve(listener)
+                .await
+                .map_err(|e| e.to_string())
+        }
         Cmd::Run {
             url,
+            format,
+            path,
+            get,
             tenants,
             batch,
             gzip,
@@ -164,9 +191,15 @@ async fn real_main() -> Result<(), String> {
                     return Err("give --rate (open loop) or --concurrency (closed loop)".into())
                 }
             };
+            let format = Format::parse(&format)?;
+            let target = match get {
+                Some(p) => Target::Get(p),
+                None => Target::Events { format, path },
+            };
             let report = loadtest::run::run(Options {
                 url,
-                traffic: Traffic::new(seed, tenants, sizes, gzip),
+                target,
+                traffic: Traffic::new(seed, tenants, sizes, gzip).with_format(format),
                 mode,
                 pool,
                 ids_out,
@@ -177,7 +210,7 @@ async fn real_main() -> Result<(), String> {
             .await?;
             for (i, p) in report.phases.iter().enumerate() {
                 println!(
-                    "phase {i}: target {} ev/s | {:.0} ev/s accepted, {:.1} req/s | latency ms p50 {:.1} p95 {:.1} p99 {:.1} max {:.1} | cpu {} µs/event | statuses {:?} | client skipped {}",
+                    "phase {i}: target {} ev/s | {:.0} ev/s accepted, {:.1} req/s | latency ms p50 {:.1} p95 {:.1} p99 {:.1} max {:.1} | cpu {} µs/event, {} µs/request | statuses {:?} | client skipped {} | client {} cores",
                     p.target_events_per_sec.map_or("max".into(), |r| format!("{r:.0}")),
                     p.events_per_sec,
                     p.requests_per_sec,
@@ -186,8 +219,10 @@ async fn real_main() -> Result<(), String> {
                     p.latency_ms.p99,
                     p.latency_ms.max,
                     p.cpu_us_per_event.map_or("?".into(), |c| format!("{c:.2}")),
+                    p.cpu_us_per_request.map_or("?".into(), |c| format!("{c:.2}")),
                     p.statuses,
                     p.client_skipped,
+                    p.client_cores.map_or("?".into(), |c| format!("{c:.2}")),
                 );
             }
             if let Some(peak) = report.gateway_peak_rss_mib {

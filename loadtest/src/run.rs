@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::procstat;
-use crate::traffic::{Request, Tenant, Traffic};
+use crate::traffic::{Format, Request, Tenant, Traffic};
 
 #[derive(Debug, Clone)]
 pub enum Mode {
@@ -27,9 +27,22 @@ pub enum Mode {
     },
 }
 
+/// What the requests ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `POST` batches of events in `format` to `path` (the format's own path by default).
+    Events {
+        format: Format,
+        path: Option<String>,
+    },
+    /// `GET` this path, no body (a probe, to measure the HTTP path alone).
+    Get(String),
+}
+
 #[derive(Clone)]
 pub struct Options {
     pub url: String,
+    pub target: Target,
     pub traffic: Traffic,
     pub mode: Mode,
     /// Requests generated up front and re-sent in turn (0: a fresh request, with
@@ -60,6 +73,12 @@ pub struct PhaseReport {
     pub gateway_cpu_seconds: Option<f64>,
     /// Gateway CPU µs per accepted event.
     pub cpu_us_per_event: Option<f64>,
+    /// Gateway CPU µs per answered request (any status).
+    pub cpu_us_per_request: Option<f64>,
+    /// The load generator's own CPU seconds in the phase, and the cores that
+    /// is (CPU seconds / wall seconds): near the core count, it was saturated.
+    pub client_cpu_seconds: Option<f64>,
+    pub client_cores: Option<f64>,
     pub gateway_rss_end_mib: Option<f64>,
 }
 
@@ -107,22 +126,32 @@ impl Tally {
 struct Sender {
     client: reqwest::Client,
     url: String,
+    target: Target,
     keys: Vec<String>,
     ids: Option<Arc<Mutex<std::io::BufWriter<std::fs::File>>>>,
 }
 
 impl Sender {
     async fn send(&self, r: &Request, intended: Instant, tally: &Tally) {
-        let mut req = self
-            .client
-            .post(&self.url)
-            .bearer_auth(&self.keys[r.tenant])
-            .header("content-type", "application/json")
-            .header("x-forwarded-for", &r.client_ip)
-            .body(r.body.clone());
-        if r.gzip {
-            req = req.header("content-encoding", "gzip");
-        }
+        let req = match &self.target {
+            Target::Get(_) => self.client.get(&self.url),
+            Target::Events { format, .. } => {
+                let mut req = self
+                    .client
+                    .post(&self.url)
+                    .header("content-type", format.content_type())
+                    .header("x-forwarded-for", &r.client_ip)
+                    .body(r.body.clone());
+                // PostHog's SDKs put the key in the body; NDJSON peers take none.
+                if *format == Format::Native {
+                    req = req.bearer_auth(&self.keys[r.tenant]);
+                }
+                if r.gzip {
+                    req = req.header("content-encoding", "gzip");
+                }
+                req
+            }
+        };
         let status = match req.send().await {
             Ok(resp) => {
                 let s = resp.status().as_u16();
@@ -213,9 +242,14 @@ pub async fn run(opts: Options) -> Result<Report, String> {
         )))),
         None => None,
     };
+    let path = match &opts.target {
+        Target::Get(p) => p.as_str(),
+        Target::Events { format, path } => path.as_deref().unwrap_or(format.default_path()),
+    };
     let sender = Arc::new(Sender {
         client,
-        url: format!("{}/ingest", opts.url.trim_end_matches('/')),
+        url: format!("{}{path}", opts.url.trim_end_matches('/')),
+        target: opts.target.clone(),
         keys: (0..opts.traffic.tenants)
             .map(|i| Tenant::nth(i).key())
             .collect(),
@@ -237,6 +271,7 @@ pub async fn run(opts: Options) -> Result<Report, String> {
     for (rate, duration, concurrency) in phases {
         let tally = Tally::new();
         let cpu0 = opts.pid.and_then(procstat::cpu_seconds);
+        let client0 = procstat::cpu_seconds(std::process::id());
         let started = Instant::now();
         let deadline = started + duration;
         match rate {
@@ -299,6 +334,10 @@ pub async fn run(opts: Options) -> Result<Report, String> {
             (Some(a), Some(b)) => Some(b - a),
             _ => None,
         };
+        let client_cpu = match (client0, procstat::cpu_seconds(std::process::id())) {
+            (Some(a), Some(b)) => Some(b - a),
+            _ => None,
+        };
         let accepted = tally.accepted.load(Ordering::Relaxed);
         let requests = tally.requests.load(Ordering::Relaxed);
         let h = tally.latency.lock().map_err(|e| e.to_string())?;
@@ -323,6 +362,11 @@ pub async fn run(opts: Options) -> Result<Report, String> {
             cpu_us_per_event: cpu
                 .filter(|_| accepted > 0)
                 .map(|c| c * 1e6 / accepted as f64),
+            cpu_us_per_request: cpu
+                .filter(|_| requests > 0)
+                .map(|c| c * 1e6 / requests as f64),
+            client_cpu_seconds: client_cpu,
+            client_cores: client_cpu.map(|c| c / secs),
             gateway_rss_end_mib: opts
                 .pid
                 .and_then(procstat::memory)

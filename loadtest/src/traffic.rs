@@ -187,6 +187,98 @@ pub fn event(rng: &mut Rng, kind: &str, session: Uuid, ts_ms: i64) -> Value {
     e
 }
 
+/// The wire format of a request's body: the same events, in the shape a
+/// gateway expects, so that a peer beside the same broker gets the same load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Overwatch's `POST /ingest`: `{"events": [...]}`, key in `Authorization`.
+    Native,
+    /// PostHog's capture `POST /batch`: `{"api_key": KEY, "batch": [...]}`.
+    PostHog,
+    /// Newline-delimited JSON, one event per line (Vector's `http_server` source).
+    Ndjson,
+}
+
+impl Format {
+    pub fn parse(s: &str) -> Result<Format, String> {
+        match s {
+            "native" => Ok(Format::Native),
+            "posthog" => Ok(Format::PostHog),
+            "ndjson" | "vector" => Ok(Format::Ndjson),
+            _ => Err(format!("`{s}`: expected native, posthog or ndjson")),
+        }
+    }
+
+    /// The path a gateway of this format takes events on.
+    pub fn default_path(self) -> &'static str {
+        match self {
+            Format::Native => "/ingest",
+            Format::PostHog => "/batch",
+            Format::Ndjson => "/",
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Ndjson => "application/x-ndjson",
+            _ => "application/json",
+        }
+    }
+}
+
+/// One native event as PostHog's SDKs send it: the name (`$pageview`,
+/// `$autocapture`, the custom name), `uuid`, `distinct_id`, `timestamp`, and
+/// everything else in `properties` (PostHog's `$`-names where there are some).
+pub fn posthog_event(e: &Value) -> Value {
+    let mut props = serde_json::Map::new();
+    let mut name = "custom".to_string();
+    if let Some(o) = e.as_object() {
+        for (k, v) in o {
+            match k.as_str() {
+                "id" | "timestamp" => {}
+                "type" => {
+                    name = match v.as_str() {
+                        Some("pageview") => "$pageview".into(),
+                        Some("click") => "$autocapture".into(),
+                        Some("custom") => o
+                            .get("name")
+                            .and_then(Value::as_str)
+                            .unwrap_or("custom")
+                            .into(),
+                        Some(other) => format!("${other}"),
+                        None => "custom".into(),
+                    };
+                }
+                "session_id" => {
+                    props.insert("$session_id".into(), v.clone());
+                }
+                "url" => {
+                    props.insert("$current_url".into(), v.clone());
+                }
+                "path" => {
+                    props.insert("$pathname".into(), v.clone());
+                }
+                "referrer" => {
+                    props.insert("$referrer".into(), v.clone());
+                }
+                "user_agent" => {
+                    props.insert("$raw_user_agent".into(), v.clone());
+                }
+                _ => {
+                    props.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+    json!({
+        "event": name,
+        "uuid": e["id"],
+        "distinct_id": e["session_id"],
+        "timestamp": e["timestamp"],
+        "properties": props,
+    })
+}
+
 /// A ready-to-send request: body (gzip or not), tenant index, events and their ids.
 #[derive(Clone)]
 pub struct Request {
@@ -206,6 +298,7 @@ pub struct Traffic {
     pub tenants: usize,
     pub sizes: BatchSizes,
     pub gzip_share: f64,
+    pub format: Format,
     /// Cumulative Zipf weights of the tenants.
     cumulative: Vec<f64>,
 }
@@ -224,8 +317,15 @@ impl Traffic {
             tenants: tenants.max(1),
             sizes,
             gzip_share,
+            format: Format::Native,
             cumulative,
         }
+    }
+
+    /// The same traffic in another wire format.
+    pub fn with_format(mut self, format: Format) -> Traffic {
+        self.format = format;
+        self
     }
 
     fn tenant(&mut self) -> usize {
@@ -250,7 +350,19 @@ impl Traffic {
             .iter()
             .filter_map(|e| e["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()))
             .collect();
-        let json = serde_json::to_vec(&json!({ "events": events })).unwrap_or_default();
+        let json = match self.format {
+            Format::Native => serde_json::to_vec(&json!({ "events": events })),
+            Format::PostHog => serde_json::to_vec(&json!({
+                "api_key": Tenant::nth(tenant).key(),
+                "batch": events.iter().map(posthog_event).collect::<Vec<_>>(),
+            })),
+            Format::Ndjson => events
+                .iter()
+                .map(|e| serde_json::to_string(e).map(|l| l + "\n"))
+                .collect::<Result<String, _>>()
+                .map(String::into_bytes),
+        }
+        .unwrap_or_default();
         let gzip = self.rng.unit() < self.gzip_share;
         let body = if gzip {
             use std::io::Write;
@@ -328,5 +440,50 @@ mod tests {
             .expect("gzip");
         let v: Value = serde_json::from_slice(&plain).expect("json");
         assert_eq!(v["events"].as_array().map(Vec::len), Some(20));
+    }
+
+    #[test]
+    fn every_format_carries_the_same_events() {
+        let native = Traffic::new(9, 5, BatchSizes::Fixed(7), 0.0).request(1_700_000_000_000);
+        let posthog = Traffic::new(9, 5, BatchSizes::Fixed(7), 0.0)
+            .with_format(Format::PostHog)
+            .request(1_700_000_000_000);
+        let ndjson = Traffic::new(9, 5, BatchSizes::Fixed(7), 0.0)
+            .with_format(Format::Ndjson)
+            .request(1_700_000_000_000);
+        let n: Value = serde_json::from_slice(&native.body).expect("native json");
+        let p: Value = serde_json::from_slice(&posthog.body).expect("posthog json");
+        assert_eq!(p["api_key"], Tenant::nth(posthog.tenant).key());
+        let batch = p["batch"].as_array().expect("batch");
+        let lines: Vec<Value> = std::str::from_utf8(&ndjson.body)
+            .expect("utf-8")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one event per line"))
+            .collect();
+        assert_eq!((batch.len(), lines.len()), (7, 7));
+        for (i, e) in n["events"].as_array().expect("events").iter().enumerate() {
+            // Same ids (the generators share a seed, and ids are drawn apart from it:
+            // compare each format with its own recorded ids).
+            assert_eq!(batch[i]["uuid"], posthog.ids[i].to_string());
+            assert_eq!(lines[i]["id"], ndjson.ids[i].to_string());
+            assert_eq!(
+                lines[i]["type"], e["type"],
+                "same event types in the same order"
+            );
+            let name = batch[i]["event"].as_str().expect("event name");
+            match e["type"].as_str() {
+                Some("pageview") => assert_eq!(name, "$pageview"),
+                Some("click") => assert_eq!(name, "$autocapture"),
+                Some("custom") => assert_eq!(name, "checkout_step"),
+                Some(t) => assert_eq!(name, format!("${t}")),
+                None => panic!("event without type"),
+            }
+            // Sessions are random per request: the same one across the batch.
+            assert_eq!(
+                batch[i]["properties"]["$session_id"],
+                batch[0]["distinct_id"]
+            );
+            assert!(batch[i]["properties"]["$current_url"].is_string() == e["url"].is_string());
+        }
     }
 }

@@ -216,6 +216,12 @@ impl Enricher {
         }
     }
 
+    /// Whether `ua` would be answered from the cache (no parse), without
+    /// counting a lookup. The empty user agent needs no parse.
+    pub fn ua_cached(&self, ua: &str) -> bool {
+        ua.is_empty() || self.cache().get(ua).is_some()
+    }
+
     /// Recalls `ua` from the cache, or parses it when `may_parse` (a parse
     /// costs milliseconds, so callers may budget them). Every lookup counts as
     /// a cache hit or miss.

@@ -128,10 +128,16 @@ async fn accept(
         Err(e) => return Err(debit_unless_refused(app, charged, e)),
     };
     let _admitted = app.admit()?;
-    let job = Job {
+    // A small plain body is parsed where it was read (microseconds); the rest,
+    // and any body whose user agents are not cached, on a worker.
+    let inline = raw.bytes.len() <= g.inline_max_body_bytes
+        && encoding == decode::Encoding::Identity
+        && !form
+        && !lz64;
+    let mut job = Job {
         app: Arc::clone(app),
         dialect,
-        raw,
+        raw: Some(raw),
         encoding,
         form,
         lz64,
@@ -151,7 +157,19 @@ async fn accept(
             .path_and_query()
             .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string()),
     };
-    let (outcome, events, tier) = on_worker(app, move || job.run()).await?;
+    let (outcome, events, tier) = match inline.then(|| job.run(Step::Inline)) {
+        Some((Attempt::Done(outcome), events, tier)) => (Ok(outcome), events, tier),
+        Some((Attempt::Failed(e), events, tier)) => (Err(e), events, tier),
+        Some((Attempt::Handoff(quota), ..)) => {
+            let (a, events, tier) =
+                on_worker(app, move || job.run(Step::Worker(Some(quota)))).await?;
+            (a.into_result(), events, tier)
+        }
+        None => {
+            let (a, events, tier) = on_worker(app, move || job.run(Step::Worker(None))).await?;
+            (a.into_result(), events, tier)
+        }
+    };
     seen.events = events;
     seen.tier = seen.tier.or(tier);
     let (events, quota, who) = match outcome {
@@ -276,11 +294,13 @@ async fn on_worker<T: Send + 'static>(
         .map_err(|e| ApiError::Internal(format!("the decoding task failed: {e}")))
 }
 
-/// Everything the worker needs, owned.
+/// Everything the work on a body needs, owned (it may move to a worker).
 struct Job {
     app: Arc<App>,
     dialect: Dialect,
-    raw: decode::RawBody,
+    /// The body as read; a worker frees it (and its share of the body
+    /// budget) once decoded, an inline attempt keeps it for a hand-off.
+    raw: Option<decode::RawBody>,
     encoding: decode::Encoding,
     /// An `application/x-www-form-urlencoded` body (PostHog's unload beacons).
     form: bool,
@@ -295,37 +315,86 @@ struct Job {
     path_and_query: String,
 }
 
-type Prepared = Result<(Vec<Record>, Quota, Principal), ApiError>;
+type Prepared = (Vec<Record>, Quota, Principal);
+
+/// Where a body's work runs.
+#[derive(Clone, Copy)]
+enum Step {
+    /// On the network thread that read it: stops before validation when a
+    /// user agent would have to be parsed.
+    Inline,
+    /// On a worker; `Some` when an inline attempt already verified the
+    /// signature, counted the body and took the tokens (this quota).
+    Worker(Option<Quota>),
+}
+
+/// How far the work on a body got.
+enum Attempt {
+    Done(Prepared),
+    Failed(ApiError),
+    /// Charged and parsed inline, but a user agent needs parsing: the rest
+    /// goes to a worker (which parses the body again, charging nothing).
+    Handoff(Quota),
+}
+
+impl Attempt {
+    fn into_result(self) -> Result<Prepared, ApiError> {
+        match self {
+            Attempt::Done(p) => Ok(p),
+            Attempt::Failed(e) => Err(e),
+            Attempt::Handoff(_) => Err(ApiError::Internal(
+                "a worker handed its request off again".into(),
+            )),
+        }
+    }
+}
 
 impl Job {
     /// The outcome, how many events the body held (when it parsed), and the
     /// tier of the key (when it was judged).
-    fn run(self) -> (Prepared, Option<usize>, Option<Tier>) {
+    fn run(&mut self, step: Step) -> (Attempt, Option<usize>, Option<Tier>) {
         let mut events = None;
         let mut tier = self.who.as_ref().map(|w| w.tier);
-        let outcome = self.prepare(&mut events, &mut tier);
-        (outcome, events, tier)
+        let attempt = match self.prepare(step, &mut events, &mut tier) {
+            Ok(a) => a,
+            Err(e) => Attempt::Failed(e),
+        };
+        (attempt, events, tier)
     }
 
-    fn prepare(self, events: &mut Option<usize>, tier: &mut Option<Tier>) -> Prepared {
-        let app = &*self.app;
-        if let Some(s) = self.who.as_ref().and_then(|w| w.signed.as_ref()) {
+    fn prepare(
+        &mut self,
+        step: Step,
+        events: &mut Option<usize>,
+        tier: &mut Option<Tier>,
+    ) -> Result<Attempt, ApiError> {
+        let app = &*Arc::clone(&self.app);
+        let charged = match step {
+            Step::Worker(q) => q,
+            Step::Inline => None,
+        };
+        let raw = self
+            .raw
+            .as_ref()
+            .ok_or_else(|| ApiError::Internal("the body was already freed".into()))?;
+        if let Some(s) = self
+            .who
+            .as_ref()
+            .and_then(|w| w.signed.as_ref())
+            .filter(|_| charged.is_none())
+        {
             let now_secs = time::OffsetDateTime::now_utc().unix_timestamp();
             let req = sign::Request {
                 method: &self.method,
                 path_and_query: &self.path_and_query,
-                body: &self.raw.bytes,
+                body: &raw.bytes,
                 now_secs,
             };
             sign::verify(&s.presented, &s.public, &req, &app.keys.replay)?;
         }
         let limits = &app.config.limits;
-        let wire = self.raw.bytes.len();
-        let mut buf = decode::decode(
-            &self.raw.bytes,
-            self.encoding,
-            limits.max_decompressed_bytes,
-        )?;
+        let wire = raw.bytes.len();
+        let mut buf = decode::decode(&raw.bytes, self.encoding, limits.max_decompressed_bytes)?;
         if self.dialect == Dialect::PostHog {
             buf = crate::compat::posthog::unwrap_body(
                 buf,
@@ -334,13 +403,17 @@ impl Job {
                 limits.max_decompressed_bytes,
             )?;
         }
-        // Decoded: the body's share of the budget goes back.
-        drop(self.raw);
-        crate::telemetry::BodyReceived {
-            wire,
-            decoded: buf.len(),
+        if let Step::Worker(_) = step {
+            // Decoded: the body's share of the budget goes back.
+            self.raw = None;
         }
-        .emit();
+        if charged.is_none() {
+            crate::telemetry::BodyReceived {
+                wire,
+                decoded: buf.len(),
+            }
+            .emit();
+        }
         let max_events = app.config.gateway.max_events_per_batch;
         let shape_limits = shape::ShapeLimits::new(max_events, limits);
         let received = time::OffsetDateTime::now_utc();
@@ -350,13 +423,17 @@ impl Job {
             Dialect::Native => {
                 let who = self
                     .who
+                    .clone()
                     .ok_or_else(|| ApiError::Internal("a native request without a key".into()))?;
                 let shape = model::scan(&buf, shape_limits)?;
                 // The batch's tokens, all or none, before the costly parse and validation.
-                let quota = app
-                    .limiter
-                    .check(who.tenant, who.tier, shape.events)
-                    .map_err(ApiError::RateLimited)?;
+                let quota = match charged {
+                    Some(q) => q,
+                    None => app
+                        .limiter
+                        .check(who.tenant, who.tier, shape.events)
+                        .map_err(ApiError::RateLimited)?,
+                };
                 *events = Some(shape.events);
                 let batch = model::parse(&mut buf).map_err(ApiError::MalformedBody)?;
                 (batch, quota, who)
@@ -366,7 +443,7 @@ impl Job {
                 // now if the key was in the body; charged before validation
                 // and enrichment.
                 foreign = crate::compat::parse(&mut buf, shape_limits)?;
-                let who = match self.who {
+                let who = match self.who.clone() {
                     Some(who) => who,
                     None => body_key(
                         app,
@@ -381,15 +458,23 @@ impl Job {
                     .format(&time::format_description::well_known::Rfc3339)
                     .map_err(|e| ApiError::Internal(e.to_string()))?;
                 let events_in = crate::compat::events(dialect, &foreign, who.tenant, &at)?;
-                let quota = app
-                    .limiter
-                    .check(who.tenant, who.tier, events_in.len().max(1))
-                    .map_err(ApiError::RateLimited)?;
+                let quota = match charged {
+                    Some(q) => q,
+                    None => app
+                        .limiter
+                        .check(who.tenant, who.tier, events_in.len().max(1))
+                        .map_err(ApiError::RateLimited)?,
+                };
                 *events = Some(events_in.len());
                 (model::Batch { events: events_in }, quota, who)
             }
         };
         *events = Some(batch.events.len());
+        if matches!(step, Step::Inline)
+            && !validate::user_agents_cached(&batch, self.header_ua.as_deref(), &app.enricher)
+        {
+            return Ok(Attempt::Handoff(quota));
+        }
         let ctx = validate::Context {
             tenant: who.tenant,
             received_at_ms,
@@ -407,7 +492,7 @@ impl Job {
             max_details: app.config.gateway.max_error_details,
         };
         let out = validate::prepare(&batch, &ctx)?;
-        Ok((out, quota, who))
+        Ok(Attempt::Done((out, quota, who)))
     }
 }
 

@@ -19,6 +19,7 @@
 //! then each replica keeps 1/N of every rate (N: the replicas last seen).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -74,17 +75,41 @@ struct Split {
     synced: Option<Instant>,
 }
 
-/// This replica's fractions of the tenants' rates, and what it was offered.
+/// This replica's fractions of the tenants' rates. What each tenant was
+/// offered is counted in its rate-limit bucket (the sharded map of
+/// [`super::RateLimiter`]), which hands the counts to [`Shares::sync`].
 pub struct Shares {
     instance: String,
     interval: Duration,
-    /// `rate_limits.max_tenants`: most tenants counted per interval and read
-    /// per replica (the busiest, when there are more).
+    /// `rate_limits.max_tenants`: most tenants read per replica (the busiest,
+    /// when there are more); the buckets that count them are bounded alike.
     max_tenants: usize,
     split: Mutex<Split>,
-    /// Events offered since the last sync, and the tenant's configured rate.
-    offered: Mutex<HashMap<Uuid, (u64, f64)>>,
+    /// Bumped by every sync: a bucket's [`Cached`] share from an older
+    /// generation is read again (one atomic load per request otherwise).
+    generation: AtomicU64,
 }
+
+/// A share as a bucket keeps it: valid while the generation is the current
+/// one and until the split would go stale.
+#[derive(Debug, Clone, Copy)]
+pub struct Cached {
+    pub value: f64,
+    generation: u64,
+    until: Option<Instant>,
+}
+
+impl Cached {
+    /// The whole rate, for a limiter that shares with nobody.
+    pub const WHOLE: Cached = Cached {
+        value: 1.0,
+        generation: u64::MAX,
+        until: None,
+    };
+}
+
+/// The events offered to each tenant since the last sync, and its configured rate.
+pub type Offered = Vec<(Uuid, u64, f64)>;
 
 #[derive(clickhouse::Row, Serialize)]
 struct UsageRow<'a> {
@@ -114,35 +139,43 @@ impl Shares {
                 replicas: 1,
                 ..Split::default()
             }),
-            offered: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
         }
-    }
-
-    /// Counts `n` events offered for `tenant` (admitted or not) at `rate`.
-    pub fn offer(&self, tenant: Uuid, n: u64, rate: f64) {
-        let mut o = self.offered.lock().unwrap_or_else(|e| e.into_inner());
-        if o.len() >= self.max_tenants && !o.contains_key(&tenant) {
-            return; // this tenant keeps its even split until the next interval
-        }
-        let e = o.entry(tenant).or_insert((0, rate));
-        e.0 += n;
-        e.1 = rate;
     }
 
     /// This replica's fraction of `tenant`'s rate, in (0, 1].
     pub fn share(&self, tenant: Uuid) -> f64 {
+        self.read(tenant, Instant::now()).value
+    }
+
+    /// The share of `tenant` now, with how long it holds.
+    pub fn read(&self, tenant: Uuid, now: Instant) -> Cached {
+        // The generation first: a sync in between makes this one look old.
+        let generation = self.generation.load(Ordering::Acquire);
         let s = self.split.lock().unwrap_or_else(|e| e.into_inner());
-        let fresh = s
-            .synced
-            .is_some_and(|t| t.elapsed() < self.interval * STALE_INTERVALS);
+        let stale_at = s.synced.map(|t| t + self.interval * STALE_INTERVALS);
+        let fresh = stale_at.is_some_and(|at| now < at);
         let even = 1.0 / s.replicas.max(1) as f64;
         let share = if fresh {
             s.shares.get(&tenant).copied().unwrap_or(even)
         } else {
             even
         };
-        // Never zero: a replica always admits a trickle, so its demand is seen.
-        share.clamp(0.01, 1.0)
+        Cached {
+            // Never zero: a replica always admits a trickle, so its demand is seen.
+            value: share.clamp(0.01, 1.0),
+            generation,
+            until: stale_at.filter(|_| fresh),
+        }
+    }
+
+    /// Re-reads `cached` when a sync changed the split or it went stale.
+    pub fn refresh(&self, tenant: Uuid, cached: &mut Cached, now: Instant) {
+        let current = cached.generation == self.generation.load(Ordering::Acquire)
+            && cached.until.is_none_or(|at| now < at);
+        if !current {
+            *cached = self.read(tenant, now);
+        }
     }
 
     /// The live replicas last seen.
@@ -184,18 +217,21 @@ impl Shares {
         s.shares = shares;
         s.replicas = live.len();
         s.synced = Some(Instant::now());
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// One sync: write what this replica was offered, read everyone's.
+    /// One sync: write what this replica was `offered`, read everyone's.
     pub async fn sync(
         &self,
         client: &clickhouse::Client,
         table: &str,
+        mut offered: Offered,
     ) -> Result<(), clickhouse::error::Error> {
-        let offered: Vec<(Uuid, (u64, f64))> =
-            std::mem::take(&mut *self.offered.lock().unwrap_or_else(|e| e.into_inner()))
-                .into_iter()
-                .collect();
+        // The busiest `max_tenants`, as the read keeps.
+        if offered.len() > self.max_tenants {
+            offered.sort_unstable_by(|a, b| b.1.cmp(&a.1));
+            offered.truncate(self.max_tenants);
+        }
         let mut insert = client.insert::<UsageRow<'_>>(table).await?;
         // The heartbeat (nil tenant) says this replica is live even when idle.
         insert
@@ -206,7 +242,7 @@ impl Shares {
                 rate: 0.0,
             })
             .await?;
-        for (tenant_id, (offered, rate)) in &offered {
+        for (tenant_id, offered, rate) in &offered {
             insert
                 .write(&UsageRow {
                     instance: &self.instance,
@@ -232,12 +268,13 @@ impl Shares {
         Ok(())
     }
 
-    /// Syncs every interval until aborted; failures are counted and logged when
-    /// they start and when they end.
+    /// Syncs every interval until aborted, with the counts `offered` hands
+    /// over; failures are counted and logged when they start and when they end.
     pub fn spawn_sync(
         self: &Arc<Self>,
         client: clickhouse::Client,
         table: String,
+        offered: impl Fn() -> Offered + Send + 'static,
     ) -> tokio::task::JoinHandle<()> {
         let shares = Arc::clone(self);
         tokio::spawn(async move {
@@ -246,7 +283,7 @@ impl Shares {
             let mut failing = false;
             loop {
                 tick.tick().await;
-                let result = shares.sync(&client, &table).await;
+                let result = shares.sync(&client, &table, offered()).await;
                 RateShareSync {
                     result: &result,
                     was_failing: failing,
@@ -366,5 +403,32 @@ mod tests {
         // Alone (no rows yet, or ClickHouse never answered): the whole rate.
         let alone = Shares::new("z".into(), Duration::from_secs(1), 100);
         assert!(close(alone.share(t), 1.0));
+    }
+
+    #[test]
+    fn a_cached_share_follows_every_sync_and_goes_stale_with_the_split() {
+        let t = Uuid::new_v4();
+        let s = Shares::new("b".into(), Duration::from_secs(1), 100);
+        let now = Instant::now();
+        let mut cached = s.read(t, now);
+        assert!(close(cached.value, 1.0), "alone");
+        let row = |instance: &str, offered| UsageSum {
+            instance: instance.into(),
+            tenant_id: t,
+            offered,
+            rate: 100.0,
+        };
+        // Demand 100/s each over the window: half each.
+        s.apply(&[row("a", 300), row("b", 300)], Duration::from_secs(3));
+        s.refresh(t, &mut cached, Instant::now());
+        assert!(close(cached.value, 0.5), "{}", cached.value);
+        // Without a sync the split holds STALE_INTERVALS, then an even split
+        // over the replicas last seen.
+        let later = Instant::now() + Duration::from_secs(STALE_INTERVALS as u64 + 1);
+        s.apply(&[row("a", 30), row("b", 870)], Duration::from_secs(3));
+        s.refresh(t, &mut cached, Instant::now());
+        assert!(close(cached.value, 0.9), "{}", cached.value);
+        s.refresh(t, &mut cached, later);
+        assert!(close(cached.value, 0.5), "stale: {}", cached.value);
     }
 }

@@ -61,14 +61,21 @@ struct Bucket {
     tokens: f64,
     updated: Instant,
     rate: Rate,
+    /// Events offered since the last share sync (admitted or not), counted
+    /// here under the shard's lock rather than in a map of their own.
+    offered: u64,
+    /// This replica's part of the tenant's rate, as last read.
+    share: cluster::Cached,
 }
 
 impl Bucket {
-    fn full(rate: Rate, now: Instant) -> Bucket {
+    fn full(rate: Rate, now: Instant, share: cluster::Cached) -> Bucket {
         Bucket {
             tokens: rate.burst,
             updated: now,
             rate,
+            offered: 0,
+            share,
         }
     }
 
@@ -149,7 +156,10 @@ impl RateLimiter {
         });
         let global = (r.global_events_per_second > 0.0).then(|| {
             let g = rate(r.global_events_per_second, r.global_burst);
-            (g, Mutex::new(Bucket::full(g, Instant::now())))
+            (
+                g,
+                Mutex::new(Bucket::full(g, Instant::now(), cluster::Cached::WHOLE)),
+            )
         });
         RateLimiter {
             tiers,
@@ -171,30 +181,68 @@ impl RateLimiter {
         self.shares.as_ref()
     }
 
-    /// `tenant`'s rate on this replica: its part of the configured one.
-    fn rate_for(&self, tenant: Uuid, tier: Tier) -> Rate {
-        let whole = self
-            .overrides
+    /// `tenant`'s configured rate (its override, else its tier's).
+    fn whole_rate(&self, tenant: Uuid, tier: Tier) -> Rate {
+        self.overrides
             .get(&tenant)
             .copied()
-            .unwrap_or(self.tiers[tier_index(tier)]);
-        match &self.shares {
-            None => whole,
-            Some(s) => {
-                let share = s.share(tenant);
-                Rate {
-                    per_second: whole.per_second * share,
-                    burst: (whole.burst * share).max(self.min_burst.min(whole.burst)),
-                    limit: whole.limit,
-                }
-            }
+            .unwrap_or(self.tiers[tier_index(tier)])
+    }
+
+    /// This replica's part of `whole`, its share being `share`.
+    fn part(&self, whole: Rate, share: f64) -> Rate {
+        if self.shares.is_none() {
+            return whole;
+        }
+        Rate {
+            per_second: whole.per_second * share,
+            burst: (whole.burst * share).max(self.min_burst.min(whole.burst)),
+            limit: whole.limit,
         }
     }
 
-    fn offer(&self, tenant: Uuid, n: u64, rate: Rate) {
-        if let Some(s) = &self.shares {
-            s.offer(tenant, n, rate.limit);
+    /// The share for a bucket about to be created.
+    fn fresh_share(&self, tenant: Uuid, now: Instant) -> cluster::Cached {
+        match &self.shares {
+            None => cluster::Cached::WHOLE,
+            Some(s) => s.read(tenant, now),
         }
+    }
+
+    /// `tenant`'s bucket and its rate on this replica now (a new bucket is full).
+    /// The share is re-read only when a sync changed it or it went stale.
+    fn bucket<'m>(
+        &self,
+        map: &'m mut HashMap<Uuid, Bucket>,
+        tenant: Uuid,
+        whole: Rate,
+        now: Instant,
+    ) -> (&'m mut Bucket, Rate) {
+        if !map.contains_key(&tenant) && map.len() >= self.per_shard {
+            evict(map, now);
+        }
+        let bucket = map.entry(tenant).or_insert_with(|| {
+            let share = self.fresh_share(tenant, now);
+            Bucket::full(self.part(whole, share.value), now, share)
+        });
+        if let Some(s) = &self.shares {
+            s.refresh(tenant, &mut bucket.share, now);
+        }
+        let rate = self.part(whole, bucket.share.value);
+        (bucket, rate)
+    }
+
+    /// The events each tenant was offered since the last call, and its
+    /// configured rate (for the share sync; the counts start again from 0).
+    pub fn take_offered(&self) -> cluster::Offered {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for (tenant, b) in map.iter_mut().filter(|(_, b)| b.offered > 0) {
+                out.push((*tenant, std::mem::take(&mut b.offered), b.rate.limit));
+            }
+        }
+        out
     }
 
     /// Takes `events` tokens for `tenant`, or refuses without taking any.
@@ -209,16 +257,18 @@ impl RateLimiter {
     }
 
     fn peek_at(&self, tenant: Uuid, tier: Tier, now: Instant) -> Result<(), Refusal> {
-        let rate = self.rate_for(tenant, tier);
+        let whole = self.whole_rate(tenant, tier);
         let shard = &self.shards[(tenant.as_u128() as usize) % SHARDS];
         let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(bucket) = map.get_mut(&tenant) {
+            if let Some(s) = &self.shares {
+                s.refresh(tenant, &mut bucket.share, now);
+            }
+            let rate = self.part(whole, bucket.share.value);
             bucket.refill(rate, now);
             if bucket.tokens < 1.0 {
-                let refusal = bucket.refusal(1.0, rate, false);
-                drop(map);
-                self.offer(tenant, 1, rate);
-                return Err(refusal);
+                bucket.offered += 1;
+                return Err(bucket.refusal(1.0, rate, false));
             }
         }
         drop(map);
@@ -239,13 +289,10 @@ impl RateLimiter {
     }
 
     fn debit_at(&self, tenant: Uuid, tier: Tier, n: f64, now: Instant) {
-        let rate = self.rate_for(tenant, tier);
+        let whole = self.whole_rate(tenant, tier);
         let shard = &self.shards[(tenant.as_u128() as usize) % SHARDS];
         let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
-        if !map.contains_key(&tenant) && map.len() >= self.per_shard {
-            evict(&mut map, now);
-        }
-        let bucket = map.entry(tenant).or_insert_with(|| Bucket::full(rate, now));
+        let (bucket, rate) = self.bucket(&mut map, tenant, whole, now);
         bucket.refill(rate, now);
         bucket.tokens = (bucket.tokens - n).clamp(0.0, rate.burst);
     }
@@ -257,15 +304,12 @@ impl RateLimiter {
         events: usize,
         now: Instant,
     ) -> Result<Quota, Refusal> {
-        let rate = self.rate_for(tenant, tier);
-        self.offer(tenant, events as u64, rate);
+        let whole = self.whole_rate(tenant, tier);
         let n = events as f64;
         let shard = &self.shards[(tenant.as_u128() as usize) % SHARDS];
         let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
-        if !map.contains_key(&tenant) && map.len() >= self.per_shard {
-            evict(&mut map, now);
-        }
-        let bucket = map.entry(tenant).or_insert_with(|| Bucket::full(rate, now));
+        let (bucket, rate) = self.bucket(&mut map, tenant, whole, now);
+        bucket.offered += events as u64;
         // A tier change or a new override applies from the next request on.
         bucket.rate = rate;
         let quota = bucket.take(n, rate, now)?;
@@ -281,7 +325,9 @@ impl RateLimiter {
     }
 }
 
-/// Makes room for one bucket: drops full (idle) buckets, or else the stalest one.
+/// Makes room for one bucket: drops full (idle) buckets, or else the stalest
+/// one. (A dropped bucket's offered count since the last sync goes with it:
+/// the share sync under-counts that tenant for one interval.)
 fn evict(map: &mut HashMap<Uuid, Bucket>, now: Instant) {
     let before = map.len();
     map.retain(|_, b| {
@@ -418,5 +464,29 @@ mod tests {
             rl.check_at(t, Tier::Free, 1, later).is_err(),
             "the debit took a token"
         );
+    }
+
+    #[test]
+    fn offered_events_are_counted_in_the_buckets_and_handed_over_once() {
+        let mut cfg = Config::load_from(None, Vec::new()).expect("defaults");
+        cfg.tiers.free.events_per_second = 10.0;
+        cfg.tiers.free.burst = 20;
+        let shares = Arc::new(cluster::Shares::new(
+            "me".into(),
+            Duration::from_secs(1),
+            100,
+        ));
+        let rl = RateLimiter::new(&cfg.tiers, &cfg.rate_limits, Some(shares), 10);
+        let (t, idle) = (Uuid::new_v4(), Uuid::new_v4());
+        let now = Instant::now();
+        rl.check_at(t, Tier::Free, 15, now).expect("within burst");
+        assert!(rl.check_at(t, Tier::Free, 10, now).is_err());
+        rl.check_at(t, Tier::Free, 5, now).expect("the rest");
+        assert!(rl.peek_at(t, Tier::Free, now).is_err(), "drained");
+        rl.peek_at(idle, Tier::Free, now)
+            .expect("unknown tenants pass a peek");
+        // Admitted and refused alike: 15 + 10 + 5 + the refused peek.
+        assert_eq!(rl.take_offered(), vec![(t, 31, 10.0)]);
+        assert!(rl.take_offered().is_empty(), "counted once");
     }
 }

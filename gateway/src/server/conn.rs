@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// Clocks of one connection, in milliseconds since it was accepted.
 pub struct Activity {
@@ -174,20 +174,79 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     }
 }
 
-/// Answers a connection over `gateway.max_connections` with 503 and closes it,
-/// spending at most a second on it.
-pub async fn refuse<T: AsyncWrite + Unpin>(mut stream: T, retry_after_secs: u64) {
+/// Most bytes of a refused connection's request head read before answering.
+const REFUSAL_HEAD_BYTES: usize = 16 * 1024;
+/// Most bytes a refused client may still send after its answer (a body it
+/// had started) before the connection is dropped anyway.
+const REFUSAL_LINGER_BYTES: usize = 8 << 20;
+
+/// Answers a connection over `gateway.max_connections` with 503 and
+/// `Retry-After`, and closes it cleanly, spending at most `budget` on it.
+///
+/// The request head is read first and whatever the client still sends is
+/// drained until it closes (a lingering close): a socket closed with unread
+/// bytes makes the kernel send a reset, and the client then sees a broken
+/// connection instead of the 503.
+pub async fn refuse<T: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: T,
+    retry_after_secs: u64,
+    budget: Duration,
+) {
     let body = r#"{"error":{"code":"overloaded","message":"the gateway is at its connection limit; retry shortly","request_id":"","details":[]}}"#;
     let answer = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
          retry-after: {retry_after_secs}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
-    let write = async {
-        let _ = stream.write_all(answer.as_bytes()).await;
+    let work = async {
+        let mut buf = [0u8; 4096];
+        let mut head = HeadEnd::default();
+        let mut read = 0;
+        while !head.done && read < REFUSAL_HEAD_BYTES {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    read += n;
+                    head.feed(&buf[..n]);
+                }
+            }
+        }
+        if stream.write_all(answer.as_bytes()).await.is_err() {
+            return;
+        }
         let _ = stream.shutdown().await;
+        let mut drained = 0;
+        while drained < REFUSAL_LINGER_BYTES {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => drained += n,
+            }
+        }
     };
-    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+    let _ = tokio::time::timeout(budget, work).await;
+}
+
+/// Finds the blank line that ends a request head, across reads.
+#[derive(Default)]
+struct HeadEnd {
+    /// The last bytes seen (the end marker may span two reads).
+    tail: [u8; 3],
+    done: bool,
+}
+
+impl HeadEnd {
+    fn feed(&mut self, bytes: &[u8]) {
+        if self.done {
+            return;
+        }
+        let mut joined = Vec::with_capacity(3 + bytes.len());
+        joined.extend_from_slice(&self.tail);
+        joined.extend_from_slice(bytes);
+        self.done = joined.windows(4).any(|w| w == b"\r\n\r\n");
+        let keep = joined.len().min(3);
+        self.tail = [0; 3];
+        self.tail[3 - keep..].copy_from_slice(&joined[joined.len() - keep..]);
+    }
 }
 
 #[cfg(test)]
@@ -211,5 +270,54 @@ mod tests {
         drop(req);
         std::thread::sleep(Duration::from_millis(2));
         assert_eq!(a.judge(head, idle), Verdict::Idle);
+    }
+
+    #[test]
+    fn the_end_of_a_head_is_found_across_reads() {
+        let mut h = HeadEnd::default();
+        h.feed(b"POST /ingest HTTP/1.1\r\nhost: x\r\n\r");
+        assert!(!h.done);
+        h.feed(b"\n{\"events\"");
+        assert!(h.done);
+        let mut h = HeadEnd::default();
+        for b in b"GET / HTTP/1.1\r\n\r\n" {
+            h.feed(&[*b]);
+        }
+        assert!(h.done, "one byte at a time");
+        let mut h = HeadEnd::default();
+        h.feed(b"GET / HTTP/1.1\r\nx: \r\r\n");
+        assert!(!h.done);
+    }
+
+    /// A client refused at the connection limit while it uploads a large body
+    /// reads the 503 (the old refusal closed with its bytes unread: a reset).
+    #[tokio::test]
+    async fn a_refused_upload_reads_its_503_not_a_reset() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            refuse(stream, 3, Duration::from_secs(5)).await;
+        });
+        let mut client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let body = vec![b'x'; 2 << 20];
+        let head = format!(
+            "POST /ingest HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        client.write_all(head.as_bytes()).await.expect("head");
+        // The answer may come while the body is still going out; the client
+        // keeps sending (as HTTP clients do) and then reads.
+        let sent = client.write_all(&body).await;
+        let mut answer = Vec::new();
+        let read = client.read_to_end(&mut answer).await;
+        let text = String::from_utf8_lossy(&answer);
+        assert!(
+            text.starts_with("HTTP/1.1 503") && text.contains("retry-after: 3"),
+            "sent {sent:?}, read {read:?}: {text}"
+        );
     }
 }

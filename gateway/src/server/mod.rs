@@ -28,8 +28,11 @@ use conn::{Activity, Tracked, Verdict};
 
 /// Most connections to the operations listener (scrapers and probes).
 const OPERATIONS_CONNECTIONS: usize = 64;
-/// Most connections being refused at once (past the limit they are just closed).
-const REFUSALS: usize = 256;
+/// Most connections being refused at once (past it they are just closed).
+/// Each holds a 4 KiB buffer for at most [`REFUSAL_BUDGET`].
+const REFUSALS: usize = 1024;
+/// The longest a refused connection is served (head, answer, lingering close).
+const REFUSAL_BUDGET: Duration = Duration::from_secs(2);
 
 /// Binds with a deep accept backlog, so a connection storm waits in the kernel
 /// (and is answered, or shed with 503) instead of being refused.
@@ -65,12 +68,14 @@ pub async fn serve(
             .spawn_refresh(Duration::from_millis(app.config.auth.refresh_interval_ms)),
     );
     if let Some(shares) = app.limiter.shares() {
+        let counts = Arc::clone(&app);
         background.push(
             "rate-limit shares",
             shares.spawn_sync(
                 shared::store::client(&app.config.clickhouse)
                     .with_database(&app.config.clickhouse.database),
                 "rate_usage".to_string(),
+                move || counts.limiter.take_offered(),
             ),
         );
     }
@@ -122,7 +127,7 @@ pub async fn serve(
             if let Ok(r) = Arc::clone(&refusals).try_acquire_owned() {
                 let retry = g.retry_after_secs;
                 tokio::spawn(async move {
-                    conn::refuse(stream, retry).await;
+                    conn::refuse(stream, retry, REFUSAL_BUDGET).await;
                     drop(r);
                 });
             }

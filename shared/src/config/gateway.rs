@@ -40,6 +40,10 @@ pub struct GatewayConfig {
     pub max_buffered_body_bytes: u64,
     /// Requests decoded, parsed and validated at once (0: one per CPU core).
     pub cpu_workers: usize,
+    /// Uncompressed bodies up to this size are parsed and validated on the
+    /// network thread that read them (microseconds of work) instead of being
+    /// handed to a worker; 0: every body goes to a worker.
+    pub inline_max_body_bytes: usize,
     /// Most entries in a 422's `details`; the rest are counted, not listed.
     pub max_error_details: usize,
     /// First-party path prefixes: a request to `<prefix><path>` is served as

@@ -200,6 +200,21 @@ impl Memo {
     }
 }
 
+/// Whether every event of `batch` can be enriched without parsing a user
+/// agent (each is cached, or empty): then validation costs microseconds and
+/// may run on a network thread.
+pub fn user_agents_cached(batch: &Batch<'_>, header_ua: Option<&str>, enricher: &Enricher) -> bool {
+    let mut last: Option<&str> = None;
+    batch.events.iter().all(|e| {
+        let ua = e.user_agent.as_deref().or(header_ua).unwrap_or("");
+        if last == Some(ua) {
+            return true;
+        }
+        last = Some(ua);
+        enricher.ua_cached(ua)
+    })
+}
+
 /// Validates `batch` for the request's tenant, enriches and serializes each event.
 pub fn prepare(batch: &Batch<'_>, ctx: &Context<'_>) -> Result<Vec<Record>, ApiError> {
     let (tenant, max_events) = (ctx.tenant, ctx.max_events);

@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""`make bench`: the gateway measured against baselines taken in the same run.
+
+    python3 loadtest/bench.py                     # the whole run -> docs/benchmarks.md
+    python3 loadtest/bench.py --seconds 10 --no-doc --only small,live
+
+Every run measures, on this machine and in this run: the criterion floor (the
+gateway's decode, parse, validate, enrich and serialize with no network and no
+broker), a trivial hyper handler under the same small-request load (the price
+of HTTP alone here), the gateway's own liveness probe, and then the gateway's
+scenarios. The page publishes the ratios first (they carry from one machine
+to another), the absolute numbers second, and each run replaces the last.
+Every phase also reports the load generator's own CPU: a generator near the
+machine's core count was the bottleneck, and its phase says so.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+stack = harness.stack
+log = harness.log
+SMALL_CONNECTIONS = 64
+
+# name -> (description, loadtest arguments given the run's seconds)
+SCENARIOS = {
+    "live": ("GET /health/live, 64 connections, closed loop",
+             lambda s, _: ["--get", "/health/live", "--batch", "1", "--concurrency", str(SMALL_CONNECTIONS),
+                           "--duration", str(s)]),
+    "small": ("one-event POST /ingest, 64 connections, closed loop",
+              lambda s, _: ["--batch", "1", "--concurrency", str(SMALL_CONNECTIONS), "--duration", str(s),
+                            "--pool", "4096"]),
+    "max": ("1000-event batches, 8 clients, closed loop (maximum)",
+            lambda s, _: ["--concurrency", "8", "--duration", str(s)]),
+    "half": ("1000-event batches at half the maximum, open loop",
+             lambda s, r: ["--rate", "%d:%d" % (max(1000, (r.get("max") or 2000) / 2), s)]),
+    "posthog": ("PostHog /batch, 1000 events (key in body), 8 clients, closed loop",
+                lambda s, _: ["--format", "posthog", "--concurrency", "8", "--duration", str(s)]),
+    "realistic": ("realistic batches (1–1000), 50% gzip, 50 tenants, 20k ev/s open loop",
+                  lambda s, _: ["--rate", "20000:%d" % s, "--batch", "realistic", "--gzip", "0.5",
+                                "--pool", "512"]),
+    "burst": ("burst 100k → 1M ev/s for 5 s → 100k (past capacity)",
+              lambda s, _: ["--rate", "100000:10,1000000:5,100000:10", "--max-outstanding", "4000"]),
+}
+ORDER = ["live", "small", "max", "half", "posthog", "realistic", "burst"]
+
+
+def trivial_baseline(env, seconds):
+    """The trivial handler under the small-request load: CPU µs per request."""
+    proc = env.stack.start("trivial", [harness.LOADTEST, "trivial", "--listen", "127.0.0.1:0"])
+    addr = None
+    log_path = proc.log_path
+    stack.wait_until("the trivial handler", lambda: "listening on" in open(log_path).read(), [proc], 30)
+    addr = open(log_path).read().split("listening on", 1)[1].split()[0]
+    out = os.path.join(env.dir, "trivial.json")
+    argv = [harness.LOADTEST, "run", "--url", "http://" + addr, "--tenants", str(harness.TENANTS),
+            "--json", out, "--pid", str(proc.proc.pid), "--batch", "1", "--concurrency",
+            str(SMALL_CONNECTIONS), "--duration", str(seconds), "--pool", "4096"]
+    log("trivial: " + " ".join(argv[2:]))
+    harness.sh(argv)
+    proc.stop()
+    env.stack.procs.remove(proc)
+    with open(out) as f:
+        return json.load(f)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=20)
+    ap.add_argument("--only", default=",".join(ORDER), help="scenarios, comma-separated")
+    ap.add_argument("--gateway", default=harness.GATEWAY, help="the gateway binary")
+    ap.add_argument("--config", default="", help="extra gateway configuration (TOML) for every scenario")
+    ap.add_argument("--no-floor", action="store_true")
+    ap.add_argument("--no-doc", action="store_true", help="print, do not rewrite docs/benchmarks.md")
+    ap.add_argument("--json", help="write every result here")
+    args = ap.parse_args()
+    only = [s for s in args.only.split(",") if s]
+    unknown = [s for s in only if s not in SCENARIOS]
+    if unknown:
+        stack.fail("unknown scenarios %s (known: %s)" % (unknown, ", ".join(ORDER)))
+    results = {"machine": harness.machine(), "commit": harness.commit(), "seconds": args.seconds,
+               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    if not args.no_floor:
+        results["floor"] = harness.floor_us_per_event()
+    harness.GATEWAY = args.gateway
+    env = harness.Env("memory://tansu/")
+    rates = {}
+    try:
+        env.start_services()
+        results["trivial"] = trivial_baseline(env, args.seconds)
+        cfg = env.config(args.config)
+        env.migrate_or_topics(cfg)
+        env.start_gateway(cfg)
+        harness.loadtest_run(env, ["--rate", "20000:3"], "warmup")
+        for name in [s for s in ORDER if s in only]:
+            r = harness.loadtest_run(env, SCENARIOS[name][1](args.seconds, rates), name)
+            results[name] = r
+            rates[name] = r["phases"][0]["events_per_sec"]
+        results["alive_after"] = env.gateway.alive() and stack.http_ok(env.url + "/health/ready")
+    finally:
+        env.cleanup()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    text = render(results)
+    print(text)
+    if not args.no_doc:
+        write_doc(text)
+    return 0 if results.get("alive_after") else 1
+
+
+def phase(results, name):
+    r = results.get(name)
+    return r["phases"][0] if r else None
+
+
+def ratio(a, b):
+    return "%.2f×" % (a / b) if a and b else "–"
+
+
+def render(results):
+    live, small, trivial = phase(results, "live"), phase(results, "small"), phase(results, "trivial")
+    floor = (results.get("floor") or {}).get("plain_1000")
+    per_req = lambda p: p and p.get("cpu_us_per_request")  # noqa: E731
+    per_ev = lambda p: p and p.get("cpu_us_per_event")  # noqa: E731
+    rows = [
+        ("one-event request ÷ liveness request (gateway CPU)", ratio(per_req(small), per_req(live)), "≤ 2×"),
+        ("one-event request ÷ trivial handler request", ratio(per_req(small), per_req(trivial)), ""),
+        ("liveness request ÷ trivial handler request", ratio(per_req(live), per_req(trivial)), ""),
+        ("1000-event batches at maximum ÷ floor (per event)", ratio(per_ev(phase(results, "max")), floor), "≤ 1.5×"),
+        ("1000-event batches at half the maximum ÷ floor", ratio(per_ev(phase(results, "half")), floor), "≤ 1.5×"),
+        ("PostHog /batch format at maximum ÷ floor", ratio(per_ev(phase(results, "posthog")), floor), ""),
+        ("realistic mix ÷ floor", ratio(per_ev(phase(results, "realistic")), floor), ""),
+    ]
+    out = ["## Latest run", "",
+           "- Date: %s; commit `%s`; `make bench` (%d s per scenario)" % (
+               results["date"], results["commit"], results["seconds"]),
+           "- Machine: %s" % results["machine"],
+           "- Broker: tansu 0.6.0, in-memory storage, same machine; acks=all, idempotent producer",
+           "", "### Ratios (what carries to another machine)", "",
+           "| ratio | this run | target |", "|---|---:|---|"]
+    out += ["| %s | %s | %s |" % r for r in rows]
+    out += ["", "### Absolute numbers (this machine, this run)", "",
+            "| scenario | target ev/s | accepted ev/s | req/s | latency ms p50 / p99 / max | "
+            "CPU µs/request | CPU µs/event | RSS MiB | statuses | load generator cores |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    names = dict((k, v[0]) for k, v in SCENARIOS.items())
+    names["trivial"] = "trivial hyper handler (baseline), one-event POST, 64 connections"
+    for key in ["trivial"] + ORDER:
+        r = results.get(key)
+        if not r:
+            continue
+        for i, p in enumerate(r["phases"]):
+            label = names[key] + (" — phase %d" % (i + 1) if len(r["phases"]) > 1 else "")
+            out.append("| %s |" % label + " | ".join(cells(p)) + " |")
+    if floor:
+        out += ["", "**Floor** (criterion, `cargo bench -p gateway --bench floor`, same run): "
+                "%.2f µs/event plain, %.2f µs/event gzip." % (floor, results["floor"]["gzip_1000"])]
+    out += ["", "After the burst the gateway %s." % (
+        "was alive and ready" if results.get("alive_after") else "was NOT ready"), ""]
+    return "\n".join(out)
+
+
+def cells(p):
+    lat = p["latency_ms"]
+    st = ", ".join("%s: %d" % kv for kv in sorted(p["statuses"].items()))
+    f = lambda v, d=2: ("%%.%df" % d) % v if v is not None else "–"  # noqa: E731
+    return [" %s" % ("%.0f" % p["target_events_per_sec"] if p.get("target_events_per_sec") else "max"),
+            "%.0f" % p["events_per_sec"], "%.0f" % p["requests_per_sec"],
+            "%.1f / %.1f / %.1f" % (lat["p50"], lat["p99"], lat["max"]),
+            f(p.get("cpu_us_per_request")), f(p.get("cpu_us_per_event")),
+            "%.0f" % (p.get("gateway_rss_end_mib") or 0), st, f(p.get("client_cores"))]
+
+
+def write_doc(section):
+    """Replaces the "Latest run" section; the soak and chaos sections stay."""
+    doc = os.path.join(harness.ROOT, "docs", "benchmarks.md")
+    text = open(doc).read() if os.path.exists(doc) else "# Benchmarks\n"
+    head, sep, tail = text.partition("## Latest run")
+    rest = ""
+    if sep:
+        nxt = tail.find("\n## ")
+        rest = tail[nxt:] if nxt >= 0 else ""
+    with open(doc, "w") as f:
+        f.write(head.rstrip() + "\n\n" + section.rstrip() + "\n" + rest)
+    log("wrote %s" % doc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
