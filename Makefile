@@ -8,7 +8,7 @@ STACK := $(PYTHON) deploy/local/stack.py
 
 VENV_PY := $(OVERWATCH_CACHE)/venv/bin/python
 
-.PHONY: help provision build dev test lint lint-deploy fmt ch-query clean-data fuzz bench soak chaos release verify-data
+.PHONY: help provision build dev test lint lint-deploy fmt ch-query clean-data fuzz bench profile soak chaos release verify-data
 
 help:
 	@echo "make dev         run the whole local stack in the foreground (Ctrl-C stops it)"
@@ -16,7 +16,8 @@ help:
 	@echo "make ch-query Q='SELECT ...'   query the dev ClickHouse"
 	@echo "make clean-data  wipe the dev stack's data (.data/)"
 	@echo "make lint-deploy check Dockerfile, compose, Helm chart, Prometheus rules, dashboard"
-	@echo "make bench       load scenarios + criterion floor -> docs/benchmarks.md"
+	@echo "make bench       ratios to same-run baselines (floor, trivial handler, liveness) -> docs/benchmarks.md"
+	@echo "make profile     callgrind: instructions per request/event by stage"
 	@echo "make soak        10 minutes at 20k events/s, RSS drift"
 	@echo "make chaos       kill broker, gateway, ClickHouse under load; check nothing acknowledged is lost"
 	@echo "make verify-data the reference-model test over many seeds (late data, concurrent and killed jobs)"
@@ -39,7 +40,12 @@ release:
 
 # Performance and resilience (see docs/benchmarks.md).
 bench: provision release
-	$(PYTHON) loadtest/harness.py bench
+	$(PYTHON) loadtest/bench.py
+
+# Where the gateway's CPU goes: callgrind, by stage, per request and per event.
+profile: provision
+	cargo build --profile profiling -p gateway && cargo build --release -p loadtest
+	$(PYTHON) loadtest/profile.py
 
 soak: provision release
 	$(PYTHON) loadtest/harness.py soak

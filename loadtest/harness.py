@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Drives the benchmark, soak and chaos runs against real local processes.
 
-    python3 loadtest/harness.py bench   # make bench: scenarios + floor -> docs/benchmarks.md
+    (make bench is loadtest/bench.py, make profile loadtest/profile.py; both use this module)
     python3 loadtest/harness.py soak    # make soak: 10 minutes at 20k events/s, RSS drift
     python3 loadtest/harness.py chaos   # make chaos: kill broker, gateway, ClickHouse under load
 
@@ -168,16 +168,6 @@ def commit():
         return "unknown"
 
 
-def fmt_phase(p):
-    st = ", ".join("%s: %d" % kv for kv in sorted(p["statuses"].items()))
-    cpu = "%.2f" % p["cpu_us_per_event"] if p.get("cpu_us_per_event") is not None else "–"
-    target = "%.0f" % p["target_events_per_sec"] if p.get("target_events_per_sec") else "max"
-    lat = p["latency_ms"]
-    return (target, "%.0f" % p["events_per_sec"], "%.1f" % p["requests_per_sec"],
-            "%.1f / %.1f / %.1f / %.1f" % (lat["p50"], lat["p95"], lat["p99"], lat["max"]),
-            cpu, "%.0f" % (p.get("gateway_rss_end_mib") or 0), st, str(p["client_skipped"]))
-
-
 def up(env):
     """Starts the services and the gateway, and warms up connections, the UA
     cache and broker metadata. Returns the gateway's config file."""
@@ -187,81 +177,6 @@ def up(env):
     env.start_gateway(cfg)
     loadtest_run(env, ["--rate", "20000:3"], "warmup")
     return cfg
-
-
-def bench(args):
-    env = Env("memory://tansu/")
-    results = {}
-    try:
-        up(env)
-        results["max"] = loadtest_run(env, ["--concurrency", "8", "--duration", str(args.seconds)], "max")
-        results["50k"] = loadtest_run(env, ["--rate", "50000:%d" % args.seconds], "50k")
-        results["realistic"] = loadtest_run(
-            env, ["--rate", "20000:%d" % args.seconds, "--batch", "realistic", "--gzip", "0.5", "--pool", "512"],
-            "realistic")
-        # 10× the sustained-throughput target (100k ev/s) for 5 s: past capacity.
-        results["burst"] = loadtest_run(env, ["--rate", "100000:10,1000000:5,100000:10",
-                                              "--max-outstanding", "4000"], "burst")
-        alive = env.gateway.alive() and stack.http_ok(env.url + "/health/ready")
-        results["burst_alive_after"] = alive
-    finally:
-        env.cleanup()
-    floor = floor_us_per_event()
-    write_bench_doc(results, floor, args)
-
-
-def write_bench_doc(results, floor, args):
-    rows = []
-    header = ("scenario", "target ev/s", "accepted ev/s", "req/s", "latency ms p50 / p95 / p99 / max",
-              "gateway CPU µs/event", "RSS MiB", "statuses", "client skipped")
-    names = {
-        "max": "closed loop, 8 clients, 1000-event batches",
-        "50k": "open loop 50k ev/s, 1000-event batches",
-        "realistic": "open loop 20k ev/s, realistic batches (1–1000), 50% gzip",
-    }
-    for key in ("max", "50k", "realistic"):
-        for p in results[key]["phases"]:
-            rows.append((names[key],) + fmt_phase(p))
-    for i, p in enumerate(results["burst"]["phases"]):
-        rows.append(("burst phase %d (100k → 1M for 5 s → 100k)" % (i + 1),) + fmt_phase(p))
-    table = "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
-    table += "".join("| " + " | ".join(r) + " |\n" for r in rows)
-    gw_max = results["max"]["phases"][0].get("cpu_us_per_event")
-    gw_50k = results["50k"]["phases"][0].get("cpu_us_per_event")
-    lines = [
-        "## Latest run",
-        "",
-        "- Date: %s" % datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "- Machine: %s" % machine(),
-        "- Commit: `%s`" % commit(),
-        "- Command: `make bench` (scenario seconds: %d)" % args.seconds,
-        "- Broker: tansu 0.6.0 with in-memory storage, on the same machine; acks=all, idempotent producer, lz4",
-        "",
-        table,
-        "Gateway peak RSS over the whole run: %.0f MiB. After the burst the gateway %s." % (
-            max(results[k].get("gateway_peak_rss_mib") or 0 for k in ("max", "50k", "realistic", "burst")),
-            "was alive and ready" if results["burst_alive_after"] else "was NOT ready"),
-        "",
-        "**Floor** (criterion, `cargo bench -p gateway --bench floor`: decode, parse, validate, enrich, "
-        "serialize; no network, no broker): %.2f µs/event plain, %.2f µs/event gzip." % (
-            floor["plain_1000"], floor["gzip_1000"]),
-        "",
-        "**Gateway CPU vs floor**: %s µs/event at maximum throughput (%.1f× the plain floor), "
-        "%s µs/event at 50k ev/s (%.1f×)." % (
-            "%.2f" % gw_max if gw_max else "?", (gw_max or 0) / floor["plain_1000"],
-            "%.2f" % gw_50k if gw_50k else "?", (gw_50k or 0) / floor["plain_1000"]),
-        "",
-    ]
-    doc = os.path.join(ROOT, "docs", "benchmarks.md")
-    text = open(doc).read() if os.path.exists(doc) else ""
-    marker = "## Latest run"
-    head, _, tail = text.partition(marker)
-    # The soak and chaos results (appended by their own runs) stay.
-    kept = [l for l in tail.splitlines() if l.startswith(("**Soak**", "**Chaos**"))]
-    with open(doc, "w") as f:
-        f.write(head.rstrip() + "\n\n" + "\n".join(lines) + "".join("\n" + l + "\n" for l in kept))
-    print("\n".join(lines))
-    log("wrote %s" % doc)
 
 
 def soak(args):
@@ -393,8 +308,6 @@ def chaos(args):
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("bench")
-    b.add_argument("--seconds", type=int, default=30)
     s = sub.add_parser("soak")
     s.add_argument("--seconds", type=int, default=600)
     c = sub.add_parser("chaos")
@@ -402,8 +315,6 @@ def main():
     c.add_argument("--rate", type=int, default=3000)
     c.add_argument("--settle", type=int, default=240)
     a = ap.parse_args()
-    if a.cmd == "bench":
-        return bench(a) or 0
     if a.cmd == "soak":
         return soak(a)
     return chaos(a)

@@ -18,6 +18,7 @@ does, which is why they are the before/after measure of docs/benchmarks.md.
 
 import argparse
 import collections
+import json
 import os
 import re
 import shutil
@@ -145,15 +146,30 @@ def main():
     ap.add_argument("--label", default="", help="a name for this build in the Markdown heading")
     ap.add_argument("--gateway", default=os.path.join(harness.ROOT, "target", "profiling", "gateway"),
                     help="the gateway binary to profile (default: `cargo build --profile profiling`'s)")
+    ap.add_argument("--config", default="", help="extra gateway configuration (TOML)")
     ap.add_argument("--keep", help="copy the callgrind dumps into this directory")
+    ap.add_argument("--from", dest="source", help="only render the dumps an earlier --keep kept here")
     args = ap.parse_args()
+    if args.source:
+        with open(os.path.join(args.source, "meta.json")) as f:
+            meta = json.load(f)
+        rows = []
+        for n, (name, unit, per) in enumerate(meta):
+            by_stage, top = annotate(os.path.join(args.source, "callgrind.%d.out" % n))
+            rows.append((name, unit, per, by_stage, top))
+        text = render(rows, args.label)
+        print(text)
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(text)
+        return
     if not shutil.which("valgrind") or not shutil.which("callgrind_annotate"):
         stack.fail("valgrind (with callgrind_annotate) is required: apt-get install valgrind")
     env = harness.Env("memory://tansu/", name="profile")
     rows = []
     try:
         env.start_services()
-        cfg = env.config()
+        cfg = env.config(args.config)
         env.migrate_or_topics(cfg)
         outdir = os.path.join(env.dir, "callgrind")
         os.makedirs(outdir)
@@ -178,6 +194,10 @@ def main():
             by_stage, top = annotate(os.path.join(outdir, dumps[-1]))
             per = p["requests"] if unit == "request" else p["events_accepted"]
             rows.append((name, unit, per, by_stage, top))
+            if args.keep:
+                os.makedirs(args.keep, exist_ok=True)
+                with open(os.path.join(args.keep, "meta.json"), "w") as f:
+                    json.dump([r[:3] for r in rows], f)
             done = os.path.join(outdir, "done-%d" % n)
             os.rename(os.path.join(outdir, dumps[-1]), done)
             if args.keep:
@@ -210,7 +230,7 @@ def render(rows, label):
     for name, unit, per, _, top in rows:
         lines.append("Top functions, %s (%d %ss):" % (name, per, unit))
         lines.append("")
-        for ir, sym in top[:12]:
+        for sym, ir in top[:12]:
             lines.append("- %s Ir/%s `%s`" % (fmt(ir / max(per, 1)), unit, short(sym)))
         lines.append("")
     return "\n".join(lines)

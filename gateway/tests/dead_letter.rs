@@ -70,3 +70,89 @@ async fn unparseable_messages_go_to_dead_letter() {
     )
     .await;
 }
+
+/// The gateway packs a request's rows of one topic and key into one message.
+/// If one row of such a message cannot be parsed, none of its rows is lost
+/// silently: each is in `events` or in the dead letter's raw message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_row_among_packed_rows_loses_none_of_them_silently() {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    let svc = services();
+    let schema = TestSchema::create(&svc).await;
+    let cfg = &schema.config;
+    let topic = shared::event::EventType::Pageview.topic(&cfg.kafka.topic_prefix);
+    // Real rows as the gateway writes them, read back from the topic.
+    let gw = TestGateway::start(cfg.clone()).await;
+    let s = Uuid::new_v4();
+    let sent: Vec<_> = (0..3).map(|i| event("pageview", i, s)).collect();
+    assert_eq!(
+        gw.ingest(&serde_json::json!({ "events": sent }))
+            .await
+            .status(),
+        200
+    );
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &cfg.kafka.brokers)
+        .set("group.id", format!("dead-letter-test-{}", Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[&topic]).expect("subscribe");
+    let (_, rows) = common::next_rows(&consumer).await;
+    assert_eq!(rows.len(), 3, "one message, three rows");
+    // The same rows under new ids, with a broken row in the middle.
+    let ids: Vec<String> = (0..3).map(|_| Uuid::new_v4().to_string()).collect();
+    let mut lines: Vec<String> = rows
+        .iter()
+        .zip(&ids)
+        .map(|(r, id)| {
+            let mut r = r.clone();
+            r["id"] = id.clone().into();
+            r.to_string()
+        })
+        .collect();
+    lines.insert(1, "not json {".to_string());
+    let packed = lines.join("\n");
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &cfg.kafka.brokers)
+        .create()
+        .expect("producer");
+    producer
+        .send(
+            FutureRecord::<(), _>::to(&topic).payload(&packed),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("produce");
+    let db = format!("`{}`", schema.database());
+    let (stored, dead) = eventually(
+        "every row of the packed message accounted for",
+        Duration::from_secs(60),
+        || async {
+            let stored: Vec<String> = select_json(
+                &schema.client,
+                &format!("SELECT toString(id) AS id FROM {db}.events FINAL"),
+                &[],
+            )
+            .await
+            .iter()
+            .filter_map(|r| r["id"].as_str().map(str::to_string))
+            .collect();
+            let dead: Vec<String> = select_json(
+                &schema.client,
+                &format!("SELECT raw FROM {db}.dead_letter"),
+                &[],
+            )
+            .await
+            .iter()
+            .filter_map(|r| r["raw"].as_str().map(str::to_string))
+            .collect();
+            let accounted = ids
+                .iter()
+                .all(|id| stored.contains(id) || dead.iter().any(|raw| raw.contains(id.as_str())));
+            (accounted && !dead.is_empty()).then_some((stored, dead))
+        },
+    )
+    .await;
+    eprintln!("stored {stored:?}\ndead {dead:?}");
+}

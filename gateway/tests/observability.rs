@@ -201,9 +201,11 @@ async fn ids_on_topics(cfg: &shared::Config, want: &HashSet<String>) -> HashSet<
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !want.is_subset(&seen) && tokio::time::Instant::now() < deadline {
         if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await {
-            let v: serde_json::Value =
-                serde_json::from_slice(m.payload().expect("payload")).expect("json");
-            seen.insert(v["id"].as_str().expect("id").to_string());
+            // One event per line: a request's events of one topic and key share a message.
+            for row in m.payload().expect("payload").split(|b| *b == b'\n') {
+                let v: serde_json::Value = serde_json::from_slice(row).expect("json row");
+                seen.insert(v["id"].as_str().expect("id").to_string());
+            }
         }
     }
     seen
@@ -430,8 +432,12 @@ async fn messages_carry_the_requests_trace_context() {
     let consumer = from_the_start(&cfg);
     let mut seen = HashSet::new();
     while seen.len() < ids.len() {
-        let (m, v) = common::next_message(&consumer).await;
-        let id = v["id"].as_str().expect("id").to_string();
+        let (m, rows) = common::next_rows(&consumer).await;
+        let id = rows
+            .iter()
+            .map(|v| v["id"].as_str().expect("id"))
+            .collect::<Vec<_>>()
+            .join(",");
         use rdkafka::message::Headers;
         let traceparent = m
             .headers()
@@ -443,6 +449,9 @@ async fn messages_carry_the_requests_trace_context() {
             traceparent.starts_with(&format!("00-{trace_id}-")),
             "message {id}: traceparent {traceparent} is not of the caller's trace {trace_id}"
         );
-        seen.insert(id);
+        seen.extend(
+            rows.iter()
+                .map(|v| v["id"].as_str().expect("id").to_string()),
+        );
     }
 }

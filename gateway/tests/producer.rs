@@ -19,7 +19,8 @@ async fn gateway(compression: Compression, key: PartitionKey) -> (TestGateway, s
     (TestGateway::start(cfg.clone()).await, cfg)
 }
 
-/// The keys of the first `n` messages on the click topic.
+/// The message key of each of the first `n` events on the click topic (a
+/// request's events of one key share a message: one key per row).
 async fn keys(cfg: &shared::Config, n: usize) -> Vec<Option<Vec<u8>>> {
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &cfg.kafka.brokers)
@@ -32,9 +33,11 @@ async fn keys(cfg: &shared::Config, n: usize) -> Vec<Option<Vec<u8>>> {
         .expect("subscribe");
     let mut out = Vec::new();
     while out.len() < n {
-        let (m, v) = common::next_message(&consumer).await;
-        assert_eq!(v["type"], "click");
-        out.push(m.key().map(<[u8]>::to_vec));
+        let (m, rows) = common::next_rows(&consumer).await;
+        for v in rows {
+            assert_eq!(v["type"], "click");
+            out.push(m.key().map(<[u8]>::to_vec));
+        }
     }
     out
 }
@@ -75,4 +78,17 @@ async fn partition_key_follows_config() {
     let (gw, cfg) = gateway(Compression::Lz4, PartitionKey::RoundRobin).await;
     assert_eq!(gw.ingest(&batch(&sessions)).await.status(), 200);
     assert_eq!(keys(&cfg, 2).await, vec![None, None]);
+
+    // Session keys: each session's events in a message of its own key.
+    let (gw, cfg) = gateway(Compression::Lz4, PartitionKey::Session).await;
+    let two_each = [sessions[0], sessions[1], sessions[0], sessions[1]];
+    assert_eq!(gw.ingest(&batch(&two_each)).await.status(), 200);
+    let mut got = keys(&cfg, 4).await;
+    got.sort();
+    let mut want: Vec<_> = two_each
+        .iter()
+        .map(|s| Some(s.as_bytes().to_vec()))
+        .collect();
+    want.sort();
+    assert_eq!(got, want);
 }

@@ -150,9 +150,13 @@ async fn a_small_batch_with_a_new_user_agent_is_charged_once_and_enriched() {
     consumer
         .subscribe(&[&shared::event::EventType::Click.topic(&cfg.kafka.topic_prefix)])
         .expect("subscribe");
-    for _ in 0..10 {
-        let (_, v) = common::next_message(&consumer).await;
-        assert_eq!(v["browser"], "Chrome", "{v}");
-        assert_eq!(v["os"], "Windows", "{v}");
+    let mut seen = 0;
+    while seen < 10 {
+        let (_, rows) = common::next_rows(&consumer).await;
+        for v in rows {
+            assert_eq!(v["browser"], "Chrome", "{v}");
+            assert_eq!(v["os"], "Windows", "{v}");
+            seen += 1;
+        }
     }
 }

@@ -125,13 +125,18 @@ pub async fn on_broker(
             break;
         };
         let msg = msg.map_err(|e| e.to_string())?;
-        let id = msg
+        // One row per line: the gateway packs a request's events of one
+        // topic and key into one message.
+        let ids = msg
             .payload()
-            .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
-            .and_then(|v| v["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()));
-        if let Some(id) = id.filter(|id| wanted.contains(id)) {
-            found.insert(id);
-        }
+            .unwrap_or_default()
+            .split(|b| *b == b'\n')
+            .filter_map(|row| {
+                serde_json::from_slice::<serde_json::Value>(row)
+                    .ok()
+                    .and_then(|v| v["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()))
+            });
+        found.extend(ids.filter(|id| wanted.contains(id)));
     }
     Ok(found)
 }

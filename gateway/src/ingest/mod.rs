@@ -158,7 +158,7 @@ async fn accept(
             .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string()),
     };
     let (outcome, events, tier) = match inline.then(|| job.run(Step::Inline)) {
-        Some((Attempt::Done(outcome), events, tier)) => (Ok(outcome), events, tier),
+        Some((Attempt::Done(outcome), events, tier)) => (Ok(*outcome), events, tier),
         Some((Attempt::Failed(e), events, tier)) => (Err(e), events, tier),
         Some((Attempt::Handoff(quota), ..)) => {
             let (a, events, tier) =
@@ -330,7 +330,7 @@ enum Step {
 
 /// How far the work on a body got.
 enum Attempt {
-    Done(Prepared),
+    Done(Box<Prepared>),
     Failed(ApiError),
     /// Charged and parsed inline, but a user agent needs parsing: the rest
     /// goes to a worker (which parses the body again, charging nothing).
@@ -340,7 +340,7 @@ enum Attempt {
 impl Attempt {
     fn into_result(self) -> Result<Prepared, ApiError> {
         match self {
-            Attempt::Done(p) => Ok(p),
+            Attempt::Done(p) => Ok(*p),
             Attempt::Failed(e) => Err(e),
             Attempt::Handoff(_) => Err(ApiError::Internal(
                 "a worker handed its request off again".into(),
@@ -492,7 +492,7 @@ impl Job {
             max_details: app.config.gateway.max_error_details,
         };
         let out = validate::prepare(&batch, &ctx)?;
-        Ok(Attempt::Done((out, quota, who)))
+        Ok(Attempt::Done(Box::new((out, quota, who))))
     }
 }
 

@@ -229,7 +229,7 @@ impl Shares {
     ) -> Result<(), clickhouse::error::Error> {
         // The busiest `max_tenants`, as the read keeps.
         if offered.len() > self.max_tenants {
-            offered.sort_unstable_by(|a, b| b.1.cmp(&a.1));
+            offered.sort_unstable_by_key(|o| std::cmp::Reverse(o.1));
             offered.truncate(self.max_tenants);
         }
         let mut insert = client.insert::<UsageRow<'_>>(table).await?;

@@ -159,15 +159,33 @@ pub fn event(kind: &str, n: usize, session: Uuid) -> serde_json::Value {
     e
 }
 
-/// The next message `consumer` gets (within 30 s) and its JSON payload.
+/// The next message `consumer` gets (within 30 s) and its first row's JSON
+/// (the gateway sends a request's events of one topic and key as rows of one
+/// message; see [`next_rows`]).
 pub async fn next_message(
     consumer: &rdkafka::consumer::StreamConsumer,
 ) -> (rdkafka::message::BorrowedMessage<'_>, serde_json::Value) {
+    let (m, mut rows) = next_rows(consumer).await;
+    (m, rows.swap_remove(0))
+}
+
+/// The next message `consumer` gets (within 30 s) and every row it carries.
+pub async fn next_rows(
+    consumer: &rdkafka::consumer::StreamConsumer,
+) -> (
+    rdkafka::message::BorrowedMessage<'_>,
+    Vec<serde_json::Value>,
+) {
     use rdkafka::Message as _;
     let m = tokio::time::timeout(std::time::Duration::from_secs(30), consumer.recv())
         .await
         .expect("a message within 30 s")
         .expect("message");
-    let v = serde_json::from_slice(m.payload().expect("payload")).expect("json");
-    (m, v)
+    let rows = m
+        .payload()
+        .expect("payload")
+        .split(|b| *b == b'\n')
+        .map(|row| serde_json::from_slice(row).expect("one JSON row per line"))
+        .collect();
+    (m, rows)
 }

@@ -15,6 +15,9 @@ pub struct KafkaConfig {
     pub compression: Compression,
     pub linger_ms: u64,
     pub batch_num_messages: u64,
+    /// A request's events of one topic and key travel as newline-separated
+    /// rows of one message up to this size (a larger event travels alone).
+    pub max_message_bytes: usize,
     pub partition_key: PartitionKey,
     pub queue_max_messages: u64,
     /// Bound of the producer's in-memory queue (KiB of payload).
@@ -22,6 +25,10 @@ pub struct KafkaConfig {
     pub partitions: i32,
     pub replication_factor: i32,
 }
+
+/// Largest `kafka.max_message_bytes`: under the 1 MB message limit of
+/// librdkafka (`message.max.bytes`) and of Kafka and Redpanda by default.
+pub const MAX_MESSAGE_BYTES: usize = 900_000;
 
 /// How produced events are keyed (and so partitioned).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -72,6 +79,15 @@ impl KafkaConfig {
         positive("kafka.queue_max_messages", self.queue_max_messages)?;
         positive("kafka.queue_max_kbytes", self.queue_max_kbytes)?;
         positive("kafka.batch_num_messages", self.batch_num_messages)?;
+        if !(1024..=MAX_MESSAGE_BYTES).contains(&self.max_message_bytes) {
+            return Err(ConfigError::new(
+                "kafka.max_message_bytes",
+                format!(
+                    "must be between 1024 and {MAX_MESSAGE_BYTES} (below librdkafka's and the \
+                     broker's 1 MB message limit)"
+                ),
+            ));
+        }
         if self.partitions < 1 {
             return Err(ConfigError::new("kafka.partitions", "must be at least 1"));
         }
