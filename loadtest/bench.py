@@ -54,7 +54,6 @@ ORDER = ["live", "small", "max", "half", "posthog", "realistic", "burst"]
 def trivial_baseline(env, seconds):
     """The trivial handler under the small-request load: CPU µs per request."""
     proc = env.stack.start("trivial", [harness.LOADTEST, "trivial", "--listen", "127.0.0.1:0"])
-    addr = None
     log_path = proc.log_path
     stack.wait_until("the trivial handler", lambda: "listening on" in open(log_path).read(), [proc], 30)
     addr = open(log_path).read().split("listening on", 1)[1].split()[0]

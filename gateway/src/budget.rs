@@ -10,7 +10,9 @@
 //!   events: at most [`WORKER_BODY_FACTOR`] × `limits.max_decompressed_bytes`
 //!   plus [`per_event_bytes`] per event, because the structure scan refuses a
 //!   body with more events or values than the limits allow before any of it is
-//!   built;
+//!   built; a small plain body parsed inline on a network thread
+//!   (`gateway.inline_max_body_bytes`) takes one of these slots too, and needs
+//!   less than a worker may hold;
 //! - each connection holds hyper's read and write buffers, bounded by
 //!   `gateway.max_header_bytes`;
 //! - produced events wait in librdkafka's queue (`kafka.queue_max_kbytes`);

@@ -76,7 +76,6 @@ async fn unparseable_messages_go_to_dead_letter() {
 /// silently: each is in `events` or in the dead letter's raw message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_row_among_packed_rows_loses_none_of_them_silently() {
-    use rdkafka::consumer::{Consumer, StreamConsumer};
     let svc = services();
     let schema = TestSchema::create(&svc).await;
     let cfg = &schema.config;
@@ -91,13 +90,7 @@ async fn a_broken_row_among_packed_rows_loses_none_of_them_silently() {
             .status(),
         200
     );
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &cfg.kafka.brokers)
-        .set("group.id", format!("dead-letter-test-{}", Uuid::new_v4()))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&[&topic]).expect("subscribe");
+    let consumer = common::consumer_from_start(cfg, &[&topic]);
     let (_, rows) = common::next_rows(&consumer).await;
     assert_eq!(rows.len(), 3, "one message, three rows");
     // The same rows under new ids, with a broken row in the middle.

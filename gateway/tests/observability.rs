@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::event;
 use common::process::{metric_sum, GatewayProcess};
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::Message;
 use shared::testkit::{promtool_check, services};
 use uuid::Uuid;
@@ -181,16 +181,9 @@ async fn producer_statistics_reach_metrics() {
 
 /// A consumer of every event topic of `cfg`, from the start, in a fresh group.
 fn from_the_start(cfg: &shared::Config) -> StreamConsumer {
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &cfg.kafka.brokers)
-        .set("group.id", format!("observability-test-{}", Uuid::new_v4()))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("consumer");
     let topics = cfg.kafka.topics();
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topics).expect("subscribe");
-    consumer
+    common::consumer_from_start(cfg, &topics)
 }
 
 /// Consumes every event topic of `cfg` from the start until all of `want` were

@@ -4,7 +4,6 @@
 mod common;
 
 use common::{event, TestGateway};
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
 use shared::config::{Compression, PartitionKey};
 use shared::testkit::services;
@@ -22,15 +21,10 @@ async fn gateway(compression: Compression, key: PartitionKey) -> (TestGateway, s
 /// The message key of each of the first `n` events on the click topic (a
 /// request's events of one key share a message: one key per row).
 async fn keys(cfg: &shared::Config, n: usize) -> Vec<Option<Vec<u8>>> {
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &cfg.kafka.brokers)
-        .set("group.id", format!("producer-test-{}", Uuid::new_v4()))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("consumer");
-    consumer
-        .subscribe(&[&shared::event::EventType::Click.topic(&cfg.kafka.topic_prefix)])
-        .expect("subscribe");
+    let consumer = common::consumer_from_start(
+        cfg,
+        &[&shared::event::EventType::Click.topic(&cfg.kafka.topic_prefix)],
+    );
     let mut out = Vec::new();
     while out.len() < n {
         let (m, rows) = common::next_rows(&consumer).await;

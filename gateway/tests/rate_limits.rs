@@ -109,7 +109,6 @@ async fn accepted_rate_stays_within_ten_percent() {
 /// batch must be charged once, not twice, and its events still enriched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_batch_with_a_new_user_agent_is_charged_once_and_enriched() {
-    use rdkafka::consumer::{Consumer, StreamConsumer};
     let svc = services();
     let mut cfg = shared::testkit::config(&svc);
     shared::testkit::create_topics(&cfg, 1).await;
@@ -141,15 +140,10 @@ async fn a_small_batch_with_a_new_user_agent_is_charged_once_and_enriched() {
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["x-ratelimit-remaining"], left, "round {round}");
     }
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &cfg.kafka.brokers)
-        .set("group.id", format!("inline-test-{}", Uuid::new_v4()))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("consumer");
-    consumer
-        .subscribe(&[&shared::event::EventType::Click.topic(&cfg.kafka.topic_prefix)])
-        .expect("subscribe");
+    let consumer = common::consumer_from_start(
+        &cfg,
+        &[&shared::event::EventType::Click.topic(&cfg.kafka.topic_prefix)],
+    );
     let mut seen = 0;
     while seen < 10 {
         let (_, rows) = common::next_rows(&consumer).await;

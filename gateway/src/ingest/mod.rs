@@ -130,7 +130,8 @@ async fn accept(
     let _admitted = app.admit()?;
     // A small plain body is parsed where it was read (microseconds); the rest,
     // and any body whose user agents are not cached, on a worker.
-    let inline = raw.bytes.len() <= g.inline_max_body_bytes
+    let inline = g.inline_max_body_bytes > 0
+        && raw.bytes.len() <= g.inline_max_body_bytes
         && encoding == decode::Encoding::Identity
         && !form
         && !lz64;
@@ -157,7 +158,10 @@ async fn accept(
             .path_and_query()
             .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string()),
     };
-    let (outcome, events, tier) = match inline.then(|| job.run(Step::Inline)) {
+    // Inline work takes a free worker slot without waiting (so the memory
+    // bound's worker term covers it); with none free the body goes to a worker.
+    let slot = inline.then(|| app.cpu.try_acquire().ok()).flatten();
+    let (outcome, events, tier) = match slot.map(|_slot| job.run(Step::Inline)) {
         Some((Attempt::Done(outcome), events, tier)) => (Ok(*outcome), events, tier),
         Some((Attempt::Failed(e), events, tier)) => (Err(e), events, tier),
         Some((Attempt::Handoff(quota), ..)) => {

@@ -210,7 +210,6 @@ impl RateLimiter {
     }
 
     /// `tenant`'s bucket and its rate on this replica now (a new bucket is full).
-    /// The share is re-read only when a sync changed it or it went stale.
     fn bucket<'m>(
         &self,
         map: &'m mut HashMap<Uuid, Bucket>,
@@ -225,11 +224,17 @@ impl RateLimiter {
             let share = self.fresh_share(tenant, now);
             Bucket::full(self.part(whole, share.value), now, share)
         });
+        let rate = self.local_rate(tenant, bucket, whole, now);
+        (bucket, rate)
+    }
+
+    /// `bucket`'s rate on this replica now: its share re-read only when a
+    /// sync changed it or it went stale.
+    fn local_rate(&self, tenant: Uuid, bucket: &mut Bucket, whole: Rate, now: Instant) -> Rate {
         if let Some(s) = &self.shares {
             s.refresh(tenant, &mut bucket.share, now);
         }
-        let rate = self.part(whole, bucket.share.value);
-        (bucket, rate)
+        self.part(whole, bucket.share.value)
     }
 
     /// The events each tenant was offered since the last call, and its
@@ -261,10 +266,7 @@ impl RateLimiter {
         let shard = &self.shards[(tenant.as_u128() as usize) % SHARDS];
         let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(bucket) = map.get_mut(&tenant) {
-            if let Some(s) = &self.shares {
-                s.refresh(tenant, &mut bucket.share, now);
-            }
-            let rate = self.part(whole, bucket.share.value);
+            let rate = self.local_rate(tenant, bucket, whole, now);
             bucket.refill(rate, now);
             if bucket.tokens < 1.0 {
                 bucket.offered += 1;

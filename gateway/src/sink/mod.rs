@@ -102,11 +102,12 @@ pub struct Message {
     pub rows: usize,
 }
 
-/// Packs `events` into messages: consecutive rows per (topic, key), in the
-/// request's order within each, up to `max_bytes` a message (a larger row
-/// alone). Events of one key keep their order across messages as well.
+/// Packs `events` into messages: rows per (topic, key), in the request's
+/// order within each, up to `max_bytes` a message (a larger row alone).
+/// Events of one key keep their order across messages as well. A message
+/// starts from its first event's buffer, so a one-event request copies nothing.
 pub fn pack(
-    events: &[Record],
+    events: Vec<Record>,
     tenant: Uuid,
     partition_key: PartitionKey,
     max_bytes: usize,
@@ -121,11 +122,11 @@ pub fn pack(
         std::collections::HashMap::new();
     let mut out: Vec<Message> = Vec::new();
     for e in events {
-        let key = key_of(e);
-        let slot = open.get(&(e.kind, key)).copied().filter(|&i| {
-            let m = &out[i];
-            m.payload.len() + 1 + e.payload.len() <= max_bytes
-        });
+        let key = key_of(&e);
+        let slot = open
+            .get(&(e.kind, key))
+            .copied()
+            .filter(|&i| out[i].payload.len() + 1 + e.payload.len() <= max_bytes);
         match slot {
             Some(i) => {
                 let m = &mut out[i];
@@ -135,12 +136,10 @@ pub fn pack(
             }
             None => {
                 open.insert((e.kind, key), out.len());
-                let mut payload = Vec::with_capacity(e.payload.len().max(max_bytes.min(64 * 1024)));
-                payload.extend_from_slice(&e.payload);
                 out.push(Message {
                     kind: e.kind,
                     key,
-                    payload,
+                    payload: e.payload,
                     rows: 1,
                 });
             }
@@ -230,8 +229,7 @@ impl Sink {
         events: Vec<Record>,
     ) -> Result<(), SinkError> {
         let started = std::time::Instant::now();
-        let messages = pack(&events, tenant, self.partition_key, self.max_message_bytes);
-        drop(events);
+        let messages = pack(events, tenant, self.partition_key, self.max_message_bytes);
         let mut pending = Vec::with_capacity(messages.len());
         // The request's trace travels with its messages (W3C `traceparent`).
         let trace = shared::runtime::telemetry::trace_context();
@@ -358,7 +356,19 @@ mod tests {
             rec(EventType::Click, a, "a3"),
             rec(EventType::Click, b, "b2"),
         ];
-        let m = pack(&events, t, PartitionKey::Session, 1024);
+        let again = || {
+            events
+                .iter()
+                .map(|e| {
+                    rec(
+                        e.kind,
+                        e.session,
+                        std::str::from_utf8(&e.payload).expect("utf-8"),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let m = pack(again(), t, PartitionKey::Session, 1024);
         assert_eq!(m.len(), 3);
         assert_eq!(
             (m[0].kind, m[0].key, rows(&m[0])),
@@ -371,11 +381,11 @@ mod tests {
         assert_eq!((m[2].kind, rows(&m[2])), (EventType::Pageview, vec!["a2"]));
         assert_eq!(m.iter().map(|m| m.rows).sum::<usize>(), 5);
         // Tenant keys and round robin: one message per topic.
-        let m = pack(&events, t, PartitionKey::Tenant, 1024);
+        let m = pack(again(), t, PartitionKey::Tenant, 1024);
         assert_eq!(m.len(), 2);
         assert_eq!(rows(&m[0]), vec!["a1", "b1", "a3", "b2"]);
         assert_eq!(m[0].key, Some(*t.as_bytes()));
-        let m = pack(&events, t, PartitionKey::RoundRobin, 1024);
+        let m = pack(again(), t, PartitionKey::RoundRobin, 1024);
         assert_eq!((m.len(), m[0].key), (2, None));
     }
 
@@ -385,17 +395,17 @@ mod tests {
         let row = "x".repeat(100);
         let mut events: Vec<Record> = (0..25).map(|_| rec(EventType::Click, s, &row)).collect();
         events.insert(10, rec(EventType::Click, s, &"y".repeat(5000)));
-        let m = pack(&events, s, PartitionKey::Session, 1024);
+        let want: Vec<String> = events
+            .iter()
+            .map(|e| String::from_utf8(e.payload.clone()).expect("utf-8"))
+            .collect();
+        let m = pack(events, s, PartitionKey::Session, 1024);
         assert!(m.iter().all(|m| m.payload.len() <= 1024 || m.rows == 1));
         assert_eq!(m.iter().map(|m| m.rows).sum::<usize>(), 26);
         // Order is kept across messages: concatenated, the rows are the input.
         let all: Vec<String> = m
             .iter()
             .flat_map(|m| rows(m).into_iter().map(str::to_string))
-            .collect();
-        let want: Vec<String> = events
-            .iter()
-            .map(|e| String::from_utf8(e.payload.clone()).expect("utf-8"))
             .collect();
         assert_eq!(all, want);
         // 1024 bytes hold 10 rows of 100 and their separators.

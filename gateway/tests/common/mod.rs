@@ -159,6 +159,22 @@ pub fn event(kind: &str, n: usize, session: Uuid) -> serde_json::Value {
     e
 }
 
+/// A consumer of `topics` on `cfg`'s broker from their start, in a fresh group.
+pub fn consumer_from_start(
+    cfg: &shared::Config,
+    topics: &[&str],
+) -> rdkafka::consumer::StreamConsumer {
+    use rdkafka::consumer::Consumer as _;
+    let consumer: rdkafka::consumer::StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &cfg.kafka.brokers)
+        .set("group.id", format!("gateway-test-{}", Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(topics).expect("subscribe");
+    consumer
+}
+
 /// The next message `consumer` gets (within 30 s) and its first row's JSON
 /// (the gateway sends a request's events of one topic and key as rows of one
 /// message; see [`next_rows`]).
