@@ -232,6 +232,9 @@ async fn feeder(opts: &Options) -> Result<(mpsc::Receiver<Request>, f64), String
 pub async fn run(opts: Options) -> Result<Report, String> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
+        // As SDKs do: drop an idle connection before the server's idle timeout
+        // (`gateway.idle_timeout_ms`, 30 s) can close it under a new request.
+        .pool_idle_timeout(Duration::from_secs(20))
         .timeout(Duration::from_secs(30))
         .tcp_nodelay(true)
         .build()
