@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Drives the benchmark, soak and chaos runs against real local processes.
+"""Drives the benchmark and soak runs against real local processes.
 
     (make bench is loadtest/bench.py, make profile loadtest/profile.py; both use this module)
     python3 loadtest/harness.py soak    # make soak: 10 minutes at 20k events/s, RSS drift
-    python3 loadtest/harness.py chaos   # make chaos: kill broker, gateway, ClickHouse under load
+    python3 loadtest/harness.py soak --seconds 3600 --rate 0   # an hour at half the maximum
 
 Needs the release binaries (`cargo build --release -p gateway -p workerd -p loadtest`,
 done by the make targets) and the provisioned engines (`make provision`).
@@ -16,11 +16,9 @@ import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -180,10 +178,19 @@ def up(env):
 
 
 def soak(args):
+    """Runs at `args.rate` events/s (or half the maximum measured first) for
+    `args.seconds`; RSS must stay within ±10% of its value after the first minute."""
     env = Env("memory://tansu/", name="soak")
     try:
         up(env)
-        r = loadtest_run(env, ["--rate", "20000:%d" % args.seconds], "soak")
+        rate = args.rate
+        maximum = None
+        if rate <= 0:
+            m = loadtest_run(env, ["--concurrency", "8", "--duration", "20"], "maximum")
+            maximum = m["phases"][0]["events_per_sec"]
+            rate = int(maximum / 2)
+            log("maximum %.0f events/s; soaking at half: %d events/s" % (maximum, rate))
+        r = loadtest_run(env, ["--rate", "%d:%d" % (rate, args.seconds)], "soak")
     finally:
         env.cleanup()
     samples = r["rss_samples_mib"]
@@ -196,113 +203,72 @@ def soak(args):
     lo, hi = min(after), max(after)
     drift = (end - base) / base * 100
     ok = lo >= base * 0.9 and hi <= base * 1.1
-    summary = ("soak %d s at 20k ev/s: %.0f ev/s accepted, p99 %.1f ms, CPU %.2f µs/event; RSS at 1 min %.1f MiB, "
-               "at end %.1f MiB (%+.1f%%), range after 1 min %.1f–%.1f MiB: %s"
-               % (args.seconds, p["events_per_sec"], p["latency_ms"]["p99"], p.get("cpu_us_per_event") or 0,
-                  base, end, drift, lo, hi, "within ±10%" if ok else "OUTSIDE ±10%"))
+    at = "%d events/s" % rate + (" (half the maximum of %.0f measured first)" % maximum if maximum else "")
+    summary = ("%d s at %s: %.0f events/s accepted, p99 %.1f ms, gateway CPU %.2f µs/event, statuses %s; "
+               "RSS at 1 min %.1f MiB, at the end %.1f MiB (%+.1f%%), range after 1 min %.1f–%.1f MiB "
+               "(%+.1f%% / %+.1f%%): %s"
+               % (args.seconds, at, p["events_per_sec"], p["latency_ms"]["p99"], p.get("cpu_us_per_event") or 0,
+                  ", ".join("%s: %d" % kv for kv in sorted(p["statuses"].items())),
+                  base, end, drift, lo, hi, (lo - base) / base * 100, (hi - base) / base * 100,
+                  "within ±10%" if ok else "OUTSIDE ±10%"))
     print(summary)
-    with open(os.path.join(ROOT, "docs", "benchmarks.md"), "a") as f:
-        f.write("\n**Soak** (`make soak`, %s, commit `%s`): %s.\n" % (
-            datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), commit(), summary))
+    if not args.no_doc:
+        svg = os.path.join(ROOT, "docs", "soak-rss.svg")
+        with open(svg, "w") as f:
+            f.write(rss_svg(samples, base, "gateway RSS during `make soak` at %s, commit %s" % (at, commit())))
+        write_section("Soak", "\n".join([
+            "## Soak", "",
+            "`make soak` (`python3 loadtest/harness.py soak`): %s, %s, commit `%s`, tansu in memory on the same "
+            "machine." % (datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), machine(),
+                          commit()), "",
+            summary + ".", "",
+            "![gateway RSS over the soak, with the ±10% band around its value after one minute](soak-rss.svg)", ""]))
     return 0 if ok else 1
 
 
-def chaos(args):
-    """Broker (persistent storage), gateway and ClickHouse each killed and restarted
-    under load; then every acknowledged id must be in ClickHouse exactly once."""
-    env = Env("sqlite://tansu.db", clickhouse=True, name="chaos")
-    ids = os.path.join(env.dir, "acked.ids")
-    keep = False
-    try:
-        env.start_services()
-        cfg = env.config()
-        env.migrate_or_topics(cfg)
-        env.start_gateway(cfg)
-        total = args.seconds
-        load = subprocess.Popen([LOADTEST, "run", "--url", env.url, "--tenants", str(TENANTS),
-                                 "--rate", "%d:%d" % (args.rate, total), "--batch", "100", "--pool", "0",
-                                 "--ids-out", ids], stdout=subprocess.PIPE, text=True)
-        t0 = time.monotonic()
+def rss_svg(samples, base, title):
+    """RSS (MiB) over time as an SVG line, with the ±10% band around `base`."""
+    w, h, left, bottom, top = 720, 300, 60, 40, 30
+    t_max = max(t for t, _ in samples) or 1
+    m_max = max(max(m for _, m in samples), base * 1.1) * 1.05
+    x = lambda t: left + (w - left - 10) * t / t_max
+    y = lambda m: h - bottom - (h - bottom - top) * m / m_max
+    pts = " ".join("%.1f,%.1f" % (x(t), y(m)) for t, m in samples)
+    out = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" '
+           'font-size="11">' % (w, h),
+           '<rect width="100%" height="100%" fill="white"/>',
+           '<text x="%d" y="18" font-size="13">%s</text>' % (left, title.replace("&", "&amp;").replace("<", "&lt;")),
+           '<rect x="%d" y="%.1f" width="%d" height="%.1f" fill="#e6f2e6"/>'
+           % (left, y(base * 1.1), w - left - 10, y(base * 0.9) - y(base * 1.1)),
+           '<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#7a7" stroke-dasharray="4 3"/>'
+           % (left, y(base), w - 10, y(base)),
+           '<polyline fill="none" stroke="#1f5fa8" stroke-width="1.2" points="%s"/>' % pts,
+           '<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="black"/>' % (left, h - bottom, w - 10, h - bottom),
+           '<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="black"/>' % (left, top, left, h - bottom)]
+    for i in range(6):
+        m = m_max * i / 5
+        out.append('<text x="%d" y="%.1f" text-anchor="end">%.0f</text>' % (left - 4, y(m) + 4, m))
+        t = t_max * i / 5
+        out.append('<text x="%.1f" y="%d" text-anchor="middle">%.0f</text>' % (x(t), h - bottom + 14, t / 60))
+    out.append('<text x="%d" y="%d" text-anchor="middle">minutes</text>' % ((w + left) // 2, h - 6))
+    out.append('<text x="14" y="%d" transform="rotate(-90 14 %d)" text-anchor="middle">RSS MiB</text>'
+               % ((h - bottom + top) // 2, (h - bottom + top) // 2))
+    out.append("</svg>\n")
+    return "\n".join(out)
 
-        def at(frac):
-            time.sleep(max(0.0, t0 + total * frac - time.monotonic()))
 
-        at(0.15)
-        log("SIGKILL broker")
-        broker = env.broker_proc
-        os.killpg(broker.proc.pid, signal.SIGKILL)
-        broker.proc.wait()
-        at(0.25)
-        log("restart broker")
-        env.stack.procs.remove(broker)
-        broker_dir = os.path.join(env.dir, "broker")
-        url = "tcp://%s" % env.stack.kafka
-        env.stack.start("broker", [stack.TANSU_BIN, "broker", "--listener-url", url, "--advertised-listener-url",
-                                   url, "--storage-engine", "sqlite://tansu.db"], cwd=broker_dir)
-        at(0.45)
-        log("SIGKILL gateway")
-        os.killpg(env.gateway.proc.pid, signal.SIGKILL)
-        env.gateway.proc.wait()
-        env.stack.procs.remove(env.gateway)
-        at(0.50)
-        log("restart gateway")
-        env.start_gateway(cfg)
-        at(0.65)
-        # A crash (SIGKILL). The rejoining consumer can get no partitions from the
-        # tansu broker; deploy/local/chserver.py re-attaches such a table after
-        # 60 s (docs/benchmarks.md).
-        log("SIGKILL ClickHouse")
-        ch = next(p for p in env.stack.procs if p.name == "clickhouse")
-        os.killpg(ch.proc.pid, signal.SIGKILL)
-        ch.proc.wait()
-        env.stack.procs.remove(ch)
-        at(0.75)
-        log("restart ClickHouse")
-        ch = env.stack.start("clickhouse", [stack.VENV_PY, stack.CHSERVER, "--host", "127.0.0.1", "--port",
-                                            str(env.stack.ch_port), "--path", os.path.join(env.dir, "clickhouse")])
-        stack.wait_until("ClickHouse", lambda: stack.http_ok(env.stack.clickhouse + "/ping"), [ch], 60)
-        out, _ = load.communicate()
-        print(out, end="")
-        if load.returncode != 0:
-            raise RuntimeError("loadtest failed")
-        log("load done; waiting for ClickHouse to consume every acknowledged event")
-        deadline = time.monotonic() + args.settle
-        verdict = None
-        while time.monotonic() < deadline:
-            r = subprocess.run([LOADTEST, "check", "--ids", ids, "--clickhouse", env.stack.clickhouse,
-                                "--tenants", str(TENANTS)], capture_output=True, text=True)
-            try:
-                verdict = json.loads(r.stdout.strip().splitlines()[0])
-            except (ValueError, IndexError):
-                verdict = None
-            if verdict and verdict["lost"] == 0:
-                break
-            time.sleep(5)
-        print("chaos verdict: %s" % json.dumps(verdict))
-        ok = bool(verdict) and verdict["lost"] == 0 and verdict["duplicates_after_dedup"] == 0
-        if verdict and verdict["lost"] > 0:
-            # Lost before the broker, or not consumed by ClickHouse (yet)?
-            r = subprocess.run([LOADTEST, "check", "--ids", ids, "--clickhouse", env.stack.clickhouse,
-                                "--tenants", str(TENANTS), "--brokers", env.stack.kafka],
-                               capture_output=True, text=True)
-            print(r.stdout, r.stderr)
-            keep = True
-        if ok:
-            with open(os.path.join(ROOT, "docs", "benchmarks.md"), "a") as f:
-                f.write("\n**Chaos** (`make chaos`, %s, commit `%s`): %d events/s for %d s with the broker "
-                        "(SQLite storage) SIGKILLed and restarted, the gateway SIGKILLed and restarted, and "
-                        "ClickHouse SIGKILLed and restarted: %d events acknowledged, %d found in ClickHouse, "
-                        "%d lost, %d duplicates after deduplication (%d before).\n" % (
-                            datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                            commit(), args.rate, total, verdict["acknowledged"], verdict["found"],
-                            verdict["lost"], verdict["duplicates_after_dedup"], verdict["duplicates_before_dedup"]))
-        return 0 if ok else 1
-    finally:
-        if keep:
-            env.stop()
-            log("data and logs kept in %s" % env.dir)
-        else:
-            env.cleanup()
+def write_section(name, section):
+    """Replaces the `## name` section of docs/benchmarks.md (appends it when missing)."""
+    doc = os.path.join(ROOT, "docs", "benchmarks.md")
+    text = open(doc).read()
+    head, sep, tail = text.partition("\n## %s\n" % name)
+    rest = ""
+    if sep:
+        nxt = tail.find("\n## ")
+        rest = tail[nxt:] if nxt >= 0 else ""
+    with open(doc, "w") as f:
+        f.write(head.rstrip() + "\n\n" + section.rstrip() + "\n" + rest)
+    log("wrote the %s section of %s" % (name, doc))
 
 
 def main():
@@ -310,14 +276,10 @@ def main():
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("soak")
     s.add_argument("--seconds", type=int, default=600)
-    c = sub.add_parser("chaos")
-    c.add_argument("--seconds", type=int, default=60)
-    c.add_argument("--rate", type=int, default=3000)
-    c.add_argument("--settle", type=int, default=240)
+    s.add_argument("--rate", type=int, default=20000, help="events/s; 0: half the maximum, measured first")
+    s.add_argument("--no-doc", action="store_true", help="print, do not rewrite docs/benchmarks.md")
     a = ap.parse_args()
-    if a.cmd == "soak":
-        return soak(a)
-    return chaos(a)
+    return soak(a)
 
 
 if __name__ == "__main__":

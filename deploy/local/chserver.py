@@ -209,15 +209,20 @@ class Engine:
                     except ClickHouseError:
                         pass
 
-    def watch_kafka_consumers(self, stuck_after=60.0, every=10.0):
+    def watch_kafka_consumers(self, stuck_after=15.0, every=3.0):
         """Re-attaches a Kafka engine table whose consumer has held no partitions
-        for ``stuck_after`` seconds.
+        for ``stuck_after`` seconds, and again every ``stuck_after`` seconds until
+        it holds some.
 
-        After its previous consumer died, the tansu broker can leave the
-        rejoining consumer with an empty assignment that no later rebalance
-        fixes; a fresh join (DETACH + ATTACH) once the dead member has expired
-        gets the partitions. A healthy consumer always holds partitions, even
-        when idle, so this never touches a working table.
+        The tansu broker can leave a consumer with an empty assignment that no
+        later rebalance fixes: after its previous consumer died (a ClickHouse
+        crash), and after a member left just as another joined (migrations that
+        replace the Kafka table in the same consumer group; seen when two test
+        databases were migrated at once). A fresh join (DETACH + ATTACH) once the
+        departed member's session (45 s) has expired gets the partitions; until
+        then a fresh join may get none, hence the retries. A healthy consumer
+        holds partitions within a few seconds, even when idle, so this never
+        touches a working table.
         """
         empty_since = {}
         while True:

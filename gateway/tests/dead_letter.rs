@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{event, TestGateway};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use shared::testkit::{eventually, select_json, services, TestSchema};
+use shared::testkit::{eventually, select_json, services, TestSchema, CONSUMED_WITHIN};
 use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,7 +39,7 @@ async fn unparseable_messages_go_to_dead_letter() {
     let db = format!("`{}`", schema.database());
     let dead = eventually(
         "the broken message in dead_letter",
-        Duration::from_secs(60),
+        CONSUMED_WITHIN,
         || async {
             let rows = select_json(
                 &schema.client,
@@ -55,19 +55,15 @@ async fn unparseable_messages_go_to_dead_letter() {
     assert_eq!(dead[0]["topic"], topic);
     assert_eq!(dead[0]["raw"], "not json {");
     assert!(!dead[0]["error"].as_str().expect("error").is_empty());
-    eventually(
-        "the valid event behind it",
-        Duration::from_secs(60),
-        || async {
-            let rows = select_json(
-                &schema.client,
-                &format!("SELECT toString(id) AS id FROM {db}.events FINAL"),
-                &[],
-            )
-            .await;
-            (rows.len() == 1 && rows[0]["id"] == e["id"]).then_some(())
-        },
-    )
+    eventually("the valid event behind it", CONSUMED_WITHIN, || async {
+        let rows = select_json(
+            &schema.client,
+            &format!("SELECT toString(id) AS id FROM {db}.events FINAL"),
+            &[],
+        )
+        .await;
+        (rows.len() == 1 && rows[0]["id"] == e["id"]).then_some(())
+    })
     .await;
 }
 
@@ -120,7 +116,7 @@ async fn a_broken_row_among_packed_rows_loses_none_of_them_silently() {
     let db = format!("`{}`", schema.database());
     let (stored, dead) = eventually(
         "every row of the packed message accounted for",
-        Duration::from_secs(60),
+        CONSUMED_WITHIN,
         || async {
             let stored: Vec<String> = select_json(
                 &schema.client,

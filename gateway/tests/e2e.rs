@@ -4,10 +4,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use common::{event, TestGateway};
-use shared::testkit::{eventually, services, TestSchema};
+use shared::testkit::{eventually, services, TestSchema, CONSUMED_WITHIN};
 use uuid::Uuid;
 
 const TYPES: [&str; 5] = ["pageview", "click", "scroll", "performance", "custom"];
@@ -79,11 +78,9 @@ async fn thousand_events_round_trip_and_deduplicate() {
     }
 
     let tenant = gw.tenant;
-    eventually(
-        "1000 events in ClickHouse",
-        Duration::from_secs(90),
-        || async { (count(&schema, tenant, "").await == 1000).then_some(()) },
-    )
+    eventually("1000 events in ClickHouse", CONSUMED_WITHIN, || async {
+        (count(&schema, tenant, "").await == 1000).then_some(())
+    })
     .await;
 
     let stored = rows(&schema, tenant).await;
@@ -156,7 +153,7 @@ async fn thousand_events_round_trip_and_deduplicate() {
     // retries have all arrived.
     eventually(
         "the resent events in ClickHouse",
-        Duration::from_secs(90),
+        CONSUMED_WITHIN,
         || async { (count(&schema, tenant, &since).await == 1000).then_some(()) },
     )
     .await;
@@ -211,11 +208,9 @@ async fn identity_fields_land_in_their_columns() {
     assert_eq!(long.status(), 422, "a 257-character user id is refused");
 
     let tenant = gw.tenant;
-    eventually(
-        "4 events in ClickHouse",
-        Duration::from_secs(90),
-        || async { (count(&schema, tenant, "").await == 4).then_some(()) },
-    )
+    eventually("4 events in ClickHouse", CONSUMED_WITHIN, || async {
+        (count(&schema, tenant, "").await == 4).then_some(())
+    })
     .await;
     let db = schema.database();
     let got: HashMap<String, serde_json::Value> = shared::testkit::select_json(

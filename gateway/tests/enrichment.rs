@@ -5,10 +5,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use common::{event, TestGateway};
-use shared::testkit::{eventually, services, TestSchema};
+use shared::testkit::{eventually, services, TestSchema, CONSUMED_WITHIN};
 use uuid::Uuid;
 
 /// A MaxMind-format City database with two networks.
@@ -24,22 +23,18 @@ fn write_mmdb(path: &std::path::Path) {
 
 async fn stored(schema: &TestSchema, tenant: Uuid, n: u64) -> BTreeMap<String, serde_json::Value> {
     let db = schema.database();
-    eventually(
-        "the events in ClickHouse",
-        Duration::from_secs(60),
-        || async {
-            let c: u64 = schema
-                .client
-                .query(&format!(
-                    "SELECT count() FROM `{db}`.events FINAL WHERE tenant_id = ?"
-                ))
-                .bind(tenant)
-                .fetch_one()
-                .await
-                .ok()?;
-            (c == n).then_some(())
-        },
-    )
+    eventually("the events in ClickHouse", CONSUMED_WITHIN, || async {
+        let c: u64 = schema
+            .client
+            .query(&format!(
+                "SELECT count() FROM `{db}`.events FINAL WHERE tenant_id = ?"
+            ))
+            .bind(tenant)
+            .fetch_one()
+            .await
+            .ok()?;
+        (c == n).then_some(())
+    })
     .await;
     let sql = format!(
             "SELECT toString(id) AS id, client_ip, ip, browser, browser_version, os, os_version, device, \

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::{event, rfc3339, TestGateway};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use shared::testkit::{eventually, select_json, services, TestSchema};
+use shared::testkit::{eventually, select_json, services, TestSchema, CONSUMED_WITHIN};
 use uuid::Uuid;
 
 fn at(ms: i64) -> time::OffsetDateTime {
@@ -41,19 +41,15 @@ async fn hostile_times_never_stall_consumption() {
         200
     );
     let warm_id = warm["id"].as_str().expect("id").to_string();
-    eventually(
-        "the first event in events",
-        Duration::from_secs(150),
-        || async {
-            let rows = select_json(
-                &schema.client,
-                &format!("SELECT count() AS n FROM {db}.events WHERE id = toUUID(?)"),
-                std::slice::from_ref(&warm_id),
-            )
-            .await;
-            (rows[0]["n"] == 1).then_some(())
-        },
-    )
+    eventually("the first event in events", CONSUMED_WITHIN, || async {
+        let rows = select_json(
+            &schema.client,
+            &format!("SELECT count() AS n FROM {db}.events WHERE id = toUUID(?)"),
+            std::slice::from_ref(&warm_id),
+        )
+        .await;
+        (rows[0]["n"] == 1).then_some(())
+    })
     .await;
 
     // 1. Refused at the edge: every time outside the window, per event, with
@@ -166,7 +162,7 @@ async fn hostile_times_never_stall_consumption() {
         200
     );
     let started = std::time::Instant::now();
-    eventually("the canary in events", Duration::from_secs(30), || async {
+    eventually("the canary in events", CONSUMED_WITHIN, || async {
         let rows = select_json(
             &schema.client,
             &format!("SELECT count() AS n FROM {db}.events WHERE id = toUUID(?)"),
@@ -194,7 +190,7 @@ async fn hostile_times_never_stall_consumption() {
     let expected_dead = foreign.len() - stored_foreign + 1;
     let counts = eventually(
         "every message stored or dead-lettered",
-        Duration::from_secs(30),
+        CONSUMED_WITHIN,
         || async {
             let e = select_json(
                 &schema.client,

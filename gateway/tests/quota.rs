@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{event, TestGateway};
 use shared::domain::Tier;
-use shared::testkit::{eventually, services, TestSchema};
+use shared::testkit::{eventually, services, TestSchema, CONSUMED_WITHIN};
 use uuid::Uuid;
 use workerd::admin::{Admin, KeySpec};
 use workerd::jobs::{self, JobContext, JobName, Window};
@@ -73,19 +73,15 @@ async fn over_quota_tenants_get_429() {
     .await;
     assert_eq!(post(big_key.clone(), batch(6)).await.status(), 200);
     let db = schema.database().to_string();
-    eventually(
-        "12 events in ClickHouse",
-        Duration::from_secs(60),
-        || async {
-            let n: u64 = schema
-                .client
-                .query(&format!("SELECT count() FROM `{db}`.events FINAL"))
-                .fetch_one()
-                .await
-                .ok()?;
-            (n == 12).then_some(())
-        },
-    )
+    eventually("12 events in ClickHouse", CONSUMED_WITHIN, || async {
+        let n: u64 = schema
+            .client
+            .query(&format!("SELECT count() FROM `{db}`.events FINAL"))
+            .fetch_one()
+            .await
+            .ok()?;
+        (n == 12).then_some(())
+    })
     .await;
 
     let ctx = JobContext::new(cfg);

@@ -5,10 +5,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use common::TestGateway;
-use shared::testkit::{eventually, select_json, services, TestSchema};
+use shared::testkit::{eventually, select_json, services, TestSchema, CONSUMED_WITHIN};
 use uuid::Uuid;
 
 fn run_node(script: &str, env: &[(&str, String)]) -> serde_json::Value {
@@ -46,7 +45,7 @@ async fn segment_analytics_node_calls_land_with_their_identity() {
     assert_eq!(summary["errors"], serde_json::json!([]), "{summary}");
 
     let db = schema.database();
-    let rows = eventually("every Segment call in ClickHouse", Duration::from_secs(60), || async {
+    let rows = eventually("every Segment call in ClickHouse", CONSUMED_WITHIN, || async {
         let rows = select_json(
             &schema.client,
             &format!(
@@ -155,7 +154,7 @@ async fn posthog_node_calls_land_with_their_identity() {
     let db = schema.database();
     let rows = eventually(
         "every posthog-node call in ClickHouse",
-        Duration::from_secs(60),
+        CONSUMED_WITHIN,
         || async {
             let rows = select_json(
                 &schema.client,

@@ -80,6 +80,10 @@ enum Cmd {
         pid: Option<u32>,
         #[arg(long, default_value_t = 2000)]
         max_outstanding: usize,
+        /// Retries per request after 429, 5xx, a timeout or a refused or reset
+        /// connection (the same events, after Retry-After or a backoff), as SDKs do.
+        #[arg(long, default_value_t = 0)]
+        retries: u32,
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Also write the report as JSON here.
@@ -170,6 +174,7 @@ async fn real_main() -> Result<(), String> {
             ids_out,
             pid,
             max_outstanding,
+            retries,
             seed,
             json,
         } => {
@@ -206,11 +211,12 @@ async fn real_main() -> Result<(), String> {
                 pid,
                 max_outstanding,
                 stop: None,
+                retries,
             })
             .await?;
             for (i, p) in report.phases.iter().enumerate() {
                 println!(
-                    "phase {i}: target {} ev/s | {:.0} ev/s accepted, {:.1} req/s | latency ms p50 {:.1} p95 {:.1} p99 {:.1} max {:.1} | cpu {} µs/event, {} µs/request | statuses {:?} | client skipped {} | client {} cores",
+                    "phase {i}: target {} ev/s | {:.0} ev/s accepted, {:.1} req/s | latency ms p50 {:.1} p95 {:.1} p99 {:.1} max {:.1} | cpu {} µs/event, {} µs/request | statuses {:?} | retries {} | client skipped {} | client {} cores",
                     p.target_events_per_sec.map_or("max".into(), |r| format!("{r:.0}")),
                     p.events_per_sec,
                     p.requests_per_sec,
@@ -221,6 +227,7 @@ async fn real_main() -> Result<(), String> {
                     p.cpu_us_per_event.map_or("?".into(), |c| format!("{c:.2}")),
                     p.cpu_us_per_request.map_or("?".into(), |c| format!("{c:.2}")),
                     p.statuses,
+                    p.retries,
                     p.client_skipped,
                     p.client_cores.map_or("?".into(), |c| format!("{c:.2}")),
                 );

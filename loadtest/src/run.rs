@@ -56,6 +56,10 @@ pub struct Options {
     pub max_outstanding: usize,
     /// Ends the run early when set (the report covers what was sent).
     pub stop: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Retries per request after a retryable answer (429, 5xx, timeout, refused
+    /// or reset connection), as SDKs do: the same body (so the same event ids)
+    /// after `Retry-After` or an exponential backoff. 0: every answer is final.
+    pub retries: u32,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -70,6 +74,8 @@ pub struct PhaseReport {
     pub latency_ms: Latency,
     pub statuses: BTreeMap<String, u64>,
     pub client_skipped: u64,
+    /// Requests sent again after a retryable answer (each retry counted).
+    pub retries: u64,
     pub gateway_cpu_seconds: Option<f64>,
     /// Gateway CPU µs per accepted event.
     pub cpu_us_per_event: Option<f64>,
@@ -105,6 +111,7 @@ struct Tally {
     sent: AtomicU64,
     accepted: AtomicU64,
     skipped: AtomicU64,
+    retries: AtomicU64,
 }
 
 impl Tally {
@@ -119,6 +126,7 @@ impl Tally {
             sent: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
         })
     }
 }
@@ -128,11 +136,12 @@ struct Sender {
     url: String,
     target: Target,
     keys: Vec<String>,
+    retries: u32,
     ids: Option<Arc<Mutex<std::io::BufWriter<std::fs::File>>>>,
 }
 
 impl Sender {
-    async fn send(&self, r: &Request, intended: Instant, tally: &Tally) {
+    async fn attempt(&self, r: &Request) -> (String, Option<Duration>) {
         let req = match &self.target {
             Target::Get(_) => self.client.get(&self.url),
             Target::Events { format, .. } => {
@@ -152,14 +161,33 @@ impl Sender {
                 req
             }
         };
-        let status = match req.send().await {
+        match req.send().await {
             Ok(resp) => {
+                let retry_after = resp
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
                 let s = resp.status().as_u16();
                 let _ = resp.bytes().await;
-                s.to_string()
+                (s.to_string(), retry_after)
             }
-            Err(e) if e.is_timeout() => "timeout".to_string(),
-            Err(_) => "connection_error".to_string(),
+            Err(e) if e.is_timeout() => ("timeout".to_string(), None),
+            Err(_) => ("connection_error".to_string(), None),
+        }
+    }
+
+    async fn send(&self, r: &Request, intended: Instant, tally: &Tally) {
+        let mut attempt = 0u32;
+        let status = loop {
+            let (status, retry_after) = self.attempt(r).await;
+            if attempt >= self.retries || !retryable(&status) {
+                break status;
+            }
+            tally.retries.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(backoff(attempt, retry_after)).await;
+            attempt += 1;
         };
         let us = intended.elapsed().as_micros().max(1) as u64;
         if let Ok(mut h) = tally.latency.lock() {
@@ -181,6 +209,19 @@ impl Sender {
             *s.entry(status).or_insert(0) += 1;
         }
     }
+}
+
+/// Whether an SDK would send the same request again after this answer.
+fn retryable(status: &str) -> bool {
+    matches!(status, "timeout" | "connection_error" | "429") || status.starts_with('5')
+}
+
+/// The pause before retry `attempt` (0-based): the server's `Retry-After` when it
+/// gave one (at most 10 s), else 100 ms doubling up to 3.2 s.
+fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
+    retry_after
+        .map(|d| d.min(Duration::from_secs(10)))
+        .unwrap_or_else(|| Duration::from_millis(100 << attempt.min(5)))
 }
 
 fn now_ms() -> i64 {
@@ -257,6 +298,7 @@ pub async fn run(opts: Options) -> Result<Report, String> {
             .map(|i| Tenant::nth(i).key())
             .collect(),
         ids: ids.clone(),
+        retries: opts.retries,
     });
     let (feed, mean) = feeder(&opts).await?;
     let feed = Arc::new(tokio::sync::Mutex::new(feed));
@@ -361,6 +403,7 @@ pub async fn run(opts: Options) -> Result<Report, String> {
             },
             statuses: tally.statuses.lock().map_err(|e| e.to_string())?.clone(),
             client_skipped: tally.skipped.load(Ordering::Relaxed),
+            retries: tally.retries.load(Ordering::Relaxed),
             gateway_cpu_seconds: cpu,
             cpu_us_per_event: cpu
                 .filter(|_| accepted > 0)
@@ -393,4 +436,102 @@ pub async fn run(opts: Options) -> Result<Report, String> {
         .and_then(procstat::memory)
         .map(|(_, hwm)| hwm as f64 / 1048576.0);
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::convert::Infallible;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Incoming;
+    use hyper::{Request, Response};
+    use hyper_util::rt::TokioIo;
+
+    use super::{Mode, Options, Target};
+    use crate::traffic::{BatchSizes, Format, Traffic};
+
+    /// Answers 503 (`Retry-After: 0`) the first time it sees a body, 200 after.
+    async fn flaky(seen: Arc<Mutex<HashSet<Bytes>>>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let seen = Arc::clone(&seen);
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let seen = Arc::clone(&seen);
+                        async move {
+                            let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                            let first = body
+                                .map(|b| seen.lock().map(|mut s| s.insert(b)).unwrap_or(false))
+                                .unwrap_or(true);
+                            let mut resp = Response::new(Full::new(Bytes::from_static(b"{}")));
+                            if first {
+                                *resp.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                                resp.headers_mut()
+                                    .insert("retry-after", hyper::header::HeaderValue::from(0));
+                            }
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn options(url: String, retries: u32, ids: std::path::PathBuf) -> Options {
+        Options {
+            url,
+            target: Target::Events {
+                format: Format::Native,
+                path: None,
+            },
+            traffic: Traffic::new(3, 2, BatchSizes::Fixed(5), 0.0),
+            mode: Mode::Closed {
+                concurrency: 2,
+                duration: Duration::from_millis(300),
+            },
+            pool: 0,
+            ids_out: Some(ids),
+            pid: None,
+            max_outstanding: 16,
+            stop: None,
+            retries,
+        }
+    }
+
+    #[tokio::test]
+    async fn retrying_clients_resend_the_same_events_until_accepted() {
+        let seen = Arc::new(Mutex::new(HashSet::new()));
+        let url = flaky(Arc::clone(&seen)).await;
+        let ids = std::env::temp_dir().join(format!("ow-retry-{}.ids", uuid::Uuid::new_v4()));
+        let report = super::run(options(url.clone(), 3, ids.clone()))
+            .await
+            .expect("run");
+        let p = &report.phases[0];
+        assert!(p.requests > 0, "{p:?}");
+        // Every request was refused once, then accepted with the same body.
+        assert_eq!(p.statuses.get("200"), Some(&p.requests), "{p:?}");
+        assert_eq!(p.retries, p.requests, "{p:?}");
+        let acked = crate::check::read_ids(&ids).expect("ids");
+        assert_eq!(acked.len() as u64, p.events_accepted);
+        assert_eq!(seen.lock().map(|s| s.len()).unwrap_or(0) as u64, p.requests);
+
+        // Without retries the first answer is final.
+        let report = super::run(options(url, 0, ids.clone())).await.expect("run");
+        let p = &report.phases[0];
+        assert_eq!(p.statuses.get("503"), Some(&p.requests), "{p:?}");
+        assert_eq!(p.retries, 0);
+        let _ = std::fs::remove_file(&ids);
+    }
 }

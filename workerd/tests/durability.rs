@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use shared::config::StaticKey;
 use shared::domain::Tier;
-use shared::testkit::{eventually, select_json, services, TestSchema};
+use shared::testkit::{eventually, select_json, services, TestSchema, CONSUMED_WITHIN};
 use time::macros::datetime;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -562,22 +562,18 @@ async fn quotas_count_events_by_the_month_they_arrived() {
     }
     let db = schema.database().to_string();
     // Both views of the consumed block have written (events, then usage).
-    eventually(
-        "the events in ClickHouse",
-        Duration::from_secs(60),
-        || async {
-            let rows = select_json(
-                &schema.client,
-                &format!(
-                    "SELECT (SELECT count() FROM `{db}`.events FINAL) AS n, \
+    eventually("the events in ClickHouse", CONSUMED_WITHIN, || async {
+        let rows = select_json(
+            &schema.client,
+            &format!(
+                "SELECT (SELECT count() FROM `{db}`.events FINAL) AS n, \
                  (SELECT sum(events) FROM `{db}`.usage_daily) AS u"
-                ),
-                &[],
-            )
-            .await;
-            (rows[0]["n"] == 3 && rows[0]["u"] == 3).then_some(())
-        },
-    )
+            ),
+            &[],
+        )
+        .await;
+        (rows[0]["n"] == 3 && rows[0]["u"] == 3).then_some(())
+    })
     .await;
     // Rollups exist for the client's day too: the quota must not follow them.
     let w = Window {

@@ -73,6 +73,27 @@ impl Broker {
             let _ = c.wait();
         }
     }
+
+    /// Freezes the process (SIGSTOP), as a network partition looks to its
+    /// clients: connections stay open and nothing answers.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a paused process go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let child = self.child.as_ref().expect("broker running");
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(child.id().to_string())
+            .status()
+            .unwrap_or_else(|e| panic!("kill -{name}: {e}"));
+        assert!(status.success(), "kill -{name} {} failed", child.id());
+    }
 }
 
 impl Drop for Broker {
