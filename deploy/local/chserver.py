@@ -33,6 +33,7 @@ import http.server
 import os
 import re
 import signal
+import socket
 import socketserver
 import struct
 import sys
@@ -81,6 +82,11 @@ INSERT_FORMAT = re.compile(
 INSERT_FORMAT_INLINE = re.compile(
     rb"^(\s*INSERT\s+INTO\s+[^\n]+?\s+FORMAT\s+\w+)[ \t]*\r?\n", re.IGNORECASE)
 KAFKA_ENGINE = re.compile(r"\bENGINE\s*=\s*Kafka\b", re.IGNORECASE)
+# A statement that ends a table's consumers (DROP or DETACH of one table).
+TABLE_GONE = re.compile(r"^\s*(DROP|DETACH)\s+TABLE\s+(IF\s+EXISTS\s+)?(?P<name>[`\w.]+)",
+                        re.IGNORECASE)
+IDENT_PART = re.compile(r"`((?:[^`\\]|\\.)*)`|(\w+)")
+KAFKA_SETTING = r"\b%s\s*=\s*'((?:[^'\\]|\\.)*)'"
 PARKED_DIR = "overwatch-parked"
 
 
@@ -121,6 +127,21 @@ def park_kafka_tables(path):
     return parked
 
 
+# librdkafka settings of every Kafka engine consumer (ClickHouse's <kafka> section).
+# chdb's consumers never send LeaveGroup when their table is dropped or the
+# process dies, and the tansu broker keeps such a member, and a dead group leader
+# blocks everyone else's SyncGroup, until its session times out (librdkafka's
+# default: 45 s). Migrations that replace the Kafka table in the same group leave
+# such members behind. A short session lets the group heal in seconds.
+KAFKA_CONFIG = """<clickhouse>
+  <kafka>
+    <session_timeout_ms>10000</session_timeout_ms>
+    <heartbeat_interval_ms>2000</heartbeat_interval_ms>
+  </kafka>
+</clickhouse>
+"""
+
+
 class Engine:
     """One chdb connection; every query goes through ``run`` under a lock."""
 
@@ -128,7 +149,10 @@ class Engine:
         self.tmp = os.path.join(path, "overwatch-tmp")
         os.makedirs(self.tmp, exist_ok=True)
         parked = park_kafka_tables(path)
-        self.conn = _chdb.connect(path)
+        config = os.path.join(self.tmp, "overwatch-chdb.xml")
+        with open(config, "w", encoding="utf-8") as f:
+            f.write(KAFKA_CONFIG)
+        self.conn = _chdb.connect(path + "?config-file=" + urllib.parse.quote(config))
         self.lock = threading.Lock()
         self.reattach(parked)
 
@@ -188,6 +212,9 @@ class Engine:
                     self._exec(b"SET " + name.encode() + b" = " + quote_literal(value))
                     applied.append(name)
                 try:
+                    m = TABLE_GONE.match(sql.decode("utf-8", "replace"))
+                    if m:
+                        return self._end_consumers(m.group("name"), lambda: self._exec(sql, fmt))
                     return self._exec(sql, fmt)
                 except ClickHouseError as err:
                     if err.code == 49 and "Shutdown was called" in str(err):
@@ -209,20 +236,17 @@ class Engine:
                     except ClickHouseError:
                         pass
 
-    def watch_kafka_consumers(self, stuck_after=15.0, every=3.0):
+    def watch_kafka_consumers(self, stuck_after=25.0, every=5.0):
         """Re-attaches a Kafka engine table whose consumer has held no partitions
         for ``stuck_after`` seconds, and again every ``stuck_after`` seconds until
         it holds some.
 
-        The tansu broker can leave a consumer with an empty assignment that no
-        later rebalance fixes: after its previous consumer died (a ClickHouse
-        crash), and after a member left just as another joined (migrations that
-        replace the Kafka table in the same consumer group; seen when two test
-        databases were migrated at once). A fresh join (DETACH + ATTACH) once the
-        departed member's session (45 s) has expired gets the partitions; until
-        then a fresh join may get none, hence the retries. A healthy consumer
-        holds partitions within a few seconds, even when idle, so this never
-        touches a working table.
+        After a crash the dead process's members stay in the group until their
+        session (10 s, ``KAFKA_CONFIG``) expires, and then the tansu broker can
+        form the group with no partitions for the live consumer. A fresh join
+        (DETACH, with the LeaveGroup of ``_end_consumers``, then ATTACH) gets
+        them. A healthy consumer holds partitions within seconds, even when idle,
+        so this never touches a working table.
         """
         empty_since = {}
         while True:
@@ -249,7 +273,7 @@ class Engine:
                                  "assigned); re-attaching it\n" % (name, now - first))
                 with self.lock:
                     try:
-                        self._exec(("DETACH TABLE " + name).encode())
+                        self._end_consumers(name, lambda: self._exec(("DETACH TABLE " + name).encode()), wait=0)
                         self._exec(("ATTACH TABLE " + name).encode())
                     except ClickHouseError as err:
                         # ATTACH of a Kafka table answers the spurious code 49, yet works.
@@ -257,12 +281,70 @@ class Engine:
                             sys.stderr.write("chserver: re-attaching %s failed: %s\n" % (name, err))
                 empty_since.pop(key, None)
 
+    def _end_consumers(self, name, statement, wait=10.0):
+        """Runs ``statement`` (which drops or detaches table ``name``); when that
+        is a Kafka engine table, its consumers then leave their group.
+
+        chdb's consumers never send LeaveGroup, and the tansu broker keeps a
+        departed member until its session expires; a departed leader leaves the
+        group formed with no partitions for anyone (migrations replace the Kafka
+        table in the same group). So this waits (up to ``wait`` seconds) until a
+        consumer that is joining has joined, then runs the statement, then sends
+        LeaveGroup for each member itself.
+        """
+        parts = [a or b for a, b in IDENT_PART.findall(name)]
+        if not parts or len(parts) > 2:
+            return statement()
+        db = parts[0] if len(parts) == 2 else self._exec(b"SELECT currentDatabase()").decode().strip()
+        table = parts[-1]
+        where = b" WHERE database = " + quote_literal(db) + b" AND table = " + quote_literal(table)
+        engine = self._exec(b"SELECT engine_full FROM system.tables WHERE database = " + quote_literal(db)
+                            + b" AND name = " + quote_literal(table), "TabSeparatedRaw").decode("utf-8", "replace")
+        if not KAFKA_ENGINE.search("ENGINE = " + engine):
+            return statement()
+        deadline = time.monotonic() + wait
+        while True:
+            rows = self._exec(b"SELECT consumer_id, length(assignments.partition_id) FROM system.kafka_consumers"
+                              + where).decode("utf-8", "replace").splitlines()
+            members = [r.split("\t") for r in rows if r.split("\t")[0]]
+            if all(int(n) > 0 for _, n in members) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        result = statement()
+        group = re.search(KAFKA_SETTING % "kafka_group_name", engine)
+        brokers = re.search(KAFKA_SETTING % "kafka_broker_list", engine)
+        for member, _ in members:
+            if group and brokers:
+                leave_group(brokers.group(1), group.group(1), member)
+        return result
+
     def _table_exists(self, name):
         return self._exec(b"EXISTS TABLE " + name.encode()).strip() == b"1"
 
     def close(self):
         with self.lock:
             self.conn.close()
+
+
+def leave_group(brokers, group, member):
+    """Sends a Kafka LeaveGroup (v0) for ``member`` to the first of ``brokers``
+    that answers (the local broker is its own group coordinator)."""
+    def string(b):
+        return struct.pack(">h", len(b)) + b
+    msg = (struct.pack(">hhi", 13, 0, 1) + string(b"overwatch-chserver")
+           + string(group.encode()) + string(member.encode()))
+    for broker in brokers.split(","):
+        host, _, port = broker.strip().rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=5) as s:
+                s.sendall(struct.pack(">i", len(msg)) + msg)
+                head = s.recv(4)
+                if len(head) == 4:
+                    s.recv(struct.unpack(">i", head)[0])
+            return
+        except (OSError, ValueError):
+            continue
+    sys.stderr.write("chserver: could not send LeaveGroup for %s in %s to %s\n" % (member, group, brokers))
 
 
 def quote_ident(name):
