@@ -30,6 +30,7 @@ HTTP connections are handled concurrently.
 import argparse
 import gzip
 import http.server
+import json
 import os
 import re
 import signal
@@ -133,6 +134,9 @@ def park_kafka_tables(path):
 # blocks everyone else's SyncGroup, until its session times out (librdkafka's
 # default: 45 s). Migrations that replace the Kafka table in the same group leave
 # such members behind. A short session lets the group heal in seconds.
+# Where the watchdog records each Kafka table's consumer group members, so that
+# a restarted front can make a killed process's members leave.
+MEMBERS_FILE = "overwatch-kafka-members.json"
 KAFKA_CONFIG = """<clickhouse>
   <kafka>
     <session_timeout_ms>10000</session_timeout_ms>
@@ -149,6 +153,10 @@ class Engine:
         self.tmp = os.path.join(path, "overwatch-tmp")
         os.makedirs(self.tmp, exist_ok=True)
         parked = park_kafka_tables(path)
+        # The members of the last process (killed, say) leave before new ones join.
+        self.members_file = os.path.join(path, MEMBERS_FILE)
+        leave_recorded(self.members_file)
+        self.recorded = {}
         config = os.path.join(self.tmp, "overwatch-chdb.xml")
         with open(config, "w", encoding="utf-8") as f:
             f.write(KAFKA_CONFIG)
@@ -236,14 +244,16 @@ class Engine:
                     except ClickHouseError:
                         pass
 
-    def watch_kafka_consumers(self, stuck_after=25.0, every=5.0):
+    def watch_kafka_consumers(self, stuck_after=25.0, every=2.0):
         """Re-attaches a Kafka engine table whose consumer has held no partitions
         for ``stuck_after`` seconds, and again every ``stuck_after`` seconds until
         it holds some.
 
-        After a crash the dead process's members stay in the group until their
-        session (10 s, ``KAFKA_CONFIG``) expires, and then the tansu broker can
-        form the group with no partitions for the live consumer. A fresh join
+        It also records every table's group members (``MEMBERS_FILE``): after a
+        crash the dead process's members would stay in the group until their
+        session (10 s, ``KAFKA_CONFIG``) expires, and meanwhile they get
+        partitions that nobody reads, or the broker forms the group with none
+        for the live consumer; a restarted front makes them leave first. A fresh join
         (DETACH, with the LeaveGroup of ``_end_consumers``, then ATTACH) gets
         them. A healthy consumer holds partitions within seconds, even when idle,
         so this never touches a working table.
@@ -254,13 +264,18 @@ class Engine:
             try:
                 with self.lock:
                     rows = self._exec(
-                        b"SELECT database, table, max(length(assignments.partition_id)) "
-                        b"FROM system.kafka_consumers GROUP BY database, table")
+                        b"SELECT k.database AS db, k.table AS tbl, max(length(k.assignments.partition_id)) AS n, "
+                        b"groupArray(k.consumer_id) AS members, any(t.engine_full) AS engine "
+                        b"FROM system.kafka_consumers AS k INNER JOIN system.tables AS t "
+                        b"ON t.database = k.database AND t.name = k.table GROUP BY k.database, k.table",
+                        "JSONEachRow")
             except ClickHouseError:
                 continue
             now = time.monotonic()
-            for line in rows.decode("utf-8", "replace").splitlines():
-                db, table, n = line.split("\t")
+            rows = [json.loads(line) for line in rows.decode("utf-8", "replace").splitlines() if line.strip()]
+            self.record_members(rows)
+            for row in rows:
+                db, table, n = row["db"], row["tbl"], row["n"]
                 key = (db, table)
                 if int(n) > 0:
                     empty_since.pop(key, None)
@@ -280,6 +295,23 @@ class Engine:
                         if not (err.code == 49 and self._table_exists(name)):
                             sys.stderr.write("chserver: re-attaching %s failed: %s\n" % (name, err))
                 empty_since.pop(key, None)
+
+    def record_members(self, rows):
+        """Writes the current members of every Kafka table's group to ``MEMBERS_FILE``."""
+        recorded = {}
+        for row in rows:
+            group = re.search(KAFKA_SETTING % "kafka_group_name", row["engine"])
+            brokers = re.search(KAFKA_SETTING % "kafka_broker_list", row["engine"])
+            members = sorted(m for m in row["members"] if m)
+            if group and brokers and members:
+                recorded[row["db"] + "." + row["tbl"]] = {
+                    "group": group.group(1), "brokers": brokers.group(1), "members": members}
+        if recorded != self.recorded:
+            tmp = self.members_file + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(recorded, f)
+            os.replace(tmp, self.members_file)
+            self.recorded = recorded
 
     def _end_consumers(self, name, statement, wait=10.0):
         """Runs ``statement`` (which drops or detaches table ``name``); when that
@@ -324,6 +356,21 @@ class Engine:
     def close(self):
         with self.lock:
             self.conn.close()
+
+
+def leave_recorded(path):
+    """Makes every member recorded in ``path`` leave its group, then removes it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            recorded = json.load(f)
+    except (OSError, ValueError):
+        return
+    for table, entry in recorded.items():
+        for member in entry.get("members", []):
+            sys.stderr.write("chserver: %s's consumer %s of the last run leaves group %s\n"
+                             % (table, member, entry["group"]))
+            leave_group(entry["brokers"], entry["group"], member)
+    os.remove(path)
 
 
 def leave_group(brokers, group, member):
