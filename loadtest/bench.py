@@ -110,7 +110,8 @@ def main():
     text = render(results)
     print(text)
     if not args.no_doc:
-        write_doc(text)
+        # The soak and chaos sections stay.
+        harness.write_section("Latest run", text)
     return 0 if results.get("alive_after") else 1
 
 
@@ -175,20 +176,6 @@ def cells(p):
             "%.1f / %.1f / %.1f" % (lat["p50"], lat["p99"], lat["max"]),
             f(p.get("cpu_us_per_request")), f(p.get("cpu_us_per_event")),
             "%.0f" % (p.get("gateway_rss_end_mib") or 0), st, f(p.get("client_cores"))]
-
-
-def write_doc(section):
-    """Replaces the "Latest run" section; the soak and chaos sections stay."""
-    doc = os.path.join(harness.ROOT, "docs", "benchmarks.md")
-    text = open(doc).read() if os.path.exists(doc) else "# Benchmarks\n"
-    head, sep, tail = text.partition("## Latest run")
-    rest = ""
-    if sep:
-        nxt = tail.find("\n## ")
-        rest = tail[nxt:] if nxt >= 0 else ""
-    with open(doc, "w") as f:
-        f.write(head.rstrip() + "\n\n" + section.rstrip() + "\n" + rest)
-    log("wrote %s" % doc)
 
 
 if __name__ == "__main__":
