@@ -128,15 +128,15 @@ def park_kafka_tables(path):
     return parked
 
 
+# Where the watchdog records each Kafka table's consumer group members, so that
+# a restarted front can make a killed process's members leave.
+MEMBERS_FILE = "overwatch-kafka-members.json"
 # librdkafka settings of every Kafka engine consumer (ClickHouse's <kafka> section).
 # chdb's consumers never send LeaveGroup when their table is dropped or the
 # process dies, and the tansu broker keeps such a member, and a dead group leader
 # blocks everyone else's SyncGroup, until its session times out (librdkafka's
-# default: 45 s). Migrations that replace the Kafka table in the same group leave
-# such members behind. A short session lets the group heal in seconds.
-# Where the watchdog records each Kafka table's consumer group members, so that
-# a restarted front can make a killed process's members leave.
-MEMBERS_FILE = "overwatch-kafka-members.json"
+# default: 45 s). A short session bounds what a member that could not be made to
+# leave (a crash between two recordings) costs.
 KAFKA_CONFIG = """<clickhouse>
   <kafka>
     <session_timeout_ms>10000</session_timeout_ms>
@@ -245,18 +245,18 @@ class Engine:
                         pass
 
     def watch_kafka_consumers(self, stuck_after=25.0, every=2.0):
-        """Re-attaches a Kafka engine table whose consumer has held no partitions
-        for ``stuck_after`` seconds, and again every ``stuck_after`` seconds until
-        it holds some.
+        """Records every Kafka table's group members, and re-attaches a table
+        whose consumer has held no partitions for ``stuck_after`` seconds (again
+        every ``stuck_after`` seconds until it holds some).
 
-        It also records every table's group members (``MEMBERS_FILE``): after a
-        crash the dead process's members would stay in the group until their
-        session (10 s, ``KAFKA_CONFIG``) expires, and meanwhile they get
-        partitions that nobody reads, or the broker forms the group with none
-        for the live consumer; a restarted front makes them leave first. A fresh join
-        (DETACH, with the LeaveGroup of ``_end_consumers``, then ATTACH) gets
-        them. A healthy consumer holds partitions within seconds, even when idle,
-        so this never touches a working table.
+        The record (``MEMBERS_FILE``) is for a crash: the dead process's members
+        would stay in the group until their session (10 s, ``KAFKA_CONFIG``)
+        expires, and meanwhile they hold partitions that nobody reads, or the
+        broker forms the group with none for the live consumer; a restarted
+        front makes them leave before its consumers join. The re-attach (DETACH,
+        with the LeaveGroup of ``_end_consumers``, then ATTACH: a fresh join) is
+        the last resort. A healthy consumer holds partitions within seconds,
+        even when idle, so it never touches a working table.
         """
         empty_since = {}
         while True:
@@ -322,7 +322,8 @@ class Engine:
         group formed with no partitions for anyone (migrations replace the Kafka
         table in the same group). So this waits (up to ``wait`` seconds) until a
         consumer that is joining has joined, then runs the statement, then sends
-        LeaveGroup for each member itself.
+        LeaveGroup for each member itself. Other queries wait meanwhile (the
+        caller holds the engine's lock).
         """
         parts = [a or b for a, b in IDENT_PART.findall(name)]
         if not parts or len(parts) > 2:
