@@ -22,16 +22,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
-use rdkafka::statistics::Statistics;
+use rdkafka::producer::{BaseRecord, Producer as _, PurgeConfig};
 use rdkafka::util::Timeout;
 use shared::config::{KafkaConfig, PartitionKey};
 use shared::event::EventType;
 use uuid::Uuid;
+
+mod driver;
+
+use driver::{Producer, Waiter};
 
 /// One event ready for the broker: its topic's type, the session it is
 /// keyed by, and the serialized `EventRow`.
@@ -66,20 +68,9 @@ impl SinkError {
     }
 }
 
-/// Feeds librdkafka's periodic statistics into the producer metrics.
-pub struct StatsContext;
-
-impl ClientContext for StatsContext {
-    fn stats(&self, statistics: Statistics) {
-        crate::telemetry::producer_statistics(&statistics);
-    }
-}
-
-type GatewayProducer = FutureProducer<StatsContext>;
-
 struct Current {
     generation: u64,
-    producer: Arc<GatewayProducer>,
+    producer: Arc<Producer>,
 }
 
 pub struct Sink {
@@ -161,12 +152,12 @@ impl Sink {
         if statistics_interval_ms > 0 {
             client_config.set("statistics.interval.ms", statistics_interval_ms.to_string());
         }
-        let producer: GatewayProducer = client_config.create_with_context(StatsContext)?;
+        let producer = Producer::new(&client_config)?;
         Ok(Sink {
             client_config,
             current: RwLock::new(Current {
                 generation: 0,
-                producer: Arc::new(producer),
+                producer,
             }),
             topics: kafka.topics(),
             partition_key: kafka.partition_key,
@@ -180,7 +171,7 @@ impl Sink {
         &self.topics[kind.index()]
     }
 
-    fn producer(&self) -> (u64, Arc<GatewayProducer>) {
+    fn producer(&self) -> (u64, Arc<Producer>) {
         let c = self.current.read().unwrap_or_else(|e| e.into_inner());
         (c.generation, Arc::clone(&c.producer))
     }
@@ -191,20 +182,20 @@ impl Sink {
         if c.generation != generation {
             return;
         }
-        let fresh: GatewayProducer = match self.client_config.create_with_context(StatsContext) {
+        let fresh = match Producer::new(&self.client_config) {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "cannot create a replacement producer");
                 return;
             }
         };
-        let old = std::mem::replace(&mut c.producer, Arc::new(fresh));
+        let old = std::mem::replace(&mut c.producer, fresh);
         c.generation += 1;
         let generation = c.generation;
         drop(c);
-        old.purge(PurgeConfig::default().queue().inflight());
-        // Dropping a producer may block briefly while librdkafka shuts it down.
-        tokio::task::spawn_blocking(move || drop(old));
+        // Its requests fail now; the last handle's drop destroys it off the runtime.
+        old.base().purge(PurgeConfig::default().queue().inflight());
+        drop(old);
         crate::telemetry::producer_replaced(generation);
     }
 
@@ -224,13 +215,16 @@ impl Sink {
 
     async fn send_with(
         &self,
-        producer: &GatewayProducer,
+        producer: &Producer,
         tenant: Uuid,
         events: Vec<Record>,
     ) -> Result<(), SinkError> {
         let started = std::time::Instant::now();
         let messages = pack(events, tenant, self.partition_key, self.max_message_bytes);
-        let mut pending = Vec::with_capacity(messages.len());
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let (waiter, done) = Waiter::new(messages.len());
         // The request's trace travels with its messages (W3C `traceparent`).
         let trace = shared::runtime::telemetry::trace_context();
         let headers = (!trace.is_empty()).then(|| {
@@ -244,7 +238,8 @@ impl Sink {
                 })
         });
         for m in &messages {
-            let record = FutureRecord::to(self.topic(m.kind)).payload(&m.payload[..]);
+            let record = BaseRecord::with_opaque_to(self.topic(m.kind), Arc::clone(&waiter))
+                .payload(&m.payload[..]);
             let record = match &headers {
                 Some(h) => record.headers(h.clone()),
                 None => record,
@@ -253,33 +248,26 @@ impl Sink {
                 Some(k) => record.key(&k[..]),
                 None => record,
             };
-            match producer.send_result(record) {
-                Ok(f) => pending.push(f),
-                Err((err, _)) => return Err(SinkError::Enqueue(err)),
+            // Messages enqueued before a failure are still reported to the
+            // waiter, which no one awaits any more.
+            if let Err((err, _)) = producer.base().send(record) {
+                return Err(SinkError::Enqueue(err));
             }
         }
+        drop(waiter);
         // librdkafka holds its own copies now (bounded by kafka.queue_max_kbytes):
         // the request's payloads are freed before the wait for acknowledgements.
         drop(messages);
-        let wait = async {
-            for f in pending {
-                match f.await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err((err, _))) => return Err(SinkError::Delivery(err)),
-                    Err(_) => return Err(SinkError::Canceled),
-                }
-            }
-            Ok(())
-        };
         // librdkafka's message.timeout.ms equals delivery_timeout; the extra margin
         // lets its own (more precise) error arrive first.
         let bound = self.delivery_timeout + Duration::from_millis(250);
-        match tokio::time::timeout(bound, wait).await {
-            Ok(Ok(())) => {
+        match tokio::time::timeout(bound, done).await {
+            Ok(Ok(Ok(()))) => {
                 crate::telemetry::delivered(started.elapsed());
                 Ok(())
             }
-            Ok(Err(e)) => Err(e),
+            Ok(Ok(Err(e))) => Err(SinkError::Delivery(e)),
+            Ok(Err(_)) => Err(SinkError::Canceled),
             Err(_) => Err(SinkError::Timeout(bound)),
         }
     }
@@ -297,6 +285,7 @@ impl Sink {
                 let (_, probe) = sink.producer();
                 let up = tokio::task::spawn_blocking(move || {
                     probe
+                        .base()
                         .client()
                         .fetch_metadata(None, Timeout::After(Duration::from_secs(2)))
                         .map(|m| !m.brokers().is_empty())
@@ -319,11 +308,11 @@ impl Sink {
 
     /// Waits up to `timeout` for queued messages to be delivered (shutdown).
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.producer().1.flush(Timeout::After(timeout))
+        self.producer().1.base().flush(Timeout::After(timeout))
     }
 
     pub fn in_flight(&self) -> i32 {
-        self.producer().1.in_flight_count()
+        self.producer().1.base().in_flight_count()
     }
 }
 
