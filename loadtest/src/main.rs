@@ -30,6 +30,10 @@ enum Cmd {
         prefix: String,
         #[arg(long, default_value_t = 6)]
         partitions: i32,
+        /// Create these topics (comma-separated) instead of the event topics,
+        /// e.g. a peer's for a side-by-side run.
+        #[arg(long, value_delimiter = ',')]
+        names: Vec<String>,
     },
     /// Serve the trivial-handler baseline (read the body, answer `200 {}`).
     Trivial {
@@ -142,11 +146,16 @@ async fn real_main() -> Result<(), String> {
             brokers,
             prefix,
             partitions,
+            names,
         } => {
-            let topics: Vec<String> = shared::event::EventType::ALL
-                .iter()
-                .map(|t| t.topic(&prefix))
-                .collect();
+            let topics: Vec<String> = if names.is_empty() {
+                shared::event::EventType::ALL
+                    .iter()
+                    .map(|t| t.topic(&prefix))
+                    .collect()
+            } else {
+                names
+            };
             shared::kafka::ensure_topics(&brokers, &topics, partitions, 1, Duration::from_secs(10))
                 .await
                 .map_err(|e| format!("creating topics on {brokers}: {e}"))

@@ -70,11 +70,22 @@ impl Tenant {
         b.copy_from_slice(&digest[..16]);
         Tenant {
             id: uuid::Builder::from_random_bytes(b).into_uuid(),
-            secret: format!("loadtest-secret-{i}-{}", hex::encode(&digest[16..24])),
+            // Short enough that the whole key fits PostHog's 64-character
+            // token limit, so a peer's capture accepts the same keys.
+            secret: format!("lt{i}-{}", hex::encode(&digest[16..24])),
         }
     }
     pub fn key(&self) -> String {
         format!("{}:{}", self.id, self.secret)
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn every_key_is_a_valid_posthog_token() {
+    for i in [0, 49, 9_999] {
+        let k = Tenant::nth(i).key();
+        assert!(k.len() <= 64 && k.is_ascii(), "{k}: {} characters", k.len());
     }
 }
 

@@ -95,8 +95,9 @@ pub struct Message {
 
 /// Packs `events` into messages: rows per (topic, key), in the request's
 /// order within each, up to `max_bytes` a message (a larger row alone).
-/// Events of one key keep their order across messages as well. A message
-/// starts from its first event's buffer, so a one-event request copies nothing.
+/// Events of one key keep their order across messages as well. Sizes are
+/// planned first, so each message is allocated once at its final size; a
+/// message of one row is that event's buffer (a one-event request copies nothing).
 pub fn pack(
     events: Vec<Record>,
     tenant: Uuid,
@@ -108,32 +109,52 @@ pub fn pack(
         PartitionKey::Tenant => Some(*tenant.as_bytes()),
         PartitionKey::RoundRobin => None,
     };
+    // Plan: which message each event goes to, and each message's size.
     // The message being filled for each (topic, key), by index into `out`.
     let mut open: std::collections::HashMap<(EventType, Option<[u8; 16]>), usize> =
         std::collections::HashMap::new();
     let mut out: Vec<Message> = Vec::new();
-    for e in events {
-        let key = key_of(&e);
+    let mut bytes: Vec<usize> = Vec::new();
+    let mut slot_of: Vec<usize> = Vec::with_capacity(events.len());
+    for e in &events {
+        let key = key_of(e);
+        let len = e.payload.len();
         let slot = open
             .get(&(e.kind, key))
             .copied()
-            .filter(|&i| out[i].payload.len() + 1 + e.payload.len() <= max_bytes);
-        match slot {
+            .filter(|&i| bytes[i] + 1 + len <= max_bytes);
+        let i = match slot {
             Some(i) => {
-                let m = &mut out[i];
-                m.payload.push(b'\n');
-                m.payload.extend_from_slice(&e.payload);
-                m.rows += 1;
+                bytes[i] += 1 + len;
+                out[i].rows += 1;
+                i
             }
             None => {
                 open.insert((e.kind, key), out.len());
+                bytes.push(len);
                 out.push(Message {
                     kind: e.kind,
                     key,
-                    payload: e.payload,
+                    payload: Vec::new(),
                     rows: 1,
                 });
+                out.len() - 1
             }
+        };
+        slot_of.push(i);
+    }
+    // Fill, in the request's order.
+    for (e, i) in events.into_iter().zip(slot_of) {
+        let m = &mut out[i];
+        if m.rows == 1 {
+            m.payload = e.payload;
+        } else {
+            if m.payload.capacity() == 0 {
+                m.payload.reserve_exact(bytes[i]);
+            } else {
+                m.payload.push(b'\n');
+            }
+            m.payload.extend_from_slice(&e.payload);
         }
     }
     out
@@ -369,6 +390,8 @@ mod tests {
         );
         assert_eq!((m[2].kind, rows(&m[2])), (EventType::Pageview, vec!["a2"]));
         assert_eq!(m.iter().map(|m| m.rows).sum::<usize>(), 5);
+        // Each message was allocated once, at its final size.
+        assert!(m.iter().all(|m| m.payload.capacity() == m.payload.len()));
         // Tenant keys and round robin: one message per topic.
         let m = pack(again(), t, PartitionKey::Tenant, 1024);
         assert_eq!(m.len(), 2);
