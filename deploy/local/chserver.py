@@ -88,6 +88,15 @@ TABLE_GONE = re.compile(r"^\s*(DROP|DETACH)\s+TABLE\s+(IF\s+EXISTS\s+)?(?P<name>
                         re.IGNORECASE)
 IDENT_PART = re.compile(r"`((?:[^`\\]|\\.)*)`|(\w+)")
 KAFKA_SETTING = r"\b%s\s*=\s*'((?:[^'\\]|\\.)*)'"
+
+
+def kafka_group_and_brokers(engine):
+    """The consumer group and broker list of a Kafka table's ``engine_full``, or None."""
+    group = re.search(KAFKA_SETTING % "kafka_group_name", engine)
+    brokers = re.search(KAFKA_SETTING % "kafka_broker_list", engine)
+    return (group.group(1), brokers.group(1)) if group and brokers else None
+
+
 PARKED_DIR = "overwatch-parked"
 
 
@@ -300,12 +309,11 @@ class Engine:
         """Writes the current members of every Kafka table's group to ``MEMBERS_FILE``."""
         recorded = {}
         for row in rows:
-            group = re.search(KAFKA_SETTING % "kafka_group_name", row["engine"])
-            brokers = re.search(KAFKA_SETTING % "kafka_broker_list", row["engine"])
+            found = kafka_group_and_brokers(row["engine"])
             members = sorted(m for m in row["members"] if m)
-            if group and brokers and members:
+            if found and members:
                 recorded[row["db"] + "." + row["tbl"]] = {
-                    "group": group.group(1), "brokers": brokers.group(1), "members": members}
+                    "group": found[0], "brokers": found[1], "members": members}
         if recorded != self.recorded:
             tmp = self.members_file + ".tmp"
             with open(tmp, "w", encoding="utf-8") as f:
@@ -344,11 +352,10 @@ class Engine:
                 break
             time.sleep(0.1)
         result = statement()
-        group = re.search(KAFKA_SETTING % "kafka_group_name", engine)
-        brokers = re.search(KAFKA_SETTING % "kafka_broker_list", engine)
+        found = kafka_group_and_brokers(engine)
         for member, _ in members:
-            if group and brokers:
-                leave_group(brokers.group(1), group.group(1), member)
+            if found:
+                leave_group(found[1], found[0], member)
         return result
 
     def _table_exists(self, name):
