@@ -57,16 +57,12 @@ def trivial_baseline(env, seconds):
     log_path = proc.log_path
     stack.wait_until("the trivial handler", lambda: "listening on" in open(log_path).read(), [proc], 30)
     addr = open(log_path).read().split("listening on", 1)[1].split()[0]
-    out = os.path.join(env.dir, "trivial.json")
-    argv = [harness.LOADTEST, "run", "--url", "http://" + addr, "--tenants", str(harness.TENANTS),
-            "--json", out, "--pid", str(proc.proc.pid), "--batch", "1", "--concurrency",
-            str(SMALL_CONNECTIONS), "--duration", str(seconds), "--pool", "4096"]
-    log("trivial: " + " ".join(argv[2:]))
-    harness.sh(argv)
+    r = harness.loadtest_run(env, ["--batch", "1", "--concurrency", str(SMALL_CONNECTIONS), "--duration",
+                                   str(seconds), "--pool", "4096"], "trivial", url="http://" + addr,
+                             pid=proc.proc.pid)
     proc.stop()
     env.stack.procs.remove(proc)
-    with open(out) as f:
-        return json.load(f)
+    return r
 
 
 def main():

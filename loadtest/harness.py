@@ -117,11 +117,15 @@ class Env:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def loadtest_run(env, args, name):
+def loadtest_run(env, args, name, url=None, pid=None):
+    """`loadtest run` against `url` (the gateway's by default), measuring the
+    process `pid` (the gateway's, when it runs); returns the report."""
     out = os.path.join(env.dir, name + ".json")
-    argv = [LOADTEST, "run", "--url", env.url, "--tenants", str(TENANTS), "--json", out] + args
-    if env.gateway:
-        argv += ["--pid", str(env.gateway.proc.pid)]
+    argv = [LOADTEST, "run", "--url", url or env.url, "--tenants", str(TENANTS), "--json", out] + args
+    if pid is None and env.gateway:
+        pid = env.gateway.proc.pid
+    if pid is not None:
+        argv += ["--pid", str(pid)]
     log("%s: %s" % (name, " ".join(argv[2:])))
     sh(argv)
     with open(out) as f:

@@ -27,7 +27,6 @@ service's CPU per request and per event, and the ratios; it rewrites the
 
 import argparse
 import datetime
-import json
 import os
 import sys
 
@@ -45,24 +44,19 @@ SCENARIOS = [
 ]
 
 
-def loadtest_args(scenario, fmt, seconds, pool):
+def loadtest_args(scenario, fmt, seconds):
     if scenario == "live":
         return ["--get", "/health/live" if fmt == "native" else "/_liveness", "--batch", "1",
                 "--concurrency", str(CONNECTIONS), "--duration", str(seconds)]
     base = ["--format", fmt, "--duration", str(seconds)]
     if scenario == "small":
-        return base + ["--batch", "1", "--concurrency", str(CONNECTIONS), "--pool", str(pool)]
+        return base + ["--batch", "1", "--concurrency", str(CONNECTIONS), "--pool", "4096"]
     return base + ["--concurrency", "8"]
 
 
 def run_on(env, url, pid, scenario, fmt, seconds, name):
-    out = os.path.join(env.dir, name + ".json")
-    argv = [harness.LOADTEST, "run", "--url", url, "--tenants", str(harness.TENANTS), "--json", out,
-            "--pid", str(pid)] + loadtest_args(scenario, fmt, seconds, 4096)
-    log("%s: %s" % (name, " ".join(argv[2:])))
-    harness.sh(argv)
-    with open(out) as f:
-        p = json.load(f)["phases"][0]
+    """One scenario against one service; every answer must be 200."""
+    p = harness.loadtest_run(env, loadtest_args(scenario, fmt, seconds), name, url=url, pid=pid)["phases"][0]
     bad = {k: v for k, v in p["statuses"].items() if k != "200"}
     if bad:
         stack.fail("%s: answers other than 200: %s" % (name, bad))
@@ -113,11 +107,11 @@ def main():
     res = {"overwatch": {}, "capture": {}}
     try:
         env.start_services()
-        harness.sh([harness.LOADTEST, "topics", "--brokers", env.stack.kafka, "--partitions", "3"])
+        cfg = env.config()
+        env.migrate_or_topics(cfg)
         # PostHog's topics, with the same partitions as ours.
         harness.sh([harness.LOADTEST, "topics", "--brokers", env.stack.kafka, "--partitions", "3",
                     "--names", "events_plugin_ingestion,events_plugin_ingestion_historical"])
-        cfg = env.config()
         os.environ["OVERWATCH__KAFKA__LINGER_MS"] = str(args.linger_ms)
         os.environ["OVERWATCH__KAFKA__COMPRESSION"] = args.compression
         env.start_gateway(cfg)
