@@ -20,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import tomllib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -27,6 +28,9 @@ import harness  # noqa: E402
 stack = harness.stack
 log = harness.log
 SMALL_CONNECTIONS = 64
+# The gateway's kafka.linger_ms: the waiting baseline releases its answers this often.
+with open(os.path.join(harness.ROOT, "config", "default.toml"), "rb") as _f:
+    LINGER_MS = tomllib.load(_f)["kafka"]["linger_ms"]
 
 # name -> (description, loadtest arguments given the run's seconds)
 SCENARIOS = {
@@ -51,14 +55,18 @@ SCENARIOS = {
 ORDER = ["live", "small", "max", "half", "posthog", "realistic", "burst"]
 
 
-def trivial_baseline(env, seconds):
-    """The trivial handler under the small-request load: CPU µs per request."""
-    proc = env.stack.start("trivial", [harness.LOADTEST, "trivial", "--listen", "127.0.0.1:0"])
+def trivial_baseline(env, seconds, wait_ms=0):
+    """The trivial handler under the small-request load: CPU µs per request.
+    With `wait_ms`, it holds every answer until a thread releases them all,
+    every that many ms (a producer's linger and acknowledgements, no broker)."""
+    name = "trivial_wait" if wait_ms else "trivial"
+    proc = env.stack.start(name, [harness.LOADTEST, "trivial", "--listen", "127.0.0.1:0",
+                                  "--wait-ms", str(wait_ms)])
     log_path = proc.log_path
     stack.wait_until("the trivial handler", lambda: "listening on" in open(log_path).read(), [proc], 30)
     addr = open(log_path).read().split("listening on", 1)[1].split()[0]
     r = harness.loadtest_run(env, ["--batch", "1", "--concurrency", str(SMALL_CONNECTIONS), "--duration",
-                                   str(seconds), "--pool", "4096"], "trivial", url="http://" + addr,
+                                   str(seconds), "--pool", "4096"], name, url="http://" + addr,
                              pid=proc.proc.pid)
     proc.stop()
     env.stack.procs.remove(proc)
@@ -89,6 +97,7 @@ def main():
     try:
         env.start_services()
         results["trivial"] = trivial_baseline(env, args.seconds)
+        results["trivial_wait"] = trivial_baseline(env, args.seconds, LINGER_MS)
         cfg = env.config(args.config)
         env.migrate_or_topics(cfg)
         env.start_gateway(cfg)
@@ -122,6 +131,7 @@ def ratio(a, b):
 
 def render(results):
     live, small, trivial = phase(results, "live"), phase(results, "small"), phase(results, "trivial")
+    waiting = phase(results, "trivial_wait")
     floor = (results.get("floor") or {}).get("plain_1000")
     per_req = lambda p: p and p.get("cpu_us_per_request")  # noqa: E731
     per_ev = lambda p: p and p.get("cpu_us_per_event")  # noqa: E731
@@ -129,6 +139,9 @@ def render(results):
         ("one-event request ÷ liveness request (gateway CPU)", ratio(per_req(small), per_req(live)), "≤ 2×"),
         ("one-event request ÷ trivial handler request", ratio(per_req(small), per_req(trivial)), ""),
         ("liveness request ÷ trivial handler request", ratio(per_req(live), per_req(trivial)), ""),
+        ("one-event request ÷ trivial handler request that waits %d ms" % LINGER_MS,
+         ratio(per_req(small), per_req(waiting)), ""),
+        ("trivial handler: waiting ÷ answering at once", ratio(per_req(waiting), per_req(trivial)), ""),
         ("1000-event batches at maximum ÷ floor (per event)", ratio(per_ev(phase(results, "max")), floor), "≤ 1.5×"),
         ("1000-event batches at half the maximum ÷ floor", ratio(per_ev(phase(results, "half")), floor), "≤ 1.5×"),
         ("PostHog /batch format at maximum ÷ floor", ratio(per_ev(phase(results, "posthog")), floor), ""),
@@ -148,7 +161,9 @@ def render(results):
             "|---|---|---|---|---|---|---|---|---|---|"]
     names = dict((k, v[0]) for k, v in SCENARIOS.items())
     names["trivial"] = "trivial hyper handler (baseline), one-event POST, 64 connections"
-    for key in ["trivial"] + ORDER:
+    names["trivial_wait"] = ("trivial handler holding each answer until a thread releases all, "
+                             "every %d ms (the linger), one-event POST, 64 connections" % LINGER_MS)
+    for key in ["trivial", "trivial_wait"] + ORDER:
         r = results.get(key)
         if not r:
             continue

@@ -39,6 +39,11 @@ enum Cmd {
     Trivial {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: String,
+        /// Hold every answer until a thread releases all held answers, every
+        /// this many milliseconds (as a producer's linger and acknowledgements
+        /// do); 0 answers at once.
+        #[arg(long, default_value_t = 0)]
+        wait_ms: u64,
     },
     /// Send traffic and report.
     Run {
@@ -160,11 +165,12 @@ async fn real_main() -> Result<(), String> {
                 .await
                 .map_err(|e| format!("creating topics on {brokers}: {e}"))
         }
-        Cmd::Trivial { listen } => {
+        Cmd::Trivial { listen, wait_ms } => {
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await
                 .map_err(|e| format!("binding {listen}: {e}"))?;
-            loadtest::trivial::serve(listener)
+            let wait = (wait_ms > 0).then(|| Duration::from_millis(wait_ms));
+            loadtest::trivial::serve(listener, wait)
                 .await
                 .map_err(|e| e.to_string())
         }
