@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
 
@@ -281,21 +281,40 @@ fn capped(details: &[FieldError], max: usize, max_bytes: usize) -> usize {
 /// `X-RateLimit-Limit` (events per second), `-Remaining` (events left in the
 /// bucket) and `-Reset` (seconds until the bucket is full).
 pub fn rate_limit_headers(h: &mut hyper::HeaderMap, q: &crate::ratelimit::Quota) {
-    let limit = if q.limit.fract() == 0.0 {
-        format!("{}", q.limit as u64)
+    const LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+    const REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+    const RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+    let limit = if q.limit.fract() == 0.0 && q.limit >= 0.0 && q.limit < u64::MAX as f64 {
+        Some(HeaderValue::from(q.limit as u64))
     } else {
-        format!("{:.3}", q.limit)
+        HeaderValue::from_str(&format!("{:.3}", q.limit)).ok()
     };
-    if let Ok(v) = HeaderValue::from_str(&limit) {
-        h.insert("x-ratelimit-limit", v);
+    if let Some(v) = limit {
+        h.insert(LIMIT, v);
     }
-    h.insert("x-ratelimit-remaining", HeaderValue::from(q.remaining));
-    h.insert("x-ratelimit-reset", HeaderValue::from(q.reset_secs));
+    h.insert(REMAINING, HeaderValue::from(q.remaining));
+    h.insert(RESET, HeaderValue::from(q.reset_secs));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rate_limit_headers_print_whole_and_fractional_limits() {
+        let mut h = hyper::HeaderMap::new();
+        for (limit, shown) in [(5.0, "5"), (0.5, "0.500"), (1e6, "1000000")] {
+            let q = crate::ratelimit::Quota {
+                limit,
+                remaining: 3,
+                reset_secs: 9,
+            };
+            rate_limit_headers(&mut h, &q);
+            assert_eq!(h["x-ratelimit-limit"], shown);
+            assert_eq!(h["x-ratelimit-remaining"], "3");
+            assert_eq!(h["x-ratelimit-reset"], "9");
+        }
+    }
 
     fn detail(index: usize) -> FieldError {
         FieldError {

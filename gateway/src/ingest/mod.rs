@@ -135,6 +135,8 @@ async fn accept(
         && encoding == decode::Encoding::Identity
         && !form
         && !lz64;
+    // Only a signature covers the method and path: others need no copy of them.
+    let signed = who.as_ref().is_some_and(|w| w.signed.is_some());
     let mut job = Job {
         app: Arc::clone(app),
         dialect,
@@ -152,11 +154,19 @@ async fn accept(
             .get(USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
-        method: parts.method.to_string(),
-        path_and_query: parts
-            .uri
-            .path_and_query()
-            .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string()),
+        method: if signed {
+            parts.method.to_string()
+        } else {
+            String::new()
+        },
+        path_and_query: if signed {
+            parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string())
+        } else {
+            String::new()
+        },
     };
     // Inline work takes a free worker slot without waiting (so the memory
     // bound's worker term covers it); with none free the body goes to a worker.
@@ -315,6 +325,7 @@ struct Job {
     origin: Option<String>,
     client_ip: IpAddr,
     header_ua: Option<String>,
+    /// The method and path a signature covers (empty when unsigned).
     method: String,
     path_and_query: String,
 }

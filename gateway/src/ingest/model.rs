@@ -203,7 +203,28 @@ fn properties_shape(v: &Option<simd_json::OwnedValue>, limits: &LimitsConfig) ->
 /// Parses a JSON body in place (simd-json rewrites `buf`), with no bound on
 /// what it builds: requests go through [`parse_bounded`].
 pub fn parse(buf: &mut [u8]) -> Result<Batch<'_>, String> {
-    simd_json::serde::from_slice::<Batch<'_>>(buf).map_err(|e| e.to_string())
+    if buf.len() > REUSED_BUFFERS_MAX_INPUT {
+        return simd_json::serde::from_slice::<Batch<'_>>(buf).map_err(|e| e.to_string());
+    }
+    // A small body (most requests hold a few events) reuses this thread's
+    // parser buffers instead of allocating and freeing its own.
+    PARSER_BUFFERS
+        .with(|b| match b.try_borrow_mut() {
+            Ok(mut buffers) => {
+                simd_json::serde::from_slice_with_buffers::<Batch<'_>>(buf, &mut buffers)
+            }
+            Err(_) => simd_json::serde::from_slice::<Batch<'_>>(buf),
+        })
+        .map_err(|e| e.to_string())
+}
+
+/// Largest body parsed with a thread's reused buffers: what they keep per
+/// thread is bounded by it (a few times this many bytes).
+const REUSED_BUFFERS_MAX_INPUT: usize = 64 * 1024;
+
+thread_local! {
+    static PARSER_BUFFERS: std::cell::RefCell<simd_json::Buffers> =
+        std::cell::RefCell::new(simd_json::Buffers::new(REUSED_BUFFERS_MAX_INPUT));
 }
 
 /// Scans the body's structure against `limits` ([`super::shape`]), then parses
@@ -246,5 +267,42 @@ fn shape_error(e: ShapeError, limits: ShapeLimits) -> ApiError {
                 limits.max_properties
             ),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(ids: &[String]) -> Vec<u8> {
+        let events: Vec<String> = ids
+            .iter()
+            .map(|id| format!(r#"{{"id":"{id}","type":"custom","name":"n\u00e9"}}"#))
+            .collect();
+        format!(r#"{{"events":[{}]}}"#, events.join(",")).into_bytes()
+    }
+
+    /// Small bodies share this thread's parser buffers: each parse still sees
+    /// only its own body, after a failed one and after a large one.
+    #[test]
+    fn each_body_parses_alone_whatever_was_parsed_before() {
+        let small =
+            |n: usize, tag: &str| -> Vec<String> { (0..n).map(|i| format!("{tag}-{i}")).collect() };
+        let large = small(REUSED_BUFFERS_MAX_INPUT / 40, "large");
+        let cases = [small(3, "a"), small(1, "b"), large.clone(), small(2, "c")];
+        for ids in &cases {
+            let mut buf = body(ids);
+            let batch = parse(&mut buf).expect("parses");
+            let got: Vec<&str> = batch
+                .events
+                .iter()
+                .map(|e| e.id.as_deref().expect("id"))
+                .collect();
+            assert_eq!(got, ids.iter().map(String::as_str).collect::<Vec<_>>());
+            assert_eq!(batch.events[0].name.as_deref(), Some("né"));
+            let mut broken = br#"{"events":[{"id":"x","#.to_vec();
+            assert!(parse(&mut broken).is_err());
+        }
+        assert!(body(&large).len() > REUSED_BUFFERS_MAX_INPUT);
     }
 }
