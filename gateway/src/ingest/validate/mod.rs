@@ -420,7 +420,7 @@ fn prepare_one(
         user_id: e.user_id.as_deref().unwrap_or(""),
         anonymous_id: e.anonymous_id.as_deref().unwrap_or(""),
     };
-    let payload = match serde_json::to_vec(&row) {
+    let payload = match encode(&row) {
         Ok(p) => p,
         Err(e) => {
             // Never drop an event silently: report it like any other invalid field.
@@ -432,6 +432,30 @@ fn prepare_one(
         kind,
         session,
         payload,
+    })
+}
+
+/// Largest scratch buffer a thread keeps between rows.
+const SCRATCH_KEEP_BYTES: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A row as JSON in a buffer of exactly its size: written into this thread's
+/// scratch buffer, then copied once (serializing into a fresh vector grows it
+/// several times, each growth a reallocation and a copy).
+fn encode(row: &EventRow<'_>) -> Result<Vec<u8>, serde_json::Error> {
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            let out = serde_json::to_writer(&mut *buf, row).map(|()| buf.to_vec());
+            if buf.capacity() > SCRATCH_KEEP_BYTES {
+                *buf = Vec::new();
+            }
+            out
+        }
+        Err(_) => serde_json::to_vec(row),
     })
 }
 

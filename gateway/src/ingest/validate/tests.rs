@@ -343,3 +343,25 @@ fn problems_are_collected_up_to_the_cap_and_the_rest_counted() {
         (5, 4 * 300 - 5, 300)
     );
 }
+
+/// Rows are written through one scratch buffer per thread: each payload is
+/// its own row only, sized exactly, whatever size the row before had.
+#[test]
+fn each_row_is_encoded_alone_at_its_exact_size() {
+    let titles = [
+        "a".repeat(1000),
+        "b".to_string(),
+        "é".repeat(1024),
+        "c".repeat(10),
+    ];
+    for _ in 0..2 {
+        for title in &titles {
+            let body = format!(r#"{{"events":[{{{BASE},"type":"pageview","title":"{title}"}}]}}"#);
+            let out = run(&body).expect("valid");
+            let p = &out[0].payload;
+            assert_eq!(p.capacity(), p.len());
+            let v: serde_json::Value = serde_json::from_slice(p).expect("one JSON row");
+            assert_eq!(v["title"], title.as_str());
+        }
+    }
+}
