@@ -218,13 +218,16 @@ pub fn parse(buf: &mut [u8]) -> Result<Batch<'_>, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Largest body parsed with a thread's reused buffers: what they keep per
-/// thread is bounded by it (a few times this many bytes).
+/// Largest body parsed with a thread's reused buffers. They grow only to the
+/// bodies parsed with them, so what a thread keeps is bounded by this: at most
+/// about six times as many bytes (input copy, strings, structural indexes),
+/// under 400 KiB, on a thread that already holds a worker slot's body budget
+/// (`budget::MemoryBound`'s worker term) while it parses.
 const REUSED_BUFFERS_MAX_INPUT: usize = 64 * 1024;
 
 thread_local! {
     static PARSER_BUFFERS: std::cell::RefCell<simd_json::Buffers> =
-        std::cell::RefCell::new(simd_json::Buffers::new(REUSED_BUFFERS_MAX_INPUT));
+        std::cell::RefCell::new(simd_json::Buffers::default());
 }
 
 /// Scans the body's structure against `limits` ([`super::shape`]), then parses
