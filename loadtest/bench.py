@@ -28,7 +28,8 @@ import harness  # noqa: E402
 stack = harness.stack
 log = harness.log
 SMALL_CONNECTIONS = 64
-# The gateway's kafka.linger_ms: the waiting baseline releases its answers this often.
+# The default kafka.linger_ms (config/default.toml, not --config): the waiting
+# baseline releases its answers this often.
 with open(os.path.join(harness.ROOT, "config", "default.toml"), "rb") as _f:
     LINGER_MS = tomllib.load(_f)["kafka"]["linger_ms"]
 
