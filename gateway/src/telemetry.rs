@@ -49,8 +49,9 @@ fn route_index(path: &str) -> usize {
 
 /// Handles of the metrics every request emits, registered once with the
 /// installed recorder: looking a metric up by name and labels costs a hash and
-/// a lock on each call, a handle only its atomic update. Before the recorder is
-/// installed (never in the gateway, whose `App` installs it) the macros are used.
+/// a lock on each call, a handle only its atomic update. Before
+/// [`install_metrics`] (never in the gateway, whose `App` calls it) they are
+/// looked up on each call instead ([`with_hot`]).
 struct Hot {
     requests_ok: [Counter; ROUTES.len()],
     duration: [Histogram; ROUTES.len()],
@@ -58,15 +59,31 @@ struct Hot {
     decoded_bytes: Counter,
     accepted: [Counter; Tier::ALL.len()],
     delivery: Histogram,
-    /// ua_request hit, miss; geo_request hit, miss.
-    memo: [Counter; 4],
+    /// One per [`MEMO_LABELS`].
+    memo: [Counter; MEMO_LABELS.len()],
 }
+
+/// The enrichment memo's `cache` and `result` labels, in [`enrich_memo`]'s order.
+const MEMO_LABELS: [(&str, &str); 4] = [
+    ("ua_request", "hit"),
+    ("ua_request", "miss"),
+    ("geo_request", "hit"),
+    ("geo_request", "miss"),
+];
 
 static HOT: OnceLock<Hot> = OnceLock::new();
 
+/// Runs `f` with the registered handles, or with handles looked up now when
+/// [`install_metrics`] has not run.
+fn with_hot(f: impl FnOnce(&Hot)) {
+    match HOT.get() {
+        Some(hot) => f(hot),
+        None => f(&Hot::register()),
+    }
+}
+
 impl Hot {
     fn register() -> Hot {
-        let memo = |cache: &'static str, result: &'static str| counter!(shared::enrich::ENRICH_CACHE_LOOKUPS, "cache" => cache, "result" => result);
         Hot {
             requests_ok: ROUTES
                 .map(|r| counter!(m::HTTP_REQUESTS, "route" => r, "status" => "200")),
@@ -75,12 +92,9 @@ impl Hot {
             decoded_bytes: counter!(INGEST_DECODED_BYTES),
             accepted: Tier::ALL.map(|t| counter!(EVENTS_ACCEPTED, "tier" => t.as_str())),
             delivery: histogram!(PRODUCER_DELIVERY_DURATION),
-            memo: [
-                memo("ua_request", "hit"),
-                memo("ua_request", "miss"),
-                memo("geo_request", "hit"),
-                memo("geo_request", "miss"),
-            ],
+            memo: MEMO_LABELS.map(|(cache, result)| {
+                counter!(shared::enrich::ENRICH_CACHE_LOOKUPS, "cache" => cache, "result" => result)
+            }),
         }
     }
 }
@@ -94,24 +108,16 @@ pub struct RequestDone {
 
 impl RequestDone {
     pub fn emit(&self) {
-        let secs = self.elapsed.as_secs_f64();
-        match HOT.get() {
-            Some(hot) => {
-                let r = route_index(self.route);
-                if self.status == 200 {
-                    hot.requests_ok[r].increment(1);
-                } else {
-                    counter!(m::HTTP_REQUESTS, "route" => self.route, "status" => status_label(self.status))
-                        .increment(1);
-                }
-                hot.duration[r].record(secs);
-            }
-            None => {
+        with_hot(|hot| {
+            let r = route_index(self.route);
+            if self.status == 200 {
+                hot.requests_ok[r].increment(1);
+            } else {
                 counter!(m::HTTP_REQUESTS, "route" => self.route, "status" => status_label(self.status))
                     .increment(1);
-                histogram!(HTTP_REQUEST_DURATION, "route" => self.route).record(secs);
             }
-        }
+            hot.duration[r].record(self.elapsed.as_secs_f64());
+        });
         tracing::debug!(
             status = self.status,
             elapsed_ms = self.elapsed.as_millis() as u64,
@@ -150,16 +156,10 @@ pub struct BodyReceived {
 
 impl BodyReceived {
     pub fn emit(&self) {
-        match HOT.get() {
-            Some(hot) => {
-                hot.received_bytes.increment(self.wire as u64);
-                hot.decoded_bytes.increment(self.decoded as u64);
-            }
-            None => {
-                counter!(INGEST_RECEIVED_BYTES).increment(self.wire as u64);
-                counter!(INGEST_DECODED_BYTES).increment(self.decoded as u64);
-            }
-        }
+        with_hot(|hot| {
+            hot.received_bytes.increment(self.wire as u64);
+            hot.decoded_bytes.increment(self.decoded as u64);
+        });
     }
 }
 
@@ -172,11 +172,7 @@ pub struct EventsAccepted {
 
 impl EventsAccepted {
     pub fn emit(&self) {
-        let n = self.events as u64;
-        match HOT.get() {
-            Some(hot) => hot.accepted[self.tier as usize].increment(n),
-            None => counter!(EVENTS_ACCEPTED, "tier" => self.tier.as_str()).increment(n),
-        }
+        with_hot(|hot| hot.accepted[self.tier as usize].increment(self.events as u64));
         tracing::debug!(tenant = %self.tenant, tier = self.tier.as_str(), events = self.events, "events accepted");
     }
 }
@@ -236,10 +232,7 @@ impl ProduceFailed<'_> {
 
 /// The broker acknowledged a request's events after `elapsed`.
 pub fn delivered(elapsed: Duration) {
-    match HOT.get() {
-        Some(hot) => hot.delivery.record(elapsed.as_secs_f64()),
-        None => histogram!(PRODUCER_DELIVERY_DURATION).record(elapsed.as_secs_f64()),
-    }
+    with_hot(|hot| hot.delivery.record(elapsed.as_secs_f64()));
 }
 
 /// The producer was replaced after a failed delivery.
@@ -251,23 +244,14 @@ pub fn producer_replaced(generation: u64) {
 /// The per-request enrichment memo's hits and misses.
 pub fn enrich_memo(ua_hits: u64, ua_misses: u64, geo_hits: u64, geo_misses: u64) {
     let counts = [ua_hits, ua_misses, geo_hits, geo_misses];
-    let labels = [
-        ("ua_request", "hit"),
-        ("ua_request", "miss"),
-        ("geo_request", "hit"),
-        ("geo_request", "miss"),
-    ];
-    let hot = HOT.get();
-    for (i, n) in counts.into_iter().enumerate().filter(|(_, n)| *n > 0) {
-        match hot {
-            Some(hot) => hot.memo[i].increment(n),
-            None => {
-                let (cache, result) = labels[i];
-                counter!(shared::enrich::ENRICH_CACHE_LOOKUPS, "cache" => cache, "result" => result)
-                    .increment(n);
-            }
-        }
+    if counts.iter().all(|n| *n == 0) {
+        return;
     }
+    with_hot(|hot| {
+        for (c, n) in hot.memo.iter().zip(counts).filter(|(_, n)| *n > 0) {
+            c.increment(n);
+        }
+    });
 }
 
 /// Gauges read at scrape time.
