@@ -17,9 +17,9 @@ use shared::config::Config;
 
 const EVENTS: usize = 1000;
 
-fn body(gzip: bool) -> Bytes {
+fn body(gzip: bool, events: usize) -> Bytes {
     let share = if gzip { 1.0 } else { 0.0 };
-    Traffic::new(42, 50, BatchSizes::Fixed(EVENTS), share)
+    Traffic::new(42, 50, BatchSizes::Fixed(events), share)
         .request(1_790_000_000_000)
         .body
 }
@@ -29,8 +29,13 @@ fn floor(c: &mut Criterion) {
     let enricher = Enricher::new(&cfg.gateway, &cfg.enrichment).expect("enricher");
     let mut group = c.benchmark_group("floor");
     group.throughput(Throughput::Elements(EVENTS as u64));
-    for (name, gzip) in [("plain_1000", false), ("gzip_1000", true)] {
-        let raw = body(gzip);
+    for (name, gzip, events) in [
+        ("plain_1000", false, EVENTS),
+        ("gzip_1000", true, EVENTS),
+        ("plain_1", false, 1),
+    ] {
+        group.throughput(Throughput::Elements(events as u64));
+        let raw = body(gzip, events);
         let encoding = if gzip {
             Encoding::Gzip
         } else {
@@ -62,7 +67,7 @@ fn floor(c: &mut Criterion) {
                     max_details: 100,
                 };
                 let out = validate::prepare(&batch, &ctx).expect("valid");
-                assert_eq!(out.len(), EVENTS);
+                assert_eq!(out.len(), events);
                 black_box(out)
             })
         });

@@ -142,7 +142,7 @@ async fn a_small_batch_with_a_new_user_agent_is_charged_once_and_enriched() {
     }
     let consumer = common::consumer_from_start(
         &cfg,
-        &[&shared::event::EventType::Click.topic(&cfg.kafka.topic_prefix)],
+        &[&cfg.kafka.topic_for(shared::event::EventType::Click)],
     );
     let mut seen = 0;
     while seen < 10 {

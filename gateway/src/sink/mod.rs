@@ -1,7 +1,8 @@
 //! The broker sink: produces a request's events and waits for every delivery report.
 //!
-//! A request's events of one topic and partition key go as one message of
-//! newline-separated JSON rows (in the request's order, up to
+//! Each event type goes to its topic of `kafka.topic_layout` (by default one
+//! topic for all). A request's events of one topic and partition key go as one
+//! message of newline-separated JSON rows (in the request's order, up to
 //! `kafka.max_message_bytes`), which ClickHouse's Kafka engine reads row by
 //! row: per-session order and partitioning are as with one message per event,
 //! at a fraction of the producer's and the broker's cost per event.
@@ -76,31 +77,58 @@ struct Current {
 pub struct Sink {
     client_config: ClientConfig,
     current: RwLock<Current>,
+    /// The distinct topics produced to.
     topics: Vec<String>,
+    /// Each event type's topic, by index into `topics`.
+    lanes: Lanes,
     partition_key: PartitionKey,
     max_message_bytes: usize,
     delivery_timeout: Duration,
     broker_up: Arc<AtomicBool>,
 }
 
+/// Each event type's topic (by [`EventType::index`]), as an index into the
+/// sink's distinct topics.
+pub type Lanes = [usize; EventType::ALL.len()];
+
+/// The distinct topics `kafka` produces to, and each type's index among them.
+pub fn lanes(kafka: &KafkaConfig) -> (Vec<String>, Lanes) {
+    let mut topics: Vec<String> = Vec::new();
+    let mut lanes = [0; EventType::ALL.len()];
+    for kind in EventType::ALL {
+        let t = kafka.topic_for(kind);
+        lanes[kind.index()] = match topics.iter().position(|x| *x == t) {
+            Some(i) => i,
+            None => {
+                topics.push(t);
+                topics.len() - 1
+            }
+        };
+    }
+    (topics, lanes)
+}
+
 /// One message to produce: rows of one topic and key.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Message {
-    pub kind: EventType,
+    /// The topic, by index into the sink's topics ([`Lanes`]).
+    pub topic: usize,
     /// The partition key (none: round robin).
     pub key: Option<[u8; 16]>,
     pub payload: Vec<u8>,
     pub rows: usize,
 }
 
-/// Packs `events` into messages: rows per (topic, key), in the request's
-/// order within each, up to `max_bytes` a message (a larger row alone).
+/// Packs `events` into messages: rows per (topic, key), each event's topic
+/// given by `lanes`, in the request's order within each, up to `max_bytes` a
+/// message (a larger row alone).
 /// Events of one key keep their order across messages as well. Sizes are
 /// planned first, so each message is allocated once at its final size; a
 /// message of one row is that event's buffer (a one-event request copies nothing).
 pub fn pack(
     events: Vec<Record>,
     tenant: Uuid,
+    lanes: &Lanes,
     partition_key: PartitionKey,
     max_bytes: usize,
 ) -> Vec<Message> {
@@ -111,16 +139,17 @@ pub fn pack(
     };
     // Plan: which message each event goes to, and each message's size.
     // The message being filled for each (topic, key), by index into `out`.
-    let mut open: std::collections::HashMap<(EventType, Option<[u8; 16]>), usize> =
+    let mut open: std::collections::HashMap<(usize, Option<[u8; 16]>), usize> =
         std::collections::HashMap::new();
     let mut out: Vec<Message> = Vec::new();
     let mut bytes: Vec<usize> = Vec::new();
     let mut slot_of: Vec<usize> = Vec::with_capacity(events.len());
     for e in &events {
         let key = key_of(e);
+        let topic = lanes[e.kind.index()];
         let len = e.payload.len();
         let slot = open
-            .get(&(e.kind, key))
+            .get(&(topic, key))
             .copied()
             .filter(|&i| bytes[i] + 1 + len <= max_bytes);
         let i = match slot {
@@ -130,10 +159,10 @@ pub fn pack(
                 i
             }
             None => {
-                open.insert((e.kind, key), out.len());
+                open.insert((topic, key), out.len());
                 bytes.push(len);
                 out.push(Message {
-                    kind: e.kind,
+                    topic,
                     key,
                     payload: Vec::new(),
                     rows: 1,
@@ -174,13 +203,15 @@ impl Sink {
             client_config.set("statistics.interval.ms", statistics_interval_ms.to_string());
         }
         let producer = Producer::new(&client_config)?;
+        let (topics, lanes) = lanes(kafka);
         Ok(Sink {
             client_config,
             current: RwLock::new(Current {
                 generation: 0,
                 producer,
             }),
-            topics: kafka.topics(),
+            topics,
+            lanes,
             partition_key: kafka.partition_key,
             max_message_bytes: kafka.max_message_bytes,
             delivery_timeout: Duration::from_millis(delivery_timeout_ms),
@@ -188,8 +219,9 @@ impl Sink {
         })
     }
 
+    /// The topic events of `kind` are produced to.
     pub fn topic(&self, kind: EventType) -> &str {
-        &self.topics[kind.index()]
+        &self.topics[self.lanes[kind.index()]]
     }
 
     fn producer(&self) -> (u64, Arc<Producer>) {
@@ -241,7 +273,13 @@ impl Sink {
         events: Vec<Record>,
     ) -> Result<(), SinkError> {
         let started = std::time::Instant::now();
-        let messages = pack(events, tenant, self.partition_key, self.max_message_bytes);
+        let messages = pack(
+            events,
+            tenant,
+            &self.lanes,
+            self.partition_key,
+            self.max_message_bytes,
+        );
         if messages.is_empty() {
             return Ok(());
         }
@@ -259,7 +297,7 @@ impl Sink {
                 })
         });
         for m in &messages {
-            let record = BaseRecord::with_opaque_to(self.topic(m.kind), Arc::clone(&waiter))
+            let record = BaseRecord::with_opaque_to(&self.topics[m.topic], Arc::clone(&waiter))
                 .payload(&m.payload[..]);
             let record = match &headers {
                 Some(h) => record.headers(h.clone()),
@@ -349,6 +387,10 @@ mod tests {
         }
     }
 
+    /// One topic per type, and one for all.
+    const PER_TYPE: Lanes = [0, 1, 2, 3, 4];
+    const SINGLE: Lanes = [0; 5];
+
     fn rows(m: &Message) -> Vec<&str> {
         std::str::from_utf8(&m.payload)
             .expect("utf-8")
@@ -378,27 +420,58 @@ mod tests {
                 })
                 .collect::<Vec<_>>()
         };
-        let m = pack(again(), t, PartitionKey::Session, 1024);
+        let click = EventType::Click.index();
+        let m = pack(again(), t, &PER_TYPE, PartitionKey::Session, 1024);
         assert_eq!(m.len(), 3);
         assert_eq!(
-            (m[0].kind, m[0].key, rows(&m[0])),
-            (EventType::Click, Some(*a.as_bytes()), vec!["a1", "a3"])
+            (m[0].topic, m[0].key, rows(&m[0])),
+            (click, Some(*a.as_bytes()), vec!["a1", "a3"])
         );
         assert_eq!(
             (m[1].key, rows(&m[1])),
             (Some(*b.as_bytes()), vec!["b1", "b2"])
         );
-        assert_eq!((m[2].kind, rows(&m[2])), (EventType::Pageview, vec!["a2"]));
+        assert_eq!(
+            (m[2].topic, rows(&m[2])),
+            (EventType::Pageview.index(), vec!["a2"])
+        );
         assert_eq!(m.iter().map(|m| m.rows).sum::<usize>(), 5);
         // Each message was allocated once, at its final size.
         assert!(m.iter().all(|m| m.payload.capacity() == m.payload.len()));
         // Tenant keys and round robin: one message per topic.
-        let m = pack(again(), t, PartitionKey::Tenant, 1024);
+        let m = pack(again(), t, &PER_TYPE, PartitionKey::Tenant, 1024);
         assert_eq!(m.len(), 2);
         assert_eq!(rows(&m[0]), vec!["a1", "b1", "a3", "b2"]);
         assert_eq!(m[0].key, Some(*t.as_bytes()));
-        let m = pack(again(), t, PartitionKey::RoundRobin, 1024);
+        let m = pack(again(), t, &PER_TYPE, PartitionKey::RoundRobin, 1024);
         assert_eq!((m.len(), m[0].key), (2, None));
+        // One topic for all types: a session's events of every type share
+        // its messages, in the request's order.
+        let m = pack(again(), t, &SINGLE, PartitionKey::Session, 1024);
+        assert_eq!(m.len(), 2);
+        assert_eq!(
+            (m[0].topic, m[0].key, rows(&m[0])),
+            (0, Some(*a.as_bytes()), vec!["a1", "a2", "a3"])
+        );
+        assert_eq!(rows(&m[1]), vec!["b1", "b2"]);
+        let m = pack(again(), t, &SINGLE, PartitionKey::RoundRobin, 1024);
+        assert_eq!((m.len(), rows(&m[0]).len()), (1, 5));
+    }
+
+    #[test]
+    fn each_type_goes_to_its_layouts_topic() {
+        let mut kafka = shared::config::Config::load_from(None, Vec::new())
+            .expect("defaults")
+            .kafka;
+        kafka.topic_prefix = "p_".into();
+        kafka.topic_layout = shared::config::TopicLayout::Single;
+        assert_eq!(lanes(&kafka), (vec!["p_events".to_string()], SINGLE));
+        kafka.topic_layout = shared::config::TopicLayout::PerType;
+        let (topics, l) = lanes(&kafka);
+        assert_eq!(l, PER_TYPE);
+        for kind in EventType::ALL {
+            assert_eq!(topics[l[kind.index()]], kind.topic("p_"));
+        }
     }
 
     #[test]
@@ -411,7 +484,7 @@ mod tests {
             .iter()
             .map(|e| String::from_utf8(e.payload.clone()).expect("utf-8"))
             .collect();
-        let m = pack(events, s, PartitionKey::Session, 1024);
+        let m = pack(events, s, &PER_TYPE, PartitionKey::Session, 1024);
         assert!(m.iter().all(|m| m.payload.len() <= 1024 || m.rows == 1));
         assert_eq!(m.iter().map(|m| m.rows).sum::<usize>(), 26);
         // Order is kept across messages: concatenated, the rows are the input.

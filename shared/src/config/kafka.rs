@@ -3,6 +3,8 @@
 
 use serde::Deserialize;
 
+use crate::event::EventType;
+
 use super::check::{not_blank, positive};
 use super::ConfigError;
 
@@ -11,6 +13,8 @@ use super::ConfigError;
 pub struct KafkaConfig {
     pub brokers: String,
     pub topic_prefix: String,
+    /// Which topic the gateway produces each event type to.
+    pub topic_layout: TopicLayout,
     pub client_id: String,
     pub compression: Compression,
     pub linger_ms: u64,
@@ -29,6 +33,21 @@ pub struct KafkaConfig {
 /// Largest `kafka.max_message_bytes`: under the 1 MB message limit of
 /// librdkafka (`message.max.bytes`) and of Kafka and Redpanda by default.
 pub const MAX_MESSAGE_BYTES: usize = 900_000;
+
+/// Where the gateway produces events. ClickHouse reads, and workerd creates,
+/// the topics of both layouts ([`KafkaConfig::topics`]), so the layout can
+/// change at any time: nothing already produced is left unread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TopicLayout {
+    /// Every event type in `<prefix>events`: small requests of different
+    /// types share the producer's batches (librdkafka sends one produce
+    /// request per partition, so fewer partitions mean fewer requests).
+    Single,
+    /// `<prefix>events_<type>`, one topic per type, for consumers that read
+    /// one type.
+    PerType,
+}
 
 /// How produced events are keyed (and so partitioned).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -100,11 +119,25 @@ impl KafkaConfig {
         Ok(())
     }
 
-    /// Names of the per-type event topics, in [`crate::event::EventType::ALL`] order.
+    /// The topic the gateway produces events of `kind` to.
+    pub fn topic_for(&self, kind: EventType) -> String {
+        match self.topic_layout {
+            TopicLayout::Single => self.single_topic(),
+            TopicLayout::PerType => kind.topic(&self.topic_prefix),
+        }
+    }
+
+    /// The topic of [`TopicLayout::Single`].
+    pub fn single_topic(&self) -> String {
+        format!("{}events", self.topic_prefix)
+    }
+
+    /// Every event topic of either layout, the single one first and then the
+    /// per-type ones in [`EventType::ALL`] order: what workerd creates and
+    /// ClickHouse's Kafka engine reads, whichever layout the gateway uses.
     pub fn topics(&self) -> Vec<String> {
-        crate::event::EventType::ALL
-            .iter()
-            .map(|t| t.topic(&self.topic_prefix))
+        std::iter::once(self.single_topic())
+            .chain(EventType::ALL.iter().map(|t| t.topic(&self.topic_prefix)))
             .collect()
     }
 }

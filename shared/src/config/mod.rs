@@ -39,7 +39,7 @@ pub use cold_storage::{ColdStorageConfig, LocalColdStorage, S3ColdStorage};
 pub use enrichment::EnrichmentConfig;
 pub use gateway::{ForwardedHeader, GatewayConfig};
 pub use jobs::{JobsConfig, Schedule};
-pub use kafka::{Compression, KafkaConfig, PartitionKey};
+pub use kafka::{Compression, KafkaConfig, PartitionKey, TopicLayout};
 pub use limits::LimitsConfig;
 pub use log::{LogConfig, LogFormat};
 pub use notifications::{

@@ -1,6 +1,7 @@
 //! The layering, the errors that name their key, and each section's checks.
 
 use super::*;
+use crate::event::EventType;
 use std::io::Write;
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -41,7 +42,30 @@ fn defaults_load_and_validate() {
     let c = Config::load_from(None, env(&[])).expect("defaults are valid");
     assert_eq!(c.gateway.listen.port(), 8080);
     assert_eq!(c.kafka.compression, Compression::Lz4);
-    assert_eq!(c.kafka.topics()[0], "events_pageview");
+    assert_eq!(c.kafka.topic_layout, TopicLayout::Single);
+    assert_eq!(c.kafka.topic_for(EventType::Scroll), "events");
+}
+
+#[test]
+fn both_layouts_topics_are_created_and_read_whichever_is_produced_to() {
+    let c = Config::load_from(
+        None,
+        env(&[
+            ("OVERWATCH__KAFKA__TOPIC_PREFIX", "p_"),
+            ("OVERWATCH__KAFKA__TOPIC_LAYOUT", "per_type"),
+        ]),
+    )
+    .expect("valid");
+    assert_eq!(c.kafka.topic_for(EventType::Click), "p_events_click");
+    let all = c.kafka.topics();
+    assert_eq!(all.len(), 1 + EventType::ALL.len());
+    for kind in EventType::ALL {
+        assert!(all.contains(&c.kafka.topic_for(kind)), "{kind:?}");
+    }
+    assert!(all.contains(&"p_events".to_string()));
+    let e = Config::load_from(None, env(&[("OVERWATCH__KAFKA__TOPIC_LAYOUT", "one")]))
+        .expect_err("an unknown layout");
+    assert_eq!(e.key, "kafka.topic_layout");
 }
 
 #[test]
@@ -58,7 +82,8 @@ fn file_then_env_override_in_order() {
     .expect("valid");
     assert_eq!(c.gateway.listen.port(), 1234);
     assert_eq!(c.gateway.delivery_timeout_ms, 99);
-    assert_eq!(c.kafka.topics()[1], "t1_events_click");
+    assert_eq!(c.kafka.topics()[0], "t1_events");
+    assert_eq!(c.kafka.topics()[2], "t1_events_click");
 }
 
 #[test]

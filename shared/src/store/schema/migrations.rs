@@ -312,21 +312,36 @@ pub const MIGRATIONS: &[Migration] = &[
                     ));
                 }
             }
-            // The Kafka table cannot be altered: replace it and its views (the
-            // dead-letter view first, as in migration 9; same consumer group).
-            for view in ["dead_letter_mv", "events_mv", "usage_daily_mv"] {
-                v.push(format!("DROP VIEW IF EXISTS {}", c.table(view)));
-            }
-            v.push(format!("DROP TABLE IF EXISTS {}", c.table("events_queue")));
-            let all: &[&[(&str, &str)]] = &[EVENT_COLUMNS, ENRICHMENT_COLUMNS, IDENTITY_COLUMNS];
-            v.push(queue_ddl_with(
-                c,
-                "    `corrected_timestamp_ms` Int64,\n",
-                all,
-                ", kafka_handle_error_mode = 'stream'",
-            ));
-            v.extend(durability::views(c, all));
+            v.extend(replace_queue(c));
             v
         },
     },
+    Migration {
+        version: 15,
+        name: "the single events topic beside the per-type topics",
+        // The queue is created with every topic of both layouts
+        // (`kafka.topic_layout`), so the gateway may switch between them.
+        statements: replace_queue,
+    },
 ];
+
+/// The Kafka table cannot be altered: it is replaced, with its views (the
+/// dead-letter view first, as in migration 9), reading the topics of the
+/// configuration with the same consumer group, so it resumes at the
+/// committed offsets (and a topic new to the group from its start).
+fn replace_queue(c: &super::SchemaContext) -> Vec<String> {
+    let mut v = Vec::new();
+    for view in ["dead_letter_mv", "events_mv", "usage_daily_mv"] {
+        v.push(format!("DROP VIEW IF EXISTS {}", c.table(view)));
+    }
+    v.push(format!("DROP TABLE IF EXISTS {}", c.table("events_queue")));
+    let all: &[&[(&str, &str)]] = &[EVENT_COLUMNS, ENRICHMENT_COLUMNS, IDENTITY_COLUMNS];
+    v.push(queue_ddl_with(
+        c,
+        "    `corrected_timestamp_ms` Int64,\n",
+        all,
+        ", kafka_handle_error_mode = 'stream'",
+    ));
+    v.extend(durability::views(c, all));
+    v
+}
