@@ -155,7 +155,7 @@ async fn the_binary_migrates_with_env_overrides() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(tables(&schema).await.len(), 26);
-    // The topics exist: metadata lists all five.
+    // The topics exist: metadata lists all six (both layouts).
     let topics = c.kafka.topics();
     let brokers = c.kafka.brokers.clone();
     let found = tokio::task::spawn_blocking(move || {
@@ -190,4 +190,123 @@ fn config_errors_exit_64_naming_the_key() {
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("`workerd.migrate_on_start`"), "{stderr}");
+}
+
+/// An upgrade to the single topic: a deployment whose queue read only the
+/// per-type topics (migrations up to 14, before `kafka.topic_layout`), and a
+/// gateway already producing to the single topic before `workerd migrate`
+/// ran. Migration 15 reads both layouts' topics: the events produced before
+/// it ran reach `events` (a topic new to the consumer group is read from its
+/// start), as do those still arriving on a per-type topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_reads_what_was_produced_to_the_single_topic_before_it() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use shared::store::schema::{SchemaContext, MIGRATIONS};
+
+    let svc = services();
+    let schema = TestSchema::empty(&svc);
+    let c = &schema.config;
+    shared::kafka::ensure_topics(
+        &c.kafka.brokers,
+        &c.kafka.topics(),
+        1,
+        1,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("topics");
+    // The deployment before the upgrade.
+    let mut old = SchemaContext::new(&c.clickhouse, &c.kafka);
+    old.topics.retain(|t| *t != c.kafka.single_topic());
+    assert_eq!(old.topics.len(), 5);
+    for sql in old.bootstrap() {
+        schema
+            .client
+            .query(&sql)
+            .execute()
+            .await
+            .expect("bootstrap");
+    }
+    for m in MIGRATIONS.iter().filter(|m| m.version <= 14) {
+        for sql in old.render((m.statements)(&old)) {
+            schema
+                .client
+                .query(&sql)
+                .execute()
+                .await
+                .expect("old migration");
+        }
+        schema
+            .client
+            .query(&format!(
+                "INSERT INTO `{}`.schema_migrations (version, name, applied_at) \
+                 VALUES (?, ?, now64(3))",
+                schema.database()
+            ))
+            .bind(m.version)
+            .bind(m.name)
+            .execute()
+            .await
+            .expect("record");
+    }
+
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &c.kafka.brokers)
+        .create()
+        .expect("producer");
+    let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+    let row = |id: uuid::Uuid, kind: &str| {
+        format!(
+            "{{\"id\":\"{id}\",\"tenant_id\":\"{t}\",\"session_id\":\"{t}\",\"type\":\"{kind}\",\
+             \"timestamp_ms\":{now},\"received_at_ms\":{now},\"corrected_timestamp_ms\":{now}}}",
+            t = uuid::Uuid::nil(),
+        )
+    };
+    let produce = |topic: String, payload: String| {
+        let producer = producer.clone();
+        async move {
+            producer
+                .send(
+                    FutureRecord::<(), _>::to(&topic).payload(&payload),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .expect("delivered");
+        }
+    };
+    let early = uuid::Uuid::new_v4();
+    produce(c.kafka.single_topic(), row(early, "pageview")).await;
+
+    let report = workerd::migrate::run(&c.kafka, &c.clickhouse)
+        .await
+        .expect("upgrade");
+    assert_eq!(report.applied, vec![15]);
+    let late = uuid::Uuid::new_v4();
+    produce(
+        shared::event::EventType::Click.topic(&c.kafka.topic_prefix),
+        row(late, "click"),
+    )
+    .await;
+
+    let query = format!(
+        "SELECT count() FROM `{}`.events WHERE id IN (?, ?)",
+        schema.database()
+    );
+    eventually(
+        "both events in `events`",
+        Duration::from_secs(30),
+        || async {
+            let n: u64 = schema
+                .client
+                .query(&query)
+                .bind(early)
+                .bind(late)
+                .fetch_one()
+                .await
+                .ok()?;
+            (n == 2).then_some(())
+        },
+    )
+    .await;
 }
