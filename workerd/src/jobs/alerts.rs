@@ -1,6 +1,6 @@
 //! Health checks that raise alerts: dead letters (messages ClickHouse could not
 //! parse) in the last `dead_letter_window_minutes`, how far ClickHouse's
-//! consumer group lags behind the brokers on the `events_*` topics, and the
+//! consumer group lags behind the brokers on the events topics, and the
 //! share of failed ingest requests, from the gateways' metric snapshots in
 //! `internal_metrics`.
 

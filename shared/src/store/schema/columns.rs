@@ -76,7 +76,7 @@ pub(super) fn column_names(lists: &[&[(&str, &str)]]) -> String {
         .join(", ")
 }
 
-/// The Kafka engine table reading every `events_*` topic.
+/// The Kafka engine table reading every events topic of the configuration.
 pub(super) fn queue_ddl(c: &SchemaContext, extra_times: &str, lists: &[&[(&str, &str)]]) -> String {
     queue_ddl_with(c, extra_times, lists, "")
 }

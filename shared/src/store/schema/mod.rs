@@ -6,8 +6,10 @@
 //! only what is missing, and every statement is itself `IF NOT EXISTS`, so a run
 //! interrupted between a statement and its record is safe to repeat.
 //!
-//! Data path: the Kafka engine table `events_queue` reads every `events_*` topic
-//! (JSONEachRow, one [`crate::event::EventRow`] per message) and the materialized
+//! Data path: the Kafka engine table `events_queue` reads the events topics of
+//! both layouts (`events` and every `events_<type>`, see
+//! [`crate::config::TopicLayout`]) as JSONEachRow (newline-separated
+//! [`crate::event::EventRow`]s per message) and the materialized
 //! view `events_mv` writes each block into `events`, a ReplacingMergeTree ordered
 //! by `(tenant_id, type, timestamp, id)`: a client retry carries the same id and the
 //! same client timestamp and collapses into one row (query with `FINAL` for exact
