@@ -75,7 +75,7 @@ async fn a_broken_row_among_packed_rows_loses_none_of_them_silently() {
     let svc = services();
     let schema = TestSchema::create(&svc).await;
     let cfg = &schema.config;
-    let topic = shared::event::EventType::Pageview.topic(&cfg.kafka.topic_prefix);
+    let topic = cfg.kafka.topic_for(shared::event::EventType::Pageview);
     // Real rows as the gateway writes them, read back from the topic.
     let gw = TestGateway::start(cfg.clone()).await;
     let s = Uuid::new_v4();

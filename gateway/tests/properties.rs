@@ -79,8 +79,10 @@ proptest! {
         let batch = model::parse(&mut buf).expect("valid JSON parses");
         let out = validate::prepare(&batch, &ctx(s)).expect("valid events are accepted");
         prop_assert_eq!(out.len(), sent.len());
-        for (o, e) in out.iter().zip(&sent) {
-            let row: serde_json::Value = serde_json::from_slice(&o.payload).expect("row json");
+        for (i, e) in sent.iter().enumerate() {
+            // One line per row: the rows of a message are separated by newlines.
+            prop_assert!(!out.row(i).contains(&b'\n'), "row {} holds a newline", i);
+            let row: serde_json::Value = serde_json::from_slice(out.row(i)).expect("row json");
             prop_assert_eq!(&row["id"], &e["id"]);
             prop_assert_eq!(&row["type"], &e["type"]);
             prop_assert_eq!(row["timestamp_ms"].as_i64(), Some(1_714_979_289_123));

@@ -22,7 +22,7 @@ enum Cmd {
         #[arg(long, default_value_t = 50)]
         tenants: usize,
     },
-    /// Create the event topics on a broker.
+    /// Create the event topics of both layouts on a broker (or the ones named).
     Topics {
         #[arg(long)]
         brokers: String,
@@ -154,10 +154,7 @@ async fn real_main() -> Result<(), String> {
             names,
         } => {
             let topics: Vec<String> = if names.is_empty() {
-                shared::event::EventType::ALL
-                    .iter()
-                    .map(|t| t.topic(&prefix))
-                    .collect()
+                shared::event::all_topics(&prefix)
             } else {
                 names
             };
@@ -277,10 +274,7 @@ async fn real_main() -> Result<(), String> {
                     .map_err(|e| e.to_string())?;
                 let missing: std::collections::HashSet<uuid::Uuid> =
                     acked.difference(&present).copied().collect();
-                let topics: Vec<String> = shared::event::EventType::ALL
-                    .iter()
-                    .map(|t| t.topic(&prefix))
-                    .collect();
+                let topics = shared::event::all_topics(&prefix);
                 let on_broker = loadtest::check::on_broker(
                     &brokers,
                     &topics,

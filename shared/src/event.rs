@@ -77,9 +77,24 @@ impl EventType {
         self as usize
     }
 
+    /// This type's topic in the per-type layout (`kafka.topic_layout`).
     pub fn topic(self, prefix: &str) -> String {
         format!("{prefix}events_{}", self.as_str())
     }
+}
+
+/// The one topic of every event type in the single layout (`kafka.topic_layout`).
+pub fn single_topic(prefix: &str) -> String {
+    format!("{prefix}events")
+}
+
+/// Every events topic of both layouts, the single one first and then the
+/// per-type ones in [`EventType::ALL`] order: what workerd creates and
+/// ClickHouse's Kafka engine reads, whichever layout the gateway uses.
+pub fn all_topics(prefix: &str) -> Vec<String> {
+    std::iter::once(single_topic(prefix))
+        .chain(EventType::ALL.iter().map(|t| t.topic(prefix)))
+        .collect()
 }
 
 /// One event as produced to the broker (and as the columns of `events_queue`).

@@ -33,7 +33,7 @@ use crate::auth::{sign, Principal};
 use crate::compat::Dialect;
 use crate::error::ApiError;
 use crate::ratelimit::Quota;
-use crate::sink::Record;
+use crate::sink::Rows;
 
 #[derive(Serialize)]
 struct Accepted<'a> {
@@ -330,7 +330,7 @@ struct Job {
     path_and_query: String,
 }
 
-type Prepared = (Vec<Record>, Quota, Principal);
+type Prepared = (Rows, Quota, Principal);
 
 /// Where a body's work runs.
 #[derive(Clone, Copy)]

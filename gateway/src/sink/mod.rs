@@ -33,17 +33,10 @@ use shared::event::EventType;
 use uuid::Uuid;
 
 mod driver;
+mod pack;
 
 use driver::{Producer, Waiter};
-
-/// One event ready for the broker: its topic's type, the session it is
-/// keyed by, and the serialized `EventRow`.
-#[derive(Debug)]
-pub struct Record {
-    pub kind: EventType,
-    pub session: Uuid,
-    pub payload: Vec<u8>,
-}
+pub use pack::{lanes, pack, Lanes, Message, Payload, Rows};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -85,108 +78,6 @@ pub struct Sink {
     max_message_bytes: usize,
     delivery_timeout: Duration,
     broker_up: Arc<AtomicBool>,
-}
-
-/// Each event type's topic (by [`EventType::index`]), as an index into the
-/// sink's distinct topics.
-pub type Lanes = [usize; EventType::ALL.len()];
-
-/// The distinct topics `kafka` produces to, and each type's index among them.
-pub fn lanes(kafka: &KafkaConfig) -> (Vec<String>, Lanes) {
-    let mut topics: Vec<String> = Vec::new();
-    let mut lanes = [0; EventType::ALL.len()];
-    for kind in EventType::ALL {
-        let t = kafka.topic_for(kind);
-        lanes[kind.index()] = match topics.iter().position(|x| *x == t) {
-            Some(i) => i,
-            None => {
-                topics.push(t);
-                topics.len() - 1
-            }
-        };
-    }
-    (topics, lanes)
-}
-
-/// One message to produce: rows of one topic and key.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Message {
-    /// The topic, by index into the sink's topics ([`Lanes`]).
-    pub topic: usize,
-    /// The partition key (none: round robin).
-    pub key: Option<[u8; 16]>,
-    pub payload: Vec<u8>,
-    pub rows: usize,
-}
-
-/// Packs `events` into messages: rows per (topic, key), each event's topic
-/// given by `lanes`, in the request's order within each, up to `max_bytes` a
-/// message (a larger row alone).
-/// Events of one key keep their order across messages as well. Sizes are
-/// planned first, so each message is allocated once at its final size; a
-/// message of one row is that event's buffer (a one-event request copies nothing).
-pub fn pack(
-    events: Vec<Record>,
-    tenant: Uuid,
-    lanes: &Lanes,
-    partition_key: PartitionKey,
-    max_bytes: usize,
-) -> Vec<Message> {
-    let key_of = |e: &Record| match partition_key {
-        PartitionKey::Session => Some(*e.session.as_bytes()),
-        PartitionKey::Tenant => Some(*tenant.as_bytes()),
-        PartitionKey::RoundRobin => None,
-    };
-    // Plan: which message each event goes to, and each message's size.
-    // The message being filled for each (topic, key), by index into `out`.
-    let mut open: std::collections::HashMap<(usize, Option<[u8; 16]>), usize> =
-        std::collections::HashMap::new();
-    let mut out: Vec<Message> = Vec::new();
-    let mut bytes: Vec<usize> = Vec::new();
-    let mut slot_of: Vec<usize> = Vec::with_capacity(events.len());
-    for e in &events {
-        let key = key_of(e);
-        let topic = lanes[e.kind.index()];
-        let len = e.payload.len();
-        let slot = open
-            .get(&(topic, key))
-            .copied()
-            .filter(|&i| bytes[i] + 1 + len <= max_bytes);
-        let i = match slot {
-            Some(i) => {
-                bytes[i] += 1 + len;
-                out[i].rows += 1;
-                i
-            }
-            None => {
-                open.insert((topic, key), out.len());
-                bytes.push(len);
-                out.push(Message {
-                    topic,
-                    key,
-                    payload: Vec::new(),
-                    rows: 1,
-                });
-                out.len() - 1
-            }
-        };
-        slot_of.push(i);
-    }
-    // Fill, in the request's order.
-    for (e, i) in events.into_iter().zip(slot_of) {
-        let m = &mut out[i];
-        if m.rows == 1 {
-            m.payload = e.payload;
-        } else {
-            if m.payload.capacity() == 0 {
-                m.payload.reserve_exact(bytes[i]);
-            } else {
-                m.payload.push(b'\n');
-            }
-            m.payload.extend_from_slice(&e.payload);
-        }
-    }
-    out
 }
 
 impl Sink {
@@ -253,9 +144,9 @@ impl Sink {
     }
 
     /// Produces every event of `tenant` and returns once all are acknowledged.
-    pub async fn send(&self, tenant: Uuid, events: Vec<Record>) -> Result<(), SinkError> {
+    pub async fn send(&self, tenant: Uuid, rows: Rows) -> Result<(), SinkError> {
         let (generation, producer) = self.producer();
-        let result = self.send_with(&producer, tenant, events).await;
+        let result = self.send_with(&producer, tenant, rows).await;
         drop(producer);
         match &result {
             Err(SinkError::Delivery(_) | SinkError::Timeout(_) | SinkError::Canceled) => {
@@ -270,11 +161,11 @@ impl Sink {
         &self,
         producer: &Producer,
         tenant: Uuid,
-        events: Vec<Record>,
+        rows: Rows,
     ) -> Result<(), SinkError> {
         let started = std::time::Instant::now();
         let messages = pack(
-            events,
+            &rows,
             tenant,
             &self.lanes,
             self.partition_key,
@@ -298,7 +189,7 @@ impl Sink {
         });
         for m in &messages {
             let record = BaseRecord::with_opaque_to(&self.topics[m.topic], Arc::clone(&waiter))
-                .payload(&m.payload[..]);
+                .payload(m.bytes(&rows));
             let record = match &headers {
                 Some(h) => record.headers(h.clone()),
                 None => record,
@@ -317,6 +208,7 @@ impl Sink {
         // librdkafka holds its own copies now (bounded by kafka.queue_max_kbytes):
         // the request's payloads are freed before the wait for acknowledgements.
         drop(messages);
+        drop(rows);
         // librdkafka's message.timeout.ms equals delivery_timeout; the extra margin
         // lets its own (more precise) error arrive first.
         let bound = self.delivery_timeout + Duration::from_millis(250);
@@ -372,129 +264,5 @@ impl Sink {
 
     pub fn in_flight(&self) -> i32 {
         self.producer().1.base().in_flight_count()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rec(kind: EventType, session: Uuid, text: &str) -> Record {
-        Record {
-            kind,
-            session,
-            payload: text.as_bytes().to_vec(),
-        }
-    }
-
-    /// One topic per type, and one for all.
-    const PER_TYPE: Lanes = [0, 1, 2, 3, 4];
-    const SINGLE: Lanes = [0; 5];
-
-    fn rows(m: &Message) -> Vec<&str> {
-        std::str::from_utf8(&m.payload)
-            .expect("utf-8")
-            .split('\n')
-            .collect()
-    }
-
-    #[test]
-    fn each_topic_and_key_gets_its_rows_in_order() {
-        let (a, b, t) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        let events = [
-            rec(EventType::Click, a, "a1"),
-            rec(EventType::Click, b, "b1"),
-            rec(EventType::Pageview, a, "a2"),
-            rec(EventType::Click, a, "a3"),
-            rec(EventType::Click, b, "b2"),
-        ];
-        let again = || {
-            events
-                .iter()
-                .map(|e| {
-                    rec(
-                        e.kind,
-                        e.session,
-                        std::str::from_utf8(&e.payload).expect("utf-8"),
-                    )
-                })
-                .collect::<Vec<_>>()
-        };
-        let click = EventType::Click.index();
-        let m = pack(again(), t, &PER_TYPE, PartitionKey::Session, 1024);
-        assert_eq!(m.len(), 3);
-        assert_eq!(
-            (m[0].topic, m[0].key, rows(&m[0])),
-            (click, Some(*a.as_bytes()), vec!["a1", "a3"])
-        );
-        assert_eq!(
-            (m[1].key, rows(&m[1])),
-            (Some(*b.as_bytes()), vec!["b1", "b2"])
-        );
-        assert_eq!(
-            (m[2].topic, rows(&m[2])),
-            (EventType::Pageview.index(), vec!["a2"])
-        );
-        assert_eq!(m.iter().map(|m| m.rows).sum::<usize>(), 5);
-        // Each message was allocated once, at its final size.
-        assert!(m.iter().all(|m| m.payload.capacity() == m.payload.len()));
-        // Tenant keys and round robin: one message per topic.
-        let m = pack(again(), t, &PER_TYPE, PartitionKey::Tenant, 1024);
-        assert_eq!(m.len(), 2);
-        assert_eq!(rows(&m[0]), vec!["a1", "b1", "a3", "b2"]);
-        assert_eq!(m[0].key, Some(*t.as_bytes()));
-        let m = pack(again(), t, &PER_TYPE, PartitionKey::RoundRobin, 1024);
-        assert_eq!((m.len(), m[0].key), (2, None));
-        // One topic for all types: a session's events of every type share
-        // its messages, in the request's order.
-        let m = pack(again(), t, &SINGLE, PartitionKey::Session, 1024);
-        assert_eq!(m.len(), 2);
-        assert_eq!(
-            (m[0].topic, m[0].key, rows(&m[0])),
-            (0, Some(*a.as_bytes()), vec!["a1", "a2", "a3"])
-        );
-        assert_eq!(rows(&m[1]), vec!["b1", "b2"]);
-        let m = pack(again(), t, &SINGLE, PartitionKey::RoundRobin, 1024);
-        assert_eq!((m.len(), rows(&m[0]).len()), (1, 5));
-    }
-
-    #[test]
-    fn each_type_goes_to_its_layouts_topic() {
-        let mut kafka = shared::config::Config::load_from(None, Vec::new())
-            .expect("defaults")
-            .kafka;
-        kafka.topic_prefix = "p_".into();
-        kafka.topic_layout = shared::config::TopicLayout::Single;
-        assert_eq!(lanes(&kafka), (vec!["p_events".to_string()], SINGLE));
-        kafka.topic_layout = shared::config::TopicLayout::PerType;
-        let (topics, l) = lanes(&kafka);
-        assert_eq!(l, PER_TYPE);
-        for kind in EventType::ALL {
-            assert_eq!(topics[l[kind.index()]], kind.topic("p_"));
-        }
-    }
-
-    #[test]
-    fn messages_stay_under_the_size_and_a_large_row_travels_alone() {
-        let s = Uuid::new_v4();
-        let row = "x".repeat(100);
-        let mut events: Vec<Record> = (0..25).map(|_| rec(EventType::Click, s, &row)).collect();
-        events.insert(10, rec(EventType::Click, s, &"y".repeat(5000)));
-        let want: Vec<String> = events
-            .iter()
-            .map(|e| String::from_utf8(e.payload.clone()).expect("utf-8"))
-            .collect();
-        let m = pack(events, s, &PER_TYPE, PartitionKey::Session, 1024);
-        assert!(m.iter().all(|m| m.payload.len() <= 1024 || m.rows == 1));
-        assert_eq!(m.iter().map(|m| m.rows).sum::<usize>(), 26);
-        // Order is kept across messages: concatenated, the rows are the input.
-        let all: Vec<String> = m
-            .iter()
-            .flat_map(|m| rows(m).into_iter().map(str::to_string))
-            .collect();
-        assert_eq!(all, want);
-        // 1024 bytes hold 10 rows of 100 and their separators.
-        assert_eq!(m[0].rows, 10);
-        assert_eq!(m[1].rows, 1, "the 5000-byte row alone");
     }
 }

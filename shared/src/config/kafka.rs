@@ -129,15 +129,11 @@ impl KafkaConfig {
 
     /// The topic of [`TopicLayout::Single`].
     pub fn single_topic(&self) -> String {
-        format!("{}events", self.topic_prefix)
+        crate::event::single_topic(&self.topic_prefix)
     }
 
-    /// Every event topic of either layout, the single one first and then the
-    /// per-type ones in [`EventType::ALL`] order: what workerd creates and
-    /// ClickHouse's Kafka engine reads, whichever layout the gateway uses.
+    /// Every events topic of both layouts ([`crate::event::all_topics`]).
     pub fn topics(&self) -> Vec<String> {
-        std::iter::once(self.single_topic())
-            .chain(EventType::ALL.iter().map(|t| t.topic(&self.topic_prefix)))
-            .collect()
+        crate::event::all_topics(&self.topic_prefix)
     }
 }

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::model::{Batch, EventIn};
 use crate::enrich::{anonymize, Enricher, GeoInfo, UaInfo, UaLookup};
 use crate::error::{ApiError, FieldError, Problems};
-use crate::sink::Record;
+use crate::sink::Rows;
 
 /// Collects a batch's problems, keeping at most `cap` in full.
 struct Collector {
@@ -216,7 +216,7 @@ pub fn user_agents_cached(batch: &Batch<'_>, header_ua: Option<&str>, enricher: 
 }
 
 /// Validates `batch` for the request's tenant, enriches and serializes each event.
-pub fn prepare(batch: &Batch<'_>, ctx: &Context<'_>) -> Result<Vec<Record>, ApiError> {
+pub fn prepare(batch: &Batch<'_>, ctx: &Context<'_>) -> Result<Rows, ApiError> {
     let (tenant, max_events) = (ctx.tenant, ctx.max_events);
     let n = batch.events.len();
     if n == 0 || n > max_events {
@@ -239,12 +239,10 @@ pub fn prepare(batch: &Batch<'_>, ctx: &Context<'_>) -> Result<Vec<Record>, ApiE
         }
     }
     let mut p = Collector::new(ctx.max_details);
-    let mut out = Vec::with_capacity(n);
+    let mut out = Rows::with_capacity(n);
     let mut memo = Memo::default();
     for (i, e) in batch.events.iter().enumerate() {
-        if let Some(o) = prepare_one(&mut p, i, e, ctx, &mut memo) {
-            out.push(o);
-        }
+        prepare_one(&mut p, i, e, ctx, &mut memo, &mut out);
     }
     crate::telemetry::enrich_memo(
         memo.ua_stats.0,
@@ -266,7 +264,8 @@ fn prepare_one(
     e: &EventIn<'_>,
     ctx: &Context<'_>,
     memo: &mut Memo,
-) -> Option<Record> {
+    out: &mut Rows,
+) -> Option<()> {
     let (tenant, received_at_ms, limits) = (ctx.tenant, ctx.received_at_ms, ctx.limits);
     let before = p.total;
     if let Err(report) = e.validate_with(limits) {
@@ -420,43 +419,12 @@ fn prepare_one(
         user_id: e.user_id.as_deref().unwrap_or(""),
         anonymous_id: e.anonymous_id.as_deref().unwrap_or(""),
     };
-    let payload = match encode(&row) {
-        Ok(p) => p,
-        Err(e) => {
-            // Never drop an event silently: report it like any other invalid field.
-            p.add(i, "event", format!("cannot be encoded: {e}"));
-            return None;
-        }
-    };
-    Some(Record {
-        kind,
-        session,
-        payload,
-    })
-}
-
-/// Largest scratch buffer a thread keeps between rows.
-const SCRATCH_KEEP_BYTES: usize = 64 * 1024;
-
-thread_local! {
-    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// A row as JSON in a buffer of exactly its size: written into this thread's
-/// scratch buffer, then copied once (serializing into a fresh vector grows it
-/// several times, each growth a reallocation and a copy).
-fn encode(row: &EventRow<'_>) -> Result<Vec<u8>, serde_json::Error> {
-    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
-        Ok(mut buf) => {
-            buf.clear();
-            let out = serde_json::to_writer(&mut *buf, row).map(|()| buf.to_vec());
-            if buf.capacity() > SCRATCH_KEEP_BYTES {
-                *buf = Vec::new();
-            }
-            out
-        }
-        Err(_) => serde_json::to_vec(row),
-    })
+    // Written straight into the request's buffer (compact JSON: no newline).
+    if let Err(e) = out.push(kind, session, |buf| serde_json::to_writer(buf, &row)) {
+        // Never drop an event silently: report it like any other invalid field.
+        p.add(i, "event", format!("cannot be encoded: {e}"));
+    }
+    Some(())
 }
 
 #[cfg(test)]

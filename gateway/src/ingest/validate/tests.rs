@@ -92,7 +92,7 @@ fn enricher() -> &'static Enricher {
     })
 }
 
-fn with(max_events: usize, limits: &LimitsConfig, body: &str) -> Result<Vec<Record>, ApiError> {
+fn with(max_events: usize, limits: &LimitsConfig, body: &str) -> Result<Rows, ApiError> {
     let mut buf = body.as_bytes().to_vec();
     let shape = crate::ingest::shape::ShapeLimits::new(max_events, limits);
     let batch = crate::ingest::model::parse_bounded(&mut buf, shape)?;
@@ -115,7 +115,7 @@ fn with(max_events: usize, limits: &LimitsConfig, body: &str) -> Result<Vec<Reco
     prepare(&batch, &ctx)
 }
 
-fn run(body: &str) -> Result<Vec<Record>, ApiError> {
+fn run(body: &str) -> Result<Rows, ApiError> {
     with(1000, &limits(), body)
 }
 
@@ -123,8 +123,8 @@ fn run(body: &str) -> Result<Vec<Record>, ApiError> {
 fn valid_pageview_becomes_a_row() {
     let out = run(r#"{"events":[{"id":"550e8400-e29b-41d4-a716-446655440000","session_id":"11111111-1111-1111-1111-111111111111","timestamp":"2024-01-01T00:00:00.250Z","type":"pageview","title":"Ho\"me","path":"/"}]}"#).expect("valid");
     assert_eq!(out.len(), 1);
-    assert_eq!(out[0].kind, EventType::Pageview);
-    let v: serde_json::Value = serde_json::from_slice(&out[0].payload).expect("json");
+    assert_eq!(out.kind(0), EventType::Pageview);
+    let v: serde_json::Value = serde_json::from_slice(out.row(0)).expect("json");
     assert_eq!(v["tenant_id"], T, "tenant filled from the key");
     assert_eq!(v["timestamp_ms"], 1_704_067_200_250i64);
     assert_eq!(v["title"], "Ho\"me");
@@ -182,9 +182,8 @@ fn enrichment_fields_are_filled() {
     assert_eq!(fields(run(&body).unwrap_err()), vec![(2, "ip".to_string())]);
     let body = body.replace(r#","ip":"nope""#, "");
     let out = run(&body).expect("valid");
-    let v: Vec<serde_json::Value> = out
-        .iter()
-        .map(|o| serde_json::from_slice(&o.payload).expect("json"))
+    let v: Vec<serde_json::Value> = (0..out.len())
+        .map(|i| serde_json::from_slice(out.row(i)).expect("json"))
         .collect();
     // Sent 10 s after the event: shifted by the skew to the arrival time.
     let ts = 1_704_067_200_000i64;
@@ -207,7 +206,7 @@ fn enrichment_fields_are_filled() {
 #[test]
 fn custom_properties_pass_through_as_json_text() {
     let out = run(r#"{"events":[{"id":"550e8400-e29b-41d4-a716-446655440000","session_id":"11111111-1111-1111-1111-111111111111","timestamp":"2024-01-01T00:00:00Z","type":"custom","name":"signup","properties":{"plan":"pro","n":3,"nested":{"a":[1,2]}}}]}"#).expect("valid");
-    let v: serde_json::Value = serde_json::from_slice(&out[0].payload).expect("json");
+    let v: serde_json::Value = serde_json::from_slice(out.row(0)).expect("json");
     let props: serde_json::Value =
         serde_json::from_str(v["properties"].as_str().expect("string")).expect("props json");
     assert_eq!(
@@ -344,24 +343,30 @@ fn problems_are_collected_up_to_the_cap_and_the_rest_counted() {
     );
 }
 
-/// Rows are written through one scratch buffer per thread: each payload is
-/// its own row only, sized exactly, whatever size the row before had.
+/// Rows are written one after the other into the request's buffer: each row
+/// is its own JSON only, whatever came before it, and holds no newline (the
+/// separator of rows in a message), even when a field has one.
 #[test]
-fn each_row_is_encoded_alone_at_its_exact_size() {
+fn each_row_is_its_own_line_in_the_buffer() {
     let titles = [
         "a".repeat(1000),
-        "b".to_string(),
+        r"b\nc".to_string(),
         "é".repeat(1024),
         "c".repeat(10),
     ];
-    for _ in 0..2 {
-        for title in &titles {
-            let body = format!(r#"{{"events":[{{{BASE},"type":"pageview","title":"{title}"}}]}}"#);
-            let out = run(&body).expect("valid");
-            let p = &out[0].payload;
-            assert_eq!(p.capacity(), p.len());
-            let v: serde_json::Value = serde_json::from_slice(p).expect("one JSON row");
-            assert_eq!(v["title"], title.as_str());
-        }
+    let events: Vec<String> = titles
+        .iter()
+        .map(|t| format!(r#"{{{BASE},"type":"pageview","title":"{t}"}}"#))
+        .collect();
+    let out = run(&format!(r#"{{"events":[{}]}}"#, events.join(","))).expect("valid");
+    assert_eq!(out.len(), titles.len());
+    let mut total = 0;
+    for (i, title) in titles.iter().enumerate() {
+        let row = out.row(i);
+        assert!(!row.contains(&b'\n'), "row {i} holds a newline");
+        let v: serde_json::Value = serde_json::from_slice(row).expect("one JSON row");
+        assert_eq!(v["title"], title.replace("\\n", "\n").as_str());
+        total += row.len() + 1;
     }
+    assert_eq!(out.buffered_bytes(), total, "rows and their newlines only");
 }

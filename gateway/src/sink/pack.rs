@@ -1,0 +1,393 @@
+//! A request's rows and how they become broker messages.
+//!
+//! Validation writes every serialized `EventRow` of a request into one buffer,
+//! each row followed by a newline ([`Rows`]). [`pack`] groups the rows by
+//! topic and partition key, in the request's order, up to
+//! `kafka.max_message_bytes` a message. A message whose rows lie next to each
+//! other in the buffer (one session's events of one topic, the usual batch) is
+//! a span of it: nothing is copied before librdkafka takes its own copy. Only
+//! rows of interleaved keys or topics are gathered into a message of their own.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use shared::config::{KafkaConfig, PartitionKey};
+use shared::event::EventType;
+use uuid::Uuid;
+
+/// A request's events ready for the broker: each serialized row followed by a
+/// newline in one buffer, and for each row its type and session.
+#[derive(Debug, Default)]
+pub struct Rows {
+    bytes: Vec<u8>,
+    rows: Vec<Row>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Row {
+    kind: EventType,
+    session: Uuid,
+    /// Where the row is in `bytes` (without its newline).
+    span: (usize, usize),
+}
+
+impl Rows {
+    /// Room for `rows` rows (their bytes grow as they are written).
+    pub fn with_capacity(rows: usize) -> Rows {
+        Rows {
+            bytes: Vec::new(),
+            rows: Vec::with_capacity(rows),
+        }
+    }
+
+    /// Appends the row `write` writes (it must write no newline). When it
+    /// fails, nothing of it stays.
+    pub fn push<E>(
+        &mut self,
+        kind: EventType,
+        session: Uuid,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let start = self.bytes.len();
+        match write(&mut self.bytes) {
+            Ok(()) => {
+                let end = self.bytes.len();
+                self.bytes.push(b'\n');
+                self.rows.push(Row {
+                    kind,
+                    session,
+                    span: (start, end),
+                });
+                Ok(())
+            }
+            Err(e) => {
+                self.bytes.truncate(start);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Row `i`, without its newline.
+    pub fn row(&self, i: usize) -> &[u8] {
+        let (start, end) = self.rows[i].span;
+        &self.bytes[start..end]
+    }
+
+    /// The type of row `i`.
+    pub fn kind(&self, i: usize) -> EventType {
+        self.rows[i].kind
+    }
+
+    /// The bytes of every row and their newlines.
+    pub fn buffered_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// Each event type's topic (by [`EventType::index`]), as an index into the
+/// sink's distinct topics.
+pub type Lanes = [usize; EventType::ALL.len()];
+
+/// The distinct topics `kafka` produces to, and each type's index among them.
+pub fn lanes(kafka: &KafkaConfig) -> (Vec<String>, Lanes) {
+    let mut topics: Vec<String> = Vec::new();
+    let mut lanes = [0; EventType::ALL.len()];
+    for kind in EventType::ALL {
+        let t = kafka.topic_for(kind);
+        lanes[kind.index()] = match topics.iter().position(|x| *x == t) {
+            Some(i) => i,
+            None => {
+                topics.push(t);
+                topics.len() - 1
+            }
+        };
+    }
+    (topics, lanes)
+}
+
+/// One message to produce: rows of one topic and key.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Message {
+    /// The topic, by index into the sink's topics ([`Lanes`]).
+    pub topic: usize,
+    /// The partition key (none: round robin).
+    pub key: Option<[u8; 16]>,
+    pub payload: Payload,
+    pub rows: usize,
+}
+
+/// Where a message's bytes are.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Payload {
+    /// Consecutive rows of the request's buffer, with the newlines between them.
+    Span(Range<usize>),
+    /// Rows gathered from across the buffer, joined by newlines.
+    Gathered(Vec<u8>),
+}
+
+impl Message {
+    /// The message's bytes (`rows` is what it was packed from).
+    pub fn bytes<'a>(&'a self, rows: &'a Rows) -> &'a [u8] {
+        match &self.payload {
+            Payload::Span(r) => &rows.bytes[r.clone()],
+            Payload::Gathered(v) => v,
+        }
+    }
+}
+
+/// How a message is being planned.
+struct Plan {
+    bytes: usize,
+    /// Where its first row starts and its last row ends, while its rows are
+    /// consecutive in the buffer.
+    span: Option<(usize, usize)>,
+}
+
+/// Packs `rows` into messages: rows per (topic, key), each row's topic given
+/// by `lanes`, in the request's order within each, up to `max_bytes` a message
+/// (a larger row alone). Rows of one key keep their order across messages as
+/// well. A message of consecutive rows is a span of the buffer; the others are
+/// gathered, each allocated once at its final size.
+pub fn pack(
+    rows: &Rows,
+    tenant: Uuid,
+    lanes: &Lanes,
+    partition_key: PartitionKey,
+    max_bytes: usize,
+) -> Vec<Message> {
+    let key_of = |r: &Row| match partition_key {
+        PartitionKey::Session => Some(*r.session.as_bytes()),
+        PartitionKey::Tenant => Some(*tenant.as_bytes()),
+        PartitionKey::RoundRobin => None,
+    };
+    // The message being filled for each (topic, key), by index into `out`.
+    let mut open: HashMap<(usize, Option<[u8; 16]>), usize> = HashMap::new();
+    let mut out: Vec<Message> = Vec::new();
+    let mut plans: Vec<Plan> = Vec::new();
+    let mut slot_of: Vec<usize> = Vec::with_capacity(rows.len());
+    for r in &rows.rows {
+        let key = key_of(r);
+        let topic = lanes[r.kind.index()];
+        let (start, end) = r.span;
+        let len = end - start;
+        let slot = open
+            .get(&(topic, key))
+            .copied()
+            .filter(|&i| plans[i].bytes + 1 + len <= max_bytes);
+        let i = match slot {
+            Some(i) => {
+                let p = &mut plans[i];
+                p.bytes += 1 + len;
+                // Consecutive: this row starts right after the last one's newline.
+                p.span = p
+                    .span
+                    .filter(|&(_, last)| last + 1 == start)
+                    .map(|(first, _)| (first, end));
+                out[i].rows += 1;
+                i
+            }
+            None => {
+                open.insert((topic, key), out.len());
+                plans.push(Plan {
+                    bytes: len,
+                    span: Some((start, end)),
+                });
+                out.push(Message {
+                    topic,
+                    key,
+                    payload: Payload::Span(start..end),
+                    rows: 1,
+                });
+                out.len() - 1
+            }
+        };
+        slot_of.push(i);
+    }
+    for (m, p) in out.iter_mut().zip(&plans) {
+        match p.span {
+            Some((first, last)) => m.payload = Payload::Span(first..last),
+            None => m.payload = Payload::Gathered(Vec::with_capacity(p.bytes)),
+        }
+    }
+    // Gather, in the request's order.
+    for (r, i) in rows.rows.iter().zip(slot_of) {
+        if let Payload::Gathered(v) = &mut out[i].payload {
+            if !v.is_empty() {
+                v.push(b'\n');
+            }
+            v.extend_from_slice(&rows.bytes[r.span.0..r.span.1]);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One topic per type, and one for all.
+    const PER_TYPE: Lanes = [0, 1, 2, 3, 4];
+    const SINGLE: Lanes = [0; 5];
+
+    fn rows_of(list: &[(EventType, Uuid, &str)]) -> Rows {
+        let mut rows = Rows::with_capacity(list.len());
+        for (kind, session, text) in list {
+            rows.push(*kind, *session, |b| {
+                b.extend_from_slice(text.as_bytes());
+                Ok::<(), ()>(())
+            })
+            .expect("written");
+        }
+        rows
+    }
+
+    fn lines<'a>(m: &'a Message, rows: &'a Rows) -> Vec<&'a str> {
+        std::str::from_utf8(m.bytes(rows))
+            .expect("utf-8")
+            .split('\n')
+            .collect()
+    }
+
+    #[test]
+    fn each_topic_and_key_gets_its_rows_in_order() {
+        let (a, b, t) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let rows = rows_of(&[
+            (EventType::Click, a, "a1"),
+            (EventType::Click, b, "b1"),
+            (EventType::Pageview, a, "a2"),
+            (EventType::Click, a, "a3"),
+            (EventType::Click, b, "b2"),
+        ]);
+        let click = EventType::Click.index();
+        let m = pack(&rows, t, &PER_TYPE, PartitionKey::Session, 1024);
+        assert_eq!(m.len(), 3);
+        assert_eq!(
+            (m[0].topic, m[0].key, lines(&m[0], &rows)),
+            (click, Some(*a.as_bytes()), vec!["a1", "a3"])
+        );
+        assert_eq!(
+            (m[1].key, lines(&m[1], &rows)),
+            (Some(*b.as_bytes()), vec!["b1", "b2"])
+        );
+        assert_eq!(
+            (m[2].topic, lines(&m[2], &rows)),
+            (EventType::Pageview.index(), vec!["a2"])
+        );
+        assert_eq!(m.iter().map(|m| m.rows).sum::<usize>(), 5);
+        // Interleaved rows are gathered into a message allocated at its size.
+        for m in &m[..2] {
+            let Payload::Gathered(v) = &m.payload else {
+                panic!("{m:?} is not gathered")
+            };
+            assert_eq!(v.capacity(), v.len());
+        }
+        // Tenant keys and round robin: one message per topic.
+        let m = pack(&rows, t, &PER_TYPE, PartitionKey::Tenant, 1024);
+        assert_eq!(m.len(), 2);
+        assert_eq!(lines(&m[0], &rows), vec!["a1", "b1", "a3", "b2"]);
+        assert_eq!(m[0].key, Some(*t.as_bytes()));
+        let m = pack(&rows, t, &PER_TYPE, PartitionKey::RoundRobin, 1024);
+        assert_eq!((m.len(), m[0].key), (2, None));
+        // One topic for all types: a session's events of every type share
+        // its messages, in the request's order.
+        let m = pack(&rows, t, &SINGLE, PartitionKey::Session, 1024);
+        assert_eq!(m.len(), 2);
+        assert_eq!(
+            (m[0].topic, m[0].key, lines(&m[0], &rows)),
+            (0, Some(*a.as_bytes()), vec!["a1", "a2", "a3"])
+        );
+        assert_eq!(lines(&m[1], &rows), vec!["b1", "b2"]);
+        // Round robin on one topic: the whole buffer, as it is.
+        let m = pack(&rows, t, &SINGLE, PartitionKey::RoundRobin, 1024);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].payload, Payload::Span(0..rows.buffered_bytes() - 1));
+        assert_eq!(lines(&m[0], &rows).len(), 5);
+    }
+
+    #[test]
+    fn one_sessions_rows_of_one_topic_are_a_span_of_the_buffer() {
+        let s = Uuid::new_v4();
+        let rows = rows_of(&[
+            (EventType::Pageview, s, "p1"),
+            (EventType::Click, s, "c1"),
+            (EventType::Scroll, s, "s1"),
+        ]);
+        let m = pack(&rows, s, &SINGLE, PartitionKey::Session, 1024);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].payload, Payload::Span(0..8));
+        assert_eq!(m[0].bytes(&rows), b"p1\nc1\ns1");
+        // A one-event request: its row alone, not copied.
+        let one = rows_of(&[(EventType::Custom, s, "x")]);
+        let m = pack(&one, s, &PER_TYPE, PartitionKey::Session, 1024);
+        assert_eq!(m[0].payload, Payload::Span(0..1));
+    }
+
+    #[test]
+    fn messages_stay_under_the_size_and_a_large_row_travels_alone() {
+        let s = Uuid::new_v4();
+        let row = "x".repeat(100);
+        let big = "y".repeat(5000);
+        let mut list: Vec<(EventType, Uuid, &str)> = (0..25)
+            .map(|_| (EventType::Click, s, row.as_str()))
+            .collect();
+        list.insert(10, (EventType::Click, s, big.as_str()));
+        let rows = rows_of(&list);
+        let m = pack(&rows, s, &PER_TYPE, PartitionKey::Session, 1024);
+        assert!(m
+            .iter()
+            .all(|m| m.bytes(&rows).len() <= 1024 || m.rows == 1));
+        assert_eq!(m.iter().map(|m| m.rows).sum::<usize>(), 26);
+        // Order is kept across messages: concatenated, the rows are the input.
+        let all: Vec<&str> = m.iter().flat_map(|m| lines(m, &rows)).collect();
+        let want: Vec<&str> = list.iter().map(|(_, _, t)| *t).collect();
+        assert_eq!(all, want);
+        // 1024 bytes hold 10 rows of 100 and their separators.
+        assert_eq!(m[0].rows, 10);
+        assert_eq!(m[1].rows, 1, "the 5000-byte row alone");
+        assert!(m.iter().all(|m| matches!(m.payload, Payload::Span(_))));
+    }
+
+    #[test]
+    fn a_row_that_fails_to_write_leaves_nothing() {
+        let s = Uuid::new_v4();
+        let mut rows = rows_of(&[(EventType::Click, s, "ok")]);
+        let r = rows.push(EventType::Click, s, |b| {
+            b.extend_from_slice(b"half");
+            Err("broken")
+        });
+        assert_eq!(r, Err("broken"));
+        assert_eq!((rows.len(), rows.buffered_bytes()), (1, 3));
+        rows.push(EventType::Click, s, |b| {
+            b.extend_from_slice(b"next");
+            Ok::<(), ()>(())
+        })
+        .expect("written");
+        assert_eq!(rows.row(1), b"next");
+        let m = pack(&rows, s, &PER_TYPE, PartitionKey::Session, 1024);
+        assert_eq!(m[0].bytes(&rows), b"ok\nnext");
+    }
+
+    #[test]
+    fn each_type_goes_to_its_layouts_topic() {
+        let mut kafka = shared::config::Config::load_from(None, Vec::new())
+            .expect("defaults")
+            .kafka;
+        kafka.topic_prefix = "p_".into();
+        kafka.topic_layout = shared::config::TopicLayout::Single;
+        assert_eq!(lanes(&kafka), (vec!["p_events".to_string()], SINGLE));
+        kafka.topic_layout = shared::config::TopicLayout::PerType;
+        let (topics, l) = lanes(&kafka);
+        assert_eq!(l, PER_TYPE);
+        for kind in EventType::ALL {
+            assert_eq!(topics[l[kind.index()]], kind.topic("p_"));
+        }
+    }
+}
