@@ -7,6 +7,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use hyper::header::HeaderValue;
 use shared::domain::Tier;
 
 use super::{decode, model, secs_to_next_month, shape, validate};
@@ -31,9 +32,10 @@ pub(super) struct Job {
     pub(super) lz64: bool,
     /// `None`: the key is in the body (judged once it is parsed).
     pub(super) who: Option<Principal>,
-    pub(super) origin: Option<String>,
+    /// Header values share the request head's buffer: held, not copied.
+    pub(super) origin: Option<HeaderValue>,
     pub(super) client_ip: IpAddr,
-    pub(super) header_ua: Option<String>,
+    pub(super) header_ua: Option<HeaderValue>,
     /// The method and path a signature covers (empty when unsigned).
     pub(super) method: String,
     pub(super) path_and_query: String,
@@ -174,7 +176,7 @@ impl Job {
                         dialect,
                         &foreign,
                         self.client_ip,
-                        self.origin.as_deref(),
+                        text(self.origin.as_ref()),
                     )?,
                 };
                 *tier = Some(who.tier);
@@ -195,7 +197,7 @@ impl Job {
         };
         *events = Some(batch.events.len());
         if matches!(step, Step::Inline)
-            && !validate::user_agents_cached(&batch, self.header_ua.as_deref(), &app.enricher)
+            && !validate::user_agents_cached(&batch, text(self.header_ua.as_ref()), &app.enricher)
         {
             return Ok(Attempt::Handoff(quota));
         }
@@ -210,7 +212,7 @@ impl Job {
             limits,
             enricher: &app.enricher,
             client_ip: self.client_ip,
-            header_ua: self.header_ua.as_deref(),
+            header_ua: text(self.header_ua.as_ref()),
             anonymize_ip: who.anonymize_ip,
             max_ua_parses: app.config.enrichment.max_ua_parses_per_request,
             max_details: app.config.gateway.max_error_details,
@@ -240,4 +242,9 @@ fn body_key(
     }
     who.check_origin(origin)?;
     Ok(who)
+}
+
+/// A header's value as text; one that is not visible ASCII counts as absent.
+fn text(v: Option<&HeaderValue>) -> Option<&str> {
+    v.and_then(|v| v.to_str().ok())
 }

@@ -144,15 +144,9 @@ async fn accept(
         form,
         lz64,
         who,
-        origin: headers
-            .get(ORIGIN)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
+        origin: headers.get(ORIGIN).cloned(),
         client_ip,
-        header_ua: headers
-            .get(USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
+        header_ua: headers.get(USER_AGENT).cloned(),
         method: if signed {
             parts.method.to_string()
         } else {
