@@ -26,6 +26,10 @@ pub struct Rows {
 /// A serialized row of a typical event with its enrichment is a few hundred
 /// bytes: the first row of a request is written without growing the buffer.
 const FIRST_ROW_BYTES: usize = 1024;
+/// What the rows after the first may reserve each, at most: within the
+/// 2 KiB per event of the memory bound (`budget::per_event_bytes`); larger rows
+/// grow the buffer as they are written.
+const RESERVED_ROW_MAX: usize = 2048;
 
 #[derive(Debug, Clone, Copy)]
 struct Row {
@@ -66,9 +70,11 @@ impl Rows {
                 });
                 if self.rows.len() == 1 {
                     // The rows to come are bounded by the batch (the events
-                    // counted before parsing), each about this one's size.
+                    // counted before parsing), each about this one's size;
+                    // never more than RESERVED_ROW_MAX each, so one large first
+                    // event cannot make a batch of small ones reserve megabytes.
                     let to_come = self.rows.capacity() - 1;
-                    let per_row = end - start + 1;
+                    let per_row = (end - start + 1).min(RESERVED_ROW_MAX);
                     self.bytes
                         .reserve(to_come.saturating_mul(per_row + per_row / 8));
                 }
@@ -284,6 +290,27 @@ mod tests {
             assert_eq!(*at.get_or_insert(ptr), ptr, "row {i} moved the buffer");
         }
         assert_eq!(rows.len(), 200);
+    }
+
+    #[test]
+    fn a_large_first_row_does_not_reserve_for_the_whole_batch() {
+        let mut rows = Rows::with_capacity(1000);
+        let big = "y".repeat(256 * 1024);
+        for text in std::iter::once(big.as_str()).chain(std::iter::repeat_n("{}", 999)) {
+            rows.push(EventType::Custom, Uuid::nil(), |b| {
+                b.extend_from_slice(text.as_bytes());
+                Ok::<(), ()>(())
+            })
+            .expect("written");
+        }
+        // 256 KiB written, then 999 small rows: the buffer holds about the
+        // first row and 2 KiB (and an eighth) for each of the rest, not
+        // 1000 × 256 KiB.
+        assert!(
+            rows.bytes.capacity() <= big.len() + 1 + 999 * (RESERVED_ROW_MAX * 9 / 8),
+            "reserved {} bytes",
+            rows.bytes.capacity()
+        );
     }
 
     fn lines<'a>(m: &'a Message, rows: &'a Rows) -> Vec<&'a str> {
