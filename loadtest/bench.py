@@ -7,8 +7,9 @@
 Every run measures, on this machine and in this run: the criterion floor (the
 gateway's decode, parse, validate, enrich and serialize with no network and no
 broker; once before the scenarios and once after, the ratios use the mean and
-the page shows both, since the machine's speed drifts within minutes), a trivial hyper handler under the same small-request load (the price
-of HTTP alone here), the gateway's own liveness probe, and then the gateway's
+the page shows both, since the machine's speed drifts within minutes), a
+trivial hyper handler under the same small-request load (the price of HTTP
+alone here), the gateway's own liveness probe, and then the gateway's
 scenarios. The page publishes the ratios first (they carry from one machine
 to another), the absolute numbers second, and each run replaces the last.
 Every phase also reports the load generator's own CPU: a generator near the

@@ -41,8 +41,9 @@ struct Row {
 
 impl Rows {
     /// Room for `rows` rows: bytes for one typical row now, and for the rest
-    /// once the first is written (its size times the rows to come), so a
-    /// request's buffer grows once or twice, not once per doubling.
+    /// once the first is written (its size, at most `RESERVED_ROW_MAX`, times
+    /// the rows to come), so a request's buffer grows once or twice, not once
+    /// per doubling.
     pub fn with_capacity(rows: usize) -> Rows {
         Rows {
             bytes: Vec::with_capacity(FIRST_ROW_BYTES),
