@@ -40,7 +40,7 @@ release:
 
 # Performance and resilience (see docs/benchmarks.md).
 bench: provision release
-	$(PYTHON) loadtest/bench.py
+	$(PYTHON) loadtest/bench.py $(BENCH_ARGS)
 
 # Where the gateway's CPU goes: callgrind, by stage, per request and per event.
 profile: provision

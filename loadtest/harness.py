@@ -132,10 +132,11 @@ def loadtest_run(env, args, name, url=None, pid=None):
         return json.load(f)
 
 
-def floor_us_per_event():
-    """Runs the criterion floor benchmark; returns µs per event for plain and gzip bodies."""
-    sh(["cargo", "bench", "-p", "gateway", "--bench", "floor", "--", "--warm-up-time", "2",
-        "--measurement-time", "8"], cwd=ROOT)
+def floor_us_per_event(warm_up, measure):
+    """Runs the criterion floor benchmark (its 1000-event bodies: `warm_up` and
+    `measure` seconds each); returns µs per event for plain and gzip bodies."""
+    sh(["cargo", "bench", "-p", "gateway", "--bench", "floor", "--", "--warm-up-time", str(warm_up),
+        "--measurement-time", str(measure), "_1000"], cwd=ROOT)
     out = {}
     for name in ("plain_1000", "gzip_1000"):
         p = os.path.join(ROOT, "target", "criterion", "floor", name, "new", "estimates.json")
