@@ -58,10 +58,9 @@ def main():
             order = list(range(len(targets)))
             k = r % len(order)
             for name in names:
-                rates = {}
                 for i in order[k:] + order[:k]:
                     # Half runs at half of this build's median maximum so far.
-                    rates["max"] = bench.median(per.get(("max-rate", i), []))
+                    rates = {"max": bench.median(per.get(("max-rate", i), []))}
                     url, pid = targets[i]
                     rep = harness.loadtest_run(env, bench.SCENARIOS[name][1](args.slice, rates),
                                                "%s-%d-%d" % (name, i, r), url=url, pid=pid)
