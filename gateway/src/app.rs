@@ -26,6 +26,8 @@ pub struct App {
     pub body_budget: Arc<Semaphore>,
     /// Decode/parse/validate slots (`gateway.cpu_workers`).
     pub cpu: Arc<Semaphore>,
+    /// The threads a slot's work runs on when not on a network thread.
+    pub workers: crate::ingest::pool::CpuPool,
     shutting_down: AtomicBool,
     /// `/ingest` requests past their body (load shedding past the limit).
     in_progress: AtomicUsize,
@@ -49,6 +51,8 @@ pub enum StartError {
     Producer(#[from] rdkafka::error::KafkaError),
     #[error(transparent)]
     Enrichment(#[from] crate::enrich::EnrichError),
+    #[error("cannot start the CPU worker threads: {0}")]
+    Workers(std::io::Error),
 }
 
 impl App {
@@ -81,6 +85,8 @@ impl App {
             ),
             body_budget: Arc::new(Semaphore::new(budget)),
             cpu: Arc::new(Semaphore::new(g.cpu_workers())),
+            workers: crate::ingest::pool::CpuPool::new(g.cpu_workers())
+                .map_err(StartError::Workers)?,
             sink: Arc::new(sink),
             config,
             shutting_down: AtomicBool::new(false),

@@ -64,9 +64,11 @@ struct Hot {
 }
 
 /// The enrichment memo's `cache` and `result` labels, in [`enrich_memo`]'s order.
-const MEMO_LABELS: [(&str, &str); 4] = [
+const MEMO_LABELS: [(&str, &str); 6] = [
     ("ua_request", "hit"),
     ("ua_request", "miss"),
+    ("ua", "hit"),
+    ("ua", "miss"),
     ("geo_request", "hit"),
     ("geo_request", "miss"),
 ];
@@ -241,9 +243,28 @@ pub fn producer_replaced(generation: u64) {
     tracing::warn!(generation, "producer replaced after a failed delivery");
 }
 
-/// The per-request enrichment memo's hits and misses.
-pub fn enrich_memo(ua_hits: u64, ua_misses: u64, geo_hits: u64, geo_misses: u64) {
-    let counts = [ua_hits, ua_misses, geo_hits, geo_misses];
+/// A request's enrichment lookups: (hits, misses) of each cache.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EnrichStats {
+    /// The request's own memo of user agents.
+    pub ua_request: (u64, u64),
+    /// The shared user-agent cache, asked on the memo's misses.
+    pub ua_cache: (u64, u64),
+    /// The request's memo of the last address's geo answer.
+    pub geo_request: (u64, u64),
+}
+
+/// A request's enrichment lookups, counted once per request through
+/// handles registered once (not per event).
+pub fn enrich_memo(s: &EnrichStats) {
+    let counts = [
+        s.ua_request.0,
+        s.ua_request.1,
+        s.ua_cache.0,
+        s.ua_cache.1,
+        s.geo_request.0,
+        s.geo_request.1,
+    ];
     if counts.iter().all(|n| *n == 0) {
         return;
     }
@@ -485,6 +506,7 @@ mod tests {
             r#"overwatch_http_request_duration_seconds_count{route="/ingest"}"#,
             r#"overwatch_events_accepted_total{tier="paid"}"#,
             r#"overwatch_enrich_cache_lookups_total{cache="ua_request",result="miss"}"#,
+            r#"overwatch_enrich_cache_lookups_total{cache="ua",result="hit"}"#,
             r#"overwatch_enrich_cache_lookups_total{cache="geo_request",result="hit"}"#,
             r#"overwatch_producer_delivery_duration_seconds_count"#,
         ];
@@ -503,10 +525,14 @@ mod tests {
             events: 7,
         }
         .emit();
-        enrich_memo(0, 2, 1, 0);
+        enrich_memo(&EnrichStats {
+            ua_request: (0, 2),
+            ua_cache: (3, 0),
+            geo_request: (1, 0),
+        });
         delivered(Duration::from_millis(4));
         let after = render();
-        let added = [1.0, 1.0, 1.0, 2.0, 7.0, 2.0, 1.0, 1.0];
+        let added = [1.0, 1.0, 1.0, 2.0, 7.0, 2.0, 3.0, 1.0, 1.0];
         for (s, want) in series.into_iter().zip(added) {
             let got = value(&after, s) - value(&before, s);
             assert!(got >= want, "{s}: +{got}, want at least +{want}\n{after}");

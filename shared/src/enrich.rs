@@ -208,10 +208,20 @@ impl Enricher {
         })
     }
 
-    /// Parses (or recalls) `ua`.
+    /// Parses (or recalls) `ua`, counting the lookup as a cache hit or miss.
     pub fn user_agent(&self, ua: &str) -> Arc<UaInfo> {
+        let hit = |h: &'static str| {
+            metrics::counter!(ENRICH_CACHE_LOOKUPS, "cache" => "ua", "result" => h).increment(1)
+        };
         match self.user_agent_if(ua, true) {
-            UaLookup::Cached(v) | UaLookup::Parsed(v) => v,
+            UaLookup::Cached(v) => {
+                hit("hit");
+                v
+            }
+            UaLookup::Parsed(v) => {
+                hit("miss");
+                v
+            }
             UaLookup::Skipped => Arc::new(UaInfo::default()),
         }
     }
@@ -223,18 +233,16 @@ impl Enricher {
     }
 
     /// Recalls `ua` from the cache, or parses it when `may_parse` (a parse
-    /// costs milliseconds, so callers may budget them). Every lookup counts as
-    /// a cache hit or miss.
+    /// costs milliseconds, so callers may budget them). The caller counts the
+    /// lookup (`Cached` is a hit): a hot path counts a request's lookups at
+    /// once rather than one metric update per event.
     pub fn user_agent_if(&self, ua: &str, may_parse: bool) -> UaLookup {
         if ua.is_empty() {
             return UaLookup::Cached(Arc::new(UaInfo::default()));
         }
         if let Some(hit) = self.cache().get(ua) {
-            metrics::counter!(ENRICH_CACHE_LOOKUPS, "cache" => "ua", "result" => "hit")
-                .increment(1);
             return UaLookup::Cached(hit);
         }
-        metrics::counter!(ENRICH_CACHE_LOOKUPS, "cache" => "ua", "result" => "miss").increment(1);
         if !may_parse {
             return UaLookup::Skipped;
         }

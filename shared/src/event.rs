@@ -182,7 +182,7 @@ pub struct EventRow<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<&'a str>,
     /// Custom properties as JSON text (`{}` when none were sent).
-    pub properties: String,
+    pub properties: std::borrow::Cow<'a, str>,
 
     // server-side enrichment
     /// The connection's address, or the X-Forwarded-For client behind a trusted proxy.

@@ -13,6 +13,7 @@
 pub mod decode;
 mod job;
 pub mod model;
+pub(crate) mod pool;
 pub mod shape;
 pub mod validate;
 
@@ -285,8 +286,8 @@ fn debit_unless_refused(app: &App, charged: Option<(Uuid, Tier)>, e: ApiError) -
     e
 }
 
-/// Runs `work` on the blocking pool once a `gateway.cpu_workers` slot is free,
-/// so decoding and parsing never hold a network thread.
+/// Runs `work` on a CPU worker ([`pool`]) once a `gateway.cpu_workers` slot
+/// is free, so decoding and parsing never hold a network thread.
 async fn on_worker<T: Send + 'static>(
     app: &App,
     work: impl FnOnce() -> T + Send + 'static,
@@ -296,7 +297,8 @@ async fn on_worker<T: Send + 'static>(
         .acquire()
         .await
         .map_err(|_| ApiError::ShuttingDown)?;
-    tokio::task::spawn_blocking(work)
+    app.workers
+        .run(work)
         .await
         .map_err(|e| ApiError::Internal(format!("the decoding task failed: {e}")))
 }

@@ -3,6 +3,7 @@
 //! Every problem of every event is collected, so a 422 lists them all at once.
 //! An event naming another tenant makes the whole request 403.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -144,59 +145,93 @@ pub struct Context<'r> {
     pub max_details: usize,
 }
 
-/// Per-request memo: a batch usually repeats one user agent and one IP.
-#[derive(Default)]
-struct Memo {
-    ua: Option<(String, Arc<UaInfo>)>,
+/// User agents a request remembers: a browser's batch repeats one, a server
+/// SDK's batch interleaves its users' few.
+const MEMO_UAS: usize = 16;
+
+/// Per-request memo: a batch usually repeats a few user agents and one IP.
+/// Its keys borrow from the batch, so a hit costs a comparison, not the shared
+/// cache's lock and hash.
+struct Memo<'b> {
+    uas: Vec<(&'b str, Arc<UaInfo>)>,
+    /// The slot the next new user agent takes once `uas` is full.
+    next_ua: usize,
     geo: Option<(IpAddr, Arc<GeoInfo>)>,
-    /// Hits and misses (ua, geo), reported once per request.
-    ua_stats: (u64, u64),
-    geo_stats: (u64, u64),
+    /// The request's client address as rows carry it (anonymized if the key says so).
+    client_ip: String,
+    /// Hits and misses (per-request ua, shared ua cache, geo), reported once per request.
+    stats: crate::telemetry::EnrichStats,
     /// User agents parsed, and left for workerd's enrichment job past the budget.
     ua_parsed: usize,
     ua_deferred: u64,
 }
 
-impl Memo {
-    fn ua(&mut self, e: &Enricher, ua: &str, budget: usize) -> Arc<UaInfo> {
-        match &self.ua {
-            Some((k, v)) if k == ua => {
-                self.ua_stats.0 += 1;
-                Arc::clone(v)
-            }
-            _ => {
-                self.ua_stats.1 += 1;
-                let v = match e.user_agent_if(ua, self.ua_parsed < budget) {
-                    UaLookup::Cached(v) => v,
-                    UaLookup::Parsed(v) => {
-                        self.ua_parsed += 1;
-                        v
-                    }
-                    UaLookup::Skipped => {
-                        self.ua_deferred += 1;
-                        return Arc::new(UaInfo::default());
-                    }
-                };
+impl<'b> Memo<'b> {
+    fn new(ctx: &Context<'_>) -> Memo<'b> {
+        Memo {
+            uas: Vec::new(),
+            next_ua: 0,
+            geo: None,
+            client_ip: shown(ctx.client_ip, ctx.anonymize_ip),
+            stats: Default::default(),
+            ua_parsed: 0,
+            ua_deferred: 0,
+        }
+    }
 
-                self.ua = Some((ua.to_string(), Arc::clone(&v)));
+    fn ua(&mut self, e: &Enricher, ua: &'b str, budget: usize) -> Arc<UaInfo> {
+        if let Some((_, v)) = self.uas.iter().find(|(k, _)| *k == ua) {
+            self.stats.ua_request.0 += 1;
+            return Arc::clone(v);
+        }
+        self.stats.ua_request.1 += 1;
+        let v = match e.user_agent_if(ua, self.ua_parsed < budget) {
+            UaLookup::Cached(v) => {
+                self.stats.ua_cache.0 += 1;
                 v
             }
+            UaLookup::Parsed(v) => {
+                self.stats.ua_cache.1 += 1;
+                self.ua_parsed += 1;
+                v
+            }
+            UaLookup::Skipped => {
+                self.stats.ua_cache.1 += 1;
+                self.ua_deferred += 1;
+                return Arc::new(UaInfo::default());
+            }
+        };
+        if self.uas.len() < MEMO_UAS {
+            self.uas.push((ua, Arc::clone(&v)));
+        } else {
+            self.uas[self.next_ua] = (ua, Arc::clone(&v));
+            self.next_ua = (self.next_ua + 1) % MEMO_UAS;
         }
+        v
     }
 
     fn geo(&mut self, e: &Enricher, ip: IpAddr) -> Arc<GeoInfo> {
         match &self.geo {
             Some((k, v)) if *k == ip => {
-                self.geo_stats.0 += 1;
+                self.stats.geo_request.0 += 1;
                 Arc::clone(v)
             }
             _ => {
-                self.geo_stats.1 += 1;
+                self.stats.geo_request.1 += 1;
                 let v = Arc::new(e.geo(ip));
                 self.geo = Some((ip, Arc::clone(&v)));
                 v
             }
         }
+    }
+}
+
+/// An address as rows carry it.
+fn shown(ip: IpAddr, anonymize_ip: bool) -> String {
+    if anonymize_ip {
+        anonymize(ip).to_string()
+    } else {
+        ip.to_string()
     }
 }
 
@@ -240,16 +275,11 @@ pub fn prepare(batch: &Batch<'_>, ctx: &Context<'_>) -> Result<Rows, ApiError> {
     }
     let mut p = Collector::new(ctx.max_details);
     let mut out = Rows::with_capacity(n);
-    let mut memo = Memo::default();
+    let mut memo = Memo::new(ctx);
     for (i, e) in batch.events.iter().enumerate() {
         prepare_one(&mut p, i, e, ctx, &mut memo, &mut out);
     }
-    crate::telemetry::enrich_memo(
-        memo.ua_stats.0,
-        memo.ua_stats.1,
-        memo.geo_stats.0,
-        memo.geo_stats.1,
-    );
+    crate::telemetry::enrich_memo(&memo.stats);
     crate::telemetry::ua_deferred(memo.ua_deferred);
     if p.total == 0 {
         Ok(out)
@@ -258,12 +288,12 @@ pub fn prepare(batch: &Batch<'_>, ctx: &Context<'_>) -> Result<Rows, ApiError> {
     }
 }
 
-fn prepare_one(
+fn prepare_one<'b>(
     p: &mut Collector,
     i: usize,
-    e: &EventIn<'_>,
-    ctx: &Context<'_>,
-    memo: &mut Memo,
+    e: &'b EventIn<'_>,
+    ctx: &Context<'b>,
+    memo: &mut Memo<'b>,
     out: &mut Rows,
 ) -> Option<()> {
     let (tenant, received_at_ms, limits) = (ctx.tenant, ctx.received_at_ms, ctx.limits);
@@ -309,9 +339,9 @@ fn prepare_one(
         p.add(i, "name", "is required for custom events");
     }
     let properties = match &e.properties {
-        None => "{}".to_string(),
+        None => Cow::Borrowed("{}"),
         Some(v) => match simd_json::to_string(v) {
-            Ok(s) if s.len() <= limits.max_properties_bytes => s,
+            Ok(s) if s.len() <= limits.max_properties_bytes => Cow::Owned(s),
             Ok(s) => {
                 p.add(
                     i,
@@ -322,11 +352,11 @@ fn prepare_one(
                         limits.max_properties_bytes
                     ),
                 );
-                String::new()
+                Cow::Borrowed("")
             }
             Err(err) => {
                 p.add(i, "properties", format!("cannot be encoded: {err}"));
-                String::new()
+                Cow::Borrowed("")
             }
         },
     };
@@ -350,15 +380,7 @@ fn prepare_one(
         ctx.max_ua_parses,
     );
     let geo = memo.geo(ctx.enricher, event_ip.unwrap_or(ctx.client_ip));
-    let shown = |ip: IpAddr| {
-        if ctx.anonymize_ip {
-            anonymize(ip).to_string()
-        } else {
-            ip.to_string()
-        }
-    };
-    let client_ip = shown(ctx.client_ip);
-    let ip = event_ip.map(shown);
+    let ip = event_ip.map(|ip| shown(ip, ctx.anonymize_ip));
     let corrected = match sent_at {
         Some(sent) => ts + (received_at_ms - sent),
         None => ts,
@@ -400,7 +422,7 @@ fn prepare_one(
         load_time: e.load_time,
         name: e.name.as_deref(),
         properties,
-        client_ip: &client_ip,
+        client_ip: &memo.client_ip,
         browser: &ua.browser,
         browser_version: &ua.browser_version,
         os: &ua.os,

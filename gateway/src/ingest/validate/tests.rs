@@ -204,6 +204,39 @@ fn enrichment_fields_are_filled() {
 }
 
 #[test]
+fn interleaved_user_agents_each_enrich_their_own_events() {
+    // A server SDK's batch interleaves its users' agents: more distinct ones
+    // than the request's memo holds, in turns, and each event must still get
+    // its own agent's browser (the memo is keyed by the whole string).
+    let agents: Vec<String> = (0..(super::MEMO_UAS + 5))
+        .map(|i| format!("Mozilla/5.0 (X11; Linux x86_64; rv:{i}.0) Gecko/20100101 Firefox/{i}.0"))
+        .chain(["curl/8.0.1".to_string()])
+        .collect();
+    let events: Vec<String> = (0..200)
+        .map(|i| {
+            let ua = &agents[(i * 7) % agents.len()];
+            format!(r#"{{{BASE},"type":"pageview","user_agent":"{ua}"}}"#)
+        })
+        .collect();
+    let out = run(&format!(r#"{{"events":[{}]}}"#, events.join(","))).expect("valid");
+    for i in 0..200 {
+        let v: serde_json::Value = serde_json::from_slice(out.row(i)).expect("json");
+        let ua = &agents[(i * 7) % agents.len()];
+        assert_eq!(v["user_agent"], ua.as_str());
+        if let Some(version) = ua.strip_suffix(".0").and_then(|u| u.rsplit('/').next()) {
+            if ua.starts_with("Mozilla") {
+                assert_eq!(v["browser"], "Firefox", "event {i}");
+                assert_eq!(v["browser_version"], format!("{version}.0"), "event {i}");
+                assert_eq!(v["is_bot"], false, "event {i}");
+                continue;
+            }
+        }
+        assert_eq!(v["is_bot"], true, "event {i}: {ua}");
+        assert_eq!(v["client_ip"], "192.0.2.10");
+    }
+}
+
+#[test]
 fn custom_properties_pass_through_as_json_text() {
     let out = run(r#"{"events":[{"id":"550e8400-e29b-41d4-a716-446655440000","session_id":"11111111-1111-1111-1111-111111111111","timestamp":"2024-01-01T00:00:00Z","type":"custom","name":"signup","properties":{"plan":"pro","n":3,"nested":{"a":[1,2]}}}]}"#).expect("valid");
     let v: serde_json::Value = serde_json::from_slice(out.row(0)).expect("json");

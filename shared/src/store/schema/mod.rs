@@ -215,7 +215,7 @@ mod tests {
             dom_content_loaded: Some(0.0),
             load_time: Some(0.0),
             name: Some(""),
-            properties: String::new(),
+            properties: "".into(),
             client_ip: "",
             browser: "",
             browser_version: "",
