@@ -13,7 +13,8 @@ linger), the gateway's own liveness probe, and then the gateway's scenarios.
 The machine's speed drifts by a third within minutes, so every ratio is taken
 within a round: `--rounds` rounds of `--slice` seconds each run the trivial
 handlers, liveness and one-event requests one after the other, then the
-floor, the maximum and half of it; the page shows each ratio's median over
+floor, the maximum, half of it and the floor again (the round's floor is the
+mean of the two around its load); the page shows each ratio's median over
 the rounds with its range. The other scenarios run once, `--seconds` each,
 against the median floor. The page publishes the ratios first (they carry
 from one machine to another), the absolute numbers second, and each run
@@ -93,7 +94,7 @@ def request_rounds(env, rounds, seconds, only, results):
         targets["trivial"] = start_trivial(env)
         targets["trivial_wait"] = start_trivial(env, LINGER_MS)
     names = [n for n in REQUEST_ROUNDS if n in targets or n in only]
-    for r in range(rounds):
+    for r in range(rounds if names else 0):
         k = r % len(names)
         for name in names[k:] + names[:k]:
             url, pid = targets.get(name, (None, None))
@@ -105,15 +106,21 @@ def request_rounds(env, rounds, seconds, only, results):
 
 def event_rounds(env, rounds, seconds, only, floor, results, floors):
     """`rounds` rounds of the floor (criterion, plain and gzip 1000-event
-    bodies), the maximum and half the maximum (this round's)."""
+    bodies), the maximum and half the maximum (this round's), and the floor
+    again: the round's floor is the mean of the two around its load, so a
+    machine whose speed moves during the round moves both sides alike."""
+    measure = lambda: harness.floor_us_per_event(warm_up=1, measure=max(2, seconds // 2))
     for r in range(rounds):
-        if floor:
-            floors.append(harness.floor_us_per_event(warm_up=1, measure=max(2, seconds // 2)))
+        before = measure() if floor else None
         rates = {}
         for name in [n for n in EVENT_ROUNDS if n in only]:
             rep = harness.loadtest_run(env, SCENARIOS[name][1](seconds, rates), "%s-%d" % (name, r))
             results.setdefault(name, []).append(rep)
             rates[name] = rep["phases"][0]["events_per_sec"]
+        if floor:
+            after = measure()
+            floors.append(dict({k: (before[k] + after[k]) / 2 for k in before},
+                               before=before["plain_1000"], after=after["plain_1000"]))
 
 
 def main():
@@ -263,9 +270,12 @@ def render(results):
     floor = results.get("floor")
     if floor:
         plain = [f["plain_1000"] for f in floors]
+        single = [f[k] for f in floors for k in ("before", "after") if k in f]
         out += ["", "**Floor** (criterion, `cargo bench -p gateway --bench floor`, in each round before "
-                "the maximum): median %.2f µs/event plain (rounds %.2f–%.2f), %.2f µs/event gzip."
-                % (floor["plain_1000"], min(plain), max(plain), floor["gzip_1000"])]
+                "the maximum and after half of it; a round's floor is the mean of the two): median "
+                "%.2f µs/event plain (rounds %.2f–%.2f; single measurements %.2f–%.2f), %.2f µs/event gzip."
+                % (floor["plain_1000"], min(plain), max(plain), min(single or plain), max(single or plain),
+                   floor["gzip_1000"])]
     out += ["", "After the last scenario%s the gateway %s." % (
         " (the burst)" if results.get("burst") else "",
         "was alive and ready" if results.get("alive_after") else "was NOT ready"), ""]
