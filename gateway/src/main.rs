@@ -1,4 +1,4 @@
-//! `gateway [--config FILE]`: config → telemetry → bind → serve until SIGTERM/Ctrl-C.
+//! `gateway [--config FILE]`: config → runtime → telemetry → bind → serve until SIGTERM/Ctrl-C.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,8 +20,7 @@ struct Args {
     check_config: bool,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
     let config = match Config::load_or_exit("gateway", args.config.as_deref()) {
         Ok(c) => c,
@@ -36,10 +35,30 @@ async fn main() -> ExitCode {
         );
         return Exit::Ok.code();
     }
-    let telemetry = shared::runtime::telemetry::init(&config.log, &config.telemetry, "gateway");
-    let exit = run(config).await;
-    telemetry.shutdown();
-    exit.code()
+    let runtime = match network_runtime(config.gateway.network_threads) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("gateway: cannot start the network threads: {e}");
+            return Exit::Failure.code();
+        }
+    };
+    runtime.block_on(async {
+        let telemetry = shared::runtime::telemetry::init(&config.log, &config.telemetry, "gateway");
+        let exit = run(config).await;
+        telemetry.shutdown();
+        exit.code()
+    })
+}
+
+/// The runtime that serves connections: `gateway.network_threads` threads,
+/// or tokio's default (one per core, or `TOKIO_WORKER_THREADS`) for 0.
+fn network_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.enable_all();
+    if threads > 0 {
+        b.worker_threads(threads);
+    }
+    b.build()
 }
 
 async fn run(config: Config) -> Exit {

@@ -38,6 +38,10 @@ impl Operations for App {
             "ingest_in_progress": self.in_progress(),
             "connections": self.connections(),
             "body_budget_free_bytes": self.body_budget.available_permits(),
+            "threads": {
+                "network": tokio::runtime::Handle::current().metrics().num_workers(),
+                "cpu_workers": self.workers.threads(),
+            },
             "memory": {
                 "rss_bytes": resident_bytes(),
                 "bound_bytes": crate::budget::MemoryBound::of(&self.config).total(),

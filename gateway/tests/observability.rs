@@ -50,6 +50,64 @@ async fn post(gw: &GatewayProcess, body: &serde_json::Value) -> reqwest::Result<
         .await
 }
 
+/// The process's threads by name (`/proc/<pid>/task/*/comm`), counted.
+fn threads_of(pid: u32) -> std::collections::BTreeMap<String, usize> {
+    let mut named = std::collections::BTreeMap::new();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc task dir");
+    for t in tasks.flatten() {
+        if let Ok(comm) = std::fs::read_to_string(t.path().join("comm")) {
+            let name = comm.trim().trim_end_matches(|c: char| c.is_ascii_digit());
+            *named.entry(name.to_string()).or_insert(0) += 1;
+        }
+    }
+    named
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_runs_the_threads_its_config_names() {
+    // What an operator sees in `top -H`: `network_threads` serve connections,
+    // `cpu_workers` decode and validate, and no more of either appear under
+    // load (tokio's blocking pool used to start threads as it pleased).
+    let svc = services();
+    let cfg = shared::testkit::config(&svc);
+    shared::testkit::create_topics(&cfg, 1).await;
+    let gw = GatewayProcess::start_tuned(
+        &cfg,
+        "network_threads = 1\ncpu_workers = 3\n",
+        "[telemetry]\nsnapshot_interval_secs = 0\n",
+    )
+    .await;
+    let session = Uuid::new_v4();
+    // Large batches go to the workers, small ones stay on the network thread;
+    // sent concurrently so that every worker is asked for.
+    let mut posts = tokio::task::JoinSet::new();
+    for i in 0..12 {
+        let (_, body) = batch(if i % 2 == 0 { 400 } else { 1 }, session);
+        let (url, key) = (format!("{}/ingest", gw.url), gw.key());
+        posts.spawn(async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(key)
+                .json(&body)
+                .send();
+            r.await.expect("post").status()
+        });
+    }
+    while let Some(status) = posts.join_next().await {
+        assert_eq!(status.expect("task"), 200);
+    }
+    let threads = threads_of(gw.child.id());
+    assert_eq!(threads.get("overwatch-cpu-"), Some(&3), "{threads:?}");
+    let health: serde_json::Value = reqwest::get(format!("{}/health", gw.ops_url))
+        .await
+        .expect("health")
+        .json()
+        .await
+        .expect("health json");
+    assert_eq!(health["threads"]["network"], 1, "{health}");
+    assert_eq!(health["threads"]["cpu_workers"], 3, "{health}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepted_events_counter_rises_by_exactly_what_was_accepted() {
     let svc = services();

@@ -48,6 +48,11 @@ impl CpuPool {
         })
     }
 
+    /// How many worker threads run.
+    pub fn threads(&self) -> usize {
+        self.capacity
+    }
+
     /// Runs `f` on a worker and returns its result.
     pub async fn run<T: Send + 'static>(
         &self,

@@ -38,8 +38,12 @@ pub struct GatewayConfig {
     pub max_headers: usize,
     /// Request bodies being read or decoded, over all connections, in bytes.
     pub max_buffered_body_bytes: u64,
-    /// Requests decoded, parsed and validated at once (0: one per CPU core).
+    /// Requests decoded, parsed and validated at once, each on a worker
+    /// thread of its own (0: one per CPU core; at most [`MAX_THREADS`]).
     pub cpu_workers: usize,
+    /// Threads serving connections (0: one per CPU core, or tokio's
+    /// `TOKIO_WORKER_THREADS`; at most [`MAX_THREADS`]).
+    pub network_threads: usize,
     /// Uncompressed bodies up to this size are parsed and validated on the
     /// network thread that read them (microseconds of work) instead of being
     /// handed to a worker; 0: every body goes to a worker.
@@ -51,6 +55,10 @@ pub struct GatewayConfig {
     /// send to their own domain under a path ad blockers do not know.
     pub path_prefixes: Vec<String>,
 }
+
+/// Most threads `gateway.cpu_workers` and `gateway.network_threads` may ask
+/// for: each is started when the gateway starts.
+pub const MAX_THREADS: usize = 1024;
 
 /// Which header carries the client's address through proxies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -132,6 +140,17 @@ impl GatewayConfig {
                 "gateway.max_buffered_body_bytes",
                 "must be at least gateway.max_body_bytes, or a largest body could never be read",
             ));
+        }
+        for (key, n) in [
+            ("gateway.cpu_workers", self.cpu_workers),
+            ("gateway.network_threads", self.network_threads),
+        ] {
+            if n > MAX_THREADS {
+                return Err(ConfigError::new(
+                    key,
+                    format!("must be at most {MAX_THREADS} (0: one per CPU core)"),
+                ));
+            }
         }
         if self.operations_listen == self.listen && self.listen.port() != 0 {
             return Err(ConfigError::new(
