@@ -240,7 +240,7 @@ def render(results):
     rounds = results.get("rounds", 1)
     out = ["## Latest run", "",
            "- Date: %s; commit `%s`; `make bench`: %d alternating rounds of %d s per scenario "
-           "(the baselines, liveness and one-event requests; the floor, the maximum and half of it), "
+           "(the baselines, liveness and one-event requests; the floor, the maximum, half of it and the floor again), "
            "then %d s per other scenario" % (
                results["date"], results["commit"], rounds, results.get("slice", 0), results["seconds"]),
            "- Machine: %s" % results["machine"],
