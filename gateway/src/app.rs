@@ -24,9 +24,8 @@ pub struct App {
     pub sink: Arc<Sink>,
     /// Bytes of request bodies read and not yet decoded (`gateway.max_buffered_body_bytes`).
     pub body_budget: Arc<Semaphore>,
-    /// Decode/parse/validate slots (`gateway.cpu_workers`).
-    pub cpu: Arc<Semaphore>,
-    /// The threads a slot's work runs on when not on a network thread.
+    /// Decode/parse/validate slots (`gateway.cpu_workers`) and the threads a
+    /// slot's work runs on when not on a network thread.
     pub workers: crate::ingest::pool::CpuPool,
     shutting_down: AtomicBool,
     /// `/ingest` requests past their body (load shedding past the limit).
@@ -84,7 +83,6 @@ impl App {
                 g.max_events_per_batch,
             ),
             body_budget: Arc::new(Semaphore::new(budget)),
-            cpu: Arc::new(Semaphore::new(g.cpu_workers())),
             workers: crate::ingest::pool::CpuPool::new(g.cpu_workers())
                 .map_err(StartError::Workers)?,
             sink: Arc::new(sink),

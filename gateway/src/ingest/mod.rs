@@ -164,7 +164,7 @@ async fn accept(
     };
     // Inline work takes a free worker slot without waiting (so the memory
     // bound's worker term covers it); with none free the body goes to a worker.
-    let slot = inline.then(|| app.cpu.try_acquire().ok()).flatten();
+    let slot = inline.then(|| app.workers.try_slot()).flatten();
     let (outcome, events, tier) = match slot.map(|_slot| job.run(Step::Inline)) {
         Some((Attempt::Done(outcome), events, tier)) => (Ok(*outcome), events, tier),
         Some((Attempt::Failed(e), events, tier)) => (Err(e), events, tier),
@@ -292,11 +292,6 @@ async fn on_worker<T: Send + 'static>(
     app: &App,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
-    let _slot = app
-        .cpu
-        .acquire()
-        .await
-        .map_err(|_| ApiError::ShuttingDown)?;
     app.workers
         .run(work)
         .await

@@ -5,12 +5,18 @@
 //! each task to whichever idle thread wakes, so a request's work rotated over
 //! every thread it ever started (five under steady load on two cores), each
 //! with cold caches, its own allocator arena and its own reused buffers. Here
-//! the same few threads take every job in turn. Jobs arrive only through a
-//! `cpu_workers` slot (`App::cpu`), so the queue never holds more than that.
+//! the same few threads take every job in turn.
+//!
+//! The pool also owns the `cpu_workers` slots: a job holds its slot until it
+//! has run, even when the request that queued it is gone (a client that
+//! hung up), so the queue never holds more jobs than there are threads, and a
+//! network thread's inline work takes a slot too.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 type Work = Box<dyn FnOnce() + Send + 'static>;
 
@@ -27,6 +33,7 @@ pub enum PoolError {
 
 pub struct CpuPool {
     queue: SyncSender<Work>,
+    slots: Arc<Semaphore>,
     capacity: usize,
 }
 
@@ -44,6 +51,7 @@ impl CpuPool {
         }
         Ok(CpuPool {
             queue,
+            slots: Arc::new(Semaphore::new(threads)),
             capacity: threads,
         })
     }
@@ -53,15 +61,25 @@ impl CpuPool {
         self.capacity
     }
 
-    /// Runs `f` on a worker and returns its result.
+    /// A free slot for work on the calling thread, if there is one now.
+    pub fn try_slot(&self) -> Option<SemaphorePermit<'_>> {
+        self.slots.try_acquire().ok()
+    }
+
+    /// Waits for a free slot, then runs `f` on a worker and returns its result.
     pub async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, PoolError> {
+        let slot = Arc::clone(&self.slots)
+            .acquire_owned()
+            .await
+            .map_err(|_| PoolError::Stopped)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Work = Box::new(move || {
-            // A panic is the job's alone: the worker lives on, the caller
-            // sees its channel closed.
+            let _slot = slot; // freed once the job has run, awaited or not
+                              // A panic is the job's alone: the worker lives on, the caller
+                              // sees its channel closed.
             if let Ok(v) = catch_unwind(AssertUnwindSafe(f)) {
                 let _ = tx.send(v);
             }
@@ -105,5 +123,36 @@ mod tests {
             sum += pool.run(move || i * 2).await.expect("ran");
         }
         assert_eq!(sum, 56);
+    }
+
+    #[tokio::test]
+    async fn a_job_keeps_its_slot_after_its_request_is_gone() {
+        // Clients that hang up must not let more jobs in than there are
+        // threads: each job holds its slot until it has run.
+        let pool = Arc::new(CpuPool::new(1).expect("pool"));
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+        let p = Arc::clone(&pool);
+        let a = tokio::spawn(async move {
+            p.run(move || {
+                let _ = started_tx.send(());
+                let _ = gate_rx.recv();
+            })
+            .await
+        });
+        tokio::task::yield_now().await; // A takes the slot and queues its job
+        started_rx.recv().expect("job A runs");
+        a.abort(); // A's client hung up; its job still runs
+        let p = Arc::clone(&pool);
+        let b = tokio::spawn(async move { p.run(|| 1).await });
+        tokio::task::yield_now().await; // B waits (for a slot, or queued)
+        b.abort(); // and its client hung up too
+        let p = Arc::clone(&pool);
+        let c = tokio::spawn(async move { p.run(|| 3).await });
+        tokio::task::yield_now().await;
+        gate_tx.send(()).expect("open the gate");
+        let got = c.await.expect("task C");
+        assert!(matches!(got, Ok(3)), "{got:?}");
+        assert!(pool.try_slot().is_some(), "every slot is free again");
     }
 }
