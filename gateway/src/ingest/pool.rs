@@ -77,9 +77,10 @@ impl CpuPool {
             .map_err(|_| PoolError::Stopped)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Work = Box::new(move || {
-            let _slot = slot; // freed once the job has run, awaited or not
-                              // A panic is the job's alone: the worker lives on, the caller
-                              // sees its channel closed.
+            // The slot is freed once the job has run, awaited or not. A panic
+            // is the job's alone: the worker lives on, the caller sees its
+            // channel closed.
+            let _slot = slot;
             if let Ok(v) = catch_unwind(AssertUnwindSafe(f)) {
                 let _ = tx.send(v);
             }
