@@ -187,7 +187,10 @@ impl<'b> Memo<'b> {
         self.stats.ua_request.1 += 1;
         let v = match e.user_agent_if(ua, self.ua_parsed < budget) {
             UaLookup::Cached(v) => {
-                self.stats.ua_cache.0 += 1;
+                // The empty agent is answered without asking the cache.
+                if !ua.is_empty() {
+                    self.stats.ua_cache.0 += 1;
+                }
                 v
             }
             UaLookup::Parsed(v) => {
