@@ -5,16 +5,18 @@
 //! each task to whichever idle thread wakes, so a request's work rotated over
 //! every thread it ever started (five under steady load on two cores), each
 //! with cold caches, its own allocator arena and its own reused buffers. Here
-//! the same few threads take every job in turn.
+//! a job goes to the worker that went idle last: below the maximum one worker
+//! takes job after job while the others sleep, and each worker joins in only
+//! when the ones before it are busy.
 //!
 //! The pool also owns the `cpu_workers` slots: a job holds its slot until it
 //! has run, even when the request that queued it is gone (a client that
 //! hung up), so the queue never holds more jobs than there are threads, and a
 //! network thread's inline work takes a slot too.
 
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use tokio::sync::{Semaphore, SemaphorePermit};
 
@@ -32,28 +34,65 @@ pub enum PoolError {
 }
 
 pub struct CpuPool {
-    queue: SyncSender<Work>,
+    shared: Arc<Shared>,
     slots: Arc<Semaphore>,
     capacity: usize,
 }
 
+/// The workers' common state. A job goes to the worker that went idle last
+/// (its caches, allocator arena and buffers are the warmest), so below the
+/// maximum the same worker takes job after job and the others sleep; a
+/// worker-agnostic queue handed jobs to the workers in turn.
+struct Shared {
+    state: Mutex<State>,
+    /// One per worker: only the worker a job was handed to is woken.
+    wake: Vec<Condvar>,
+}
+
+struct State {
+    /// Idle workers, the last to go idle on top.
+    idle: Vec<usize>,
+    /// A job handed to an idle worker, by worker.
+    handed: Vec<Option<Work>>,
+    /// Jobs that found no idle worker (a worker about to finish holds no
+    /// slot any more but is not idle yet); at most one per worker.
+    queue: VecDeque<Work>,
+    stopped: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A job runs outside the lock, so a panic cannot poison it; recover anyway.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 impl CpuPool {
-    /// Starts `threads` workers (at least one); they end when the pool is dropped.
+    /// Starts `threads` workers (at least one); they end when the pool is
+    /// dropped, after the jobs already queued.
     pub fn new(threads: usize) -> std::io::Result<CpuPool> {
         let threads = threads.max(1);
-        let (queue, jobs) = mpsc::sync_channel::<Work>(threads);
-        let jobs = Arc::new(Mutex::new(jobs));
-        for i in 0..threads {
-            let jobs = Arc::clone(&jobs);
-            std::thread::Builder::new()
-                .name(format!("overwatch-cpu-{i}"))
-                .spawn(move || work(&jobs))?;
-        }
-        Ok(CpuPool {
-            queue,
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                idle: Vec::with_capacity(threads),
+                handed: (0..threads).map(|_| None).collect(),
+                queue: VecDeque::with_capacity(threads),
+                stopped: false,
+            }),
+            wake: (0..threads).map(|_| Condvar::new()).collect(),
+        });
+        let pool = CpuPool {
+            shared,
             slots: Arc::new(Semaphore::new(threads)),
             capacity: threads,
-        })
+        };
+        for i in 0..threads {
+            let shared = Arc::clone(&pool.shared);
+            std::thread::Builder::new()
+                .name(format!("overwatch-cpu-{i}"))
+                .spawn(move || work(&shared, i))?;
+        }
+        Ok(pool)
     }
 
     /// How many worker threads run.
@@ -77,29 +116,70 @@ impl CpuPool {
             .map_err(|_| PoolError::Stopped)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Work = Box::new(move || {
-            // The slot is freed once the job has run, awaited or not. A panic
-            // is the job's alone: the worker lives on, the caller sees its
-            // channel closed.
-            let _slot = slot;
-            if let Ok(v) = catch_unwind(AssertUnwindSafe(f)) {
+            // The slot is freed once the job has run, awaited or not, and
+            // before its result is sent (so the caller finds it free). A
+            // panic is the job's alone: the worker lives on, the caller sees
+            // its channel closed.
+            let out = catch_unwind(AssertUnwindSafe(f));
+            drop(slot);
+            if let Ok(v) = out {
                 let _ = tx.send(v);
             }
         });
-        self.queue.try_send(job).map_err(|e| match e {
-            TrySendError::Full(_) => PoolError::Full(self.capacity),
-            TrySendError::Disconnected(_) => PoolError::Stopped,
-        })?;
+        self.submit(job)?;
         rx.await.map_err(|_| PoolError::Panicked)
+    }
+
+    fn submit(&self, job: Work) -> Result<(), PoolError> {
+        let mut state = self.shared.lock();
+        if state.stopped {
+            return Err(PoolError::Stopped);
+        }
+        if let Some(worker) = state.idle.pop() {
+            state.handed[worker] = Some(job);
+            drop(state);
+            self.shared.wake[worker].notify_one();
+        } else if state.queue.len() < self.capacity {
+            // Every worker is busy or finishing: the first to finish takes it.
+            state.queue.push_back(job);
+        } else {
+            return Err(PoolError::Full(self.capacity));
+        }
+        Ok(())
     }
 }
 
-fn work(jobs: &Mutex<Receiver<Work>>) {
+impl Drop for CpuPool {
+    fn drop(&mut self) {
+        self.shared.lock().stopped = true;
+        for cv in &self.shared.wake {
+            cv.notify_one();
+        }
+    }
+}
+
+fn work(shared: &Shared, me: usize) {
+    let mut state = shared.lock();
     loop {
-        // One worker waits in `recv` holding the lock, the others on the lock.
-        let next = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
-        match next {
-            Ok(job) => job(),
-            Err(_) => return, // the pool was dropped
+        let next = state.handed[me].take().or_else(|| state.queue.pop_front());
+        if let Some(job) = next {
+            drop(state);
+            job();
+            state = shared.lock();
+            continue;
+        }
+        if state.stopped {
+            return;
+        }
+        state.idle.push(me);
+        while state.handed[me].is_none() && !state.stopped {
+            state = shared.wake[me]
+                .wait(state)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        if state.handed[me].is_none() {
+            // Stopped while idle: leave the idle list.
+            state.idle.retain(|&w| w != me);
         }
     }
 }
@@ -124,6 +204,46 @@ mod tests {
             sum += pool.run(move || i * 2).await.expect("ran");
         }
         assert_eq!(sum, 56);
+    }
+
+    #[tokio::test]
+    async fn jobs_one_after_another_stay_on_the_warm_worker() {
+        // Below the maximum the worker that just finished takes the next job
+        // (a queue shared by all workers handed them out in turn).
+        let pool = CpuPool::new(3).expect("pool");
+        let mut names = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            // Every worker idle (the one before back too) when the job arrives.
+            while pool.shared.lock().idle.len() < 3 {
+                std::thread::yield_now();
+            }
+            let name = pool
+                .run(|| std::thread::current().name().map(str::to_string))
+                .await
+                .expect("ran");
+            names.insert(name);
+        }
+        assert_eq!(names.len(), 1, "jobs ran on {names:?}");
+    }
+
+    #[tokio::test]
+    async fn a_second_job_runs_beside_a_busy_worker() {
+        let pool = CpuPool::new(2).expect("pool");
+        let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+        let gate = Arc::new(Mutex::new(gate_rx));
+        let g = Arc::clone(&gate);
+        let blocked = pool.run(move || {
+            let _ = g.lock().map(|r| r.recv());
+            std::thread::current().name().map(str::to_string)
+        });
+        let other = pool.run(|| std::thread::current().name().map(str::to_string));
+        let (a, b) = tokio::join!(blocked, async {
+            let b = other.await;
+            gate_tx.send(()).expect("open the gate");
+            b
+        });
+        let (a, b) = (a.expect("ran"), b.expect("ran"));
+        assert_ne!(a, b, "the second job ran beside the blocked one");
     }
 
     #[tokio::test]
