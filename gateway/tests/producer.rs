@@ -169,3 +169,57 @@ async fn topic_layout_decides_where_each_type_goes() {
         assert_eq!(high, 0, "a per-type gateway produced to {single}[{p}]");
     }
 }
+
+/// The gateway hands librdkafka its rows without copying them: the messages
+/// point into the request's buffer until the broker has acknowledged them.
+/// A request that stops waiting (its client hung up, or its delivery timed
+/// out) must leave that buffer to the messages still in flight: here each
+/// request is given up right after its messages were enqueued, the memory
+/// it freed is filled with junk before the linger ends, and every row the
+/// broker got must still be the row that was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_keep_their_rows_after_the_request_stops_waiting() {
+    use gateway::sink::{Rows, Sink};
+    let svc = services();
+    let mut cfg = shared::testkit::config(&svc);
+    cfg.kafka.linger_ms = 200;
+    shared::testkit::create_topics(&cfg, 2).await;
+    let sink = Sink::new(&cfg.kafka, cfg.gateway.delivery_timeout_ms, 0).expect("sink");
+    let tenant = Uuid::new_v4();
+    let (requests, per_request) = (8, 40);
+    let pad = "p".repeat(300);
+    for r in 0..requests {
+        let mut rows = Rows::with_capacity(per_request);
+        let session = Uuid::new_v4();
+        for n in 0..per_request {
+            rows.push(EventType::Click, session, |buf| {
+                serde_json::to_writer(
+                    buf,
+                    &serde_json::json!({"type": "click", "r": r, "n": n, "pad": pad}),
+                )
+            })
+            .expect("row");
+        }
+        // Polled once (the messages are enqueued), then dropped.
+        let gave_up =
+            tokio::time::timeout(std::time::Duration::ZERO, sink.send(tenant, rows)).await;
+        assert!(
+            gave_up.is_err(),
+            "request {r} was acknowledged within the linger"
+        );
+    }
+    // Reuse whatever the requests freed, with bytes that are not rows.
+    let junk: Vec<Vec<u8>> = (0..512).map(|i| vec![b'#'; 1024 + i * 64]).collect();
+    let consumer = common::consumer_from_start(&cfg, &[&cfg.kafka.topic_for(EventType::Click)]);
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < requests * per_request {
+        let (_, rows) = common::next_rows(&consumer).await;
+        for v in rows {
+            assert_eq!(v["type"], "click", "{v}");
+            assert_eq!(v["pad"], pad.as_str(), "a row changed in flight: {v}");
+            let key = (v["r"].as_u64().expect("r"), v["n"].as_u64().expect("n"));
+            assert!(seen.insert(key), "row {key:?} twice");
+        }
+    }
+    drop(junk);
+}

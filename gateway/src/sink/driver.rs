@@ -14,8 +14,16 @@
 //! When the last handle to a [`Producer`] goes, the callback is switched off
 //! first, then librdkafka's producer is purged, its last reports served and
 //! the producer destroyed on a blocking thread (that takes up to a second).
+//!
+//! Payloads are not copied into librdkafka: each message points into the
+//! request's buffers, which its [`Waiter`] owns, and every message in flight
+//! holds a reference to that waiter until librdkafka has reported it. So the
+//! buffers outlive every message that points into them, even when the request
+//! stopped waiting (a timeout) or failed to enqueue its later messages. A
+//! report that never comes (a producer destroyed before its last reports were
+//! served) leaves the buffers allocated, never freed early.
 
-use std::ffi::c_void;
+use std::ffi::{c_void, CStr};
 use std::mem::ManuallyDrop;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,7 +36,10 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::producer::{BaseProducer, DeliveryResult, Producer as _, ProducerContext};
 use rdkafka::statistics::Statistics;
+use rdkafka::util::IntoOpaque;
 use tokio::sync::{oneshot, Notify};
+
+use super::pack::{Message, Rows};
 
 /// Reports served per turn of the driver before it yields to other tasks.
 const EVENTS_PER_TURN: usize = 64;
@@ -41,21 +52,35 @@ const IDLE_CHECK: Duration = Duration::from_millis(250);
 pub type Outcome = Result<(), KafkaError>;
 
 /// One request's messages in flight: completes once when the last is
-/// acknowledged or the first fails.
+/// acknowledged or the first fails, and owns the bytes they point to.
 pub struct Waiter {
     remaining: AtomicUsize,
     done: Mutex<Option<oneshot::Sender<Outcome>>>,
+    /// Never changed once the waiter exists: librdkafka reads the messages'
+    /// payloads from here.
+    held: Held,
+}
+
+/// A request's rows and the messages packed from them.
+pub struct Held {
+    pub rows: Rows,
+    pub messages: Vec<Message>,
 }
 
 impl Waiter {
-    /// A waiter for `messages` (at least one) deliveries.
-    pub fn new(messages: usize) -> (Arc<Waiter>, oneshot::Receiver<Outcome>) {
+    /// A waiter for the delivery of each of `held`'s messages (at least one).
+    pub fn new(held: Held) -> (Arc<Waiter>, oneshot::Receiver<Outcome>) {
         let (tx, rx) = oneshot::channel();
         let w = Waiter {
-            remaining: AtomicUsize::new(messages),
+            remaining: AtomicUsize::new(held.messages.len()),
             done: Mutex::new(Some(tx)),
+            held,
         };
         (Arc::new(w), rx)
+    }
+
+    pub fn messages(&self) -> &[Message] {
+        &self.held.messages
     }
 
     fn finish(&self, outcome: Outcome) {
@@ -152,6 +177,70 @@ impl Producer {
         &self.inner
     }
 
+    /// Enqueues message `index` of `waiter` to `topic` without copying its
+    /// payload (librdkafka copies the key; `headers`, names and values, go
+    /// with every message). The message holds a reference to `waiter`, and so
+    /// to its payload, until it is reported.
+    pub fn send_held(
+        &self,
+        topic: &CStr,
+        waiter: &Arc<Waiter>,
+        index: usize,
+        headers: &[(String, String)],
+    ) -> Result<(), KafkaError> {
+        let message = waiter.held.messages.get(index).ok_or_else(|| {
+            KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::InvalidArgument)
+        })?;
+        let payload = message.bytes(&waiter.held.rows);
+        let (key_ptr, key_len) = match &message.key {
+            Some(k) => (k.as_ptr() as *mut c_void, k.len()),
+            None => (std::ptr::null_mut(), 0),
+        };
+        let headers_ptr = native_headers(headers);
+        // The reference the message holds, given back in its delivery report
+        // (`DeliveryContext::delivery`, through rdkafka's `IntoOpaque`).
+        let opaque = Arc::clone(waiter).into_ptr();
+        // SAFETY: a live client; `topic` and the key are read during the call
+        // (librdkafka copies them), the headers are owned by librdkafka on
+        // success; the payload (flags 0: neither copied nor freed) lies in
+        // `waiter`, which the message's opaque reference keeps alive until
+        // its delivery report has been served.
+        let err = unsafe {
+            rdsys::rd_kafka_producev(
+                self.inner.client().native_ptr(),
+                rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_TOPIC,
+                topic.as_ptr(),
+                rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_PARTITION,
+                -1i32, // unassigned: the partitioner picks
+                rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_MSGFLAGS,
+                0i32, // neither RD_KAFKA_MSG_F_COPY nor _F_FREE
+                rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_VALUE,
+                payload.as_ptr() as *mut c_void,
+                payload.len(),
+                rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_KEY,
+                key_ptr,
+                key_len,
+                rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_OPAQUE,
+                opaque,
+                rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_HEADERS,
+                headers_ptr,
+                rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_END,
+            )
+        };
+        if err == rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            // librdkafka owns the headers now.
+            Ok(())
+        } else {
+            // SAFETY: not enqueued, so librdkafka never took the reference
+            // nor the headers.
+            drop(unsafe { Arc::<Waiter>::from_ptr(opaque) });
+            if !headers_ptr.is_null() {
+                unsafe { rdsys::rd_kafka_headers_destroy(headers_ptr) };
+            }
+            Err(KafkaError::MessageProduction(err.into()))
+        }
+    }
+
     fn queued(&self) -> usize {
         // SAFETY: `main` is a live queue handle until `Drop`.
         unsafe { rdsys::rd_kafka_queue_length(self.main.as_ptr()) }
@@ -167,6 +256,28 @@ impl Producer {
             self.inner.poll(Duration::ZERO);
         }
         self.queued() == 0
+    }
+}
+
+/// A message's headers as librdkafka takes them (null for none).
+fn native_headers(headers: &[(String, String)]) -> *mut rdsys::rd_kafka_headers_t {
+    if headers.is_empty() {
+        return std::ptr::null_mut();
+    }
+    // SAFETY: a fresh list; each name and value is copied by
+    // `rd_kafka_header_add` during the call.
+    unsafe {
+        let list = rdsys::rd_kafka_headers_new(headers.len());
+        for (k, v) in headers {
+            rdsys::rd_kafka_header_add(
+                list,
+                k.as_ptr() as *const std::os::raw::c_char,
+                k.len() as isize,
+                v.as_ptr() as *const c_void,
+                v.len() as isize,
+            );
+        }
+        list
     }
 }
 
@@ -210,13 +321,29 @@ impl Drop for Producer {
 mod tests {
     use super::*;
 
+    /// A waiter for `n` messages (their bytes do not matter here).
+    fn waiter(n: usize) -> (Arc<Waiter>, oneshot::Receiver<Outcome>) {
+        let messages = (0..n)
+            .map(|_| Message {
+                topic: 0,
+                key: None,
+                payload: super::super::pack::Payload::Gathered(Vec::new()),
+                rows: 0,
+            })
+            .collect();
+        Waiter::new(Held {
+            rows: Rows::default(),
+            messages,
+        })
+    }
+
     fn failure() -> KafkaError {
         KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::MessageTimedOut)
     }
 
     #[tokio::test]
     async fn a_waiter_completes_after_its_last_delivery() {
-        let (w, mut rx) = Waiter::new(3);
+        let (w, mut rx) = waiter(3);
         w.report(Ok(()));
         w.report(Ok(()));
         assert!(
@@ -229,7 +356,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiter_fails_at_the_first_failed_delivery() {
-        let (w, rx) = Waiter::new(3);
+        let (w, rx) = waiter(3);
         w.report(Ok(()));
         w.report(Err(failure()));
         w.report(Ok(()));

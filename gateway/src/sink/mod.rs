@@ -25,8 +25,7 @@ use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, Producer as _, PurgeConfig};
+use rdkafka::producer::{Producer as _, PurgeConfig};
 use rdkafka::util::Timeout;
 use shared::config::{KafkaConfig, PartitionKey};
 use shared::event::EventType;
@@ -35,7 +34,7 @@ use uuid::Uuid;
 mod driver;
 mod pack;
 
-use driver::{Producer, Waiter};
+use driver::{Held, Producer, Waiter};
 pub use pack::{lanes, pack, Lanes, Message, Payload, Rows};
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +71,8 @@ pub struct Sink {
     current: RwLock<Current>,
     /// The distinct topics produced to.
     topics: Vec<String>,
+    /// The same, as librdkafka takes them.
+    topics_c: Vec<std::ffi::CString>,
     /// Each event type's topic, by index into `topics`.
     lanes: Lanes,
     partition_key: PartitionKey,
@@ -95,6 +96,13 @@ impl Sink {
         }
         let producer = Producer::new(&client_config)?;
         let (topics, lanes) = lanes(kafka);
+        let topics_c = topics
+            .iter()
+            .map(|t| std::ffi::CString::new(t.as_str()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                KafkaError::ClientCreation(format!("a topic name holds a NUL byte: {e}"))
+            })?;
         Ok(Sink {
             client_config,
             current: RwLock::new(Current {
@@ -102,6 +110,7 @@ impl Sink {
                 producer,
             }),
             topics,
+            topics_c,
             lanes,
             partition_key: kafka.partition_key,
             max_message_bytes: kafka.max_message_bytes,
@@ -174,43 +183,15 @@ impl Sink {
         if messages.is_empty() {
             return Ok(());
         }
-        let (waiter, done) = Waiter::new(messages.len());
-        // The request's trace travels with its messages (W3C `traceparent`).
+        let (waiter, done) = Waiter::new(Held { rows, messages });
         let trace = shared::runtime::telemetry::trace_context();
-        let headers = (!trace.is_empty()).then(|| {
-            trace
-                .iter()
-                .fold(OwnedHeaders::new_with_capacity(trace.len()), |h, (k, v)| {
-                    h.insert(Header {
-                        key: k,
-                        value: Some(v.as_bytes()),
-                    })
-                })
-        });
-        for m in &messages {
-            let record = BaseRecord::with_opaque_to(&self.topics[m.topic], Arc::clone(&waiter))
-                .payload(m.bytes(&rows));
-            let record = match &headers {
-                Some(h) => record.headers(h.clone()),
-                None => record,
-            };
-            let record = match &m.key {
-                Some(k) => record.key(&k[..]),
-                None => record,
-            };
-            // Messages enqueued before a failure are still reported to the
-            // waiter, which no one awaits any more.
-            if let Err((err, _)) = producer.base().send(record) {
-                return Err(SinkError::Enqueue(err));
-            }
+        for (i, m) in waiter.messages().iter().enumerate() {
+            producer
+                .send_held(&self.topics_c[m.topic], &waiter, i, &trace)
+                .map_err(SinkError::Enqueue)?;
         }
+        // The messages in flight keep the rows until they are reported.
         drop(waiter);
-        // librdkafka holds its own copies now (bounded by kafka.queue_max_kbytes):
-        // the request's payloads are freed before the wait for acknowledgements.
-        drop(messages);
-        drop(rows);
-        // librdkafka's message.timeout.ms equals delivery_timeout; the extra margin
-        // lets its own (more precise) error arrive first.
         let bound = self.delivery_timeout + Duration::from_millis(250);
         match tokio::time::timeout(bound, done).await {
             Ok(Ok(Ok(()))) => {
