@@ -39,7 +39,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::util::IntoOpaque;
 use tokio::sync::{oneshot, Notify};
 
-use super::pack::{Message, Rows};
+use super::pack::Message;
 
 /// Reports served per turn of the driver before it yields to other tasks.
 const EVENTS_PER_TURN: usize = 64;
@@ -61,9 +61,9 @@ pub struct Waiter {
     held: Held,
 }
 
-/// A request's rows and the messages packed from them.
+/// A request's rows ([`Rows::into_bytes`]) and the messages packed from them.
 pub struct Held {
-    pub rows: Rows,
+    pub rows: Vec<u8>,
     pub messages: Vec<Message>,
 }
 
@@ -191,7 +191,7 @@ impl Producer {
         let message = waiter.held.messages.get(index).ok_or_else(|| {
             KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::InvalidArgument)
         })?;
-        let payload = message.bytes(&waiter.held.rows);
+        let payload = message.bytes_in(&waiter.held.rows);
         let (key_ptr, key_len) = match &message.key {
             Some(k) => (k.as_ptr() as *mut c_void, k.len()),
             None => (std::ptr::null_mut(), 0),
@@ -332,7 +332,7 @@ mod tests {
             })
             .collect();
         Waiter::new(Held {
-            rows: Rows::default(),
+            rows: Vec::new(),
             messages,
         })
     }

@@ -183,7 +183,10 @@ impl Sink {
         if messages.is_empty() {
             return Ok(());
         }
-        let (waiter, done) = Waiter::new(Held { rows, messages });
+        let (waiter, done) = Waiter::new(Held {
+            rows: rows.into_bytes(),
+            messages,
+        });
         let trace = shared::runtime::telemetry::trace_context();
         for (i, m) in waiter.messages().iter().enumerate() {
             producer

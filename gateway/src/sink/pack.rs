@@ -92,6 +92,15 @@ impl Rows {
         self.rows.len()
     }
 
+    /// The rows' buffer alone (what messages point into once packed), its
+    /// capacity trimmed to what was written: it is held until the broker has
+    /// acknowledged every message, so no reservation outlives the request.
+    pub fn into_bytes(self) -> Vec<u8> {
+        let mut bytes = self.bytes;
+        bytes.shrink_to_fit();
+        bytes
+    }
+
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
     }
@@ -157,8 +166,14 @@ pub enum Payload {
 impl Message {
     /// The message's bytes (`rows` is what it was packed from).
     pub fn bytes<'a>(&'a self, rows: &'a Rows) -> &'a [u8] {
+        self.bytes_in(&rows.bytes)
+    }
+
+    /// The message's bytes, given the buffer of the rows it was packed from
+    /// ([`Rows::into_bytes`]).
+    pub fn bytes_in<'a>(&'a self, rows: &'a [u8]) -> &'a [u8] {
         match &self.payload {
-            Payload::Span(r) => &rows.bytes[r.clone()],
+            Payload::Span(r) => &rows[r.clone()],
             Payload::Gathered(v) => v,
         }
     }
@@ -291,6 +306,25 @@ mod tests {
             assert_eq!(*at.get_or_insert(ptr), ptr, "row {i} moved the buffer");
         }
         assert_eq!(rows.len(), 200);
+    }
+
+    #[test]
+    fn held_rows_keep_no_reservation_beyond_what_was_written() {
+        // The rows stay until the broker acknowledges them: a batch whose
+        // first row was large reserved for more, and that must not be held.
+        let s = Uuid::new_v4();
+        let big = "x".repeat(1500);
+        let mut list = vec![(EventType::Custom, s, big.as_str())];
+        list.extend((0..100).map(|_| (EventType::Custom, s, "y")));
+        let rows = rows_of(&list);
+        let written = rows.bytes.len();
+        assert!(
+            rows.bytes.capacity() > written,
+            "the test needs a reservation"
+        );
+        let held = rows.into_bytes();
+        assert_eq!(held.len(), written);
+        assert_eq!(held.capacity(), written);
     }
 
     #[test]
