@@ -17,9 +17,8 @@
 //!   `gateway.max_header_bytes`;
 //! - produced events wait in librdkafka's queue (`kafka.queue_max_kbytes` of
 //!   payload): the messages point into their request's rows, held (trimmed
-//!   to size) until the last is acknowledged, and rows of interleaved
-//!   sessions are gathered into messages of their own beside them, so the
-//!   queue holds at most twice its payload bytes;
+//!   to size) until the last is acknowledged, or, when some rows had to be
+//!   gathered, each message holds its own bytes and the rows are let go;
 //! - each request in flight holds its answer (422 details are capped).
 //!
 //! Baseline memory (code, the user-agent regexes and cache, a GeoIP database)
@@ -63,7 +62,7 @@ impl MemoryBound {
             workers: g.cpu_workers() as u64 * per_worker,
             connections: g.max_connections as u64
                 * (2 * g.max_header_bytes as u64 + CONNECTION_OVERHEAD),
-            producer: 2 * cfg.kafka.queue_max_kbytes * 1024,
+            producer: cfg.kafka.queue_max_kbytes * 1024,
             answers: g.max_in_flight_requests as u64 * ANSWER_BYTES,
         }
     }

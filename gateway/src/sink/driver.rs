@@ -61,7 +61,8 @@ pub struct Waiter {
     held: Held,
 }
 
-/// A request's rows ([`Rows::into_bytes`]) and the messages packed from them.
+/// What a request's messages point into ([`super::pack::Rows::into_held`])
+/// and the messages.
 pub struct Held {
     pub rows: Vec<u8>,
     pub messages: Vec<Message>,

@@ -183,10 +183,9 @@ impl Sink {
         if messages.is_empty() {
             return Ok(());
         }
-        let (waiter, done) = Waiter::new(Held {
-            rows: rows.into_bytes(),
-            messages,
-        });
+        let mut messages = messages;
+        let rows = rows.into_held(&mut messages);
+        let (waiter, done) = Waiter::new(Held { rows, messages });
         let trace = shared::runtime::telemetry::trace_context();
         for (i, m) in waiter.messages().iter().enumerate() {
             producer

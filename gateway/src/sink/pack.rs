@@ -92,11 +92,24 @@ impl Rows {
         self.rows.len()
     }
 
-    /// The rows' buffer alone (what messages point into once packed), its
-    /// capacity trimmed to what was written: it is held until the broker has
-    /// acknowledged every message, so no reservation outlives the request.
-    pub fn into_bytes(self) -> Vec<u8> {
+    /// What `messages` (packed from these rows) need of them until the broker
+    /// has acknowledged each: the rows' buffer, trimmed to what was written,
+    /// when every message is a span of it; nothing when some had to be
+    /// gathered, after the spans are copied out too. Either way the bytes
+    /// held are about the messages' own, never the rows' twice.
+    pub fn into_held(self, messages: &mut [Message]) -> Vec<u8> {
         let mut bytes = self.bytes;
+        if messages
+            .iter()
+            .any(|m| matches!(m.payload, Payload::Gathered(_)))
+        {
+            for m in messages.iter_mut() {
+                if let Payload::Span(r) = &m.payload {
+                    m.payload = Payload::Gathered(bytes[r.clone()].to_vec());
+                }
+            }
+            return Vec::new();
+        }
         bytes.shrink_to_fit();
         bytes
     }
@@ -322,9 +335,36 @@ mod tests {
             rows.bytes.capacity() > written,
             "the test needs a reservation"
         );
-        let held = rows.into_bytes();
+        let mut m = pack(&rows, s, &SINGLE, PartitionKey::Session, 1 << 20);
+        let held = rows.into_held(&mut m);
         assert_eq!(held.len(), written);
         assert_eq!(held.capacity(), written);
+        assert_eq!(m.len(), 1);
+        // One message of every row, without the last row's newline.
+        assert_eq!(m[0].bytes_in(&held).len(), written - 1);
+    }
+
+    #[test]
+    fn interleaved_rows_are_held_once_not_beside_their_copies() {
+        // Two sessions interleaved: one of them is gathered, so every message
+        // gets its own bytes and the rows' buffer is let go.
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let rows = rows_of(&[
+            (EventType::Click, a, "a1"),
+            (EventType::Click, b, "b1"),
+            (EventType::Click, a, "a2"),
+            (EventType::Click, b, "b2"),
+        ]);
+        let mut m = pack(&rows, a, &SINGLE, PartitionKey::Session, 1024);
+        assert!(m.iter().any(|m| matches!(m.payload, Payload::Gathered(_))));
+        let mut want: Vec<Vec<u8>> = m.iter().map(|x| x.bytes(&rows).to_vec()).collect();
+        let held = rows.into_held(&mut m);
+        assert!(held.is_empty(), "the rows' buffer is not held");
+        let mut got: Vec<Vec<u8>> = m.iter().map(|x| x.bytes_in(&held).to_vec()).collect();
+        want.sort();
+        got.sort();
+        assert_eq!(got, want);
+        assert_eq!(got, vec![b"a1\na2".to_vec(), b"b1\nb2".to_vec()]);
     }
 
     #[test]
