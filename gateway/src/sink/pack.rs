@@ -31,6 +31,9 @@ const FIRST_ROW_BYTES: usize = 1024;
 /// grow the buffer as they are written.
 const RESERVED_ROW_MAX: usize = 2048;
 
+/// Unused capacity a held buffer may keep ([`Rows::into_held`]).
+const HELD_SLACK: usize = 4096;
+
 #[derive(Debug, Clone, Copy)]
 struct Row {
     kind: EventType,
@@ -93,8 +96,8 @@ impl Rows {
     }
 
     /// What `messages` (packed from these rows) need of them until the broker
-    /// has acknowledged each: the rows' buffer, trimmed to what was written,
-    /// when every message is a span of it; nothing when some had to be
+    /// has acknowledged each: the rows' buffer, trimmed to what was written
+    /// (within a page), when every message is a span of it; nothing when some had to be
     /// gathered, after the spans are copied out too. Either way the bytes
     /// held are about the messages' own, never the rows' twice.
     pub fn into_held(self, messages: &mut [Message]) -> Vec<u8> {
@@ -110,7 +113,10 @@ impl Rows {
             }
             return Vec::new();
         }
-        bytes.shrink_to_fit();
+        // A page or less of slack is not worth a reallocation (one-event requests).
+        if bytes.capacity() - bytes.len() > HELD_SLACK {
+            bytes.shrink_to_fit();
+        }
         bytes
     }
 
