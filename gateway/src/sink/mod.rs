@@ -173,7 +173,7 @@ impl Sink {
         rows: Rows,
     ) -> Result<(), SinkError> {
         let started = std::time::Instant::now();
-        let messages = pack(
+        let mut messages = pack(
             &rows,
             tenant,
             &self.lanes,
@@ -183,9 +183,10 @@ impl Sink {
         if messages.is_empty() {
             return Ok(());
         }
-        let mut messages = messages;
+        // What the messages point into stays with them until each is reported.
         let rows = rows.into_held(&mut messages);
         let (waiter, done) = Waiter::new(Held { rows, messages });
+        // The request's trace travels with its messages (W3C `traceparent`).
         let trace = shared::runtime::telemetry::trace_context();
         for (i, m) in waiter.messages().iter().enumerate() {
             producer
