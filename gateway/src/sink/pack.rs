@@ -183,13 +183,8 @@ pub enum Payload {
 }
 
 impl Message {
-    /// The message's bytes (`rows` is what it was packed from).
-    pub fn bytes<'a>(&'a self, rows: &'a Rows) -> &'a [u8] {
-        self.bytes_in(&rows.bytes)
-    }
-
     /// The message's bytes, given the buffer of the rows it was packed from
-    /// ([`Rows::into_bytes`]).
+    /// (or what [`Rows::into_held`] kept of it).
     pub fn bytes_in<'a>(&'a self, rows: &'a [u8]) -> &'a [u8] {
         match &self.payload {
             Payload::Span(r) => &rows[r.clone()],
@@ -363,7 +358,7 @@ mod tests {
         ]);
         let mut m = pack(&rows, a, &SINGLE, PartitionKey::Session, 1024);
         assert!(m.iter().any(|m| matches!(m.payload, Payload::Gathered(_))));
-        let mut want: Vec<Vec<u8>> = m.iter().map(|x| x.bytes(&rows).to_vec()).collect();
+        let mut want: Vec<Vec<u8>> = m.iter().map(|x| x.bytes_in(&rows.bytes).to_vec()).collect();
         let held = rows.into_held(&mut m);
         assert!(held.is_empty(), "the rows' buffer is not held");
         let mut got: Vec<Vec<u8>> = m.iter().map(|x| x.bytes_in(&held).to_vec()).collect();
@@ -395,7 +390,7 @@ mod tests {
     }
 
     fn lines<'a>(m: &'a Message, rows: &'a Rows) -> Vec<&'a str> {
-        std::str::from_utf8(m.bytes(rows))
+        std::str::from_utf8(m.bytes_in(&rows.bytes))
             .expect("utf-8")
             .split('\n')
             .collect()
@@ -468,7 +463,7 @@ mod tests {
         let m = pack(&rows, s, &SINGLE, PartitionKey::Session, 1024);
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].payload, Payload::Span(0..8));
-        assert_eq!(m[0].bytes(&rows), b"p1\nc1\ns1");
+        assert_eq!(m[0].bytes_in(&rows.bytes), b"p1\nc1\ns1");
         // A one-event request: its row alone, not copied.
         let one = rows_of(&[(EventType::Custom, s, "x")]);
         let m = pack(&one, s, &PER_TYPE, PartitionKey::Session, 1024);
@@ -488,7 +483,7 @@ mod tests {
         let m = pack(&rows, s, &PER_TYPE, PartitionKey::Session, 1024);
         assert!(m
             .iter()
-            .all(|m| m.bytes(&rows).len() <= 1024 || m.rows == 1));
+            .all(|m| m.bytes_in(&rows.bytes).len() <= 1024 || m.rows == 1));
         assert_eq!(m.iter().map(|m| m.rows).sum::<usize>(), 26);
         // Order is kept across messages: concatenated, the rows are the input.
         let all: Vec<&str> = m.iter().flat_map(|m| lines(m, &rows)).collect();
@@ -517,7 +512,7 @@ mod tests {
         .expect("written");
         assert_eq!(rows.row(1), b"next");
         let m = pack(&rows, s, &PER_TYPE, PartitionKey::Session, 1024);
-        assert_eq!(m[0].bytes(&rows), b"ok\nnext");
+        assert_eq!(m[0].bytes_in(&rows.bytes), b"ok\nnext");
     }
 
     #[test]
