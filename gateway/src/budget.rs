@@ -19,7 +19,13 @@
 //!   payload): the messages point into their request's rows, held (trimmed
 //!   to size) until the last is acknowledged, or, when some rows had to be
 //!   gathered, each message holds its own bytes and the rows are let go;
-//! - each request in flight holds its answer (422 details are capped).
+//! - each request in flight holds its answer (422 details are capped);
+//! - freed memory the allocator keeps for the next request: up to
+//!   `gateway.allocator.trim_threshold_bytes` in the arena of each thread that
+//!   allocates request-sized buffers (the network threads, the CPU workers and
+//!   librdkafka's broker thread); with glibc's own thresholds (both 0) an
+//!   arena keeps up to twice the largest block freed so far, which the
+//!   bound counts as `2 × limits.max_decompressed_bytes`.
 //!
 //! Baseline memory (code, the user-agent regexes and cache, a GeoIP database)
 //! comes on top; `/health` on the operations listener shows it as
@@ -34,6 +40,9 @@ pub const WORKER_BODY_FACTOR: u64 = 6;
 pub const CONNECTION_OVERHEAD: u64 = 8 * 1024;
 /// The largest answer a request in flight holds (details capped at 32 KiB).
 pub const ANSWER_BYTES: u64 = 64 * 1024;
+/// Threads besides the network threads and the CPU workers whose arena holds
+/// request-sized blocks: librdkafka's broker thread (produce requests).
+pub const OTHER_ALLOCATING_THREADS: u64 = 1;
 
 /// The parsed form of one event: its fields, its tape nodes, and its
 /// `properties` (at most `limits.max_properties` values).
@@ -49,6 +58,7 @@ pub struct MemoryBound {
     pub connections: u64,
     pub producer: u64,
     pub answers: u64,
+    pub allocator: u64,
 }
 
 impl MemoryBound {
@@ -64,11 +74,23 @@ impl MemoryBound {
                 * (2 * g.max_header_bytes as u64 + CONNECTION_OVERHEAD),
             producer: cfg.kafka.queue_max_kbytes * 1024,
             answers: g.max_in_flight_requests as u64 * ANSWER_BYTES,
+            allocator: ((g.cpu_workers() + g.network_threads()) as u64)
+                .saturating_add(OTHER_ALLOCATING_THREADS)
+                .saturating_mul(if g.allocator.is_set() {
+                    g.allocator.trim_threshold_bytes
+                } else {
+                    2 * l.max_decompressed_bytes
+                }),
         }
     }
 
     pub fn total(&self) -> u64 {
-        self.bodies + self.workers + self.connections + self.producer + self.answers
+        self.bodies
+            + self.workers
+            + self.connections
+            + self.producer
+            + self.answers
+            + self.allocator
     }
 }
 
@@ -79,8 +101,9 @@ mod tests {
     #[test]
     fn the_defaults_fit_the_helm_memory_limit() {
         let mut cfg = Config::load_from(None, Vec::new()).expect("defaults");
-        // The chart's pods get two CPUs' worth of workers.
+        // The chart's pods get two CPUs' worth of workers and network threads.
         cfg.gateway.cpu_workers = 2;
+        cfg.gateway.network_threads = 2;
         let bound = MemoryBound::of(&cfg);
         // helm/overwatch/values.yaml: gateway.resources.limits.memory = 512Mi,
         // of which up to 64 MiB are the baseline.

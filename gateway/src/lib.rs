@@ -5,9 +5,10 @@
 //! (the public listener and shutdown) → [`router`] (the route table, with
 //! [`cors`]) → [`ingest`] (decode, authenticate via [`auth`], rate-limit via
 //! [`ratelimit`], validate, [`enrich`]) → [`sink`] (the broker). [`ops`] is
-//! what the operations port reports; [`error`] the one status table;
+//! what the operations port reports; [`alloc`] the allocator's settings; [`error`] the one status table;
 //! [`telemetry`] the internal events.
 
+pub mod alloc;
 pub mod app;
 pub mod auth;
 pub mod budget;

@@ -63,6 +63,14 @@ fn network_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
 
 async fn run(config: Config) -> Exit {
     let g = &config.gateway;
+    match gateway::alloc::tune(&g.allocator) {
+        Ok(tuned) => tracing::info!(?tuned, "memory allocator"),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot set the memory allocator");
+            eprintln!("gateway: {e}");
+            return Exit::Config;
+        }
+    }
     let (ingest, operations) = match (
         gateway::server::bind(g.listen),
         gateway::server::bind(g.operations_listen),

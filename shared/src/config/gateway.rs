@@ -54,6 +54,61 @@ pub struct GatewayConfig {
     /// `<path>` (e.g. `/k9x` makes `/k9x/e/` PostHog's capture), so pages can
     /// send to their own domain under a path ad blockers do not know.
     pub path_prefixes: Vec<String>,
+    /// How the process's memory allocator keeps freed memory (`[gateway.allocator]`).
+    pub allocator: AllocatorConfig,
+}
+
+/// `[gateway.allocator]`: how much freed memory glibc's allocator keeps for
+/// the next request instead of handing it back to the kernel, which must zero
+/// and map every page again on its next use (a page fault each).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllocatorConfig {
+    /// Allocations larger than this are mapped from the kernel and returned to
+    /// it when freed; smaller ones reuse memory freed before. 0 with
+    /// `trim_threshold_bytes = 0`: glibc's own (moving) thresholds.
+    pub mmap_threshold_bytes: u64,
+    /// Free memory each allocator arena (about one per thread) keeps at its
+    /// top before it returns the excess to the kernel.
+    pub trim_threshold_bytes: u64,
+}
+
+/// glibc refuses a larger `M_MMAP_THRESHOLD` on 64-bit targets.
+pub const MAX_MMAP_THRESHOLD_BYTES: u64 = 32 << 20;
+/// Largest `trim_threshold_bytes` (mallopt takes an `int`).
+pub const MAX_TRIM_THRESHOLD_BYTES: u64 = 1 << 30;
+
+impl AllocatorConfig {
+    /// Whether the gateway sets the thresholds (else glibc's defaults stay).
+    pub fn is_set(&self) -> bool {
+        self.mmap_threshold_bytes > 0 || self.trim_threshold_bytes > 0
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.is_set() {
+            return Ok(());
+        }
+        if !(1..=MAX_MMAP_THRESHOLD_BYTES).contains(&self.mmap_threshold_bytes) {
+            return Err(ConfigError::new(
+                "gateway.allocator.mmap_threshold_bytes",
+                format!(
+                    "must be between 1 and {MAX_MMAP_THRESHOLD_BYTES} (or both thresholds 0 for glibc's defaults)"
+                ),
+            ));
+        }
+        if !(self.mmap_threshold_bytes..=MAX_TRIM_THRESHOLD_BYTES)
+            .contains(&self.trim_threshold_bytes)
+        {
+            return Err(ConfigError::new(
+                "gateway.allocator.trim_threshold_bytes",
+                format!(
+                    "must be between gateway.allocator.mmap_threshold_bytes and {MAX_TRIM_THRESHOLD_BYTES}: \
+                     an arena that returned less than one large allocation would fault it in again every request"
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Most threads `gateway.cpu_workers` and `gateway.network_threads` may ask
@@ -152,6 +207,7 @@ impl GatewayConfig {
                 ));
             }
         }
+        self.allocator.validate()?;
         if self.operations_listen == self.listen && self.listen.port() != 0 {
             return Err(ConfigError::new(
                 "gateway.operations_listen",
@@ -165,6 +221,15 @@ impl GatewayConfig {
     pub fn cpu_workers(&self) -> usize {
         if self.cpu_workers > 0 {
             self.cpu_workers
+        } else {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        }
+    }
+
+    /// Network threads: `network_threads`, or one per core.
+    pub fn network_threads(&self) -> usize {
+        if self.network_threads > 0 {
+            self.network_threads
         } else {
             std::thread::available_parallelism().map_or(2, |n| n.get())
         }

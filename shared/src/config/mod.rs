@@ -37,7 +37,7 @@ pub use check::parse_net;
 pub use clickhouse::ClickHouseConfig;
 pub use cold_storage::{ColdStorageConfig, LocalColdStorage, S3ColdStorage};
 pub use enrichment::EnrichmentConfig;
-pub use gateway::{ForwardedHeader, GatewayConfig};
+pub use gateway::{AllocatorConfig, ForwardedHeader, GatewayConfig};
 pub use jobs::{JobsConfig, Schedule};
 pub use kafka::{Compression, KafkaConfig, PartitionKey, TopicLayout};
 pub use limits::LimitsConfig;

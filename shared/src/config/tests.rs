@@ -107,6 +107,35 @@ fn unknown_env_key_is_named() {
 }
 
 #[test]
+fn allocator_thresholds_are_checked_against_glibc_limits() {
+    let load = |mmap: &str, trim: &str| {
+        Config::load_from(
+            None,
+            env(&[
+                ("OVERWATCH__GATEWAY__ALLOCATOR__MMAP_THRESHOLD_BYTES", mmap),
+                ("OVERWATCH__GATEWAY__ALLOCATOR__TRIM_THRESHOLD_BYTES", trim),
+            ]),
+        )
+    };
+    let c = load("0", "0").expect("glibc's own thresholds");
+    assert!(!c.gateway.allocator.is_set());
+    let c = load("1048576", "1048576").expect("equal thresholds");
+    assert!(c.gateway.allocator.is_set());
+    // glibc refuses an mmap threshold above 32 MiB on 64-bit targets.
+    let e = load("33554433", "67108864").unwrap_err();
+    assert_eq!(e.key, "gateway.allocator.mmap_threshold_bytes");
+    // Only one of the two set: the other would fall back to a fixed 128 KiB.
+    let e = load("0", "8388608").unwrap_err();
+    assert_eq!(e.key, "gateway.allocator.mmap_threshold_bytes");
+    let e = load("4194304", "0").unwrap_err();
+    assert_eq!(e.key, "gateway.allocator.trim_threshold_bytes");
+    let e = load("4194304", "1048576").unwrap_err();
+    assert_eq!(e.key, "gateway.allocator.trim_threshold_bytes");
+    let e = load("4194304", "2147483648").unwrap_err();
+    assert_eq!(e.key, "gateway.allocator.trim_threshold_bytes");
+}
+
+#[test]
 fn bad_env_type_is_named() {
     let e = Config::load_from(None, env(&[("OVERWATCH__GATEWAY__MAX_BODY_BYTES", "lots")]))
         .unwrap_err();
