@@ -35,7 +35,7 @@ fn floor(c: &mut Criterion) {
         ("plain_1", false, 1),
     ] {
         group.throughput(Throughput::Elements(events as u64));
-        let raw = body(gzip, events);
+        let raw = decode::RawBody::from(body(gzip, events));
         let encoding = if gzip {
             Encoding::Gzip
         } else {

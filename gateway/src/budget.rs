@@ -2,8 +2,9 @@
 //!
 //! Every allocation that grows with what clients send is bounded by a setting:
 //!
-//! - request bodies being read or waiting to be decoded: their buffers'
-//!   capacity is reserved from `gateway.max_buffered_body_bytes`;
+//! - request bodies being read or waiting to be decoded: each frame's bytes
+//!   are reserved from `gateway.max_buffered_body_bytes` as it arrives (the
+//!   frames are kept as hyper read them, small ones copied together);
 //! - decoding, parsing and validation run on at most `gateway.cpu_workers`
 //!   requests at once; each holds the inflated body (its buffer may double
 //!   while it grows), simd-json's copy, string buffer and tape, and the parsed

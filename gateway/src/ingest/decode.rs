@@ -2,11 +2,12 @@
 //! cap, the body timeout and the shared body budget while reading, and gzip decoding under the decompressed-size cap (a gzip bomb
 //! stops at the cap, so memory stays bounded).
 
+use std::borrow::Cow;
 use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
@@ -68,9 +69,132 @@ pub fn check_headers(headers: &HeaderMap, beacon: bool, form: bool) -> Result<En
 
 /// A request body as sent, holding its share of
 /// `gateway.max_buffered_body_bytes` until it is dropped.
+///
+/// It keeps the frames hyper read, as they came: the network thread copies
+/// nothing (it used to copy every frame into one growing buffer, twice the
+/// body's bytes moved per request), and decoding makes the one contiguous
+/// copy the parser needs, on the worker.
 pub struct RawBody {
-    pub bytes: Bytes,
+    chunks: Vec<Bytes>,
+    len: usize,
     _reserved: Option<OwnedSemaphorePermit>,
+}
+
+impl RawBody {
+    /// Bytes on the wire.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The body in one slice: borrowed when it came in one frame, else copied.
+    pub fn contiguous(&self) -> Cow<'_, [u8]> {
+        match self.chunks.as_slice() {
+            [] => Cow::Borrowed(&[]),
+            [one] => Cow::Borrowed(one),
+            many => {
+                let mut v = Vec::with_capacity(self.len);
+                for c in many {
+                    v.extend_from_slice(c);
+                }
+                Cow::Owned(v)
+            }
+        }
+    }
+
+    /// A reader over the frames in order.
+    fn reader(&self) -> impl Read + '_ {
+        ChunksReader {
+            chunks: &self.chunks,
+            offset: 0,
+        }
+    }
+}
+
+/// A body already in memory (tests, benches), outside the body budget.
+impl From<Bytes> for RawBody {
+    fn from(bytes: Bytes) -> RawBody {
+        RawBody {
+            len: bytes.len(),
+            chunks: vec![bytes],
+            _reserved: None,
+        }
+    }
+}
+
+/// Frames smaller than this are copied together (a client that trickles its
+/// body byte by byte must not make thousands of frames, each with its own
+/// bookkeeping); larger ones are kept as hyper read them.
+const COALESCE_BELOW: usize = 4096;
+/// The buffer small frames are copied into, pushed as one chunk when full.
+const COALESCED_BYTES: usize = 16 * 1024;
+
+/// A body's frames while it is read: at most about two chunks per 4 KiB.
+#[derive(Default)]
+struct Frames {
+    chunks: Vec<Bytes>,
+    small: BytesMut,
+    len: usize,
+}
+
+impl Frames {
+    fn push(&mut self, data: Bytes) {
+        self.len += data.len();
+        let first = self.chunks.is_empty() && self.small.is_empty();
+        if data.len() >= COALESCE_BELOW || first {
+            self.flush();
+            self.chunks.push(data);
+            return;
+        }
+        if self.small.len() + data.len() > COALESCED_BYTES {
+            self.flush();
+        }
+        if self.small.capacity() == 0 {
+            self.small.reserve(COALESCED_BYTES);
+        }
+        self.small.extend_from_slice(&data);
+    }
+
+    fn flush(&mut self) {
+        if !self.small.is_empty() {
+            self.chunks.push(std::mem::take(&mut self.small).freeze());
+        }
+    }
+
+    fn finish(mut self, reserved: Option<OwnedSemaphorePermit>) -> RawBody {
+        self.flush();
+        RawBody {
+            chunks: self.chunks,
+            len: self.len,
+            _reserved: reserved,
+        }
+    }
+}
+
+struct ChunksReader<'a> {
+    chunks: &'a [Bytes],
+    /// How much of the first chunk was read already.
+    offset: usize,
+}
+
+impl Read for ChunksReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while let Some((first, rest)) = self.chunks.split_first() {
+            let left = &first[self.offset..];
+            if left.is_empty() {
+                (self.chunks, self.offset) = (rest, 0);
+                continue;
+            }
+            let n = left.len().min(out.len());
+            out[..n].copy_from_slice(&left[..n]);
+            self.offset += n;
+            return Ok(n);
+        }
+        Ok(0)
+    }
 }
 
 /// How a body may be read: its size, its time, and the shared byte budget.
@@ -100,40 +224,35 @@ pub async fn read_raw(
     }
     let budget_total = limits.budget.available_permits() as u64;
     let read = async {
-        // The buffer's capacity is what is reserved: a declared length is only
-        // a hint, and memory follows what has arrived (at most doubling).
-        let mut buf: Vec<u8> = Vec::new();
+        // Each frame is reserved as it arrives, so a slow upload holds only
+        // what it has sent (plus the rest of hyper's last read buffer, at
+        // most `max_buf_size`, which the connection term of the bound counts).
+        let mut frames = Frames::default();
         let mut reserved: Option<OwnedSemaphorePermit> = None;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| ApiError::BodyRead(e.to_string()))?;
             let Ok(data) = frame.into_data() else {
                 continue;
             };
-            let needed = buf.len() + data.len();
-            if needed as u64 > max_body {
+            if data.is_empty() {
+                continue;
+            }
+            if (frames.len + data.len()) as u64 > max_body {
                 return Err(ApiError::PayloadTooLarge { limit: max_body });
             }
-            if needed > buf.capacity() {
-                let cap = needed.max((2 * buf.capacity()).min(max_body as usize));
-                let more = cap - reserved.as_ref().map_or(0, |r| r.num_permits());
-                let n = u32::try_from(more).unwrap_or(u32::MAX);
-                let permit = Arc::clone(limits.budget)
-                    .try_acquire_many_owned(n)
-                    .map_err(|_| ApiError::BodyBudget {
-                        limit: budget_total,
-                    })?;
-                match &mut reserved {
-                    Some(r) => r.merge(permit),
-                    None => reserved = Some(permit),
-                }
-                buf.reserve_exact(cap - buf.len());
+            let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
+            let permit = Arc::clone(limits.budget)
+                .try_acquire_many_owned(n)
+                .map_err(|_| ApiError::BodyBudget {
+                    limit: budget_total,
+                })?;
+            match &mut reserved {
+                Some(r) => r.merge(permit),
+                None => reserved = Some(permit),
             }
-            buf.extend_from_slice(&data);
+            frames.push(data);
         }
-        Ok(RawBody {
-            bytes: Bytes::from(buf),
-            _reserved: reserved,
-        })
+        Ok(frames.finish(reserved))
     };
     match tokio::time::timeout(limits.timeout, read).await {
         Err(_) => Err(ApiError::BodyTimeout {
@@ -163,17 +282,24 @@ pub async fn discard(body: &mut Incoming, max: u64) {
     let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
 }
 
-/// Decodes a raw body (at most `max_decoded` bytes after decompression).
-pub fn decode(raw: &Bytes, encoding: Encoding, max_decoded: u64) -> Result<Vec<u8>, ApiError> {
+/// Decodes a raw body into one buffer the parser may rewrite (at most
+/// `max_decoded` bytes after decompression).
+pub fn decode(raw: &RawBody, encoding: Encoding, max_decoded: u64) -> Result<Vec<u8>, ApiError> {
     match encoding {
-        Encoding::Identity => Ok(raw.to_vec()),
-        Encoding::Gzip => gunzip(raw, max_decoded),
+        Encoding::Identity => Ok(raw.contiguous().into_owned()),
+        Encoding::Gzip => gunzip_from(raw.reader(), raw.len(), max_decoded),
     }
 }
 
 /// Inflates `data`, refusing to produce more than `max` bytes.
 pub fn gunzip(data: &[u8], max: u64) -> Result<Vec<u8>, ApiError> {
-    let mut out = Vec::with_capacity((data.len() * 4).min(max as usize));
+    gunzip_from(data, data.len(), max)
+}
+
+/// Inflates what `data` reads (`len` bytes of it), refusing to produce more
+/// than `max` bytes.
+fn gunzip_from(data: impl Read, len: usize, max: u64) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::with_capacity((len * 4).min(max as usize));
     let mut reader = flate2::read::MultiGzDecoder::new(data).take(max + 1);
     reader
         .read_to_end(&mut out)
@@ -209,6 +335,68 @@ mod tests {
             gunzip(&bomb, 1_000_000),
             Err(ApiError::DecompressedTooLarge { limit: 1_000_000 })
         ));
+    }
+
+    /// `bytes` as frames of `size` bytes each (the last shorter), as hyper
+    /// hands a body over.
+    fn framed(bytes: &[u8], size: usize) -> RawBody {
+        let chunks: Vec<Bytes> = bytes.chunks(size).map(Bytes::copy_from_slice).collect();
+        RawBody {
+            len: bytes.len(),
+            chunks,
+            _reserved: None,
+        }
+    }
+
+    #[test]
+    fn a_body_in_frames_decodes_as_the_same_body_in_one() {
+        let body: Vec<u8> = (0..20_000u32)
+            .flat_map(|i| format!("{{\"n\":{i}}},").into_bytes())
+            .collect();
+        let packed = gz(&body);
+        for size in [1, 7, 4096, 16384, body.len()] {
+            let plain = framed(&body, size);
+            assert_eq!(plain.len(), body.len());
+            assert_eq!(&*plain.contiguous(), &body[..], "frames of {size}");
+            assert_eq!(
+                decode(&plain, Encoding::Identity, u64::MAX).expect("plain"),
+                body
+            );
+            let zipped = framed(&packed, size);
+            assert_eq!(
+                decode(&zipped, Encoding::Gzip, 1 << 30).expect("gzip"),
+                body,
+                "gzip in frames of {size}"
+            );
+            assert!(matches!(
+                decode(&zipped, Encoding::Gzip, 1000),
+                Err(ApiError::DecompressedTooLarge { limit: 1000 })
+            ));
+        }
+        let one = RawBody::from(Bytes::from(body.clone()));
+        assert!(
+            matches!(one.contiguous(), Cow::Borrowed(_)),
+            "one frame is not copied"
+        );
+    }
+
+    #[test]
+    fn large_frames_are_kept_and_a_trickle_is_copied_together() {
+        let mut frames = Frames::default();
+        let big = Bytes::from(vec![b'a'; 16 * 1024]);
+        let at = big.as_ptr();
+        frames.push(big);
+        for _ in 0..100_000 {
+            frames.push(Bytes::from_static(b"b"));
+        }
+        frames.push(Bytes::from(vec![b'c'; 8192]));
+        let body = frames.finish(None);
+        assert_eq!(body.len(), 16 * 1024 + 100_000 + 8192);
+        assert_eq!(body.chunks[0].as_ptr(), at, "a full frame is not copied");
+        assert!(body.chunks.len() <= 10, "{} chunks", body.chunks.len());
+        let all = body.contiguous();
+        assert_eq!(all.iter().filter(|&&b| b == b'b').count(), 100_000);
+        assert_eq!(&all[all.len() - 8192..], &[b'c'; 8192][..]);
     }
 
     #[test]

@@ -110,17 +110,18 @@ impl Job {
             .filter(|_| charged.is_none())
         {
             let now_secs = time::OffsetDateTime::now_utc().unix_timestamp();
+            let body = raw.contiguous();
             let req = sign::Request {
                 method: &self.method,
                 path_and_query: &self.path_and_query,
-                body: &raw.bytes,
+                body: &body,
                 now_secs,
             };
             sign::verify(&s.presented, &s.public, &req, &app.keys.replay)?;
         }
         let limits = &app.config.limits;
-        let wire = raw.bytes.len();
-        let mut buf = decode::decode(&raw.bytes, self.encoding, limits.max_decompressed_bytes)?;
+        let wire = raw.len();
+        let mut buf = decode::decode(raw, self.encoding, limits.max_decompressed_bytes)?;
         if self.dialect == Dialect::PostHog {
             buf = crate::compat::posthog::unwrap_body(
                 buf,

@@ -131,7 +131,7 @@ async fn accept(
     // A small plain body is parsed where it was read (microseconds); the rest,
     // and any body whose user agents are not cached, on a worker.
     let inline = g.inline_max_body_bytes > 0
-        && raw.bytes.len() <= g.inline_max_body_bytes
+        && raw.len() <= g.inline_max_body_bytes
         && encoding == decode::Encoding::Identity
         && !form
         && !lz64;
