@@ -2,9 +2,10 @@
 //!
 //! Every allocation that grows with what clients send is bounded by a setting:
 //!
-//! - request bodies being read or waiting to be decoded: each frame's bytes
-//!   are reserved from `gateway.max_buffered_body_bytes` as it arrives (the
-//!   frames are kept as hyper read them, small ones copied together);
+//! - request bodies being read or waiting to be decoded: each frame is
+//!   reserved from `gateway.max_buffered_body_bytes` as it arrives, with the
+//!   read buffer it holds on to (frames are kept as hyper read them, small
+//!   ones copied together: at most twice the bytes);
 //! - decoding, parsing and validation run on at most `gateway.cpu_workers`
 //!   requests at once; each holds the inflated body (its buffer may double
 //!   while it grows), simd-json's copy, string buffer and tape, and the parsed

@@ -125,35 +125,62 @@ impl From<Bytes> for RawBody {
     }
 }
 
-/// Frames smaller than this are copied together (a client that trickles its
-/// body byte by byte must not make thousands of frames, each with its own
-/// bookkeeping); larger ones are kept as hyper read them.
-const COALESCE_BELOW: usize = 4096;
-/// The buffer small frames are copied into, pushed as one chunk when full.
-const COALESCED_BYTES: usize = 16 * 1024;
-
-/// A body's frames while it is read: at most about two chunks per 4 KiB.
-#[derive(Default)]
+/// A body's frames while it is read. A frame of at least half of hyper's
+/// read buffer is kept as hyper read it (a fast client's are the whole
+/// buffer); smaller ones are copied together into buffers of that size, so a
+/// client trickling its body byte by byte makes a chunk per buffer, not a
+/// frame each.
 struct Frames {
     chunks: Vec<Bytes>,
     small: BytesMut,
     len: usize,
+    /// hyper's read buffer size.
+    frame_buffer: usize,
 }
 
 impl Frames {
+    fn new(frame_buffer: usize) -> Frames {
+        Frames {
+            chunks: Vec::new(),
+            small: BytesMut::new(),
+            len: 0,
+            frame_buffer: frame_buffer.max(2),
+        }
+    }
+
+    fn keeps(&self, data: &Bytes) -> bool {
+        let first = self.chunks.is_empty() && self.small.is_empty();
+        first || data.len() >= self.frame_buffer / 2
+    }
+
+    /// What pushing `data` takes of the body budget. A kept frame holds on to
+    /// the read buffer it lies in (all of it, at most twice the frame),
+    /// except the first, which lies in the connection's own buffer (the
+    /// bound's connection term); a copied one takes room in a copy buffer,
+    /// charged whole when it is started.
+    fn charge(&self, data: &Bytes) -> usize {
+        let first = self.chunks.is_empty() && self.small.is_empty();
+        if first {
+            data.len()
+        } else if self.keeps(data) {
+            data.len().max(self.frame_buffer)
+        } else if self.small.len() + data.len() > self.small.capacity() {
+            self.frame_buffer
+        } else {
+            0
+        }
+    }
+
     fn push(&mut self, data: Bytes) {
         self.len += data.len();
-        let first = self.chunks.is_empty() && self.small.is_empty();
-        if data.len() >= COALESCE_BELOW || first {
+        if self.keeps(&data) {
             self.flush();
             self.chunks.push(data);
             return;
         }
-        if self.small.len() + data.len() > COALESCED_BYTES {
+        if self.small.len() + data.len() > self.small.capacity() {
             self.flush();
-        }
-        if self.small.capacity() == 0 {
-            self.small.reserve(COALESCED_BYTES);
+            self.small.reserve(self.frame_buffer);
         }
         self.small.extend_from_slice(&data);
     }
@@ -202,6 +229,9 @@ pub struct ReadLimits<'a> {
     pub max_body: u64,
     pub timeout: Duration,
     pub budget: &'a Arc<Semaphore>,
+    /// hyper's read buffer (`GatewayConfig::read_buffer_bytes`): the most a
+    /// kept frame can hold on to.
+    pub frame_buffer: usize,
 }
 
 /// Reads the body as sent: at most `max_body` bytes on the wire, within
@@ -225,9 +255,8 @@ pub async fn read_raw(
     let budget_total = limits.budget.available_permits() as u64;
     let read = async {
         // Each frame is reserved as it arrives, so a slow upload holds only
-        // what it has sent (plus the rest of hyper's last read buffer, at
-        // most `max_buf_size`, which the connection term of the bound counts).
-        let mut frames = Frames::default();
+        // about what it has sent (`Frames::charge`: at most twice).
+        let mut frames = Frames::new(limits.frame_buffer);
         let mut reserved: Option<OwnedSemaphorePermit> = None;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| ApiError::BodyRead(e.to_string()))?;
@@ -240,15 +269,18 @@ pub async fn read_raw(
             if (frames.len + data.len()) as u64 > max_body {
                 return Err(ApiError::PayloadTooLarge { limit: max_body });
             }
-            let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
-            let permit = Arc::clone(limits.budget)
-                .try_acquire_many_owned(n)
-                .map_err(|_| ApiError::BodyBudget {
-                    limit: budget_total,
-                })?;
-            match &mut reserved {
-                Some(r) => r.merge(permit),
-                None => reserved = Some(permit),
+            let charge = frames.charge(&data);
+            if charge > 0 {
+                let n = u32::try_from(charge).unwrap_or(u32::MAX);
+                let permit = Arc::clone(limits.budget)
+                    .try_acquire_many_owned(n)
+                    .map_err(|_| ApiError::BodyBudget {
+                        limit: budget_total,
+                    })?;
+                match &mut reserved {
+                    Some(r) => r.merge(permit),
+                    None => reserved = Some(permit),
+                }
             }
             frames.push(data);
         }
@@ -382,14 +414,24 @@ mod tests {
 
     #[test]
     fn large_frames_are_kept_and_a_trickle_is_copied_together() {
-        let mut frames = Frames::default();
+        let mut frames = Frames::new(16 * 1024);
+        let mut charged = 0;
+        let mut push = |frames: &mut Frames, data: Bytes| {
+            charged += frames.charge(&data);
+            frames.push(data);
+        };
         let big = Bytes::from(vec![b'a'; 16 * 1024]);
         let at = big.as_ptr();
-        frames.push(big);
+        push(&mut frames, big);
         for _ in 0..100_000 {
-            frames.push(Bytes::from_static(b"b"));
+            push(&mut frames, Bytes::from_static(b"b"));
         }
-        frames.push(Bytes::from(vec![b'c'; 8192]));
+        push(&mut frames, Bytes::from(vec![b'c'; 8192]));
+        // Charged at least what the chunks and the copy buffer hold, and at
+        // most twice the bytes and one buffer.
+        let held = frames.chunks.iter().map(Bytes::len).sum::<usize>() + frames.small.capacity();
+        assert!(charged >= held, "charged {charged} for {held} held");
+        assert!(charged <= 2 * frames.len + 16 * 1024, "charged {charged}");
         let body = frames.finish(None);
         assert_eq!(body.len(), 16 * 1024 + 100_000 + 8192);
         assert_eq!(body.chunks[0].as_ptr(), at, "a full frame is not copied");

@@ -120,6 +120,7 @@ async fn accept(
             max_body: g.max_body_bytes,
             timeout: Duration::from_millis(g.body_read_timeout_ms),
             budget: &app.body_budget,
+            frame_buffer: g.read_buffer_bytes(),
         },
     )
     .await

@@ -143,7 +143,7 @@ pub async fn serve(
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .header_read_timeout(None)
-            .max_buf_size(g.max_header_bytes.max(8192))
+            .max_buf_size(g.read_buffer_bytes())
             .max_headers(g.max_headers);
         let conn = builder.serve_connection(
             TokioIo::new(Tracked::new(stream, Arc::clone(&activity))),

@@ -217,6 +217,12 @@ impl GatewayConfig {
         Ok(())
     }
 
+    /// hyper's read buffer per connection (its `max_buf_size`): the request
+    /// head must fit, and a body arrives in frames of at most this size.
+    pub fn read_buffer_bytes(&self) -> usize {
+        self.max_header_bytes.max(8192)
+    }
+
     /// Decode workers: `cpu_workers`, or one per core.
     pub fn cpu_workers(&self) -> usize {
         if self.cpu_workers > 0 {
