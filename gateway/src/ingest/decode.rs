@@ -148,9 +148,18 @@ impl Frames {
         }
     }
 
+    /// Nothing pushed yet.
+    fn first(&self) -> bool {
+        self.chunks.is_empty() && self.small.is_empty()
+    }
+
     fn keeps(&self, data: &Bytes) -> bool {
-        let first = self.chunks.is_empty() && self.small.is_empty();
-        first || data.len() >= self.frame_buffer / 2
+        self.first() || data.len() >= self.frame_buffer / 2
+    }
+
+    /// A copied `data` does not fit the copy buffer: a new one is started.
+    fn starts_copy_buffer(&self, data: &Bytes) -> bool {
+        self.small.len() + data.len() > self.small.capacity()
     }
 
     /// What pushing `data` takes of the body budget. A kept frame holds on to
@@ -159,12 +168,11 @@ impl Frames {
     /// bound's connection term); a copied one takes room in a copy buffer,
     /// charged whole when it is started.
     fn charge(&self, data: &Bytes) -> usize {
-        let first = self.chunks.is_empty() && self.small.is_empty();
-        if first {
+        if self.first() {
             data.len()
         } else if self.keeps(data) {
             data.len().max(self.frame_buffer)
-        } else if self.small.len() + data.len() > self.small.capacity() {
+        } else if self.starts_copy_buffer(data) {
             self.frame_buffer
         } else {
             0
@@ -178,7 +186,7 @@ impl Frames {
             self.chunks.push(data);
             return;
         }
-        if self.small.len() + data.len() > self.small.capacity() {
+        if self.starts_copy_buffer(&data) {
             self.flush();
             self.small.reserve(self.frame_buffer);
         }

@@ -225,19 +225,20 @@ impl GatewayConfig {
 
     /// Decode workers: `cpu_workers`, or one per core.
     pub fn cpu_workers(&self) -> usize {
-        if self.cpu_workers > 0 {
-            self.cpu_workers
-        } else {
-            std::thread::available_parallelism().map_or(2, |n| n.get())
-        }
+        or_one_per_core(self.cpu_workers)
     }
 
     /// Network threads: `network_threads`, or one per core.
     pub fn network_threads(&self) -> usize {
-        if self.network_threads > 0 {
-            self.network_threads
-        } else {
-            std::thread::available_parallelism().map_or(2, |n| n.get())
-        }
+        or_one_per_core(self.network_threads)
+    }
+}
+
+/// `n`, or one per CPU core for 0.
+fn or_one_per_core(n: usize) -> usize {
+    if n > 0 {
+        n
+    } else {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
     }
 }
