@@ -464,6 +464,33 @@ async fn ip_allowlist_browser_keys_and_signing() {
         401,
         "stale"
     );
+    // A body of a few hundred kilobytes reaches the gateway in many frames; its
+    // digest is taken frame by frame, and one changed event is still caught.
+    let batch = |n: usize| {
+        let session = Uuid::new_v4();
+        let events: Vec<_> = (0..n).map(|i| event("pageview", i, session)).collect();
+        serde_json::json!({ "events": events }).to_string()
+    };
+    let (large, other_large) = (batch(600), batch(600));
+    assert!(large.len() > 100_000, "{} bytes", large.len());
+    let send_large = |nonce: String, sig: String, body: String| {
+        http.post(gw.url("/ingest"))
+            .header("x-overwatch-key-id", signed.key_id.to_string())
+            .header("content-type", "application/json")
+            .header("x-overwatch-timestamp", now.to_string())
+            .header("x-overwatch-nonce", nonce)
+            .header("x-overwatch-signature", sig)
+            .body(body)
+            .send()
+    };
+    let n = fresh();
+    let sig = sign_with(&private, now, &n, &large);
+    let r = send_large(n, sig, large.clone()).await.expect("send");
+    assert_eq!(r.status(), 200, "a large signed body");
+    let n = fresh();
+    let sig = sign_with(&private, now, &n, &large);
+    let r = send_large(n, sig, other_large).await.expect("send");
+    assert_eq!(r.status(), 401, "a large body other than the one signed");
     // Its (unused) secret as a bearer key does not stand in for a signature.
     let bearer = http
         .post(gw.url("/ingest"))

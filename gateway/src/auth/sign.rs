@@ -36,7 +36,25 @@ pub const SCHEME: &str = "OVERWATCH-ED25519-V1";
 /// The bytes a client signs: the scheme, method, path and query, timestamp,
 /// nonce and hex SHA-256 of the body, one per line, no trailing newline.
 pub fn message(method: &str, path_and_query: &str, ts: &str, nonce: &str, body: &[u8]) -> String {
-    let digest = hex::encode(Sha256::digest(body));
+    message_of_digest(
+        method,
+        path_and_query,
+        ts,
+        nonce,
+        &Sha256::digest(body).into(),
+    )
+}
+
+/// [`message`] for a body whose SHA-256 is already known (the gateway hashes
+/// a body frame by frame, as it was read, without joining it first).
+pub fn message_of_digest(
+    method: &str,
+    path_and_query: &str,
+    ts: &str,
+    nonce: &str,
+    body_sha256: &[u8; 32],
+) -> String {
+    let digest = hex::encode(body_sha256);
     format!("{SCHEME}\n{method}\n{path_and_query}\n{ts}\n{nonce}\n{digest}")
 }
 
@@ -170,7 +188,8 @@ impl ReplayCache {
 pub struct Request<'a> {
     pub method: &'a str,
     pub path_and_query: &'a str,
-    pub body: &'a [u8],
+    /// SHA-256 of the body as sent.
+    pub body_sha256: [u8; 32],
     pub now_secs: i64,
 }
 
@@ -187,7 +206,13 @@ pub fn verify(
             "X-Overwatch-Timestamp is too far from the gateway's clock (auth.signature_max_skew_secs)",
         ));
     }
-    let msg = message(req.method, req.path_and_query, &p.ts, &p.nonce, req.body);
+    let msg = message_of_digest(
+        req.method,
+        req.path_and_query,
+        &p.ts,
+        &p.nonce,
+        &req.body_sha256,
+    );
     public
         .verify_strict(msg.as_bytes(), &p.signature)
         .map_err(|_| ApiError::Unauthorized("X-Overwatch-Signature does not match this request"))?;
@@ -227,7 +252,7 @@ mod tests {
         let req = Request {
             method: "POST",
             path_and_query: "/ingest",
-            body,
+            body_sha256: Sha256::digest(body).into(),
             now_secs: now,
         };
         verify(&p, public, &req, cache)

@@ -105,6 +105,17 @@ impl RawBody {
         }
     }
 
+    /// SHA-256 of the body, frame by frame (a signed body is checked without
+    /// joining it first; decoding makes the one contiguous copy).
+    pub fn sha256(&self) -> [u8; 32] {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        for c in &self.chunks {
+            h.update(c);
+        }
+        h.finalize().into()
+    }
+
     /// A reader over the frames in order.
     fn reader(&self) -> impl Read + '_ {
         ChunksReader {
@@ -398,6 +409,8 @@ mod tests {
             let plain = framed(&body, size);
             assert_eq!(plain.len(), body.len());
             assert_eq!(&*plain.contiguous(), &body[..], "frames of {size}");
+            let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&body).into();
+            assert_eq!(plain.sha256(), digest, "the digest of frames of {size}");
             assert_eq!(
                 decode(&plain, Encoding::Identity, u64::MAX).expect("plain"),
                 body

@@ -110,11 +110,10 @@ impl Job {
             .filter(|_| charged.is_none())
         {
             let now_secs = time::OffsetDateTime::now_utc().unix_timestamp();
-            let body = raw.contiguous();
             let req = sign::Request {
                 method: &self.method,
                 path_and_query: &self.path_and_query,
-                body: &body,
+                body_sha256: raw.sha256(),
                 now_secs,
             };
             sign::verify(&s.presented, &s.public, &req, &app.keys.replay)?;
