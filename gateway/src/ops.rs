@@ -9,13 +9,6 @@ use shared::runtime::ops::Operations;
 use crate::app::App;
 use crate::auth::KeyStore;
 
-/// This process's resident memory (Linux; absent elsewhere).
-fn resident_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
-}
-
 fn keys_report(keys: &KeyStore) -> Value {
     let st = keys.status();
     json!({
@@ -43,7 +36,7 @@ impl Operations for App {
                 "cpu_workers": self.workers.threads(),
             },
             "memory": {
-                "rss_bytes": resident_bytes(),
+                "rss_bytes": crate::alloc::resident_bytes(),
                 "bound_bytes": crate::budget::MemoryBound::of(&self.config).total(),
             },
             "components": {

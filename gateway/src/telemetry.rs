@@ -472,6 +472,7 @@ fn describe() {
         "Events whose user agent was left for workerd's enrichment job (per-request parse budget spent)"
     );
     crate::ratelimit::cluster::describe_metrics();
+    crate::alloc::describe_metrics();
 }
 
 #[cfg(test)]

@@ -79,6 +79,12 @@ pub async fn serve(
             ),
         );
     }
+    if g.allocator.release_interval_ms > 0 {
+        background.push(
+            "memory release",
+            crate::alloc::spawn_release(Duration::from_millis(g.allocator.release_interval_ms)),
+        );
+    }
     if app.config.telemetry.snapshot_interval_secs > 0 {
         background.push(
             "metric snapshots",

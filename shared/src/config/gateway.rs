@@ -71,12 +71,20 @@ pub struct AllocatorConfig {
     /// Free memory each allocator arena (about one per thread) keeps at its
     /// top before it returns the excess to the kernel.
     pub trim_threshold_bytes: u64,
+    /// How often the gateway hands every arena's whole free pages back to the
+    /// kernel (glibc's `malloc_trim`), wherever in the arena they lie; 0:
+    /// never. The thresholds above only reach an arena's top, so without it
+    /// memory freed after a burst stays resident.
+    pub release_interval_ms: u64,
 }
 
 /// glibc refuses a larger `M_MMAP_THRESHOLD` on 64-bit targets.
 pub const MAX_MMAP_THRESHOLD_BYTES: u64 = 32 << 20;
 /// Largest `trim_threshold_bytes` (mallopt takes an `int`).
 pub const MAX_TRIM_THRESHOLD_BYTES: u64 = 1 << 30;
+/// Shortest and longest `release_interval_ms` other than 0.
+pub const MIN_RELEASE_INTERVAL_MS: u64 = 100;
+pub const MAX_RELEASE_INTERVAL_MS: u64 = 3_600_000;
 
 impl AllocatorConfig {
     /// Whether the gateway sets the thresholds (else glibc's defaults stay).
@@ -85,6 +93,18 @@ impl AllocatorConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.release_interval_ms != 0
+            && !(MIN_RELEASE_INTERVAL_MS..=MAX_RELEASE_INTERVAL_MS)
+                .contains(&self.release_interval_ms)
+        {
+            return Err(ConfigError::new(
+                "gateway.allocator.release_interval_ms",
+                format!(
+                    "must be 0 (never) or between {MIN_RELEASE_INTERVAL_MS} and {MAX_RELEASE_INTERVAL_MS}: \
+                     each release makes the next requests fault their buffers in again"
+                ),
+            ));
+        }
         if !self.is_set() {
             return Ok(());
         }

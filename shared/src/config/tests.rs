@@ -136,6 +136,38 @@ fn allocator_thresholds_are_checked_against_glibc_limits() {
 }
 
 #[test]
+fn allocator_release_interval_is_never_or_bounded() {
+    let load = |ms: &str| {
+        Config::load_from(
+            None,
+            env(&[("OVERWATCH__GATEWAY__ALLOCATOR__RELEASE_INTERVAL_MS", ms)]),
+        )
+    };
+    assert_eq!(
+        load("0")
+            .expect("never")
+            .gateway
+            .allocator
+            .release_interval_ms,
+        0
+    );
+    assert_eq!(
+        load("10000")
+            .expect("ten seconds")
+            .gateway
+            .allocator
+            .release_interval_ms,
+        10_000
+    );
+    // Releasing every few milliseconds would fault the buffers of nearly
+    // every request in again.
+    for bad in ["1", "99", "3600001"] {
+        let e = load(bad).unwrap_err();
+        assert_eq!(e.key, "gateway.allocator.release_interval_ms", "{bad}");
+    }
+}
+
+#[test]
 fn bad_env_type_is_named() {
     let e = Config::load_from(None, env(&[("OVERWATCH__GATEWAY__MAX_BODY_BYTES", "lots")]))
         .unwrap_err();
