@@ -19,6 +19,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.error
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -182,6 +184,54 @@ def up(env):
     return cfg
 
 
+class HealthSampler:
+    """Polls the gateway's `/health` every `every` seconds on a thread: its RSS
+    and how many ingest requests were in progress at that instant, so that an
+    excursion of RSS can be told apart: memory requests in flight hold, or
+    memory kept after them."""
+
+    def __init__(self, ops_port, every=0.25):
+        import threading
+        self.url = "http://127.0.0.1:%d/health" % ops_port
+        self.every = every
+        self.samples = []  # (seconds since start, RSS MiB, requests in progress)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.start = time.monotonic()
+        self.thread.start()
+
+    def _run(self):
+        while not self.stop.wait(self.every):
+            try:
+                with urllib.request.urlopen(self.url, timeout=1) as r:
+                    h = json.load(r)
+            except urllib.error.HTTPError as e:  # 503 while not ready: same body
+                h = json.load(e)
+            except Exception:
+                continue
+            rss = (h.get("memory") or {}).get("rss_bytes")
+            if rss is not None and h.get("ingest_in_progress") is not None:
+                self.samples.append((time.monotonic() - self.start, rss / 1048576, h["ingest_in_progress"]))
+
+    def finish(self):
+        self.stop.set()
+        self.thread.join()
+        return self.samples
+
+
+def attribution(health, base):
+    """What was in progress when RSS was within the band and when above it."""
+    after = [(m, n) for t, m, n in health if t >= 60]
+    inside = sorted(n for m, n in after if m <= base * 1.1)
+    above = sorted(n for m, n in after if m > base * 1.1)
+    med = lambda v: v[len(v) // 2] if v else 0
+    text = "requests in progress (`/health` every 0.25 s): median %d while RSS was within the band" % med(inside)
+    if above:
+        text += ", median %d (highest %d) while it was above (%d of %d samples)" % (
+            med(above), above[-1], len(above), len(after))
+    return text
+
+
 def soak(args):
     """Runs at `args.rate` events/s (or half the maximum measured first) for
     `args.seconds`; RSS must stay within ±10% of its value after the first minute.
@@ -202,7 +252,11 @@ def soak(args):
             maximum = m["phases"][0]["events_per_sec"]
             rate = int(maximum / 2)
             log("maximum %.0f events/s; soaking at half: %d events/s" % (maximum, rate))
-        r = loadtest_run(env, ["--rate", "%d:%d" % (rate, args.seconds)], "soak")
+        health = HealthSampler(env.ops_port)
+        try:
+            r = loadtest_run(env, ["--rate", "%d:%d" % (rate, args.seconds)], "soak")
+        finally:
+            health = health.finish()
     finally:
         env.cleanup()
     samples = r["rss_samples_mib"]
@@ -215,14 +269,17 @@ def soak(args):
     lo, hi = min(after), max(after)
     drift = (end - base) / base * 100
     ok = lo >= base * 0.9 and hi <= base * 1.1
+    outside = sum(1 for m in after if not base * 0.9 <= m <= base * 1.1)
     at = "%d events/s" % rate + (" (half the maximum of %.0f measured first)" % maximum if maximum else "")
     summary = ("%d s at %s: %.0f events/s accepted, p99 %.1f ms, gateway CPU %.2f µs/event, statuses %s; "
                "RSS at 1 min %.1f MiB, at the end %.1f MiB (%+.1f%%), range after 1 min %.1f–%.1f MiB "
-               "(%+.1f%% / %+.1f%%): %s"
+               "(%+.1f%% / %+.1f%%), outside the band in %d of %d one-second samples (%.1f%%): %s"
                % (args.seconds, at, p["events_per_sec"], p["latency_ms"]["p99"], p.get("cpu_us_per_event") or 0,
                   ", ".join("%s: %d" % kv for kv in sorted(p["statuses"].items())),
                   base, end, drift, lo, hi, (lo - base) / base * 100, (hi - base) / base * 100,
+                  outside, len(after), outside * 100 / max(len(after), 1),
                   "within ±10%" if ok else "OUTSIDE ±10%"))
+    summary += "; " + attribution(health, base)
     print(summary)
     if not args.no_doc:
         svg = os.path.join(ROOT, "docs", "soak-rss.svg")
