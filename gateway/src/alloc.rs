@@ -15,8 +15,10 @@
 //! still in use, or by a burst that grew an arena further than steady load
 //! needs, stays resident: RSS rose in steps that lasted for minutes during a
 //! one-hour soak. So every `release_interval_ms` a background task hands
-//! every arena's whole free pages back to the kernel ([`release`]), and the
-//! next requests fault in what they use again, once per interval.
+//! the whole free pages inside every arena back to the kernel ([`release`];
+//! glibc also trims the main arena's top then, while the other arenas' tops
+//! keep up to `trim_threshold_bytes` as before), and the next requests fault
+//! in what they use again, once per interval.
 
 use std::time::{Duration, Instant};
 
@@ -56,8 +58,9 @@ pub struct Released {
     pub bytes: u64,
     /// Bytes in blocks in use (glibc's `mallinfo2`: arenas and mapped blocks).
     pub in_use: u64,
-    /// Bytes free inside the arenas, kept for the next allocations (their
-    /// whole pages are no longer resident after a release).
+    /// Bytes free inside the arenas, kept for the next allocations (after a
+    /// release only the tops of arenas other than the main one keep theirs
+    /// resident).
     pub free: u64,
     pub took: Duration,
 }
@@ -152,7 +155,7 @@ pub fn describe_metrics() {
     describe_gauge!(
         ALLOCATOR_FREE_BYTES,
         Unit::Bytes,
-        "Bytes free inside the allocator's arenas at the last release (kept for reuse; their whole pages are no longer resident)"
+        "Bytes free inside the allocator's arenas at the last release (kept for reuse; after a release only the tops of arenas other than the main one stay resident)"
     );
 }
 
@@ -160,7 +163,8 @@ pub fn describe_metrics() {
 mod imp {
     use super::{AllocatorConfig, Tuned};
 
-    /// glibc's `malloc_trim(0)`: every arena's free pages, not only its top.
+    /// glibc's `malloc_trim(0)`: the free pages inside every arena, and the
+    /// main arena's top.
     pub(super) fn trim() -> bool {
         // SAFETY: malloc_trim only works on the allocator's own structures,
         // under each arena's lock.

@@ -71,9 +71,8 @@ pub struct AllocatorConfig {
     /// Free memory each allocator arena (about one per thread) keeps at its
     /// top before it returns the excess to the kernel.
     pub trim_threshold_bytes: u64,
-    /// How often the gateway hands every arena's whole free pages back to the
-    /// kernel (glibc's `malloc_trim`), wherever in the arena they lie; 0:
-    /// never. The thresholds above only reach an arena's top, so without it
+    /// How often the gateway hands the whole free pages inside every arena
+    /// back to the kernel (glibc's `malloc_trim`); 0: never. The thresholds above only reach an arena's top, so without it
     /// memory freed after a burst stays resident.
     pub release_interval_ms: u64,
 }
