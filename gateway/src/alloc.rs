@@ -14,7 +14,8 @@
 //! The thresholds only reach an arena's free top. Memory freed below a block
 //! still in use, or by a burst that grew an arena further than steady load
 //! needs, stays resident: RSS rose in steps that lasted for minutes during a
-//! one-hour soak. So every `release_interval_ms` a background task hands
+//! one-hour soak. So with `release_interval_ms` set (off by default: see
+//! docs/benchmarks.md) a background task hands, at that interval,
 //! the whole free pages inside every arena back to the kernel ([`release`];
 //! glibc also trims the main arena's top then, while the other arenas' tops
 //! keep up to `trim_threshold_bytes` as before), and the next requests fault
@@ -22,13 +23,16 @@
 
 use std::time::{Duration, Instant};
 
-use metrics::{counter, describe_counter, describe_gauge, gauge, Unit};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
 use shared::config::AllocatorConfig;
 
 pub const ALLOCATOR_RELEASES: &str = "overwatch_allocator_releases_total";
 pub const ALLOCATOR_RELEASED_BYTES: &str = "overwatch_allocator_released_bytes_total";
 pub const ALLOCATOR_IN_USE_BYTES: &str = "overwatch_allocator_in_use_bytes";
 pub const ALLOCATOR_FREE_BYTES: &str = "overwatch_allocator_free_bytes";
+pub const ALLOCATOR_RELEASE_DURATION: &str = "overwatch_allocator_release_duration_seconds";
 
 /// What [`tune`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +130,7 @@ impl Released {
         counter!(ALLOCATOR_RELEASED_BYTES).increment(self.bytes);
         gauge!(ALLOCATOR_IN_USE_BYTES).set(self.in_use as f64);
         gauge!(ALLOCATOR_FREE_BYTES).set(self.free as f64);
+        histogram!(ALLOCATOR_RELEASE_DURATION).record(self.took.as_secs_f64());
         tracing::debug!(
             released = self.bytes,
             in_use = self.in_use,
@@ -146,6 +151,11 @@ pub fn describe_metrics() {
         ALLOCATOR_RELEASED_BYTES,
         Unit::Bytes,
         "How much the resident set shrank across those releases (an estimate: other threads keep allocating)"
+    );
+    describe_histogram!(
+        ALLOCATOR_RELEASE_DURATION,
+        Unit::Seconds,
+        "How long a release took: it holds each arena's lock while it walks it, so allocations on that arena wait"
     );
     describe_gauge!(
         ALLOCATOR_IN_USE_BYTES,

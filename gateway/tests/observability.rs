@@ -293,6 +293,17 @@ async fn memory_a_burst_grew_goes_back_to_the_kernel_after_it() {
         "RSS {steady:.1} MiB before the burst, {burst:.1} MiB after it and still {after:.1} MiB \
          after two releases of free memory"
     );
+    // What the releases report is valid exposition, and says what they did.
+    let text = scrape(&gw.ops_url).await;
+    promtool_check(&text);
+    assert!(
+        metric_sum(&text, "overwatch_allocator_released_bytes_total", &[]) > 0.0,
+        "{text}"
+    );
+    assert!(
+        metric_sum(&text, "overwatch_allocator_in_use_bytes", &[]) > 0.0,
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
