@@ -121,40 +121,53 @@ fn minor_faults(pid: u32) -> u64 {
         .expect("minflt")
 }
 
+/// `clients` clients, each sending `requests` copies of `body` one after
+/// another; every one must be answered 200.
+async fn send_concurrently(
+    gw: &GatewayProcess,
+    body: &bytes::Bytes,
+    clients: usize,
+    requests: usize,
+) {
+    let url = format!("{}/ingest", gw.url);
+    let client = reqwest::Client::new();
+    let mut all = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let (url, key, body, client) = (url.clone(), gw.key(), body.clone(), client.clone());
+        all.spawn(async move {
+            for _ in 0..requests {
+                let r = client
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .expect("post");
+                assert_eq!(r.status(), 200);
+            }
+        });
+    }
+    all.join_all().await;
+}
+
+/// A body of 1000 events.
+fn large_body() -> bytes::Bytes {
+    let (_, body) = batch(1000, Uuid::new_v4());
+    bytes::Bytes::from(serde_json::to_vec(&body).expect("json"))
+}
+
 /// Page faults per 1000-event request once the gateway is warm, with
 /// `CLIENTS` clients each sending one request after another (as the load
 /// generator's 8 do).
 async fn faults_per_large_request(gw: &GatewayProcess) -> f64 {
     const CLIENTS: usize = 8;
     const REQUESTS: usize = 12;
-    let (_, body) = batch(1000, Uuid::new_v4());
-    let body = bytes::Bytes::from(serde_json::to_vec(&body).expect("json"));
-    let url = format!("{}/ingest", gw.url);
-    let client = reqwest::Client::new();
-    let load = |requests: usize| {
-        let mut clients = tokio::task::JoinSet::new();
-        for _ in 0..CLIENTS {
-            let (url, key, body, client) = (url.clone(), gw.key(), body.clone(), client.clone());
-            clients.spawn(async move {
-                for _ in 0..requests {
-                    let r = client
-                        .post(&url)
-                        .bearer_auth(&key)
-                        .header("content-type", "application/json")
-                        .body(body.clone())
-                        .send()
-                        .await
-                        .expect("post");
-                    assert_eq!(r.status(), 200);
-                }
-            });
-        }
-        clients.join_all()
-    };
+    let body = large_body();
     // Warm: every arena has grown to what such requests need.
-    load(4).await;
+    send_concurrently(gw, &body, CLIENTS, 4).await;
     let before = minor_faults(gw.child.id());
-    load(REQUESTS).await;
+    send_concurrently(gw, &body, CLIENTS, REQUESTS).await;
     (minor_faults(gw.child.id()) - before) as f64 / (CLIENTS * REQUESTS) as f64
 }
 
@@ -238,8 +251,9 @@ async fn memory_a_burst_grew_goes_back_to_the_kernel_after_it() {
     // During a one-hour soak RSS rose in steps that lasted for minutes: glibc
     // returns only an arena's free top, so memory a burst grew stayed
     // resident wherever a block still in use sat above it.
-    // `gateway.allocator.release_interval_ms` hands every arena's free pages
-    // back; without it RSS after the burst stays where the burst left it.
+    // `gateway.allocator.release_interval_ms` hands the free pages inside
+    // every arena back; without it RSS after the burst stays where the burst
+    // left it.
     let svc = services();
     let cfg = shared::testkit::config(&svc);
     shared::testkit::create_topics(&cfg, 1).await;
@@ -250,37 +264,14 @@ async fn memory_a_burst_grew_goes_back_to_the_kernel_after_it() {
     )
     .await;
     let pid = gw.child.id();
-    let (_, body) = batch(1000, Uuid::new_v4());
-    let body = bytes::Bytes::from(serde_json::to_vec(&body).expect("json"));
-    let url = format!("{}/ingest", gw.url);
-    let client = reqwest::Client::new();
-    let load = |clients: usize, requests: usize| {
-        let mut all = tokio::task::JoinSet::new();
-        for _ in 0..clients {
-            let (url, key, body, client) = (url.clone(), gw.key(), body.clone(), client.clone());
-            all.spawn(async move {
-                for _ in 0..requests {
-                    let r = client
-                        .post(&url)
-                        .bearer_auth(&key)
-                        .header("content-type", "application/json")
-                        .body(body.clone())
-                        .send()
-                        .await
-                        .expect("post");
-                    assert_eq!(r.status(), 200);
-                }
-            });
-        }
-        all.join_all()
-    };
+    let body = large_body();
     // Steady load of one client, then what stays resident after it.
-    load(1, 4).await;
+    send_concurrently(&gw, &body, 1, 4).await;
     releases_pass(&gw, 2.0).await;
     let (steady, _) = resident_mib(pid);
     // A burst: many 1000-event requests at once. Releases run during it
     // too, so its own peak is what it grew to.
-    load(48, 2).await;
+    send_concurrently(&gw, &body, 48, 2).await;
     releases_pass(&gw, 2.0).await;
     let (after, burst) = resident_mib(pid);
     assert!(
