@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -191,7 +192,6 @@ class HealthSampler:
     memory kept after them."""
 
     def __init__(self, ops_port, every=0.25):
-        import threading
         self.url = "http://127.0.0.1:%d/health" % ops_port
         self.every = every
         self.samples = []  # (seconds since start, RSS MiB, requests in progress)
