@@ -69,8 +69,8 @@ pub struct Released {
     pub took: Duration,
 }
 
-/// Hands the free pages of every arena back to the kernel, or `None` where
-/// the allocator cannot (not glibc).
+/// Hands the whole free pages inside every arena (and the main arena's top)
+/// back to the kernel, or `None` where the allocator cannot (not glibc).
 pub fn release() -> Option<Released> {
     let started = Instant::now();
     let before = resident_bytes();

@@ -72,8 +72,9 @@ pub struct AllocatorConfig {
     /// top before it returns the excess to the kernel.
     pub trim_threshold_bytes: u64,
     /// How often the gateway hands the whole free pages inside every arena
-    /// back to the kernel (glibc's `malloc_trim`); 0: never. The thresholds above only reach an arena's top, so without it
-    /// memory freed after a burst stays resident.
+    /// back to the kernel (glibc's `malloc_trim`); 0: never. The thresholds
+    /// above only reach an arena's top, so without it memory freed after a
+    /// burst stays resident.
     pub release_interval_ms: u64,
 }
 
