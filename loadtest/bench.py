@@ -141,8 +141,8 @@ def main():
         stack.fail("unknown scenarios %s (known: trivial, %s)" % (unknown, ", ".join(ORDER)))
     if args.rounds < 1 or args.slice < 1:
         stack.fail("--rounds and --slice must be at least 1")
-    results = {"machine": harness.machine(), "commit": harness.commit(), "seconds": args.seconds,
-               "rounds": args.rounds, "slice": args.slice,
+    results = {"machine": harness.machine(), "commit": harness.commit(), "overrides": harness.overrides(),
+               "seconds": args.seconds, "rounds": args.rounds, "slice": args.slice,
                "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     floors = []
     harness.GATEWAY = args.gateway
@@ -245,6 +245,8 @@ def render(results):
                results["date"], results["commit"], rounds, results.get("slice", 0), results["seconds"]),
            "- Machine: %s" % results["machine"],
            "- Broker: tansu 0.6.0, in-memory storage, same machine; acks=all, idempotent producer",
+           ] + (["- Gateway settings from the environment: " + ", ".join(results["overrides"])]
+                if results.get("overrides") else []) + [
            "", "### Ratios (what carries to another machine)", "",
            "Each ratio is taken within a round (its scenarios ran minutes apart at most) and the "
            "median of the rounds is shown, with their range in brackets.", "",

@@ -174,6 +174,19 @@ def commit():
         return "unknown"
 
 
+def overrides():
+    """The gateway settings this run takes from the environment (the harness
+    passes its environment on), for the record beside its numbers; values of
+    names that could hold a secret are left out."""
+    secret = ("SECRET", "PASSWORD", "TOKEN", "KEY", "CREDENTIAL", "DSN", "SASL")
+    out = []
+    for name in sorted(os.environ):
+        if name.startswith("OVERWATCH__"):
+            hidden = any(s in name for s in secret)
+            out.append("`%s`" % name if hidden else "`%s=%s`" % (name, os.environ[name]))
+    return out
+
+
 def up(env):
     """Starts the services and the gateway, and warms up connections, the UA
     cache and broker metadata. Returns the gateway's config file."""
@@ -232,6 +245,24 @@ def attribution(health, base):
     return text
 
 
+def minute_medians(samples, base):
+    """RSS as each minute's median after the first, against `base`: what the
+    gateway keeps, with the seconds that requests in flight (a stall of the
+    broker or the machine) add left out. Printed beside the verdict, which
+    stays on the one-second samples."""
+    minutes = {}
+    for t, m in samples:
+        if t >= 60:
+            minutes.setdefault(int(t // 60), []).append(m)
+    meds = [sorted(v)[len(v) // 2] for _, v in sorted(minutes.items()) if len(v) >= 30]
+    if not meds:
+        return "no whole minute after the first"
+    lo, hi = min(meds), max(meds)
+    return "each minute's median RSS after the first: %.1f–%.1f MiB (%+.1f%% / %+.1f%%), %s" % (
+        lo, hi, (lo - base) / base * 100, (hi - base) / base * 100,
+        "within ±10%" if lo >= base * 0.9 and hi <= base * 1.1 else "outside ±10%")
+
+
 def soak(args):
     """Runs at `args.rate` events/s (or half the maximum measured first) for
     `args.seconds`; RSS must stay within ±10% of its value after the first minute.
@@ -279,7 +310,7 @@ def soak(args):
                   base, end, drift, lo, hi, (lo - base) / base * 100, (hi - base) / base * 100,
                   outside, len(after), outside * 100 / max(len(after), 1),
                   "within ±10%" if ok else "OUTSIDE ±10%"))
-    summary += "; " + attribution(health, base)
+    summary += "; " + attribution(health, base) + "; " + minute_medians(samples, base)
     print(summary)
     if not args.no_doc:
         svg = os.path.join(ROOT, "docs", "soak-rss.svg")
@@ -288,8 +319,10 @@ def soak(args):
         write_section("Soak", "\n".join([
             "## Soak", "",
             "`make soak` (`python3 loadtest/harness.py soak`): %s, %s, commit `%s`, tansu with storage `%s` on "
-            "the same machine." % (datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                                   machine(), commit(), args.broker_storage), "",
+            "the same machine%s." % (datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                                     machine(), commit(), args.broker_storage,
+                                     "; settings from the environment: " + ", ".join(overrides())
+                                     if overrides() else ""), "",
             summary + ".", "",
             "![gateway RSS over the soak, with the ±10% band around its value after one minute](soak-rss.svg)", ""]))
     return 0 if ok else 1
