@@ -14,12 +14,15 @@
 //! The thresholds only reach an arena's free top. Memory freed below a block
 //! still in use, or by a burst that grew an arena further than steady load
 //! needs, stays resident: RSS rose in steps that lasted for minutes during a
-//! one-hour soak. So with `release_interval_ms` set (off by default: see
-//! docs/benchmarks.md) a background task hands, at that interval,
-//! the whole free pages inside every arena back to the kernel ([`release`];
-//! glibc also trims the main arena's top then, while the other arenas' tops
-//! keep up to `trim_threshold_bytes` as before), and the next requests fault
-//! in what they use again, once per interval.
+//! one-hour soak, and the free memory kept outgrew the memory bound's term
+//! for it. So every `release_interval_ms` a background task estimates the
+//! free memory still resident ([`usage`]) and, when it is more than
+//! `release_above_bytes` (by default that term of the bound), hands the whole
+//! free pages inside every arena back to the kernel ([`release`]; glibc also
+//! trims the main arena's top then, while the other arenas' tops keep up to
+//! `trim_threshold_bytes` as before). Below the limit nothing is released:
+//! releasing at every interval took 10-15 MB from steady load each time,
+//! which its next requests faulted in again.
 
 use std::time::{Duration, Instant};
 
@@ -33,6 +36,8 @@ pub const ALLOCATOR_RELEASED_BYTES: &str = "overwatch_allocator_released_bytes_t
 pub const ALLOCATOR_IN_USE_BYTES: &str = "overwatch_allocator_in_use_bytes";
 pub const ALLOCATOR_FREE_BYTES: &str = "overwatch_allocator_free_bytes";
 pub const ALLOCATOR_RELEASE_DURATION: &str = "overwatch_allocator_release_duration_seconds";
+pub const ALLOCATOR_KEPT_BYTES: &str = "overwatch_allocator_kept_bytes";
+pub const ALLOCATOR_CHECKS: &str = "overwatch_allocator_checks_total";
 
 /// What [`tune`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,19 +59,38 @@ pub fn tune(cfg: &AllocatorConfig) -> Result<Tuned, String> {
     imp::set(cfg)
 }
 
-/// What one release did and what the allocator held right after it.
+/// The allocator's memory at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes in blocks in use (glibc's `mallinfo2`: arenas and mapped blocks).
+    pub in_use: u64,
+    /// Bytes free inside the arenas, resident or already handed back.
+    pub free: u64,
+    /// Free memory still resident, estimated: the process's anonymous
+    /// resident memory less `in_use` (thread stacks count as kept; blocks in
+    /// use that were never touched make it smaller).
+    pub kept: u64,
+}
+
+/// What one release did.
 #[derive(Debug, Clone, Copy)]
 pub struct Released {
     /// How much the resident set shrank meanwhile (other threads keep
     /// allocating, so it is an estimate).
     pub bytes: u64,
-    /// Bytes in blocks in use (glibc's `mallinfo2`: arenas and mapped blocks).
-    pub in_use: u64,
-    /// Bytes free inside the arenas, kept for the next allocations (after a
-    /// release only the tops of arenas other than the main one keep theirs
-    /// resident).
-    pub free: u64,
     pub took: Duration,
+}
+
+/// The allocator's memory now, or `None` where it cannot tell (not glibc, or
+/// no `/proc`).
+pub fn usage() -> Option<Usage> {
+    let (in_use, free) = imp::usage()?;
+    let anon = statm().map(|s| s.anonymous)?;
+    Some(Usage {
+        in_use,
+        free,
+        kept: anon.saturating_sub(in_use),
+    })
 }
 
 /// Hands the whole free pages inside every arena (and the main arena's top)
@@ -80,21 +104,93 @@ pub fn release() -> Option<Released> {
     let bytes = before
         .zip(resident_bytes())
         .map_or(0, |(b, a)| b.saturating_sub(a));
-    let (in_use, free) = imp::usage();
     Some(Released {
         bytes,
-        in_use,
-        free,
         took: started.elapsed(),
     })
+}
+
+/// What one check found, and the release it ran when the allocator kept
+/// more than its limit resident.
+#[derive(Debug, Clone, Copy)]
+pub struct Checked {
+    pub usage: Usage,
+    pub released: Option<Released>,
+}
+
+/// Decides, check by check, when free memory goes back to the kernel.
+#[derive(Debug, Clone, Copy)]
+pub struct Releaser {
+    /// Free memory that may stay resident.
+    above: u64,
+    /// What was still kept right after the last release. A release cannot
+    /// take the tops of the arenas other than the main one, so when those
+    /// alone exceed the limit the next release waits until the kept memory
+    /// has grown by a quarter of the limit since: releasing at every check
+    /// would take pages from steady load for its next requests to fault in.
+    after_last: Option<u64>,
+}
+
+impl Releaser {
+    pub fn new(above: u64) -> Releaser {
+        Releaser {
+            above,
+            after_last: None,
+        }
+    }
+
+    /// Whether a check that found `kept` bytes of free memory resident
+    /// releases it.
+    pub fn due(&self, kept: u64) -> bool {
+        kept > self.above
+            && self
+                .after_last
+                .is_none_or(|after| kept > after.saturating_add(self.above / 4))
+    }
+
+    /// Reads [`usage`], and runs [`release`] when [`Releaser::due`]; `None`
+    /// where the allocator cannot tell.
+    pub fn check(&mut self) -> Option<Checked> {
+        let found = usage()?;
+        if !self.due(found.kept) {
+            return Some(Checked {
+                usage: found,
+                released: None,
+            });
+        }
+        let released = release()?;
+        let after = usage().unwrap_or(found);
+        self.after_last = Some(after.kept);
+        Some(Checked {
+            usage: after,
+            released: Some(released),
+        })
+    }
 }
 
 /// This process's resident set in bytes (Linux `/proc/self/statm`; absent
 /// elsewhere).
 pub fn resident_bytes() -> Option<u64> {
+    statm().map(|s| s.resident)
+}
+
+struct Statm {
+    resident: u64,
+    /// Resident and not backed by a file or shared memory: the heap, thread
+    /// stacks and anonymous mappings.
+    anonymous: u64,
+}
+
+fn statm() -> Option<Statm> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * page_bytes())
+    let mut fields = statm.split_whitespace().skip(1);
+    let resident: u64 = fields.next()?.parse().ok()?;
+    let shared: u64 = fields.next()?.parse().ok()?;
+    let page = page_bytes();
+    Some(Statm {
+        resident: resident * page,
+        anonymous: resident.saturating_sub(shared) * page,
+    })
 }
 
 fn page_bytes() -> u64 {
@@ -103,49 +199,70 @@ fn page_bytes() -> u64 {
     u64::try_from(p).unwrap_or(4096)
 }
 
-/// Releases free memory every `interval` (see [`release`]) until aborted; a
-/// release runs on a blocking thread (it walks every arena under its lock).
-pub fn spawn_release(interval: Duration) -> tokio::task::JoinHandle<()> {
+/// Every `interval` until aborted, checks the free memory kept resident
+/// against `above` and releases it when due (see [`Releaser`]); on a
+/// blocking thread, as a release walks every arena under its lock.
+pub fn spawn_release(interval: Duration, above: u64) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
+        let mut releaser = Releaser::new(above);
         loop {
             tick.tick().await;
-            match tokio::task::spawn_blocking(release).await {
-                Ok(Some(released)) => released.emit(),
-                Ok(None) => {
-                    tracing::info!("this allocator cannot release free memory: not releasing");
+            let checked = tokio::task::spawn_blocking(move || {
+                let checked = releaser.check();
+                (releaser, checked)
+            })
+            .await;
+            match checked {
+                Ok((next, Some(checked))) => {
+                    releaser = next;
+                    checked.emit(above);
+                }
+                Ok((_, None)) => {
+                    tracing::info!(
+                        "this allocator cannot tell or release free memory: not checking"
+                    );
                     return;
                 }
-                Err(e) => tracing::warn!(error = %e, "releasing free memory failed"),
+                Err(e) => tracing::warn!(error = %e, "checking free memory failed"),
             }
         }
     })
 }
 
-impl Released {
-    fn emit(&self) {
+impl Checked {
+    fn emit(&self, above: u64) {
+        counter!(ALLOCATOR_CHECKS).increment(1);
+        gauge!(ALLOCATOR_IN_USE_BYTES).set(self.usage.in_use as f64);
+        gauge!(ALLOCATOR_FREE_BYTES).set(self.usage.free as f64);
+        gauge!(ALLOCATOR_KEPT_BYTES).set(self.usage.kept as f64);
+        let Some(r) = self.released else { return };
         counter!(ALLOCATOR_RELEASES).increment(1);
-        counter!(ALLOCATOR_RELEASED_BYTES).increment(self.bytes);
-        gauge!(ALLOCATOR_IN_USE_BYTES).set(self.in_use as f64);
-        gauge!(ALLOCATOR_FREE_BYTES).set(self.free as f64);
-        histogram!(ALLOCATOR_RELEASE_DURATION).record(self.took.as_secs_f64());
+        counter!(ALLOCATOR_RELEASED_BYTES).increment(r.bytes);
+        histogram!(ALLOCATOR_RELEASE_DURATION).record(r.took.as_secs_f64());
         tracing::debug!(
-            released = self.bytes,
-            in_use = self.in_use,
-            free = self.free,
-            took_us = self.took.as_micros() as u64,
-            "free memory released to the kernel"
+            released = r.bytes,
+            in_use = self.usage.in_use,
+            kept = self.usage.kept,
+            above,
+            took_us = r.took.as_micros() as u64,
+            "free memory above the limit released to the kernel"
         );
     }
 }
 
 pub fn describe_metrics() {
     describe_counter!(
+        ALLOCATOR_CHECKS,
+        Unit::Count,
+        "Times the gateway compared the free memory its allocator keeps resident with gateway.allocator.release_above_bytes"
+    );
+    describe_counter!(
         ALLOCATOR_RELEASES,
         Unit::Count,
-        "Times the gateway handed its allocator's free pages back to the kernel (gateway.allocator.release_interval_ms)"
+        "Times a check found more free memory resident than the limit and handed the allocator's free pages back to the kernel"
     );
     describe_counter!(
         ALLOCATOR_RELEASED_BYTES,
@@ -160,12 +277,17 @@ pub fn describe_metrics() {
     describe_gauge!(
         ALLOCATOR_IN_USE_BYTES,
         Unit::Bytes,
-        "Bytes the allocator had in use at the last release: what the gateway holds, beside what the allocator keeps free"
+        "Bytes the allocator had in use at the last check: what the gateway holds, beside what the allocator keeps free"
     );
     describe_gauge!(
         ALLOCATOR_FREE_BYTES,
         Unit::Bytes,
-        "Bytes free inside the allocator's arenas at the last release (kept for reuse; after a release only the tops of arenas other than the main one stay resident)"
+        "Bytes free inside the allocator's arenas at the last check, resident or already handed back"
+    );
+    describe_gauge!(
+        ALLOCATOR_KEPT_BYTES,
+        Unit::Bytes,
+        "Free memory still resident at the last check (after its release, if one ran): anonymous resident memory less the bytes in use"
     );
 }
 
@@ -183,11 +305,11 @@ mod imp {
     }
 
     /// (bytes in use, bytes free in the arenas), summed over every arena.
-    pub(super) fn usage() -> (u64, u64) {
+    pub(super) fn usage() -> Option<(u64, u64)> {
         // SAFETY: mallinfo2 reads the allocator's counters under each
         // arena's lock and returns them by value.
         let m = unsafe { libc::mallinfo2() };
-        ((m.uordblks + m.hblkhd) as u64, m.fordblks as u64)
+        Some(((m.uordblks + m.hblkhd) as u64, m.fordblks as u64))
     }
 
     pub(super) fn set(cfg: &AllocatorConfig) -> Result<Tuned, String> {
@@ -226,11 +348,38 @@ mod imp {
         false
     }
 
-    pub(super) fn usage() -> (u64, u64) {
-        (0, 0)
+    pub(super) fn usage() -> Option<(u64, u64)> {
+        None
     }
 
     pub(super) fn set(_: &AllocatorConfig) -> Result<Tuned, String> {
         Ok(Tuned::Unsupported)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Releaser;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn a_release_is_due_above_the_limit_and_then_only_once_kept_memory_grew_again() {
+        let mut r = Releaser::new(40 * MIB);
+        assert!(!r.due(40 * MIB), "at the limit");
+        assert!(r.due(41 * MIB), "above it, before any release");
+        // The release left 45 MiB (tops it cannot take): steady load that
+        // keeps about that much must not release at every check.
+        r.after_last = Some(45 * MIB);
+        assert!(!r.due(50 * MIB));
+        assert!(!r.due(55 * MIB));
+        assert!(
+            r.due(56 * MIB),
+            "a quarter of the limit more than after the last release"
+        );
+        // A release that went below the limit: the limit decides again.
+        r.after_last = Some(20 * MIB);
+        assert!(!r.due(39 * MIB));
+        assert!(r.due(41 * MIB));
     }
 }

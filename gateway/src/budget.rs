@@ -27,7 +27,10 @@
 //!   allocates request-sized buffers (the network threads, the CPU workers and
 //!   librdkafka's broker thread); with glibc's own thresholds (both 0) an
 //!   arena keeps up to twice the largest block freed so far, which the
-//!   bound counts as `2 × limits.max_decompressed_bytes`.
+//!   bound counts as `2 × limits.max_decompressed_bytes`. Memory freed below
+//!   a block still in use is kept too, whatever the thresholds: the gateway
+//!   holds the sum to this term by releasing free memory when more is
+//!   resident (`gateway.allocator.release_interval_ms`, `crate::alloc`).
 //!
 //! Baseline memory (code, the user-agent regexes and cache, a GeoIP database)
 //! comes on top; `/health` on the operations listener shows it as
@@ -86,6 +89,16 @@ impl MemoryBound {
         }
     }
 
+    /// The free memory the allocator may keep resident before a release
+    /// (`gateway.allocator.release_above_bytes`; 0: this bound's term for it).
+    pub fn kept_limit(&self, cfg: &shared::config::AllocatorConfig) -> u64 {
+        if cfg.release_above_bytes > 0 {
+            cfg.release_above_bytes
+        } else {
+            self.allocator
+        }
+    }
+
     pub fn total(&self) -> u64 {
         self.bodies
             + self.workers
@@ -114,5 +127,21 @@ mod tests {
             "{bound:?} = {} MiB",
             bound.total() >> 20
         );
+    }
+
+    #[test]
+    fn free_memory_is_released_above_the_bounds_term_for_it_unless_set() {
+        let mut cfg = Config::load_from(None, Vec::new()).expect("defaults");
+        cfg.gateway.cpu_workers = 2;
+        cfg.gateway.network_threads = 2;
+        let bound = MemoryBound::of(&cfg);
+        // By default a release holds the kept memory to what the bound
+        // counts for it: the trim threshold of each allocating thread.
+        assert_eq!(
+            bound.kept_limit(&cfg.gateway.allocator),
+            5 * cfg.gateway.allocator.trim_threshold_bytes
+        );
+        cfg.gateway.allocator.release_above_bytes = 16 << 20;
+        assert_eq!(bound.kept_limit(&cfg.gateway.allocator), 16 << 20);
     }
 }

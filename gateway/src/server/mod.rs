@@ -82,7 +82,10 @@ pub async fn serve(
     if g.allocator.release_interval_ms > 0 {
         background.push(
             "memory release",
-            crate::alloc::spawn_release(Duration::from_millis(g.allocator.release_interval_ms)),
+            crate::alloc::spawn_release(
+                Duration::from_millis(g.allocator.release_interval_ms),
+                crate::budget::MemoryBound::of(&app.config).kept_limit(&g.allocator),
+            ),
         );
     }
     if app.config.telemetry.snapshot_interval_secs > 0 {

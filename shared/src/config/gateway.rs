@@ -71,11 +71,17 @@ pub struct AllocatorConfig {
     /// Free memory each allocator arena (about one per thread) keeps at its
     /// top before it returns the excess to the kernel.
     pub trim_threshold_bytes: u64,
-    /// How often the gateway hands the whole free pages inside every arena
-    /// back to the kernel (glibc's `malloc_trim`); 0: never. The thresholds
-    /// above only reach an arena's top, so without it memory freed after a
-    /// burst stays resident.
+    /// How often the gateway compares the free memory its allocator keeps
+    /// resident with `release_above_bytes`, and hands the whole free pages
+    /// inside every arena back to the kernel (glibc's `malloc_trim`) when it
+    /// is more; 0: never. The thresholds above only reach an arena's top, so
+    /// without it memory freed after a burst stays resident.
     pub release_interval_ms: u64,
+    /// Free memory the allocator may keep resident before a release runs;
+    /// 0: the memory bound's term for it (`trim_threshold_bytes` per thread
+    /// that allocates request-sized buffers), which the release then holds.
+    /// Below it nothing is released, so steady load faults nothing in again.
+    pub release_above_bytes: u64,
 }
 
 /// glibc refuses a larger `M_MMAP_THRESHOLD` on 64-bit targets.
