@@ -29,7 +29,7 @@
 //!   arena keeps up to twice the largest block freed so far, which the
 //!   bound counts as `2 × limits.max_decompressed_bytes`. Memory freed below
 //!   a block still in use is kept too, whatever the thresholds: the gateway
-//!   holds the sum to this term by releasing free memory when more is
+//!   brings the sum back to this term by releasing free memory when more is
 //!   resident (`gateway.allocator.release_interval_ms`, `crate::alloc`).
 //!
 //! Baseline memory (code, the user-agent regexes and cache, a GeoIP database)

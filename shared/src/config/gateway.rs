@@ -79,8 +79,8 @@ pub struct AllocatorConfig {
     pub release_interval_ms: u64,
     /// Free memory the allocator may keep resident before a release runs;
     /// 0: the memory bound's term for it (`trim_threshold_bytes` per thread
-    /// that allocates request-sized buffers), which the release then holds.
-    /// Below it nothing is released, so steady load faults nothing in again.
+    /// that allocates request-sized buffers). Below it nothing is released,
+    /// so steady load faults nothing in again.
     pub release_above_bytes: u64,
 }
 
