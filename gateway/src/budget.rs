@@ -113,13 +113,18 @@ impl MemoryBound {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_defaults_fit_the_helm_memory_limit() {
+    /// The defaults, with two CPUs' worth of workers and network threads
+    /// (what the chart's pods get).
+    fn two_cores() -> Config {
         let mut cfg = Config::load_from(None, Vec::new()).expect("defaults");
-        // The chart's pods get two CPUs' worth of workers and network threads.
         cfg.gateway.cpu_workers = 2;
         cfg.gateway.network_threads = 2;
-        let bound = MemoryBound::of(&cfg);
+        cfg
+    }
+
+    #[test]
+    fn the_defaults_fit_the_helm_memory_limit() {
+        let bound = MemoryBound::of(&two_cores());
         // helm/overwatch/values.yaml: gateway.resources.limits.memory = 512Mi,
         // of which up to 64 MiB are the baseline.
         assert!(
@@ -131,12 +136,10 @@ mod tests {
 
     #[test]
     fn free_memory_is_released_above_the_bounds_term_for_it_unless_set() {
-        let mut cfg = Config::load_from(None, Vec::new()).expect("defaults");
-        cfg.gateway.cpu_workers = 2;
-        cfg.gateway.network_threads = 2;
+        let mut cfg = two_cores();
         let bound = MemoryBound::of(&cfg);
-        // By default a release holds the kept memory to what the bound
-        // counts for it: the trim threshold of each allocating thread.
+        // By default a release runs when more is kept than the bound counts
+        // for it: the trim threshold of each allocating thread.
         assert_eq!(
             bound.kept_limit(&cfg.gateway.allocator),
             5 * cfg.gateway.allocator.trim_threshold_bytes
