@@ -313,6 +313,7 @@ def soak(args):
     summary += "; " + attribution(health, base) + "; " + minute_medians(samples, base)
     print(summary)
     if not args.no_doc:
+        settings = overrides()
         svg = os.path.join(ROOT, "docs", "soak-rss.svg")
         with open(svg, "w") as f:
             f.write(rss_svg(samples, base, "gateway RSS during `make soak` at %s, commit %s" % (at, commit())))
@@ -321,8 +322,8 @@ def soak(args):
             "`make soak` (`python3 loadtest/harness.py soak`): %s, %s, commit `%s`, tansu with storage `%s` on "
             "the same machine%s." % (datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                                      machine(), commit(), args.broker_storage,
-                                     "; settings from the environment: " + ", ".join(overrides())
-                                     if overrides() else ""), "",
+                                     "; settings from the environment: " + ", ".join(settings)
+                                     if settings else ""), "",
             summary + ".", "",
             "![gateway RSS over the soak, with the ±10% band around its value after one minute](soak-rss.svg)", ""]))
     return 0 if ok else 1

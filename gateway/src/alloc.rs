@@ -70,14 +70,17 @@ pub struct Usage {
     /// resident memory less `in_use` (thread stacks count as kept; blocks in
     /// use that were never touched make it smaller).
     pub kept: u64,
+    /// The process's resident set.
+    pub resident: u64,
 }
 
 /// What one release did.
 #[derive(Debug, Clone, Copy)]
 pub struct Released {
-    /// How much the resident set shrank meanwhile (other threads keep
-    /// allocating, so it is an estimate).
+    /// How much the resident set shrank from the check before it to the
+    /// one after (other threads keep allocating, so it is an estimate).
     pub bytes: u64,
+    /// How long `malloc_trim` took.
     pub took: Duration,
 }
 
@@ -85,29 +88,21 @@ pub struct Released {
 /// no `/proc`).
 pub fn usage() -> Option<Usage> {
     let (in_use, free) = imp::usage()?;
-    let anon = statm().map(|s| s.anonymous)?;
+    let statm = statm()?;
     Some(Usage {
         in_use,
         free,
-        kept: anon.saturating_sub(in_use),
+        kept: statm.anonymous.saturating_sub(in_use),
+        resident: statm.resident,
     })
 }
 
 /// Hands the whole free pages inside every arena (and the main arena's top)
-/// back to the kernel, or `None` where the allocator cannot (not glibc).
-pub fn release() -> Option<Released> {
+/// back to the kernel and returns how long that took, or `None` where the
+/// allocator cannot (not glibc).
+pub fn release() -> Option<Duration> {
     let started = Instant::now();
-    let before = resident_bytes();
-    if !imp::trim() {
-        return None;
-    }
-    let bytes = before
-        .zip(resident_bytes())
-        .map_or(0, |(b, a)| b.saturating_sub(a));
-    Some(Released {
-        bytes,
-        took: started.elapsed(),
-    })
+    imp::trim().then(|| started.elapsed())
 }
 
 /// What one check found, and the release it ran when the allocator kept
@@ -158,12 +153,15 @@ impl Releaser {
                 released: None,
             });
         }
-        let released = release()?;
+        let took = release()?;
         let after = usage().unwrap_or(found);
         self.after_last = Some(after.kept);
         Some(Checked {
             usage: after,
-            released: Some(released),
+            released: Some(Released {
+                bytes: found.resident.saturating_sub(after.resident),
+                took,
+            }),
         })
     }
 }
@@ -272,7 +270,7 @@ pub fn describe_metrics() {
     describe_histogram!(
         ALLOCATOR_RELEASE_DURATION,
         Unit::Seconds,
-        "How long a release took: it holds each arena's lock while it walks it, so allocations on that arena wait"
+        "How long a release (malloc_trim) took: it holds each arena's lock while it walks it, so allocations on that arena wait"
     );
     describe_gauge!(
         ALLOCATOR_IN_USE_BYTES,
