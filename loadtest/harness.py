@@ -202,18 +202,27 @@ class HealthSampler:
     """Polls the gateway's `/health` every `every` seconds on a thread: its RSS
     and how many ingest requests were in progress at that instant, so that an
     excursion of RSS can be told apart: memory requests in flight hold, or
-    memory kept after them."""
+    memory kept after them. Beside each poll it reads what the machine did
+    since the last one: how long the gateway's threads were runnable but
+    waiting for a CPU (`/proc/<pid>/task/*/schedstat`), and the CPU time the
+    hypervisor took from this VM (steal, `/proc/stat`), so that a pile-up of
+    requests can be told apart too: the machine starving the gateway, or the
+    gateway (or the broker) slow with CPUs to spare."""
 
-    def __init__(self, ops_port, every=0.25):
+    def __init__(self, ops_port, pid, every=0.25):
         self.url = "http://127.0.0.1:%d/health" % ops_port
+        self.pid = pid
         self.every = every
-        self.samples = []  # (seconds since start, RSS MiB, requests in progress)
+        # (seconds since start, RSS MiB, requests in progress, the gateway's
+        # threads' wait for a CPU in ms per second, steal in % of one CPU)
+        self.samples = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.start = time.monotonic()
         self.thread.start()
 
     def _run(self):
+        last = (time.monotonic(), run_delay_ns(self.pid), steal_ticks())
         while not self.stop.wait(self.every):
             try:
                 with urllib.request.urlopen(self.url, timeout=1) as r:
@@ -222,9 +231,14 @@ class HealthSampler:
                 h = json.load(e)
             except Exception:
                 continue
+            now = (time.monotonic(), run_delay_ns(self.pid), steal_ticks())
+            dt = max(now[0] - last[0], 1e-3)
+            waited = (now[1] - last[1]) / 1e6 / dt if None not in (now[1], last[1]) else None
+            stolen = (now[2] - last[2]) / CLOCK_TICKS * 100 / dt if None not in (now[2], last[2]) else None
+            last = now
             rss = (h.get("memory") or {}).get("rss_bytes")
             if rss is not None and h.get("ingest_in_progress") is not None:
-                self.samples.append((time.monotonic() - self.start, rss / 1048576, h["ingest_in_progress"]))
+                self.samples.append((now[0] - self.start, rss / 1048576, h["ingest_in_progress"], waited, stolen))
 
     def finish(self):
         self.stop.set()
@@ -232,16 +246,56 @@ class HealthSampler:
         return self.samples
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def run_delay_ns(pid):
+    """Nanoseconds the process's threads have spent runnable but waiting for
+    a CPU (the second field of each thread's schedstat); None when unreadable.
+    Threads that ended take their share with them, which only undercounts."""
+    total = 0
+    try:
+        tasks = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return None
+    for t in tasks:
+        try:
+            with open("/proc/%d/task/%s/schedstat" % (pid, t)) as f:
+                total += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def steal_ticks():
+    """The machine's steal time so far, in clock ticks (all CPUs); None when unreadable."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def attribution(health, base):
-    """What was in progress when RSS was within the band and when above it."""
-    after = [(m, n) for t, m, n in health if t >= 60]
-    inside = sorted(n for m, n in after if m <= base * 1.1)
-    above = sorted(n for m, n in after if m > base * 1.1)
-    med = lambda v: v[len(v) // 2] if v else 0
-    text = "requests in progress (`/health` every 0.25 s): median %d while RSS was within the band" % med(inside)
+    """What was in progress when RSS was within the band and when above it,
+    and how starved of CPU the gateway was then."""
+    after = [x for x in health if x[0] >= 60]
+    inside = [x for x in after if x[1] <= base * 1.1]
+    above = [x for x in after if x[1] > base * 1.1]
+    med = lambda v: sorted(v)[len(v) // 2] if v else 0
+
+    def starved(xs):
+        w = [x[3] for x in xs if x[3] is not None]
+        s = [x[4] for x in xs if x[4] is not None]
+        return "the gateway's threads waited %.0f ms per second for a CPU, steal %.1f%% of a CPU (medians)" % (
+            med(w), med(s))
+
+    text = "requests in progress (`/health` every 0.25 s): median %d while RSS was within the band (%s)" % (
+        med([x[2] for x in inside]), starved(inside))
     if above:
-        text += ", median %d (highest %d) while it was above (%d of %d samples)" % (
-            med(above), above[-1], len(above), len(after))
+        text += ", median %d (highest %d) while it was above, in %d of %d samples (%s)" % (
+            med([x[2] for x in above]), max(x[2] for x in above), len(above), len(after), starved(above))
     return text
 
 
@@ -283,7 +337,7 @@ def soak(args):
             maximum = m["phases"][0]["events_per_sec"]
             rate = int(maximum / 2)
             log("maximum %.0f events/s; soaking at half: %d events/s" % (maximum, rate))
-        health = HealthSampler(env.ops_port)
+        health = HealthSampler(env.ops_port, env.gateway.proc.pid)
         try:
             r = loadtest_run(env, ["--rate", "%d:%d" % (rate, args.seconds)], "soak")
         finally:
