@@ -233,7 +233,8 @@ class HealthSampler:
                 continue
             now = (time.monotonic(), run_delay_ns(self.pid), steal_ticks())
             dt = max(now[0] - last[0], 1e-3)
-            waited = (now[1] - last[1]) / 1e6 / dt if None not in (now[1], last[1]) else None
+            waited = waited_ns(last[1], now[1])
+            waited = waited / 1e6 / dt if waited is not None else None
             stolen = (now[2] - last[2]) / CLOCK_TICKS * 100 / dt if None not in (now[2], last[2]) else None
             last = now
             rss = (h.get("memory") or {}).get("rss_bytes")
@@ -250,21 +251,30 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def run_delay_ns(pid):
-    """Nanoseconds the process's threads have spent runnable but waiting for
-    a CPU (the second field of each thread's schedstat); None when unreadable.
-    Threads that ended take their share with them, which only undercounts."""
-    total = 0
+    """Nanoseconds each of the process's threads has spent runnable but
+    waiting for a CPU (the second field of its schedstat), by thread id; None
+    when the process is gone."""
     try:
         tasks = os.listdir("/proc/%d/task" % pid)
     except OSError:
         return None
+    delays = {}
     for t in tasks:
         try:
             with open("/proc/%d/task/%s/schedstat" % (pid, t)) as f:
-                total += int(f.read().split()[1])
+                delays[t] = int(f.read().split()[1])
         except (OSError, IndexError, ValueError):
             continue
-    return total
+    return delays
+
+
+def waited_ns(before, after):
+    """The run-queue delay between two `run_delay_ns` readings, over the
+    threads in both (a thread that started or ended in between counts for
+    neither); None when either is missing."""
+    if before is None or after is None:
+        return None
+    return sum(after[t] - before[t] for t in after.keys() & before.keys())
 
 
 def steal_ticks():
