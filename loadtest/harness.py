@@ -327,6 +327,17 @@ def minute_medians(samples, base):
         "within ±10%" if lo >= base * 0.9 and hi <= base * 1.1 else "outside ±10%")
 
 
+def outside_minutes(samples, base):
+    """Which minutes the one-second samples outside the band fell in, with
+    how many in each: a stall shows as a run of minutes, a drift as every
+    minute from some point on."""
+    per = {}
+    for t, m in samples:
+        if t >= 60 and not base * 0.9 <= m <= base * 1.1:
+            per[int(t // 60)] = per.get(int(t // 60), 0) + 1
+    return ", ".join("minute %d: %d" % kv for kv in sorted(per.items()))
+
+
 def soak(args):
     """Runs at `args.rate` events/s (or half the maximum measured first) for
     `args.seconds`; RSS must stay within ±10% of its value after the first minute.
@@ -374,8 +385,15 @@ def soak(args):
                   base, end, drift, lo, hi, (lo - base) / base * 100, (hi - base) / base * 100,
                   outside, len(after), outside * 100 / max(len(after), 1),
                   "within ±10%" if ok else "OUTSIDE ±10%"))
+    if outside:
+        summary += " (%s)" % outside_minutes(samples, base)
     summary += "; " + attribution(health, base) + "; " + minute_medians(samples, base)
     print(summary)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"rate": rate, "base_mib": base, "rss_samples_mib": samples,
+                       "health": [dict(zip(("t", "rss_mib", "in_progress", "cpu_wait_ms_per_s", "steal_pct"), h))
+                                  for h in health]}, f)
     if not args.no_doc:
         settings = overrides()
         svg = os.path.join(ROOT, "docs", "soak-rss.svg")
@@ -445,6 +463,7 @@ def main():
     s.add_argument("--seconds", type=int, default=600)
     s.add_argument("--rate", type=int, default=20000, help="events/s; 0: half the maximum, measured first")
     s.add_argument("--no-doc", action="store_true", help="print, do not rewrite docs/benchmarks.md")
+    s.add_argument("--json", help="also write every RSS sample and /health poll here")
     s.add_argument("--broker-storage", default="null://tansu/",
                    help="tansu's storage engine (null: acknowledge and keep nothing; memory://tansu/ keeps all)")
     a = ap.parse_args()
