@@ -348,6 +348,8 @@ def soak(args):
     in-memory broker on the same machine cannot hold an hour of events (it
     held about 190 M by minute 42 of the first soak and overloaded the
     machine). The maximum is measured against the same broker."""
+    # Opened first: a path that cannot be written fails now, not after the hour.
+    keep = open(args.json, "w") if args.json else None
     env = Env(args.broker_storage, name="soak")
     try:
         up(env)
@@ -389,8 +391,8 @@ def soak(args):
         summary += " (%s)" % outside_minutes(samples, base)
     summary += "; " + attribution(health, base) + "; " + minute_medians(samples, base)
     print(summary)
-    if args.json:
-        with open(args.json, "w") as f:
+    if keep:
+        with keep as f:
             json.dump({"rate": rate, "base_mib": base, "rss_samples_mib": samples,
                        "health": [dict(zip(("t", "rss_mib", "in_progress", "cpu_wait_ms_per_s", "steal_pct"), h))
                                   for h in health]}, f)
