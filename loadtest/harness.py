@@ -309,6 +309,11 @@ def attribution(health, base):
     return text
 
 
+def in_band(mib, base):
+    """Whether an RSS value is within the soak's ±10% of `base`."""
+    return base * 0.9 <= mib <= base * 1.1
+
+
 def minute_medians(samples, base):
     """RSS as each minute's median after the first, against `base`: what the
     gateway keeps, with the seconds that requests in flight (a stall of the
@@ -324,7 +329,7 @@ def minute_medians(samples, base):
     lo, hi = min(meds), max(meds)
     return "each minute's median RSS after the first: %.1f–%.1f MiB (%+.1f%% / %+.1f%%), %s" % (
         lo, hi, (lo - base) / base * 100, (hi - base) / base * 100,
-        "within ±10%" if lo >= base * 0.9 and hi <= base * 1.1 else "outside ±10%")
+        "within ±10%" if in_band(lo, base) and in_band(hi, base) else "outside ±10%")
 
 
 def outside_minutes(samples, base):
@@ -333,7 +338,7 @@ def outside_minutes(samples, base):
     minute from some point on."""
     per = {}
     for t, m in samples:
-        if t >= 60 and not base * 0.9 <= m <= base * 1.1:
+        if t >= 60 and not in_band(m, base):
             per[int(t // 60)] = per.get(int(t // 60), 0) + 1
     return ", ".join("minute %d: %d" % kv for kv in sorted(per.items()))
 
@@ -376,8 +381,8 @@ def soak(args):
     after = [m for t, m in samples if t >= 60]
     lo, hi = min(after), max(after)
     drift = (end - base) / base * 100
-    ok = lo >= base * 0.9 and hi <= base * 1.1
-    outside = sum(1 for m in after if not base * 0.9 <= m <= base * 1.1)
+    ok = in_band(lo, base) and in_band(hi, base)
+    outside = sum(1 for m in after if not in_band(m, base))
     at = "%d events/s" % rate + (" (half the maximum of %.0f measured first)" % maximum if maximum else "")
     summary = ("%d s at %s: %.0f events/s accepted, p99 %.1f ms, gateway CPU %.2f µs/event, statuses %s; "
                "RSS at 1 min %.1f MiB, at the end %.1f MiB (%+.1f%%), range after 1 min %.1f–%.1f MiB "
