@@ -268,13 +268,16 @@ class Engine:
         even when idle, so it never touches a working table.
         """
         empty_since = {}
+        reported = {}
         while True:
             time.sleep(every)
             try:
                 with self.lock:
                     rows = self._exec(
                         b"SELECT k.database AS db, k.table AS tbl, max(length(k.assignments.partition_id)) AS n, "
-                        b"groupArray(k.consumer_id) AS members, any(t.engine_full) AS engine "
+                        b"groupArray(k.consumer_id) AS members, any(t.engine_full) AS engine, "
+                        b"arrayFlatten(groupArray(arrayMap((w, x) -> concat(toString(w), ' ', x), "
+                        b"k.exceptions.time, k.exceptions.text))) AS errors "
                         b"FROM system.kafka_consumers AS k INNER JOIN system.tables AS t "
                         b"ON t.database = k.database AND t.name = k.table GROUP BY k.database, k.table",
                         "JSONEachRow")
@@ -283,6 +286,7 @@ class Engine:
             now = time.monotonic()
             rows = [json.loads(line) for line in rows.decode("utf-8", "replace").splitlines() if line.strip()]
             self.record_members(rows)
+            reported = report_consumer_errors(rows, reported)
             for row in rows:
                 db, table, n = row["db"], row["tbl"], row["n"]
                 key = (db, table)
@@ -364,6 +368,22 @@ class Engine:
     def close(self):
         with self.lock:
             self.conn.close()
+
+
+def report_consumer_errors(rows, reported):
+    """Writes each Kafka table's consumer exceptions not written before (chdb
+    keeps them only in ``system.kafka_consumers``, which goes with the table),
+    so a test that waited in vain for consumption has the reason in the log.
+    Returns what has been written, for the tables that still exist."""
+    now = {}
+    for row in rows:
+        key = row["db"] + "." + row["tbl"]
+        seen = reported.get(key, set())
+        for text in row.get("errors") or []:
+            if text not in seen:
+                sys.stderr.write("chserver: %s consumer error: %s\n" % (key, text.replace("\n", " ")[:500]))
+        now[key] = set(row.get("errors") or [])
+    return now
 
 
 def leave_recorded(path):
@@ -610,6 +630,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
 class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+
+    def handle_error(self, request, client_address):
+        """A client that went away before its answer (a timeout, a process
+        stopping) is one line; anything else keeps its traceback. A failing
+        run's log tail then shows the front's own notes, not pages of broken
+        pipes."""
+        err = sys.exc_info()[1]
+        if isinstance(err, (BrokenPipeError, ConnectionResetError)):
+            sys.stderr.write("chserver: client %s:%s left before its answer\n" % client_address[:2])
+            return
+        super().handle_error(request, client_address)
 
 
 def main():

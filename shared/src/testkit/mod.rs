@@ -10,6 +10,7 @@
 //! ([`tools`]). Only dev-dependencies enable the feature: production builds
 //! never link this module.
 
+mod diagnose;
 mod processes;
 mod tools;
 
@@ -254,12 +255,23 @@ impl TestSchema {
 impl Drop for TestSchema {
     fn drop(&mut self) {
         let config = self.config.clone();
+        // A failed test says how consumption stood before its database goes.
+        let failed = std::thread::panicking();
         // Drop runs inside the test's runtime; clean up on a thread with its own.
         let cleanup = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("cleanup runtime");
+            if failed {
+                let client = crate::store::client(&config.clickhouse);
+                let consumers = rt.block_on(diagnose::clickhouse_consumers(&client, &config));
+                eprintln!(
+                    "testkit: {}'s Kafka consumers at failure:\n{consumers}\ntestkit: offsets:\n{}",
+                    config.clickhouse.database,
+                    diagnose::broker_offsets(&config)
+                );
+            }
             rt.block_on(async {
                 let client = crate::store::client(&config.clickhouse);
                 let db = crate::store::ident(&config.clickhouse.database);
