@@ -253,7 +253,10 @@ async fn memory_a_burst_grew_goes_back_to_the_kernel_after_it() {
     // resident wherever a block still in use sat above it. A check that finds
     // more free memory resident than `release_above_bytes` hands the free
     // pages inside every arena back; without it RSS after the burst stays
-    // where the burst left it.
+    // where the burst left it. The bound here is 4 MiB: free memory up to the
+    // bound may stay resident, and with 16 MiB that alone came within a
+    // mebibyte of the quarter of the burst's growth this test allows (a CI
+    // failure: 6.7 MiB above steady against 6.6 allowed).
     let svc = services();
     let cfg = shared::testkit::config(&svc);
     shared::testkit::create_topics(&cfg, 1).await;
@@ -261,7 +264,7 @@ async fn memory_a_burst_grew_goes_back_to_the_kernel_after_it() {
         &cfg,
         "cpu_workers = 2\n",
         "[telemetry]\nsnapshot_interval_secs = 0\n[gateway.allocator]\nrelease_interval_ms = 300\n\
-         release_above_bytes = 16777216\n",
+         release_above_bytes = 4194304\n",
     )
     .await;
     let pid = gw.child.id();
