@@ -19,7 +19,8 @@ pub(super) async fn clickhouse_consumers(client: &clickhouse::Client, cfg: &Conf
                assignments.partition_id AS partitions, assignments.current_offset AS offsets, \
                exceptions.text AS errors, num_messages_read, num_commits, last_poll_time, \
                last_rebalance_time, num_rebalance_assignments, num_rebalance_revocations, \
-               is_currently_used FROM system.kafka_consumers WHERE database = ?";
+               is_currently_used, dependencies, missing_dependencies \
+               FROM system.kafka_consumers WHERE database = ?";
     let read = async {
         let mut cursor = client
             .query(sql)
@@ -36,6 +37,25 @@ pub(super) async fn clickhouse_consumers(client: &clickhouse::Client, cfg: &Conf
         Ok(Ok(rows)) => rows,
         Ok(Err(e)) => format!("cannot read system.kafka_consumers: {e}"),
         Err(_) => "system.kafka_consumers did not answer within 10 s".to_string(),
+    }
+}
+
+/// The rows each table of `cfg`'s database holds (`events 1, dead_letter 0, …`).
+pub(super) async fn table_rows(client: &clickhouse::Client, cfg: &Config) -> String {
+    let sql = "SELECT name, assumeNotNull(total_rows) FROM system.tables WHERE database = ? \
+               AND total_rows IS NOT NULL ORDER BY name";
+    let read = client
+        .query(sql)
+        .bind(&cfg.clickhouse.database)
+        .fetch_all::<(String, u64)>();
+    match tokio::time::timeout(Duration::from_secs(10), read).await {
+        Ok(Ok(rows)) => rows
+            .iter()
+            .map(|(name, n)| format!("{name} {n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        Ok(Err(e)) => format!("cannot count rows: {e}"),
+        Err(_) => "system.tables did not answer within 10 s".to_string(),
     }
 }
 

@@ -266,8 +266,10 @@ impl Drop for TestSchema {
             if failed {
                 let client = crate::store::client(&config.clickhouse);
                 let consumers = rt.block_on(diagnose::clickhouse_consumers(&client, &config));
+                let rows = rt.block_on(diagnose::table_rows(&client, &config));
                 eprintln!(
-                    "testkit: {}'s Kafka consumers at failure:\n{consumers}\ntestkit: offsets:\n{}",
+                    "testkit: {}'s Kafka consumers at failure:\n{consumers}\ntestkit: rows: \
+                     {rows}\ntestkit: offsets:\n{}",
                     config.clickhouse.database,
                     diagnose::broker_offsets(&config)
                 );
