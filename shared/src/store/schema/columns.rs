@@ -115,6 +115,18 @@ pub(super) fn view_ddl_where(
     lists: &[&[(&str, &str)]],
     condition: &str,
 ) -> String {
+    view_ddl_from(c, "events_queue", extra_times, lists, condition)
+}
+
+/// `events_mv` reading the table `source` (the Kafka table, or since migration
+/// 16 the stream its one view fills).
+pub(super) fn view_ddl_from(
+    c: &SchemaContext,
+    source: &str,
+    extra_times: &str,
+    lists: &[&[(&str, &str)]],
+    condition: &str,
+) -> String {
     format!(
         "CREATE MATERIALIZED VIEW IF NOT EXISTS {mv} TO {events} AS\n\
          SELECT id, tenant_id, session_id, type, \
@@ -125,7 +137,7 @@ pub(super) fn view_ddl_where(
          {extra_times}{cols}\nFROM {queue}{condition}",
         mv = c.table("events_mv"),
         events = c.table("events"),
-        queue = c.table("events_queue"),
+        queue = c.table(source),
         cols = column_names(lists),
     )
 }

@@ -13,17 +13,18 @@
 //!   tenant and day; `archive_stage`: where archived days are read back while a
 //!   job that holds the tenant's lease merges or recomputes them.
 
-use super::columns::{column_names, view_ddl_where, ENRICHMENT_COLUMNS, EVENT_COLUMNS};
+use super::columns::{column_names, view_ddl_from, ENRICHMENT_COLUMNS, EVENT_COLUMNS};
 use super::SchemaContext;
 use crate::event::{RECEIVED_AT_RANGE_MS, TIME_WINDOW_CEILING};
 
-/// The condition a consumed row must meet to enter `events`.
-pub(super) fn storable() -> String {
+/// The condition a consumed row must meet to enter `events`; `error` is the
+/// column holding the message's parse error.
+pub(super) fn storable(error: &str) -> String {
     let past = TIME_WINDOW_CEILING.past_hours as i64 * 3_600_000;
     let future = TIME_WINDOW_CEILING.future_minutes as i64 * 60_000;
     let (lo, hi) = RECEIVED_AT_RANGE_MS;
     format!(
-        "length(_error) = 0 AND received_at_ms BETWEEN {lo} AND {hi} \
+        "length({error}) = 0 AND received_at_ms BETWEEN {lo} AND {hi} \
          AND timestamp_ms BETWEEN received_at_ms - {past} AND received_at_ms + {future} \
          AND (sent_at_ms IS NULL OR assumeNotNull(sent_at_ms) BETWEEN received_at_ms - {past} AND received_at_ms + {future}) \
          AND corrected_timestamp_ms BETWEEN received_at_ms - {wide} AND received_at_ms + {wide}",
@@ -80,41 +81,75 @@ pub(super) fn statements(c: &SchemaContext) -> Vec<String> {
     .collect()
 }
 
+/// Where the views read consumed rows, and the names of the broker's columns there.
+pub(super) struct ViewSource {
+    pub table: &'static str,
+    pub topic: &'static str,
+    pub partition: &'static str,
+    pub offset: &'static str,
+    pub raw: &'static str,
+    pub error: &'static str,
+}
+
+/// The Kafka table itself, with its virtual columns (migrations 9 to 15).
+const QUEUE: ViewSource = ViewSource {
+    table: "events_queue",
+    topic: "_topic",
+    partition: "_partition",
+    offset: "_offset",
+    raw: "_raw_message",
+    error: "_error",
+};
+
 /// The three views on `events_queue` whose columns are `lists`: good rows to
 /// `events`, the rest to `dead_letter` (with the reason), and usage counting.
 /// Created in this order; dropped dead-letter view first (see [`statements`]).
 pub(super) fn views(c: &SchemaContext, lists: &[&[(&str, &str)]]) -> Vec<String> {
-    let ok = storable();
+    views_from(c, lists, &QUEUE)
+}
+
+/// The three views, reading `source`.
+pub(super) fn views_from(
+    c: &SchemaContext,
+    lists: &[&[(&str, &str)]],
+    source: &ViewSource,
+) -> Vec<String> {
+    let ok = storable(source.error);
     let row = format!(
         "formatRowNoNewline('JSONEachRow', id, tenant_id, session_id, type, timestamp_ms, \
          received_at_ms, sent_at_ms, corrected_timestamp_ms, {})",
         column_names(lists)
     );
     let usage = c.table("usage_daily");
+    let queue = c.table(source.table);
     vec![
-        view_ddl_where(
+        view_ddl_from(
             c,
+            source.table,
             "fromUnixTimestamp64Milli(corrected_timestamp_ms, 'UTC') AS corrected_timestamp, ",
             lists,
             &format!(" WHERE {ok}"),
         ),
         format!(
             "CREATE MATERIALIZED VIEW IF NOT EXISTS {dlmv} TO {dl} AS \
-             SELECT now64(3) AS received_at, _topic AS topic, toInt64(_partition) AS partition, \
-             toInt64(_offset) AS offset, if(length(_error) > 0, _raw_message, {row}) AS raw, \
-             if(length(_error) > 0, _error, 'a time outside the range ClickHouse stores: the client \
+             SELECT now64(3) AS received_at, {topic} AS topic, toInt64({partition}) AS partition, \
+             toInt64({offset}) AS offset, if(length({error}) > 0, {raw}, {row}) AS raw, \
+             if(length({error}) > 0, {error}, 'a time outside the range ClickHouse stores: the client \
              timestamp must lie within 400 days before and 1 day after received_at') AS error \
              FROM {queue} WHERE NOT ({ok})",
             dlmv = c.table("dead_letter_mv"),
             dl = c.table("dead_letter"),
-            queue = c.table("events_queue"),
+            topic = source.topic,
+            partition = source.partition,
+            offset = source.offset,
+            raw = source.raw,
+            error = source.error,
         ),
         format!(
             "CREATE MATERIALIZED VIEW IF NOT EXISTS {mv} TO {usage} AS \
              SELECT tenant_id, toDate(fromUnixTimestamp64Milli(received_at_ms, 'UTC')) AS day, \
              count() AS events FROM {queue} WHERE {ok} GROUP BY tenant_id, day",
             mv = c.table("usage_daily_mv"),
-            queue = c.table("events_queue"),
         ),
     ]
 }

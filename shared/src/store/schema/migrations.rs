@@ -323,6 +323,11 @@ pub const MIGRATIONS: &[Migration] = &[
         // (`kafka.topic_layout`), so the gateway may switch between them.
         statements: replace_queue,
     },
+    Migration {
+        version: 16,
+        name: "the Kafka table feeds one view, so consumption starts with every view attached",
+        statements: super::stream::statements,
+    },
 ];
 
 /// The Kafka table cannot be altered: it is replaced, with its views (the

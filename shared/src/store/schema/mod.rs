@@ -19,6 +19,7 @@ pub mod cluster;
 mod columns;
 mod durability;
 mod migrations;
+mod stream;
 
 use std::collections::BTreeSet;
 
