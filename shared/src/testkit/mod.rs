@@ -4,7 +4,9 @@
 //! their addresses; tests read them with [`services`] and fail with a clear
 //! message when they are missing (a test that needs a service never skips).
 //! [`TestSchema`] gives each test its own database, topics and consumer group, and
-//! removes them on `Drop`. [`Broker`] runs a private broker a test may kill and
+//! removes them on `Drop`; a test that fails first prints how consumption stood
+//! (its Kafka consumers, its tables' rows, the group's offsets: `diagnose`).
+//! [`Broker`] runs a private broker a test may kill and
 //! restart; [`S3Server`] and [`ClickHouse`] are private servers of the same
 //! kind ([`processes`]); [`write_geo_mmdb`] and [`promtool_check`] are tools
 //! ([`tools`]). Only dev-dependencies enable the feature: production builds

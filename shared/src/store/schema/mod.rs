@@ -9,7 +9,9 @@
 //! Data path: the Kafka engine table `events_queue` reads the events topics of
 //! both layouts (`events` and every `events_<type>`, see
 //! [`crate::config::TopicLayout`]) as JSONEachRow (newline-separated
-//! [`crate::event::EventRow`]s per message) and the materialized
+//! [`crate::event::EventRow`]s per message); its one view `events_queue_mv`
+//! copies each block into the Null table `events_stream` (migration 16, see
+//! `stream`), and the materialized
 //! view `events_mv` writes each block into `events`, a ReplacingMergeTree ordered
 //! by `(tenant_id, type, timestamp, id)`: a client retry carries the same id and the
 //! same client timestamp and collapses into one row (query with `FINAL` for exact

@@ -65,7 +65,7 @@ pub(super) fn statements(c: &SchemaContext) -> Vec<String> {
 
 /// The Kafka table and its one view, in the order that starts consumption
 /// last: for this migration and any later one that replaces them.
-pub(super) fn queue_and_view(c: &SchemaContext) -> Vec<String> {
+fn queue_and_view(c: &SchemaContext) -> Vec<String> {
     let broker = BROKER_COLUMNS
         .iter()
         .map(|(name, _, from)| format!("{from} AS {name}"))
