@@ -72,7 +72,7 @@ pub(super) fn broker_offsets(cfg: &Config) -> String {
         Ok(c) => c,
         Err(e) => return format!("cannot open a client to the broker: {e}"),
     };
-    let wait = Duration::from_secs(5);
+    let wait = Duration::from_secs(3);
     let mut wanted = TopicPartitionList::new();
     let mut high = Vec::new();
     for topic in cfg.kafka.topics() {
