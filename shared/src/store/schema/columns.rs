@@ -76,6 +76,29 @@ pub(super) fn column_names(lists: &[&[(&str, &str)]]) -> String {
         .join(", ")
 }
 
+/// The column definitions of a consumed row: the row's own fields, then
+/// `extra_times` (whole lines), then `lists`. The Kafka table and, since
+/// migration 16, `events_stream` have them.
+pub(super) fn consumed_column_defs(extra_times: &str, lists: &[&[(&str, &str)]]) -> String {
+    format!(
+        "    `id` UUID,\n    `tenant_id` UUID,\n    `session_id` UUID,\n    \
+         `type` String,\n    `timestamp_ms` Int64,\n    `received_at_ms` Int64,\n    \
+         `sent_at_ms` Nullable(Int64),\n{extra_times}{cols}",
+        cols = column_defs(lists),
+    )
+}
+
+/// The names of a consumed row's columns since migration 9 (with
+/// `corrected_timestamp_ms`), then `lists`: what the dead-letter view
+/// serialises and what `events_queue_mv` copies.
+pub(super) fn consumed_column_names(lists: &[&[(&str, &str)]]) -> String {
+    format!(
+        "id, tenant_id, session_id, type, timestamp_ms, received_at_ms, sent_at_ms, \
+         corrected_timestamp_ms, {}",
+        column_names(lists)
+    )
+}
+
 /// The Kafka engine table reading every events topic of the configuration.
 pub(super) fn queue_ddl(c: &SchemaContext, extra_times: &str, lists: &[&[(&str, &str)]]) -> String {
     queue_ddl_with(c, extra_times, lists, "")
@@ -88,16 +111,13 @@ pub(super) fn queue_ddl_with(
     extra_settings: &str,
 ) -> String {
     format!(
-        "CREATE TABLE IF NOT EXISTS {queue} (\n    \
-         `id` UUID,\n    `tenant_id` UUID,\n    `session_id` UUID,\n    \
-         `type` String,\n    `timestamp_ms` Int64,\n    `received_at_ms` Int64,\n    \
-         `sent_at_ms` Nullable(Int64),\n{extra_times}{cols}\n) ENGINE = Kafka\n\
+        "CREATE TABLE IF NOT EXISTS {queue} (\n{cols}\n) ENGINE = Kafka\n\
          SETTINGS kafka_broker_list = {brokers}, kafka_topic_list = {topics}, \
          kafka_group_name = {group}, kafka_format = 'JSONEachRow', \
          kafka_num_consumers = 1, kafka_flush_interval_ms = 500, \
          kafka_max_block_size = 65536{extra_settings}",
         queue = c.table("events_queue"),
-        cols = column_defs(lists),
+        cols = consumed_column_defs(extra_times, lists),
         brokers = literal(&c.kafka_brokers),
         topics = literal(&c.topics.join(",")),
         group = literal(&c.kafka_group),

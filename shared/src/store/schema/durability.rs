@@ -13,7 +13,7 @@
 //!   tenant and day; `archive_stage`: where archived days are read back while a
 //!   job that holds the tenant's lease merges or recomputes them.
 
-use super::columns::{column_names, view_ddl_from, ENRICHMENT_COLUMNS, EVENT_COLUMNS};
+use super::columns::{consumed_column_names, view_ddl_from, ENRICHMENT_COLUMNS, EVENT_COLUMNS};
 use super::SchemaContext;
 use crate::event::{RECEIVED_AT_RANGE_MS, TIME_WINDOW_CEILING};
 
@@ -116,9 +116,8 @@ pub(super) fn views_from(
 ) -> Vec<String> {
     let ok = storable(source.error);
     let row = format!(
-        "formatRowNoNewline('JSONEachRow', id, tenant_id, session_id, type, timestamp_ms, \
-         received_at_ms, sent_at_ms, corrected_timestamp_ms, {})",
-        column_names(lists)
+        "formatRowNoNewline('JSONEachRow', {})",
+        consumed_column_names(lists)
     );
     let usage = c.table("usage_daily");
     let queue = c.table(source.table);

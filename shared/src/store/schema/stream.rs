@@ -21,7 +21,8 @@
 //! pauses, the group keeps its offsets) and creates it last.
 
 use super::columns::{
-    column_names, queue_ddl_with, ENRICHMENT_COLUMNS, EVENT_COLUMNS, IDENTITY_COLUMNS,
+    consumed_column_defs, consumed_column_names, queue_ddl_with, ENRICHMENT_COLUMNS, EVENT_COLUMNS,
+    IDENTITY_COLUMNS,
 };
 use super::durability::{views_from, ViewSource};
 use super::SchemaContext;
@@ -75,12 +76,11 @@ fn queue_and_view(c: &SchemaContext) -> Vec<String> {
         queue_ddl_with(c, EXTRA_TIMES, ALL, ", kafka_handle_error_mode = 'stream'"),
         format!(
             "CREATE MATERIALIZED VIEW IF NOT EXISTS {mv} TO {stream} AS \
-             SELECT id, tenant_id, session_id, type, timestamp_ms, received_at_ms, sent_at_ms, \
-             corrected_timestamp_ms, {cols}, {broker} FROM {queue}",
+             SELECT {cols}, {broker} FROM {queue}",
             mv = c.table("events_queue_mv"),
             stream = c.table("events_stream"),
             queue = c.table("events_queue"),
-            cols = column_names(ALL),
+            cols = consumed_column_names(ALL),
         ),
     ]
 }
@@ -93,11 +93,8 @@ fn stream_ddl(c: &SchemaContext) -> String {
         .collect::<Vec<_>>()
         .join(",\n");
     format!(
-        "CREATE TABLE IF NOT EXISTS {stream} (\n    \
-         `id` UUID,\n    `tenant_id` UUID,\n    `session_id` UUID,\n    \
-         `type` String,\n    `timestamp_ms` Int64,\n    `received_at_ms` Int64,\n    \
-         `sent_at_ms` Nullable(Int64),\n{EXTRA_TIMES}{cols},\n{broker}\n) ENGINE = Null",
+        "CREATE TABLE IF NOT EXISTS {stream} (\n{cols},\n{broker}\n) ENGINE = Null",
         stream = c.table("events_stream"),
-        cols = super::columns::column_defs(ALL),
+        cols = consumed_column_defs(EXTRA_TIMES, ALL),
     )
 }
