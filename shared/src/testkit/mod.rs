@@ -265,8 +265,8 @@ impl Drop for TestSchema {
                 .enable_all()
                 .build()
                 .expect("cleanup runtime");
+            let client = crate::store::client(&config.clickhouse);
             if failed {
-                let client = crate::store::client(&config.clickhouse);
                 let consumers = rt.block_on(diagnose::clickhouse_consumers(&client, &config));
                 let rows = rt.block_on(diagnose::table_rows(&client, &config));
                 eprintln!(
@@ -277,7 +277,6 @@ impl Drop for TestSchema {
                 );
             }
             rt.block_on(async {
-                let client = crate::store::client(&config.clickhouse);
                 let db = crate::store::ident(&config.clickhouse.database);
                 if let Err(e) = client
                     .query(&format!("DROP DATABASE IF EXISTS {db} SYNC"))
